@@ -1,0 +1,168 @@
+"""Elman RNN: the model ADMMiRNN trains, as a Flax nnx module and as a pure function."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+ACTIVATIONS = ("tanh", "relu")
+PARAM_NAMES = ("U", "W", "b", "V", "c")
+
+
+def activation_fn(name: str):
+    """Return the elementwise activation ``f`` named ``name`` ("tanh" or "relu")."""
+    if name == "tanh":
+        return jnp.tanh
+    if name == "relu":
+        return jax.nn.relu
+    raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {name!r}")
+
+
+class ElmanTrace(NamedTuple):
+    """Every intermediate of a forward pass.
+
+    a: pre-activations ``[N, T, H]``; h: states ``[N, T, H]``; o: outputs ``[N, |S|, C]``
+    (``|S| = 1`` for many-to-one, ``T`` for many-to-many).
+    """
+
+    a: jax.Array
+    h: jax.Array
+    o: jax.Array
+
+
+def is_token_input(inputs: jax.Array) -> bool:
+    """True when ``inputs`` holds integer token ids ``[N, T]`` rather than vectors ``[N, T, d]``."""
+    return jnp.issubdtype(inputs.dtype, jnp.integer)
+
+
+def input_projection(U: jax.Array, inputs: jax.Array) -> jax.Array:
+    """``U x_t`` for every sample and step, ``[N, T, H]``.
+
+    Token ids ``[N, T]`` are one-hot vectors, so ``U x_t`` is the column ``U[:, id]`` (a gather,
+    never a dense ``vocab``-wide product).
+    """
+    if is_token_input(inputs):
+        return jnp.take(U.T, inputs, axis=0)
+    return jnp.einsum("ntd,hd->nth", inputs, U)
+
+
+def elman_trace(
+    params: Mapping[str, jax.Array],
+    inputs: jax.Array,
+    *,
+    activation: str = "tanh",
+    many_to_many: bool = False,
+    h0: jax.Array | None = None,
+) -> ElmanTrace:
+    r"""Run the Elman recurrence and return all pre-activations, states and outputs.
+
+    .. math::
+        a_t = U x_t + W h_{t-1} + b,\quad h_t = f(a_t),\quad o_t = V h_t + c,\ t \in S
+
+    Args:
+      params: mapping with ``U [H, D]``, ``W [H, H]``, ``b [H]``, ``V [C, H]``, ``c [C]``.
+      inputs: ``[N, T, D]`` floats, or ``[N, T]`` integer token ids (one-hot of size ``D``).
+      activation: ``"tanh"`` or ``"relu"``.
+      many_to_many: outputs at every step (``S = 1..T``) instead of the last (``S = {T}``).
+      h0: initial state ``[N, H]``; zeros when ``None``.
+
+    Returns:
+      An :class:`ElmanTrace` with ``a, h [N, T, H]`` and ``o [N, |S|, C]``.
+    """
+    f = activation_fn(activation)
+    U, W, b, V, c = (params[k] for k in PARAM_NAMES)
+    ux = input_projection(U, inputs) + b  # [N, T, H]
+    n = ux.shape[0]
+    if h0 is None:
+        h0 = jnp.zeros((n, W.shape[0]), ux.dtype)
+
+    def step(h_prev, ux_t):
+        a_t = ux_t + h_prev @ W.T
+        h_t = f(a_t)
+        return h_t, (a_t, h_t)
+
+    _, (a, h) = jax.lax.scan(step, h0, jnp.swapaxes(ux, 0, 1))
+    a, h = jnp.swapaxes(a, 0, 1), jnp.swapaxes(h, 0, 1)
+    hs = h if many_to_many else h[:, -1:]
+    o = hs @ V.T + c
+    return ElmanTrace(a, h, o)
+
+
+def elman_apply(
+    params: Mapping[str, jax.Array],
+    inputs: jax.Array,
+    *,
+    activation: str = "tanh",
+    many_to_many: bool = False,
+) -> jax.Array:
+    """Logits of a forward pass: ``[N, C]``, or ``[N, T, C]`` when ``many_to_many``."""
+    o = elman_trace(params, inputs, activation=activation, many_to_many=many_to_many).o
+    return o if many_to_many else o[:, 0]
+
+
+class ElmanRNN(nnx.Module):
+    r"""Elman (vanilla) RNN with a linear readout; parameters are exactly ADMMiRNN's.
+
+    .. math::
+        a_t = U x_t + W h_{t-1} + b,\quad h_t = f(a_t),\quad o_t = V h_t + c
+
+    Args:
+      in_features: input size ``D`` (the vocabulary size for token inputs).
+      hidden_features: hidden size ``H``.
+      out_features: number of outputs ``C``.
+      rngs: ``nnx.Rngs`` for the initialisation.
+      activation: ``"tanh"`` (default) or ``"relu"``.
+      many_to_many: logits at every step ``[N, T, C]`` instead of the last ``[N, C]``.
+      dtype: parameter dtype.
+
+    Initialisation: ``U, W ~ U(-1/sqrt(H), 1/sqrt(H))`` (PyTorch's ``nn.RNN`` default, which keeps
+    tanh out of saturation on row-MNIST), ``V ~ U(-1/sqrt(H), 1/sqrt(H))``, zero biases.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from flax import nnx
+      >>> model = ElmanRNN(28, 16, 10, rngs=nnx.Rngs(0))
+      >>> model(jnp.zeros((4, 28, 28))).shape
+      (4, 10)
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        hidden_features: int,
+        out_features: int,
+        *,
+        rngs: nnx.Rngs,
+        activation: str = "tanh",
+        many_to_many: bool = False,
+        dtype: Any = jnp.float32,
+    ):
+        for name, v in (("in_features", in_features), ("hidden_features", hidden_features),
+                        ("out_features", out_features)):
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"{name}: expected a positive int, got {v!r}")
+        activation_fn(activation)
+        self.activation = activation
+        self.many_to_many = many_to_many
+        bound = 1.0 / float(hidden_features) ** 0.5
+
+        def uniform(key, shape):
+            return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+        self.U = nnx.Param(uniform(rngs.params(), (hidden_features, in_features)))
+        self.W = nnx.Param(uniform(rngs.params(), (hidden_features, hidden_features)))
+        self.b = nnx.Param(jnp.zeros((hidden_features,), dtype))
+        self.V = nnx.Param(uniform(rngs.params(), (out_features, hidden_features)))
+        self.c = nnx.Param(jnp.zeros((out_features,), dtype))
+
+    def params_dict(self) -> dict[str, jax.Array]:
+        """The parameters as a plain dict ``{"U", "W", "b", "V", "c"}`` of arrays."""
+        return {k: getattr(self, k)[...] for k in PARAM_NAMES}
+
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        return elman_apply(self.params_dict(), inputs, activation=self.activation,
+                           many_to_many=self.many_to_many)
