@@ -1,0 +1,27 @@
+"""ADMMiRNN: the splitting, its blocks, and the optax transformation."""
+
+from admm_jax.admm import blocks
+from admm_jax.admm.admmirnn import ADMMDiagnostics, ADMMiRNNState, admmirnn
+from admm_jax.admm.problem import (
+    ADMMConfig,
+    Auxiliaries,
+    Duals,
+    Penalties,
+    Residuals,
+    augmented_lagrangian,
+    residuals,
+)
+
+__all__ = [
+    "ADMMConfig",
+    "ADMMDiagnostics",
+    "ADMMiRNNState",
+    "Auxiliaries",
+    "Duals",
+    "Penalties",
+    "Residuals",
+    "admmirnn",
+    "augmented_lagrangian",
+    "blocks",
+    "residuals",
+]

@@ -1,0 +1,358 @@
+"""ADMMiRNN as an optax ``GradientTransformationExtraArgs``."""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from admm_jax.admm import blocks
+from admm_jax.admm.params import merge_like, split_params
+from admm_jax.admm.problem import (
+    LOSSES,
+    ADMMConfig,
+    Auxiliaries,
+    Duals,
+    Penalties,
+    augmented_lagrangian,
+    data_loss,
+    residuals,
+    shift_right,
+)
+from admm_jax.models.elman import ACTIVATIONS, activation_fn, elman_trace, input_projection
+
+RHO_SCHEDULES = ("fixed", "geometric", "balance")
+AUXILIARY_MODES = ("reset", "persist")
+SWEEPS = ("backward", "parallel")
+
+
+class ADMMDiagnostics(NamedTuple):
+    """Per-iteration diagnostics, all measured on the batch of the last call.
+
+    lagrangian: augmented Lagrangian after the iteration; r1, r2, r3: primal residual norms;
+    dual_residual: ``sqrt(sum_i (rho_i |change of the i-th constraint's right side|)^2)``;
+    loss: mean loss of a plain forward pass of the new weights (per target).
+    """
+
+    lagrangian: jax.Array
+    r1: jax.Array
+    r2: jax.Array
+    r3: jax.Array
+    dual_residual: jax.Array
+    loss: jax.Array
+
+
+class ADMMiRNNState(NamedTuple):
+    """State of :func:`admmirnn`.
+
+    aux: auxiliaries ``(a, h, o)`` per sample ``[num_samples, ...]`` with
+      ``auxiliaries="persist"``; zero-sized with ``"reset"`` (rebuilt from a forward pass).
+    duals: multipliers ``(lam1, lam2, lam3)`` per sample ``[num_samples, ...]``; zero-sized when
+      ``num_samples is None`` (each call then starts from zero multipliers).
+    seen: ``[num_samples]`` bool, whether a sample's persisted auxiliaries are initialised.
+    rho: the current penalties. count: ADMM iterations done. diagnostics: of the last iteration.
+    """
+
+    aux: Auxiliaries
+    duals: Duals
+    seen: jax.Array
+    rho: Penalties
+    count: jax.Array
+    diagnostics: ADMMDiagnostics
+
+
+def admmirnn(
+    num_samples: int | None = None,
+    seq_len: int | None = None,
+    *,
+    rho: float | tuple[float, float, float] = (10.0, 10.0, 1.0),
+    prox: float = 0.1,
+    weight_decay: float = 0.0,
+    sweeps: int = 1,
+    sweep: str = "backward",
+    auxiliaries: str = "reset",
+    rho_schedule: str = "fixed",
+    rho_growth: float = 1.05,
+    rho_max: float = 1e4,
+    activation: str = "tanh",
+    many_to_many: bool = False,
+    loss: str = "cross_entropy",
+    newton_steps: int = 8,
+    a_steps: int = 4,
+) -> optax.GradientTransformationExtraArgs:
+    r"""ADMMiRNN: train an Elman RNN by ADMM on its unfolded form; no backpropagation.
+
+    Splitting (Tang et al., 2020): every pre-activation, state and output gets a variable,
+
+    .. math::
+        \min \sum_n\sum_{t\in S} \ell(o_{n,t}, y_{n,t}) + \tfrac{\beta}{2}(|U|^2+|W|^2+|V|^2)
+        \ \text{s.t.}\ a_t = U x_t + W h_{t-1} + b,\ h_t = f(a_t),\ o_t = V h_t + c,
+
+    and one call of ``update`` runs ``sweeps`` ADMM iterations on the batch: the o-block, a
+    Gauss-Seidel sweep over ``(h_t, a_t)`` (backward in time by default), the proximal
+    least-squares blocks of ``(U, W, b)`` and ``(V, c)``, then ``lam_i += rho_i r_i``. Every
+    primal block is solved exactly or by a backtracked step, so none increases the augmented
+    Lagrangian (see :mod:`admm_jax.admm.blocks`). The gradient argument of ``update`` is
+    ignored (pass ``None`` or the gradients you have); the returned updates are
+    ``new_params - params``.
+
+    Defaults, chosen by experiment on row-MNIST (``benchmarks/results/admm_search.md``):
+
+    * ``auxiliaries="reset"``: each call starts the auxiliaries from a forward pass of the
+      current weights; only the multipliers persist. Persisting the auxiliaries as well (true
+      full-batch ADMM, ``"persist"``) lets them fit the training set while the weights barely
+      move. With reset auxiliaries the multipliers act as lagged adjoints: every visit of a
+      sample carries its backward information one more step back in time.
+    * per-sample multipliers (``num_samples`` given, and ``indices=`` passed to ``update`` for
+      mini-batches): each sample's ``lam1, lam2, lam3`` are read when its batch is visited and
+      written back after the dual step. Without ``num_samples`` every call starts from zero
+      multipliers, which learns far more slowly.
+    * all three families carry multipliers; ``rho = (rho1, rho2, rho3) = (10, 10, 1)``:
+      rho1 = rho2 = 10 rho3 beat equal penalties; fixed penalties (the per-sample multipliers
+      would be stale under a changing rho).
+    * ``prox = 0.1``: the weight blocks' proximal weight ``lam = prox * rho * trace(G)/dim(G)``;
+      without it an exact re-solve on a mini-batch moves far along poorly conditioned
+      directions.
+
+    Args:
+      num_samples: size of the training set, for per-sample multipliers (and auxiliaries with
+        ``"persist"``). ``None``: no per-sample state.
+      seq_len: ``T``, given together with ``num_samples`` (the state stores ``[N, T, H]``).
+      rho: one penalty for all three constraints, or ``(rho1, rho2, rho3)``.
+      prox: ``mu`` of the proximal weight blocks (``0`` gives plain ADMM blocks).
+      weight_decay: ``beta`` on ``U, W, V``.
+      sweeps: ADMM iterations per ``update`` call.
+      sweep: ``"backward"`` (one sequential scan h_T, a_T, ..., h_1, a_1: the loss reaches
+        every step in one iteration) or ``"parallel"`` (all steps at once: one step per
+        iteration).
+      auxiliaries: ``"reset"`` or ``"persist"`` (see above).
+      rho_schedule: ``"fixed"``; ``"geometric"`` (``rho *= rho_growth`` per iteration up to
+        ``rho_max``); or ``"balance"`` (residual balancing, Boyd et al. 2011 sec. 3.4.1: a
+        family's rho doubles when its primal residual exceeds 10x its dual residual and halves
+        in the opposite case). Multipliers are stored unscaled, so a change of rho needs no
+        rescaling of them.
+      activation, many_to_many: must match the model (``ElmanRNN``'s arguments).
+      loss: ``"cross_entropy"`` (integer targets) or ``"mse"`` (real targets).
+      newton_steps, a_steps: iterations of the o-block and a-block solvers.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``. ``update(grads, state, params, *, inputs,
+      targets, indices=None)``: ``inputs [B, T, D]`` floats or ``[B, T]`` token ids,
+      ``targets [B]`` / ``[B, T]`` classes (or reals with ``loss="mse"``), ``indices [B]`` the
+      samples' positions in the training set (default ``arange(B)``, which requires
+      ``B == num_samples``).
+
+    Example:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from flax import nnx
+      >>> import admm_jax
+      >>> model = admm_jax.ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0))
+      >>> params = nnx.state(model, nnx.Param)
+      >>> x = jax.random.normal(jax.random.key(1), (16, 5, 3))
+      >>> y = (x[:, :, 0].sum(1) > 0).astype(jnp.int32)
+      >>> tx = admm_jax.admmirnn(num_samples=16, seq_len=5)
+      >>> state = tx.init(params)
+      >>> updates, state = tx.update(None, state, params, inputs=x, targets=y)
+      >>> params = optax.apply_updates(params, updates)
+      >>> int(state.count)
+      1
+
+    References:
+      Tang et al., "ADMMiRNN: Training RNN with Stable Convergence via an Efficient ADMM
+      Approach", ECML-PKDD 2020; Boyd et al., "Distributed Optimization and Statistical
+      Learning via the Alternating Direction Method of Multipliers", 2011.
+    """
+    rhos = (rho,) * 3 if isinstance(rho, int | float) else tuple(rho)
+    _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweeps, sweep, auxiliaries,
+                   rho_schedule, rho_growth, rho_max, activation, loss, newton_steps, a_steps)
+    cfg = ADMMConfig(activation=activation, many_to_many=many_to_many, loss=loss,
+                     weight_decay=float(weight_decay), prox=float(prox),
+                     newton_steps=int(newton_steps), a_steps=int(a_steps), sweep=sweep)
+    sweep_fn = blocks.sweep_backward if sweep == "backward" else blocks.sweep_parallel
+
+    def init_fn(params) -> ADMMiRNNState:
+        p, _, _ = split_params(params)
+        dtype = p["W"].dtype
+        hidden, classes = p["W"].shape[0], p["V"].shape[0]
+        n_dual = 0 if num_samples is None else num_samples
+        steps = 0 if seq_len is None else seq_len
+        out_steps = steps if many_to_many else 1
+        n_aux = n_dual if auxiliaries == "persist" else 0
+        duals = Duals(
+            jnp.zeros((n_dual, steps, hidden), dtype),
+            jnp.zeros((n_dual, steps, hidden), dtype),
+            jnp.zeros((n_dual, out_steps, classes), dtype),
+        )
+        aux = Auxiliaries(
+            jnp.zeros((n_aux, steps, hidden), dtype),
+            jnp.zeros((n_aux, steps, hidden), dtype),
+            jnp.zeros((n_aux, out_steps, classes), dtype),
+        )
+        zero = jnp.zeros((), dtype)
+        return ADMMiRNNState(
+            aux=aux,
+            duals=duals,
+            seen=jnp.zeros((n_aux,), bool),
+            rho=Penalties(*(jnp.asarray(r, dtype) for r in rhos)),
+            count=jnp.zeros((), jnp.int32),
+            diagnostics=ADMMDiagnostics(zero, zero, zero, zero, zero, zero),
+        )
+
+    def update_fn(updates, state: ADMMiRNNState, params=None, *, inputs=None, targets=None,
+                  indices=None, **extra_args: Any):
+        del updates, extra_args
+        p, treedef, names = split_params(params)
+        inputs, targets = _check_batch(p, inputs, targets, cfg)
+        batch, steps = inputs.shape[0], inputs.shape[1]
+        if seq_len is not None and steps != seq_len:
+            raise ValueError(f"inputs: expected {seq_len} steps (seq_len), got shape "
+                             f"{tuple(inputs.shape)}")
+        if indices is None:
+            if num_samples is not None and batch != num_samples:
+                raise ValueError(
+                    f"indices: a batch of {batch} samples out of num_samples={num_samples} needs "
+                    "indices=<positions of the batch's samples in the training set>"
+                )
+            indices = jnp.arange(batch)
+        indices = jnp.asarray(indices)
+        if indices.shape != (batch,) or not jnp.issubdtype(indices.dtype, jnp.integer):
+            raise ValueError(f"indices: expected int array of shape ({batch},), got "
+                             f"{indices.dtype}{tuple(indices.shape)}")
+
+        trace = elman_trace(p, inputs, activation=activation, many_to_many=many_to_many)
+        aux = Auxiliaries(trace.a, trace.h, trace.o)
+        if auxiliaries == "persist":
+            seen = state.seen[indices][:, None, None]
+            aux = Auxiliaries(*(jnp.where(seen, stored[indices], fresh)
+                                for stored, fresh in zip(state.aux, aux, strict=True)))
+        if num_samples is None:
+            duals = Duals(jnp.zeros_like(aux.a), jnp.zeros_like(aux.h), jnp.zeros_like(aux.o))
+        else:
+            duals = Duals(*(lam[indices] for lam in state.duals))
+
+        rho = state.rho
+        p_new = dict(p)
+        for _ in range(sweeps):
+            p_new, aux, duals, rho, diag = _iteration(p_new, aux, duals, rho, inputs, targets,
+                                                      cfg, sweep_fn, rho_schedule, rho_growth,
+                                                      rho_max)
+        out = elman_trace(p_new, inputs, activation=activation, many_to_many=many_to_many).o
+        n_targets = out.shape[0] * out.shape[1]
+        diag = diag._replace(loss=data_loss(out, targets, cfg) / n_targets)
+
+        new_state = state._replace(rho=rho, count=state.count + sweeps, diagnostics=diag)
+        if num_samples is not None:
+            new_state = new_state._replace(duals=Duals(
+                *(store.at[indices].set(lam) for store, lam in zip(state.duals, duals,
+                                                                  strict=True))))
+        if auxiliaries == "persist":
+            new_state = new_state._replace(
+                aux=Auxiliaries(*(store.at[indices].set(v) for store, v in zip(state.aux, aux,
+                                                                               strict=True))),
+                seen=state.seen.at[indices].set(True))
+        delta = {k: p_new[k] - p[k] for k in p}
+        return merge_like(delta, treedef, names), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _iteration(p, aux, duals, rho, inputs, targets, cfg, sweep_fn, rho_schedule, rho_growth,
+               rho_max):
+    """One ADMM iteration: o, (h, a) sweep, (U, W, b), (V, c), multipliers, penalties."""
+    f = activation_fn(cfg.activation)
+    before = _constraint_sides(p, aux, inputs, cfg, f)
+    aux = aux._replace(o=blocks.o_block(p, aux, duals, rho, targets, cfg))
+    aux = sweep_fn(p, aux, duals, rho, inputs, cfg)
+    uwb, _ = blocks.uwb_block(p, aux, duals, rho, inputs, cfg)
+    p = {**p, **uwb}
+    vc, _ = blocks.vc_block(p, aux, duals, rho, cfg)
+    p = {**p, **vc}
+    r = residuals(p, aux, inputs, cfg)
+    duals = blocks.dual_update(duals, rho, r)
+    after = _constraint_sides(p, aux, inputs, cfg, f)
+    s = [rh * jnp.linalg.norm(a1 - a0) for rh, a0, a1 in zip(rho, before, after, strict=True)]
+    rnorm = [jnp.linalg.norm(ri) for ri in r]
+    lag = augmented_lagrangian(p, aux, duals, rho, inputs, targets, cfg)
+    diag = ADMMDiagnostics(lag, *rnorm, jnp.sqrt(sum(si**2 for si in s)), jnp.zeros_like(lag))
+    if rho_schedule == "geometric":
+        rho = Penalties(*(jnp.minimum(rh * rho_growth, rho_max) for rh in rho))
+    elif rho_schedule == "balance":
+        rho = Penalties(*(
+            jnp.clip(jnp.where(ri > 10 * si, 2 * rh, jnp.where(si > 10 * ri, rh / 2, rh)),
+                     None, rho_max)
+            for rh, ri, si in zip(rho, rnorm, s, strict=True)))
+    return p, aux, duals, rho, diag
+
+
+def _constraint_sides(p, aux, inputs, cfg, f):
+    """Right-hand sides of C1, C2, C3 (what the dual residual measures the change of)."""
+    z1 = input_projection(p["U"], inputs) + shift_right(aux.h) @ p["W"].T + p["b"]
+    hs = aux.h if cfg.many_to_many else aux.h[:, -1:]
+    return z1, f(aux.a), hs @ p["V"].T + p["c"]
+
+
+def _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweeps, sweep, auxiliaries,
+                   rho_schedule, rho_growth, rho_max, activation, loss, newton_steps, a_steps):
+    def positive_int(name, v, allow_none=False):
+        if v is None and allow_none:
+            return
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"{name}: expected a positive int, got {v!r}")
+
+    positive_int("num_samples", num_samples, allow_none=True)
+    positive_int("seq_len", seq_len, allow_none=True)
+    positive_int("sweeps", sweeps)
+    positive_int("newton_steps", newton_steps)
+    positive_int("a_steps", a_steps)
+    if len(rhos) != 3 or not all(isinstance(r, int | float) and r > 0 for r in rhos):
+        raise ValueError(f"rho: expected a positive number or three positive numbers, got {rhos}")
+    for name, v in (("prox", prox), ("weight_decay", weight_decay)):
+        if not isinstance(v, int | float) or v < 0:
+            raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
+    if not rho_growth >= 1.0:
+        raise ValueError(f"rho_growth: expected a number >= 1, got {rho_growth!r}")
+    if not rho_max > 0:
+        raise ValueError(f"rho_max: expected a positive number, got {rho_max!r}")
+    for name, v, valid in (("sweep", sweep, SWEEPS), ("auxiliaries", auxiliaries, AUXILIARY_MODES),
+                           ("rho_schedule", rho_schedule, RHO_SCHEDULES),
+                           ("activation", activation, ACTIVATIONS), ("loss", loss, LOSSES)):
+        if v not in valid:
+            raise ValueError(f"{name}: expected one of {valid}, got {v!r}")
+    if (num_samples is None) != (seq_len is None):
+        raise ValueError("num_samples, seq_len: per-sample state is [num_samples, seq_len, H]; "
+                         f"give both or neither (got {num_samples}, {seq_len})")
+    if auxiliaries == "persist" and num_samples is None:
+        raise ValueError("auxiliaries: 'persist' stores per-sample auxiliaries; give num_samples "
+                         "and seq_len")
+
+
+def _check_batch(p, inputs, targets, cfg: ADMMConfig):
+    """Shape checks of ``inputs``/``targets`` against the parameters (at trace time)."""
+    if inputs is None or targets is None:
+        raise ValueError("inputs, targets: admmirnn.update needs the batch: "
+                         "tx.update(grads, state, params, inputs=x, targets=y)")
+    inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
+    d = p["U"].shape[1]
+    token = jnp.issubdtype(inputs.dtype, jnp.integer)
+    if token and inputs.ndim != 2:
+        raise ValueError(f"inputs: token ids must be [N, T], got shape {inputs.shape}")
+    if not token and (inputs.ndim != 3 or inputs.shape[-1] != d):
+        raise ValueError(f"inputs: expected [N, T, {d}] (U is {p['U'].shape}), "
+                         f"got shape {inputs.shape}")
+    if not token:
+        inputs = inputs.astype(p["U"].dtype)
+    n, t = inputs.shape[:2]
+    c = p["V"].shape[0]
+    if cfg.loss == "cross_entropy":
+        want = (n, t) if cfg.many_to_many else (n,)
+        if targets.shape != want or not jnp.issubdtype(targets.dtype, jnp.integer):
+            raise ValueError(f"targets: expected integer classes of shape {want}, "
+                             f"got {targets.dtype}{targets.shape}")
+    else:
+        want = (n, t, c) if cfg.many_to_many else (n, c)
+        if targets.shape != want:
+            raise ValueError(f"targets: expected reals of shape {want}, got {targets.shape}")
+        targets = targets.astype(p["V"].dtype)
+    return inputs, targets

@@ -1,0 +1,353 @@
+r"""The ADMMiRNN blocks: each a pure function that minimises the augmented Lagrangian over one
+group of variables with the others fixed.
+
+Every block is vectorised over all samples and time steps, and exact wherever the subproblem
+allows it:
+
+============  ==============================================================  ===========
+block         subproblem                                                      solver
+============  ==============================================================  ===========
+o             ``l(o; y) + rho3/2 |o - (V h + c) + lam3/rho3|^2``              Newton with
+                                                                              line search
+                                                                              (CE), closed
+                                                                              form (MSE)
+(V, c)        ridge least squares of ``o + lam3/rho3`` on ``[h_t; 1]``        Cholesky
+h             quadratic in ``h_t`` given ``a_t``, ``a_{t+1}``, ``o_t``        Cholesky
+a             1-D per entry: ``rho1/2 (a - z + lam1/rho1)^2                   safeguarded
+              + rho2/2 (h - f(a) + lam2/rho2)^2``                             Gauss-Newton
+                                                                              (tanh), exact
+                                                                              (relu)
+(U, W, b)     ridge least squares of ``a + lam1/rho1`` on                     Cholesky
+              ``[x_t; h_{t-1}; 1]`` (Schur complement for token inputs)
+duals         ``lam_i += rho_i r_i``                                          exact
+============  ==============================================================  ===========
+
+The weight blocks are proximal: they add ``lam/2 |theta - theta_prev|^2`` with
+``lam = mu * rho * trace(G) / dim(G)`` (``G`` the block's Gram matrix), which keeps a
+least-squares re-solve on a mini-batch from jumping along poorly conditioned directions.
+With ``mu = 0`` they are the plain ADMM blocks.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import cho_factor, cho_solve
+
+from admm_jax.admm.problem import (
+    ADMMConfig,
+    Auxiliaries,
+    Duals,
+    Penalties,
+    Residuals,
+    readout_states,
+    shift_right,
+    targets_as_steps,
+)
+from admm_jax.models.elman import activation_fn, input_projection, is_token_input
+
+_LINE_SEARCH = 2.0 ** -jnp.arange(12)  # candidate step sizes 1, 1/2, ..., 1/2048
+_ARMIJO = 1e-4
+
+
+# ----------------------------------------------------------------------------- o-block
+
+
+def o_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, targets: jax.Array,
+            cfg: ADMMConfig) -> jax.Array:
+    r"""Minimise ``l(o; y) + rho3/2 |o - z|^2`` with ``z = V h + c - lam3/rho3`` per sample.
+
+    Cross entropy: damped Newton from the current ``o``. The Hessian
+    ``diag(p) - p p^T + rho3 I`` is inverted in ``O(C)`` by Sherman-Morrison, and each step is
+    halved until the Armijo condition holds, so the objective never increases. MSE
+    (``1/2|o - y|^2``): closed form ``(y + rho3 z) / (1 + rho3)``.
+
+    Returns:
+      The new ``o [N, |S|, C]``.
+    """
+    y = targets_as_steps(targets, cfg)
+    rho3 = rho.rho3
+    z = readout_states(aux.h, cfg) @ params["V"].T + params["c"] - duals.lam3 / rho3
+    if cfg.loss == "mse":
+        return (y + rho3 * z) / (1.0 + rho3)
+
+    onehot = jax.nn.one_hot(y, z.shape[-1], dtype=z.dtype)
+
+    def objective(o):
+        return -jnp.sum(onehot * jax.nn.log_softmax(o), -1) + 0.5 * rho3 * jnp.sum((o - z) ** 2, -1)
+
+    def newton(o, _):
+        p = jax.nn.softmax(o)
+        g = p - onehot + rho3 * (o - z)
+        dinv = 1.0 / (p + rho3)
+        dg, dp = dinv * g, dinv * p
+        step = -(dg + dp * jnp.sum(p * dg, -1, keepdims=True) / (1.0 - jnp.sum(p * dp, -1,
+                                                                              keepdims=True)))
+        return _armijo(objective, o, step, jnp.sum(g * step, -1)), None
+
+    o, _ = jax.lax.scan(newton, aux.o, None, length=cfg.newton_steps)
+    return o
+
+
+def _armijo(objective, x, step, slope):
+    """Largest step size in ``_LINE_SEARCH`` with sufficient decrease, per leading entry.
+
+    ``objective`` maps ``x``-shaped arrays to per-entry values (reduced over the last axis, or
+    elementwise); ``slope`` is the directional derivative. Entries where no candidate
+    decreases keep ``x``.
+    """
+    f0 = objective(x)
+    elementwise = f0.shape == x.shape
+    expand = (lambda s: s) if elementwise else (lambda s: s[..., None])
+    chosen = jnp.zeros_like(f0)
+    for s in _LINE_SEARCH[::-1]:  # smallest first, so the largest passing step wins
+        ok = objective(x + s * step) <= f0 + _ARMIJO * s * slope
+        chosen = jnp.where(ok, s, chosen)
+    return x + expand(chosen) * step
+
+
+# ----------------------------------------------------------------------- weight blocks
+
+
+def _prox_ridge(gram, rhs_data, theta0, rho, decay, cfg: ADMMConfig):
+    """Solve ``min rho/2 |Y - Phi T|^2 + beta/2 |decay * T|^2 + lam/2 |T - T0|^2``.
+
+    ``gram = Phi^T Phi``, ``rhs_data = Phi^T Y``, ``decay`` a 0/1 vector over rows of ``T``.
+    Returns ``(T, lam)`` with ``lam = mu * rho * trace(gram) / dim``.
+    """
+    dim = gram.shape[0]
+    lam = cfg.prox * rho * jnp.trace(gram) / dim
+    system = rho * gram + jnp.diag(cfg.weight_decay * decay + lam)
+    theta = cho_solve(cho_factor(system), rho * rhs_data + lam * theta0)
+    return theta, lam
+
+
+def vc_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, cfg: ADMMConfig,
+             anchor=None):
+    r"""Proximal ridge least squares for the readout ``(V, c)``.
+
+    .. math::
+        \min_{V,c} \tfrac{\rho_3}{2}\sum_{n,t\in S}|o + \lambda_3/\rho_3 - V h_t - c|^2
+        + \tfrac{\beta}{2}|V|^2 + \tfrac{\lambda}{2}|(V,c) - (V,c)_{prev}|^2
+
+    Args:
+      anchor: weights the proximal term pulls toward (default: ``params``).
+
+    Returns:
+      ``({"V": V, "c": c}, lam)``.
+    """
+    anchor = params if anchor is None else anchor
+    hs = readout_states(aux.h, cfg)
+    phi = jnp.concatenate([hs, jnp.ones_like(hs[..., :1])], -1).reshape(-1, hs.shape[-1] + 1)
+    target = (aux.o + duals.lam3 / rho.rho3).reshape(phi.shape[0], -1)
+    theta0 = jnp.concatenate([anchor["V"].T, anchor["c"][None]], 0)
+    decay = jnp.concatenate([jnp.ones(hs.shape[-1], phi.dtype), jnp.zeros(1, phi.dtype)])
+    theta, lam = _prox_ridge(phi.T @ phi, phi.T @ target, theta0, rho.rho3, decay, cfg)
+    return {"V": theta[:-1].T, "c": theta[-1]}, lam
+
+
+def uwb_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: jax.Array,
+              cfg: ADMMConfig, anchor=None):
+    r"""Proximal ridge least squares for the recurrent weights ``(U, W, b)``.
+
+    .. math::
+        \min_{U,W,b} \tfrac{\rho_1}{2}\sum_{n,t}|a_t + \lambda_{1,t}/\rho_1 - U x_t
+        - W h_{t-1} - b|^2 + \tfrac{\beta}{2}(|U|^2+|W|^2)
+        + \tfrac{\lambda}{2}|(U,W,b) - (U,W,b)_{prev}|^2
+
+    One ``(D+H+1)^2`` Cholesky for dense inputs. For token inputs the input block of the Gram
+    matrix is diagonal (token counts), and the solve goes through the ``(H+1)^2`` Schur
+    complement: cost independent of the vocabulary size beyond ``O(vocab * H)``.
+
+    Returns:
+      ``({"U": U, "W": W, "b": b}, lam)``.
+    """
+    anchor = params if anchor is None else anchor
+    hidden = params["W"].shape[0]
+    p = jnp.concatenate([shift_right(aux.h), jnp.ones_like(aux.h[..., :1])], -1)
+    p = p.reshape(-1, hidden + 1)
+    target = (aux.a + duals.lam1 / rho.rho1).reshape(-1, hidden)
+    theta0_p = jnp.concatenate([anchor["W"].T, anchor["b"][None]], 0)
+    decay_p = jnp.concatenate([jnp.ones(hidden, p.dtype), jnp.zeros(1, p.dtype)])
+    rho1 = rho.rho1
+    if not is_token_input(inputs):
+        x = inputs.reshape(p.shape[0], -1)
+        phi = jnp.concatenate([x, p], -1)
+        theta0 = jnp.concatenate([anchor["U"].T, theta0_p], 0)
+        decay = jnp.concatenate([jnp.ones(x.shape[-1], p.dtype), decay_p])
+        theta, lam = _prox_ridge(phi.T @ phi, phi.T @ target, theta0, rho1, decay, cfg)
+        d = x.shape[-1]
+        return {"U": theta[:d].T, "W": theta[d:-1].T, "b": theta[-1]}, lam
+
+    vocab = params["U"].shape[1]
+    ids = inputs.reshape(-1)
+    counts = jnp.zeros(vocab, p.dtype).at[ids].add(1.0)
+    xt_p = jax.ops.segment_sum(p, ids, vocab)  # X^T P  [vocab, H+1]
+    xt_y = jax.ops.segment_sum(target, ids, vocab)  # X^T Y  [vocab, H]
+    gram_p = p.T @ p
+    lam = cfg.prox * rho1 * (jnp.sum(counts) + jnp.trace(gram_p)) / (vocab + hidden + 1)
+    dx = rho1 * counts + cfg.weight_decay + lam  # diagonal of the input block
+    rhs_x = rho1 * xt_y + lam * anchor["U"].T
+    rhs_p = rho1 * (p.T @ target) + lam * theta0_p
+    schur = rho1 * gram_p + jnp.diag(cfg.weight_decay * decay_p + lam)
+    schur -= rho1**2 * (xt_p.T / dx) @ xt_p
+    theta_p = cho_solve(cho_factor(schur), rhs_p - rho1 * xt_p.T @ (rhs_x / dx[:, None]))
+    theta_x = (rhs_x - rho1 * xt_p @ theta_p) / dx[:, None]
+    return {"U": theta_x.T, "W": theta_p[:-1].T, "b": theta_p[-1]}, lam
+
+
+# ------------------------------------------------------------------------ h and a blocks
+
+
+def _h_inverses(params, rho: Penalties, cfg: ADMMConfig):
+    """Inverses of the h-block matrices for steps ``t < T`` and for the last step.
+
+    Both are ``rho2 I`` plus positive semidefinite terms, so they are well conditioned
+    (eigenvalues >= rho2); one Cholesky each, then every step's solve is a matrix product.
+    """
+    W, V = params["W"], params["V"]
+    eye = jnp.eye(W.shape[0], dtype=W.dtype)
+    vtv = rho.rho3 * V.T @ V
+    mid = rho.rho2 * eye + rho.rho1 * W.T @ W + (vtv if cfg.many_to_many else 0.0)
+    last = rho.rho2 * eye + vtv
+    return cho_solve(cho_factor(mid), eye), cho_solve(cho_factor(last), eye)
+
+
+def _h_rhs_base(params, aux, duals, rho, inputs, cfg):
+    """The h-block right-hand side except the term ``rho1 W^T a_{t+1}``.
+
+    ``rho2 f(a_t) - lam2_t + rho1 W^T(-U x_{t+1} - b + lam1_{t+1}/rho1)[t<T]
+    + rho3 V^T(o_t - c + lam3_t/rho3)[t in S]``, ``[N, T, H]``.
+    """
+    f = activation_fn(cfg.activation)
+    V, c, W = params["V"], params["c"], params["W"]
+    base = rho.rho2 * f(aux.a) - duals.lam2
+    out_term = (rho.rho3 * (aux.o - c) + duals.lam3) @ V
+    base = base + out_term if cfg.many_to_many else base.at[:, -1:].add(out_term)
+    nxt = duals.lam1 - rho.rho1 * (input_projection(params["U"], inputs) + params["b"])
+    return base.at[:, :-1].add(nxt[:, 1:] @ W)
+
+
+def h_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: jax.Array,
+            cfg: ADMMConfig) -> jax.Array:
+    r"""Exact minimiser over all ``h_t`` at once, with every ``a`` (and ``o``) fixed.
+
+    .. math::
+        (\rho_2 I + \rho_1 W^\top W [t<T] + \rho_3 V^\top V [t\in S])\, h_t =
+        \rho_2 f(a_t) - \lambda_{2,t} + \rho_1 W^\top(a_{t+1} - U x_{t+1} - b
+        + \lambda_{1,t+1}/\rho_1)[t<T] + \rho_3 V^\top(o_t - c + \lambda_{3,t}/\rho_3)[t\in S]
+
+    The problem is separable over ``t`` and ``n`` because ``a_{t+1}`` is held fixed: one
+    shared ``H x H`` factorisation per matrix.
+    """
+    mid_inv, last_inv = _h_inverses(params, rho, cfg)
+    rhs = _h_rhs_base(params, aux, duals, rho, inputs, cfg)
+    rhs = rhs.at[:, :-1].add(rho.rho1 * aux.a[:, 1:] @ params["W"])
+    return jnp.concatenate([rhs[:, :-1] @ mid_inv, rhs[:, -1:] @ last_inv], axis=1)
+
+
+def a_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: jax.Array,
+            cfg: ADMMConfig) -> jax.Array:
+    r"""Minimise, entry by entry, ``g(a) = rho1/2 (a - u)^2 + rho2/2 (v - f(a))^2``.
+
+    With ``u = U x_t + W h_{t-1} + b - lam1/rho1`` and ``v = h_t + lam2/rho2``: all steps at
+    once (``h`` fixed). See :func:`solve_a` for the solvers.
+    """
+    z = input_projection(params["U"], inputs) + shift_right(aux.h) @ params["W"].T + params["b"]
+    return solve_a(aux.a, z - duals.lam1 / rho.rho1, aux.h + duals.lam2 / rho.rho2, rho, cfg)
+
+
+TANH_CURVATURE = 4.0 / (3.0 * 3.0**0.5)  # max |d^2 tanh / da^2| = max 2|tanh a| sech^2 a
+
+
+def a_curvature_bound(v, rho: Penalties):
+    """Upper bound ``Lc`` of ``g''`` for tanh: ``rho1 + rho2 (1 + 0.7698 (|v| + 1))``."""
+    return rho.rho1 + rho.rho2 * (1.0 + TANH_CURVATURE * (jnp.abs(v) + 1.0))
+
+
+def solve_a(a0, u, v, rho: Penalties, cfg: ADMMConfig) -> jax.Array:
+    r"""Elementwise ``argmin_a g(a) = rho1/2 (a - u)^2 + rho2/2 (v - f(a))^2``.
+
+    relu: exact, the better of the two one-sided minimisers ``min(u, 0)`` and
+    ``max((rho1 u + rho2 v)/(rho1 + rho2), 0)``.
+
+    tanh (nonconvex): ``a_steps`` iterations from ``a0``, each taking the better of two
+    candidates: the Gauss-Newton step ``-g'/(rho1 + rho2 f'^2)`` (fast near a minimum) and the
+    majorisation step ``-g'/Lc`` with ``Lc >= sup g''`` (:func:`a_curvature_bound`), which by
+    the descent lemma guarantees ``g(a+) <= g(a) - g'(a)^2 / (2 Lc)``. So every iteration
+    meets that sufficient decrease and ``g`` never increases.
+    """
+    rho1, rho2 = rho.rho1, rho.rho2
+    if cfg.activation == "relu":
+        neg = jnp.minimum(u, 0.0)
+        pos = jnp.maximum((rho1 * u + rho2 * v) / (rho1 + rho2), 0.0)
+
+        def g_relu(a):
+            return 0.5 * rho1 * (a - u) ** 2 + 0.5 * rho2 * (v - jax.nn.relu(a)) ** 2
+
+        return jnp.where(g_relu(pos) <= g_relu(neg), pos, neg)
+
+    lc = a_curvature_bound(v, rho)
+
+    def g(a):
+        return 0.5 * rho1 * (a - u) ** 2 + 0.5 * rho2 * (v - jnp.tanh(a)) ** 2
+
+    def step(a, _):
+        t = jnp.tanh(a)
+        dt = 1.0 - t**2
+        grad = rho1 * (a - u) - rho2 * (v - t) * dt
+        gn = a - grad / (rho1 + rho2 * dt**2)
+        mm = a - grad / lc
+        return jnp.where(g(gn) <= g(mm), gn, mm), None
+
+    a, _ = jax.lax.scan(step, a0, None, length=cfg.a_steps)
+    return a
+
+
+def sweep_backward(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: jax.Array,
+                   cfg: ADMMConfig) -> Auxiliaries:
+    r"""Gauss-Seidel over ``h_T, a_T, h_{T-1}, a_{T-1}, ..., h_1, a_1`` in one ``lax.scan``.
+
+    Each ``h_t`` is solved exactly given the ``a_{t+1}`` just updated, and each ``a_t`` given
+    the new ``h_t`` and the old ``h_{t-1}``: the loss signal reaches every step in one sweep.
+    Everything that does not depend on the sweep's own results is computed for all steps at
+    once beforehand; the scan body is two ``[N, H] x [H, H]`` products and the a-solver.
+    """
+    W = params["W"]
+    mid_inv, last_inv = _h_inverses(params, rho, cfg)
+    base = _h_rhs_base(params, aux, duals, rho, inputs, cfg)
+    u = (input_projection(params["U"], inputs) + shift_right(aux.h) @ W.T + params["b"]
+         - duals.lam1 / rho.rho1)
+    v_off = duals.lam2 / rho.rho2
+
+    def solve_step(rhs, inv, a_old, u_t, v_off_t):
+        h_t = rhs @ inv
+        return solve_a(a_old, u_t, h_t + v_off_t, rho, cfg), h_t
+
+    a_last, h_last = solve_step(base[:, -1], last_inv, aux.a[:, -1], u[:, -1], v_off[:, -1])
+
+    def body(a_next, xs):
+        base_t, a_old, u_t, v_off_t = xs
+        a_t, h_t = solve_step(base_t + rho.rho1 * a_next @ W, mid_inv, a_old, u_t, v_off_t)
+        return a_t, (a_t, h_t)
+
+    xs = tuple(jnp.swapaxes(arr[:, :-1], 0, 1) for arr in (base, aux.a, u, v_off))
+    _, (a, h) = jax.lax.scan(body, a_last, xs, reverse=True)
+    a = jnp.concatenate([jnp.swapaxes(a, 0, 1), a_last[:, None]], axis=1)
+    h = jnp.concatenate([jnp.swapaxes(h, 0, 1), h_last[:, None]], axis=1)
+    return aux._replace(a=a, h=h)
+
+
+def sweep_parallel(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: jax.Array,
+                   cfg: ADMMConfig) -> Auxiliaries:
+    """All ``h_t`` at once (:func:`h_block`), then all ``a_t`` at once (:func:`a_block`)."""
+    aux = aux._replace(h=h_block(params, aux, duals, rho, inputs, cfg))
+    return aux._replace(a=a_block(params, aux, duals, rho, inputs, cfg))
+
+
+# ----------------------------------------------------------------------------- duals
+
+
+def dual_update(duals: Duals, rho: Penalties, r: Residuals) -> Duals:
+    """The multiplier step ``lam_i <- lam_i + rho_i r_i`` for all three families."""
+    return Duals(*(lam + rh * ri for lam, rh, ri in zip(duals, rho, r, strict=True)))
