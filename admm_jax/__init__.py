@@ -4,6 +4,7 @@ ADMMiRNN (ADMM on the unfolded RNN) as an optax transformation, beside the metho
 compared with: NovoGrad, random-bases descent and h-detach LSTM training.
 """
 
+from admm_jax import data
 from admm_jax.models import ElmanRNN, elman_apply, elman_trace
 
 __version__ = "0.1.0"
@@ -12,4 +13,5 @@ __all__ = [
     "ElmanRNN",
     "elman_apply",
     "elman_trace",
+    "data",
 ]
