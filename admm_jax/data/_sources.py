@@ -271,12 +271,10 @@ def locate(
                 d = find_raw(root, raw_sub, names)
                 if d is not None:
                     return Located("raw", d)
-    urls = "; ".join(f"{rf.name} from {rf.urls[0]}" for rf in raw_files[0])
     if download and source in ("auto", "raw"):
         return Located("raw", download_files(raw_files[0], dest / raw_sub))
     how = (
-        f"download {urls} into {dest / raw_sub}, e.g.\n  mkdir -p {dest / raw_sub} && cd "
-        f"{dest / raw_sub} && "
+        f"\n  mkdir -p {dest / raw_sub} && cd {dest / raw_sub} && "
         + " && ".join(f"curl -LO {rf.urls[0]}" for rf in raw_files[0])
         + f"\n(or prepare it with TensorFlow: python -c \"import tensorflow_datasets as tfds; "
         f"tfds.data_source('{tfds_name}', data_dir='{dest / 'tfds'}', download=True)\")"

@@ -26,11 +26,14 @@ _SHA256 = {
     "t10k-images-idx3-ubyte.gz": "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",  # noqa: E501
     "t10k-labels-idx1-ubyte.gz": "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",  # noqa: E501
 }
-RAW_FILES = tuple(
-    src.RawFile(name, (digest,), tuple(m + name for m in _MIRRORS))
-    for name, digest in _SHA256.items()
-)
 _PREFIX = {"train": "train", "test": "t10k"}
+RAW_FILES = {
+    split: tuple(
+        src.RawFile(name, (_SHA256[name],), tuple(m + name for m in _MIRRORS))
+        for name in (f"{p}-images-idx3-ubyte.gz", f"{p}-labels-idx1-ubyte.gz")
+    )
+    for split, p in _PREFIX.items()
+}
 # sha256 of the decoded uint8 images [N, 28, 28] followed by the uint8 labels [N], in the
 # original IDX order; whatever the source, the decoded arrays must have these digests.
 CONTENT_SHA256 = {
@@ -108,7 +111,7 @@ def load_uint8(
     if split not in SPLITS:
         raise ValueError(f"split: expected one of {SPLITS}, got {split!r}")
     loc = src.locate(
-        "MNIST", tfds_name=TFDS_NAME, raw_sub="mnist", raw_files=(RAW_FILES,),
+        "MNIST", tfds_name=TFDS_NAME, raw_sub="mnist", raw_files=(RAW_FILES[split],),
         data_dir=data_dir, source=source, download=download,
     )
     digest = _source_digest(loc, split)
