@@ -8,10 +8,16 @@ import urllib.error
 import numpy as np
 import pytest
 
-from admm_jax.data import ChecksumError, DataNotFoundError, mnist, mnist_permutation
-from admm_jax.data import _sources, validation_split
+from admm_jax.data import (
+    ChecksumError,
+    DataNotFoundError,
+    _sources,
+    mnist,
+    mnist_permutation,
+    validation_split,
+)
 
-mnist_module = sys.modules["admm_jax.data.mnist"]  # the attribute admm_jax.data.mnist is the function
+mnist_module = sys.modules["admm_jax.data.mnist"]  # admm_jax.data.mnist is the function
 
 # Published class counts of MNIST (LeCun et al.), train and test.
 TRAIN_HIST = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]
