@@ -4,6 +4,7 @@ ADMMiRNN (ADMM on the unfolded RNN) as an optax transformation, beside the metho
 compared with: NovoGrad, random-bases descent and h-detach LSTM training.
 """
 
+from admm_jax import data
 from admm_jax.admm import ADMMDiagnostics, ADMMiRNNState, admmirnn
 from admm_jax.models import ElmanRNN, elman_apply, elman_trace
 
@@ -12,8 +13,9 @@ __version__ = "0.1.0"
 __all__ = [
     "ADMMDiagnostics",
     "ADMMiRNNState",
-    "admmirnn",
     "ElmanRNN",
+    "admmirnn",
+    "data",
     "elman_apply",
     "elman_trace",
 ]

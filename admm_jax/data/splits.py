@@ -1,0 +1,56 @@
+"""Split names with optional slices (``"train[:50000]"``) and a seeded validation hold-out."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+_SPLIT = re.compile(r"^(?P<name>[a-z]+)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?$")
+
+
+def parse_split(split: str, names: tuple[str, ...]) -> tuple[str, slice]:
+    """Split ``"name"`` or ``"name[start:stop]"`` into the base name and a slice.
+
+    >>> parse_split("train[:50000]", ("train", "test"))
+    ('train', slice(None, 50000, None))
+    """
+    m = _SPLIT.match(split) if isinstance(split, str) else None
+    if m is None or m["name"] not in names:
+        raise ValueError(
+            f"split: expected one of {names}, optionally sliced like 'train[:50000]', "
+            f"got {split!r}"
+        )
+    start = int(m["start"]) if m["start"] else None
+    stop = int(m["stop"]) if m["stop"] else None
+    return m["name"], slice(start, stop)
+
+
+def validation_split(
+    n: int, n_valid: int, *, seed: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices ``(train_idx, valid_idx)`` holding out ``n_valid`` of ``n`` samples.
+
+    With ``seed=None`` the last ``n_valid`` samples are held out (the same as the slices
+    ``"train[:-n_valid]"`` / ``"train[-n_valid:]"``); with an integer seed a uniformly random
+    subset is held out, drawn by ``numpy.random.default_rng(seed)``. Both index arrays are
+    sorted, disjoint and cover ``range(n)``.
+
+    Args:
+      n: number of samples.
+      n_valid: how many to hold out, ``0 <= n_valid <= n``.
+      seed: ``None`` for the contiguous tail, else the seed of the random hold-out.
+
+    Returns:
+      ``(train_idx, valid_idx)``, int64 arrays of lengths ``n - n_valid`` and ``n_valid``.
+
+    >>> tr, va = validation_split(60000, 10000)  # the h-detach 50k/10k MNIST recipe
+    >>> len(tr), len(va), int(va[0])
+    (50000, 10000, 50000)
+    """
+    if not (isinstance(n_valid, int | np.integer) and 0 <= n_valid <= n):
+        raise ValueError(f"n_valid: expected an integer in [0, {n}], got {n_valid!r}")
+    if seed is None:
+        return np.arange(n - n_valid), np.arange(n - n_valid, n)
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_valid:]), np.sort(perm[:n_valid])

@@ -1,0 +1,77 @@
+"""Character-level language modelling windows from any text."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import NamedTuple
+
+import numpy as np
+
+
+class CharText(NamedTuple):
+    """Next-character windows.
+
+    inputs, targets: int32 ``[N, seq_len]`` character ids with ``targets[:, t]`` the character
+    after ``inputs[:, t]``; vocab: the sorted distinct characters, ``vocab[id]``.
+    """
+
+    inputs: np.ndarray
+    targets: np.ndarray
+    vocab: tuple[str, ...]
+
+
+def text(
+    path_or_string: str | os.PathLike,
+    *,
+    seq_len: int,
+    stride: int | None = None,
+    encoding: str = "utf-8",
+) -> CharText:
+    r"""Character vocabulary and next-character ``(inputs, targets)`` windows.
+
+    With the text encoded as ids :math:`c_0 \dots c_{L-1}` (ids index the sorted distinct
+    characters), window :math:`k` starts at :math:`s = k \cdot \text{stride}` and is
+    :math:`x = c_{s:s+\text{seq\_len}},\ y = c_{s+1:s+1+\text{seq\_len}}`, for every :math:`k`
+    whose target fits in the text (a short tail is dropped).
+
+    Args:
+      path_or_string: a ``pathlib.Path`` (or a string naming an existing file) to read, else
+        the text itself.
+      seq_len: window length ``T`` >= 1.
+      stride: distance between window starts; ``seq_len`` (non-overlapping) when ``None``.
+      encoding: file encoding.
+
+    Returns:
+      :class:`CharText` ``(inputs [N, T] int32, targets [N, T] int32, vocab)``; decode with
+      ``admm_jax.data.decode_ids(ids, vocab, sep="")``.
+
+    >>> d = text("hello world", seq_len=4)
+    >>> d.inputs.shape, "".join(d.vocab[i] for i in d.targets[0])
+    ((2, 4), 'ello')
+    """
+    if not (isinstance(seq_len, int | np.integer) and seq_len >= 1):
+        raise ValueError(f"seq_len: expected a positive integer, got {seq_len!r}")
+    stride = seq_len if stride is None else stride
+    if not (isinstance(stride, int | np.integer) and stride >= 1):
+        raise ValueError(f"stride: expected a positive integer or None, got {stride!r}")
+    if isinstance(path_or_string, os.PathLike) or (
+        isinstance(path_or_string, str)
+        and "\n" not in path_or_string
+        and len(path_or_string) < 4096
+        and os.path.isfile(path_or_string)
+    ):
+        s = pathlib.Path(path_or_string).read_text(encoding=encoding)
+    elif isinstance(path_or_string, str):
+        s = path_or_string
+    else:
+        raise TypeError(f"path_or_string: expected a str or a path, got {type(path_or_string)}")
+    if len(s) < seq_len + 1:
+        raise ValueError(f"path_or_string: text of {len(s)} characters, need >= seq_len + 1")
+    codes = np.frombuffer(s.encode("utf-32-le"), np.uint32)
+    chars, ids = np.unique(codes, return_inverse=True)
+    ids = ids.astype(np.int32)
+    starts = np.arange(0, len(ids) - seq_len, stride)
+    window = starts[:, None] + np.arange(seq_len)[None, :]
+    vocab = tuple(chr(c) for c in chars.tolist())
+    return CharText(ids[window], ids[window + 1], vocab)

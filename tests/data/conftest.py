@@ -1,0 +1,20 @@
+"""Data tests start from an empty decoded-array cache, shared by the xdist workers of a run."""
+
+import os
+
+import pytest
+
+
+@pytest.fixture(scope="session", autouse=True)
+def fresh_cache(tmp_path_factory, worker_id):
+    """Point ``$ADMM_JAX_CACHE`` at a new folder for this test run (as on a fresh CI machine)."""
+    base = tmp_path_factory.getbasetemp()
+    d = (base.parent if worker_id != "master" else base) / "admm_jax_cache"
+    d.mkdir(exist_ok=True)
+    old = os.environ.get("ADMM_JAX_CACHE")
+    os.environ["ADMM_JAX_CACHE"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("ADMM_JAX_CACHE", None)
+    else:
+        os.environ["ADMM_JAX_CACHE"] = old
