@@ -272,7 +272,8 @@ def solve_a(a0, u, v, rho: Penalties, cfg: ADMMConfig) -> jax.Array:
     ``max((rho1 u + rho2 v)/(rho1 + rho2), 0)``.
 
     tanh (nonconvex): ``a_steps`` iterations from ``a0``, each taking the better of two
-    candidates: the Gauss-Newton step ``-g'/(rho1 + rho2 f'^2)`` (fast near a minimum) and the
+    candidates: the Newton step ``-g'/g''`` where ``g''`` is safely positive, else the
+    Gauss-Newton step ``-g'/(rho1 + rho2 f'^2)`` (fast near a minimum), and the
     majorisation step ``-g'/Lc`` with ``Lc >= sup g''`` (:func:`a_curvature_bound`), which by
     the descent lemma guarantees ``g(a+) <= g(a) - g'(a)^2 / (2 Lc)``. So every iteration
     meets that sufficient decrease and ``g`` never increases.
@@ -296,9 +297,11 @@ def solve_a(a0, u, v, rho: Penalties, cfg: ADMMConfig) -> jax.Array:
         t = jnp.tanh(a)
         dt = 1.0 - t**2
         grad = rho1 * (a - u) - rho2 * (v - t) * dt
-        gn = a - grad / (rho1 + rho2 * dt**2)
+        curv = rho1 + rho2 * (dt**2 + 2.0 * (v - t) * t * dt)  # exact g''
+        curv = jnp.where(curv > 0.1 * rho1, curv, rho1 + rho2 * dt**2)  # else Gauss-Newton
+        newton = a - grad / curv
         mm = a - grad / lc
-        return jnp.where(g(gn) <= g(mm), gn, mm), None
+        return jnp.where(g(newton) <= g(mm), newton, mm), None
 
     a, _ = jax.lax.scan(step, a0, None, length=cfg.a_steps)
     return a

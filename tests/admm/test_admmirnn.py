@@ -1,0 +1,251 @@
+"""The admmirnn optax transformation: API, state, no recompilation, known defects absent."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import admm_jax
+from admm_jax.models.elman import elman_apply
+
+
+def toy(seed=0, n=24, t=6, d=3, h=8, c=2, dtype=jnp.float64, tokens=False):
+    model = admm_jax.ElmanRNN(d, h, c, rngs=nnx.Rngs(seed), dtype=dtype)
+    key = jax.random.key(seed + 1)
+    if tokens:
+        x = jax.random.randint(key, (n, t), 0, d)
+        y = (x[:, -1] % c).astype(jnp.int32)
+    else:
+        x = jax.random.normal(key, (n, t, d), dtype)
+        y = (x[:, :, 0].sum(1) > 0).astype(jnp.int32)
+    return model, x, y
+
+
+def loss_of(params, x, y):
+    p = {k: params[k][...] for k in ("U", "W", "b", "V", "c")}
+    return optax.softmax_cross_entropy_with_integer_labels(elman_apply(p, x), y).mean()
+
+
+def train(tx, params, x, y, steps):
+    """The user's loop: identical for admmirnn and optax.adam."""
+    state = tx.init(params)
+
+    @jax.jit
+    def step(params, state):
+        grads = jax.grad(loss_of)(params, x, y)
+        updates, state = tx.update(grads, state, params, inputs=x, targets=y)
+        return optax.apply_updates(params, updates), state
+
+    for _ in range(steps):
+        params, state = step(params, state)
+    return params, state, step
+
+
+def test_same_loop_runs_with_adam_and_admmirnn_by_changing_one_line():
+    model, x, y = toy()
+    params = nnx.state(model, nnx.Param)
+    before = float(loss_of(params, x, y))
+    for tx in (optax.adam(1e-2), admm_jax.admmirnn(num_samples=24, seq_len=6)):
+        trained, _, _ = train(tx, params, x, y, 15)
+        assert float(loss_of(trained, x, y)) < 0.8 * before
+        assert jax.tree.structure(trained) == jax.tree.structure(params)
+
+
+def test_no_recompilation_across_iterations_and_runs_in_scan():
+    model, x, y = toy()
+    params = nnx.state(model, nnx.Param)
+    tx = admm_jax.admmirnn(num_samples=24, seq_len=6)
+    _, state, step = train(tx, params, x, y, 5)
+    assert step._cache_size() == 1
+    assert int(state.count) == 5
+
+    def body(carry, _):
+        params, state = carry
+        updates, state = tx.update(None, state, params, inputs=x, targets=y)
+        return (optax.apply_updates(params, updates), state), state.diagnostics.loss
+
+    (_, state2), losses = jax.lax.scan(body, (params, tx.init(params)), None, length=5)
+    assert int(state2.count) == 5
+    assert float(losses[-1]) < float(losses[0])
+
+
+def test_diagnostics_and_state_contents():
+    model, x, y = toy()
+    params = nnx.state(model, nnx.Param)
+    tx = admm_jax.admmirnn(num_samples=24, seq_len=6, sweeps=2)
+    state = tx.init(params)
+    assert state.duals.lam1.shape == (24, 6, 8) and state.duals.lam3.shape == (24, 1, 2)
+    assert state.aux.a.shape[0] == 0  # auxiliaries are rebuilt from a forward pass ("reset")
+    _, state = tx.update(None, state, params, inputs=x, targets=y)
+    d = state.diagnostics
+    assert int(state.count) == 2
+    for v in d:
+        assert np.isfinite(float(v))
+    assert float(d.r1) > 0 and float(d.dual_residual) > 0
+    np.testing.assert_allclose(float(d.loss), float(loss_of(
+        optax.apply_updates(params, tx.update(None, tx.init(params), params, inputs=x,
+                                              targets=y)[0]), x, y)), rtol=1e-10)
+
+
+def test_minibatch_duals_live_at_their_sample_indices():
+    model, x, y = toy()
+    params = nnx.state(model, nnx.Param)
+    tx = admm_jax.admmirnn(num_samples=24, seq_len=6)
+    state = tx.init(params)
+    idx = jnp.array([3, 7, 11, 20])
+    _, state = tx.update(None, state, params, inputs=x[idx], targets=y[idx], indices=idx)
+    touched = jnp.abs(state.duals.lam1).sum((1, 2)) > 0
+    np.testing.assert_array_equal(np.flatnonzero(touched), np.asarray(idx))
+
+
+def test_minibatch_of_everything_equals_full_batch():
+    model, x, y = toy()
+    params = nnx.state(model, nnx.Param)
+    tx = admm_jax.admmirnn(num_samples=24, seq_len=6)
+    perm = jnp.asarray(np.random.default_rng(0).permutation(24))
+    u1, s1 = tx.update(None, tx.init(params), params, inputs=x, targets=y)
+    u2, s2 = tx.update(None, tx.init(params), params, inputs=x[perm], targets=y[perm],
+                       indices=perm)
+    for a, b in zip(jax.tree.leaves(u1), jax.tree.leaves(u2), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(s1.duals.lam1, s2.duals.lam1, rtol=1e-9, atol=1e-12)
+
+
+def test_persistent_auxiliaries_mode():
+    model, x, y = toy()
+    params = nnx.state(model, nnx.Param)
+    tx = admm_jax.admmirnn(num_samples=24, seq_len=6, auxiliaries="persist")
+    params2, state, _ = train(tx, params, x, y, 10)
+    assert bool(state.seen.all())
+    assert state.aux.h.shape == (24, 6, 8)
+    assert float(loss_of(params2, x, y)) < float(loss_of(params, x, y))
+
+
+@pytest.mark.parametrize("kwargs", [dict(many_to_many=True), dict(loss="mse"),
+                                    dict(activation="relu"), dict(sweep="parallel"),
+                                    dict(rho_schedule="geometric"), dict(rho_schedule="balance"),
+                                    dict(weight_decay=1e-3)])
+def test_options_train(kwargs):
+    n, t, d, h, c = 20, 5, 3, 8, 2
+    model = admm_jax.ElmanRNN(d, h, c, rngs=nnx.Rngs(0),
+                              activation=kwargs.get("activation", "tanh"),
+                              many_to_many=kwargs.get("many_to_many", False),
+                              dtype=jnp.float64)
+    params = nnx.state(model, nnx.Param)
+    x = jax.random.normal(jax.random.key(0), (n, t, d))
+    if kwargs.get("loss") == "mse":
+        y = jnp.stack([x[:, :, 0].sum(1), x[:, :, 1].mean(1)], -1)
+        if kwargs.get("many_to_many"):
+            y = jnp.repeat(y[:, None], t, 1)
+    else:
+        y = (jnp.cumsum(x[:, :, 0], 1) > 0).astype(jnp.int32)
+        y = y if kwargs.get("many_to_many") else y[:, -1]
+    tx = admm_jax.admmirnn(num_samples=n, seq_len=t, **kwargs)
+    state = tx.init(params)
+    step = jax.jit(tx.update)
+    first = None
+    for _ in range(8):
+        updates, state = step(None, state, params, inputs=x, targets=y)
+        params = optax.apply_updates(params, updates)
+        first = float(state.diagnostics.loss) if first is None else first
+    assert float(state.diagnostics.loss) < first
+    if kwargs.get("rho_schedule") == "geometric":
+        np.testing.assert_allclose(float(state.rho.rho3), 1.0 * 1.05**8, rtol=1e-6)
+
+
+def test_token_inputs_train():
+    model, x, y = toy(tokens=True, d=11)
+    params = nnx.state(model, nnx.Param)
+    before = float(loss_of(params, x, y))
+    trained, _, _ = train(admm_jax.admmirnn(num_samples=24, seq_len=6), params, x, y, 10)
+    assert float(loss_of(trained, x, y)) < before
+
+
+# ------------------------------------------------------ the authors' defects are absent
+
+
+def test_weights_do_not_collapse_no_division_of_iterates():
+    """The authors' code divides iterates by 10, so weights reach 0.0 within a few hundred
+    iterations. Here the weights keep their scale."""
+    model, x, y = toy()
+    params = nnx.state(model, nnx.Param)
+    trained, _, _ = train(admm_jax.admmirnn(num_samples=24, seq_len=6), params, x, y, 40)
+    for k in ("U", "W", "V"):
+        ratio = float(jnp.linalg.norm(trained[k][...]) / jnp.linalg.norm(params[k][...]))
+        assert ratio > 0.5, (k, ratio)
+
+
+def test_update_is_a_descent_direction_not_ascent():
+    """The authors' U, W, V and a steps go along +gradient. One ADMM update of the readout must
+    point downhill: positive inner product with -grad of the loss."""
+    model, x, y = toy(n=64)
+    params = nnx.state(model, nnx.Param)
+    tx = admm_jax.admmirnn(num_samples=64, seq_len=6)
+    updates, _ = tx.update(None, tx.init(params), params, inputs=x, targets=y)
+    grads = jax.grad(loss_of)(params, x, y)
+    for k in ("V", "c", "U", "W"):
+        assert float(jnp.vdot(updates[k][...], -grads[k][...])) > 0, k
+    assert float(loss_of(optax.apply_updates(params, updates), x, y)) < float(
+        loss_of(params, x, y))
+
+
+# -------------------------------------------------------------------------------- errors
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(rho=-1.0), "rho"), (dict(prox=-0.1), "prox"), (dict(sweeps=0), "sweeps"),
+    (dict(sweep="forward"), "sweep"), (dict(activation="gelu"), "activation"),
+    (dict(loss="hinge"), "loss"), (dict(rho_schedule="cosine"), "rho_schedule"),
+    (dict(num_samples=10), "num_samples, seq_len"),
+    (dict(auxiliaries="persist"), "auxiliaries"),
+])
+def test_bad_options_are_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        admm_jax.admmirnn(**kwargs)
+
+
+def test_bad_batch_is_named():
+    model, x, y = toy()
+    params = nnx.state(model, nnx.Param)
+    tx = admm_jax.admmirnn(num_samples=24, seq_len=6)
+    state = tx.init(params)
+    with pytest.raises(ValueError, match="inputs"):
+        tx.update(None, state, params, inputs=x[..., :2], targets=y)
+    with pytest.raises(ValueError, match="targets"):
+        tx.update(None, state, params, inputs=x, targets=y[:5])
+    with pytest.raises(ValueError, match="indices"):
+        tx.update(None, state, params, inputs=x[:4], targets=y[:4])
+    with pytest.raises(ValueError, match="inputs, targets"):
+        tx.update(None, state, params)
+    with pytest.raises(ValueError, match="params"):
+        tx.update(None, state, None, inputs=x, targets=y)
+    with pytest.raises(ValueError, match="params"):
+        tx.update(None, state, {"U": params["U"]}, inputs=x, targets=y)
+
+
+# ------------------------------------------------------------------ shapes and dtypes
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(n=st.integers(1, 6), t=st.integers(1, 5), d=st.integers(1, 4), h=st.integers(1, 6),
+       c=st.integers(2, 4), m2m=st.booleans(), tokens=st.booleans(),
+       dtype=st.sampled_from([jnp.float32, jnp.float64]))
+def test_update_preserves_shapes_and_dtypes(n, t, d, h, c, m2m, tokens, dtype):
+    model = admm_jax.ElmanRNN(d, h, c, rngs=nnx.Rngs(0), many_to_many=m2m, dtype=dtype)
+    params = nnx.state(model, nnx.Param)
+    key = jax.random.key(n * 100 + t)
+    x = (jax.random.randint(key, (n, t), 0, d) if tokens
+         else jax.random.normal(key, (n, t, d), dtype))
+    y = jax.random.randint(key, (n, t) if m2m else (n,), 0, c)
+    tx = admm_jax.admmirnn(num_samples=n, seq_len=t, many_to_many=m2m)
+    updates, state = tx.update(None, tx.init(params), params, inputs=x, targets=y)
+    for u, p in zip(jax.tree.leaves(updates), jax.tree.leaves(params), strict=True):
+        assert u.shape == p.shape and u.dtype == p.dtype
+        assert bool(jnp.all(jnp.isfinite(u)))
+    assert state.duals.lam1.dtype == dtype

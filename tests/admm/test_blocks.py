@@ -1,0 +1,288 @@
+"""Each ADMMiRNN block against its optimality condition and a brute-force solver (float64)."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.flatten_util
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from admm_problems import make_problem, rel_norm
+
+from admm_jax.admm import blocks
+from admm_jax.admm.problem import ADMMConfig, augmented_lagrangian, residuals
+
+CONFIGS = {
+    "m2o-ce": ADMMConfig(),
+    "m2m-ce": ADMMConfig(many_to_many=True),
+    "m2o-mse": ADMMConfig(loss="mse"),
+    "m2m-mse-relu": ADMMConfig(many_to_many=True, loss="mse", activation="relu"),
+    "decay": ADMMConfig(weight_decay=0.3, prox=0.5),
+}
+
+
+def lagrangian(params, aux, duals, rho, inputs, targets, cfg, **kw):
+    return augmented_lagrangian(params, aux, duals, rho, inputs, targets, cfg, **kw)
+
+
+def newton_minimiser(fn, x):
+    """Brute force for a block whose objective is quadratic: one exact Newton step on the
+    dense Hessian that jax computes of the whole objective (no block-specific algebra)."""
+    flat, unravel = jax.flatten_util.ravel_pytree(x)
+
+    def f(v):
+        return fn(unravel(v))
+
+    g = jax.grad(f)(flat)
+    hess = jax.hessian(f)(flat)
+    return unravel(flat - jnp.linalg.solve(hess, g))
+
+
+# ------------------------------------------------------------------------------- o-block
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_o_block_first_order_condition(name):
+    cfg = CONFIGS[name]
+    params, aux, duals, rho, x, y = make_problem(1, cfg=cfg)
+    o = blocks.o_block(params, aux, duals, rho, y, cfg)
+
+    def L(o_):
+        return lagrangian(params, aux._replace(o=o_), duals, rho, x, y, cfg)
+
+    assert rel_norm(jax.grad(L)(o), jax.grad(L)(aux.o)) < 1e-8
+    assert L(o) <= L(aux.o)
+
+
+@pytest.mark.parametrize("name", ["m2o-ce", "m2m-ce"])
+def test_o_block_matches_brute_force_minimiser(name):
+    cfg = CONFIGS[name]
+    params, aux, duals, rho, x, y = make_problem(2, cfg=cfg)
+    o = blocks.o_block(params, aux, duals, rho, y, cfg)
+
+    def L(o_):
+        return lagrangian(params, aux._replace(o=o_), duals, rho, x, y, cfg)
+
+    # brute force: plain gradient descent with the safe step 1/(rho3 + 1/2), many iterations
+    step = 1.0 / (float(rho.rho3) + 0.5)
+    ref = jax.lax.fori_loop(0, 3000, lambda _, v: v - step * jax.grad(L)(v), aux.o)
+    np.testing.assert_allclose(o, ref, rtol=1e-7, atol=1e-9)
+
+
+# --------------------------------------------------------------------------- weight blocks
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("tokens", [False, True])
+def test_uwb_block_exact(name, tokens):
+    cfg = CONFIGS[name]
+    params, aux, duals, rho, x, y = make_problem(3, cfg=cfg, tokens=tokens)
+    new, lam = blocks.uwb_block(params, aux, duals, rho, x, cfg)
+    weights = {"UWb": lam, "Vc": 0.0}
+
+    def L(sub):
+        return lagrangian({**params, **sub}, aux, duals, rho, x, y, cfg,
+                          prox_anchor=params, prox_weights=weights)
+
+    old = {k: params[k] for k in ("U", "W", "b")}
+    assert rel_norm(jax.grad(L)(new), jax.grad(L)(old)) < 1e-8
+    brute = newton_minimiser(L, old)
+    for k in old:
+        np.testing.assert_allclose(new[k], brute[k], rtol=1e-8, atol=1e-10)
+    plain = lagrangian(params, aux, duals, rho, x, y, cfg)
+    assert lagrangian({**params, **new}, aux, duals, rho, x, y, cfg) <= plain
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_vc_block_exact(name):
+    cfg = CONFIGS[name]
+    params, aux, duals, rho, x, y = make_problem(4, cfg=cfg)
+    new, lam = blocks.vc_block(params, aux, duals, rho, cfg)
+
+    def L(sub):
+        return lagrangian({**params, **sub}, aux, duals, rho, x, y, cfg,
+                          prox_anchor=params, prox_weights={"UWb": 0.0, "Vc": lam})
+
+    old = {"V": params["V"], "c": params["c"]}
+    assert rel_norm(jax.grad(L)(new), jax.grad(L)(old)) < 1e-8
+    brute = newton_minimiser(L, old)
+    for k in old:
+        np.testing.assert_allclose(new[k], brute[k], rtol=1e-8, atol=1e-10)
+    assert lagrangian({**params, **new}, aux, duals, rho, x, y, cfg) <= lagrangian(
+        params, aux, duals, rho, x, y, cfg)
+
+
+def test_prox_weight_is_mu_rho_mean_gram_eigenvalue():
+    cfg = ADMMConfig(prox=0.25)
+    params, aux, duals, rho, x, y = make_problem(5, cfg=cfg)
+    _, lam = blocks.vc_block(params, aux, duals, rho, cfg)
+    hs = aux.h[:, -1]
+    phi = np.c_[hs, np.ones(len(hs))]
+    expected = 0.25 * float(rho.rho3) * np.trace(phi.T @ phi) / phi.shape[1]
+    np.testing.assert_allclose(lam, expected, rtol=1e-12)
+
+
+# ------------------------------------------------------------------------------ h-block
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_h_block_exact_all_steps(name):
+    cfg = CONFIGS[name]
+    params, aux, duals, rho, x, y = make_problem(6, cfg=cfg)
+    h = blocks.h_block(params, aux, duals, rho, x, cfg)
+
+    def L(h_):
+        return lagrangian(params, aux._replace(h=h_), duals, rho, x, y, cfg)
+
+    assert rel_norm(jax.grad(L)(h), jax.grad(L)(aux.h)) < 1e-8
+    np.testing.assert_allclose(h, newton_minimiser(L, aux.h), rtol=1e-8, atol=1e-10)
+
+
+def test_h_block_sees_the_recurrent_coupling():
+    """The authors' code ignores C1 at t+1 in the h-update: h_t must depend on a_{t+1}."""
+    cfg = ADMMConfig()
+    params, aux, duals, rho, x, _ = make_problem(7, cfg=cfg)
+    h1 = blocks.h_block(params, aux, duals, rho, x, cfg)
+    h2 = blocks.h_block(params, aux._replace(a=aux.a.at[:, 3].add(1.0)), duals, rho, x, cfg)
+    assert float(jnp.abs(h1[:, 2] - h2[:, 2]).max()) > 1e-3  # h_3 (index 2) sees a_4
+    np.testing.assert_allclose(h1[:, 4], h2[:, 4])  # h_T has no step T+1
+
+
+# ------------------------------------------------------------------------------ a-block
+
+
+def _g(a, u, v, rho, f):
+    return 0.5 * rho.rho1 * (a - u) ** 2 + 0.5 * rho.rho2 * (v - f(a)) ** 2
+
+
+def test_a_block_relu_matches_grid_search():
+    cfg = ADMMConfig(activation="relu")
+    params, aux, duals, rho, x, y = make_problem(8, cfg=cfg, perturb=1.0)
+    a = blocks.a_block(params, aux, duals, rho, x, cfg)
+    # brute force: dense grid around the solution, per entry
+    u, v = _a_block_uv(params, aux, duals, rho, x)
+    grid = jnp.linspace(-6.0, 6.0, 24001)
+    vals = _g(grid[:, None, None, None], u, v, rho, jax.nn.relu)
+    best = grid[jnp.argmin(vals, axis=0)]
+    np.testing.assert_allclose(a, best, atol=1e-3)
+    assert jnp.all(_g(a, u, v, rho, jax.nn.relu) <= vals.min(0) + 1e-12)
+
+
+def _a_block_uv(params, aux, duals, rho, x):
+    h_prev = jnp.concatenate([jnp.zeros_like(aux.h[:, :1]), aux.h[:, :-1]], 1)
+    z = x @ params["U"].T + h_prev @ params["W"].T + params["b"]
+    return z - duals.lam1 / rho.rho1, aux.h + duals.lam2 / rho.rho2
+
+
+def test_a_block_tanh_sufficient_decrease_every_step():
+    cfg = ADMMConfig(a_steps=1)
+    params, aux, duals, rho, x, y = make_problem(9, cfg=cfg, perturb=1.5)
+    u, v = _a_block_uv(params, aux, duals, rho, x)
+    a = aux.a
+    for _ in range(6):
+        new = blocks.a_block(params, aux._replace(a=a), duals, rho, x, cfg)
+        grad = jax.vmap(jax.grad(lambda s, uu, vv: _g(s, uu, vv, rho, jnp.tanh)))(
+            a.ravel(), u.ravel(), v.ravel()).reshape(a.shape)
+        lc = blocks.a_curvature_bound(v, rho)
+        assert jnp.all(_g(new, u, v, rho, jnp.tanh)
+                       <= _g(a, u, v, rho, jnp.tanh) - grad**2 / (2 * lc) + 1e-12)
+        a = new
+
+
+def test_a_block_tanh_reaches_a_local_minimum_and_uses_the_right_derivative():
+    """Stationary with g'' >= 0 after enough steps. With large |a| the authors' tanh' = 1 - a^2
+    would give a wrong (even negative) slope; jax.grad of g is the independent reference."""
+    cfg = ADMMConfig(a_steps=60)
+    params, aux, duals, rho, x, y = make_problem(10, cfg=cfg, perturb=2.0)
+    u, v = _a_block_uv(params, aux, duals, rho, x)
+    a = blocks.a_block(params, aux, duals, rho, x, cfg)
+    g1 = jax.vmap(jax.grad(lambda s, uu, vv: _g(s, uu, vv, rho, jnp.tanh)))
+    g2 = jax.vmap(jax.grad(jax.grad(lambda s, uu, vv: _g(s, uu, vv, rho, jnp.tanh))))
+    args = (a.ravel(), u.ravel(), v.ravel())
+    scale = float(rho.rho1) * (1.0 + float(jnp.abs(u).max()))
+    assert float(jnp.abs(g1(*args)).max()) < 1e-8 * scale
+    assert jnp.all(g2(*args) >= -1e-9)
+    assert float(jnp.abs(aux.a).max()) > 1.5  # the test does exercise |a| > 1
+
+
+# -------------------------------------------------------------------------------- sweeps
+
+
+@pytest.mark.parametrize("name", ["m2o-ce", "m2m-ce", "m2m-mse-relu"])
+def test_backward_sweep_equals_step_by_step_reference(name):
+    """The scan equals a naive loop t = T..1 of exact h_t solves (brute-force Newton on L)
+    followed by the a_t solver, each using the latest values."""
+    cfg = CONFIGS[name]
+    params, aux, duals, rho, x, y = make_problem(11, cfg=cfg)
+    got = blocks.sweep_backward(params, aux, duals, rho, x, cfg)
+    a, h = aux.a, aux.h
+    for t in reversed(range(aux.a.shape[1])):
+        def L_t(h_t, a=a, h=h, t=t):
+            return lagrangian(params, aux._replace(a=a, h=h.at[:, t].set(h_t)), duals, rho, x,
+                              y, cfg)
+
+        h = h.at[:, t].set(newton_minimiser(L_t, h[:, t]))
+        cur = aux._replace(a=a, h=h)
+        a = a.at[:, t].set(blocks.a_block(params, cur, duals, rho, x, cfg)[:, t])
+    np.testing.assert_allclose(got.h, h, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(got.a, a, rtol=1e-8, atol=1e-10)
+
+
+@pytest.mark.parametrize("sweep", [blocks.sweep_backward, blocks.sweep_parallel])
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_sweeps_do_not_increase_lagrangian(sweep, name):
+    cfg = CONFIGS[name]
+    params, aux, duals, rho, x, y = make_problem(12, cfg=cfg, perturb=1.0)
+    new = sweep(params, aux, duals, rho, x, cfg)
+    assert lagrangian(params, new, duals, rho, x, y, cfg) <= lagrangian(
+        params, aux, duals, rho, x, y, cfg)
+
+
+# ------------------------------------------------------------------------------- duals
+
+
+def test_dual_step_is_exactly_lambda_plus_rho_r():
+    cfg = ADMMConfig()
+    params, aux, duals, rho, x, y = make_problem(13, cfg=cfg)
+    r = residuals(params, aux, x, cfg)
+    new = blocks.dual_update(duals, rho, r)
+    for lam, rh, ri, got in zip(duals, rho, r, new, strict=True):
+        np.testing.assert_array_equal(got, lam + rh * ri)
+
+
+# -------------------------------------------------------------- whole iteration, jit, vmap
+
+
+def _primal_pass(params, aux, duals, rho, x, y, cfg):
+    aux = aux._replace(o=blocks.o_block(params, aux, duals, rho, y, cfg))
+    aux = blocks.sweep_backward(params, aux, duals, rho, x, cfg)
+    params = {**params, **blocks.uwb_block(params, aux, duals, rho, x, cfg)[0]}
+    params = {**params, **blocks.vc_block(params, aux, duals, rho, cfg)[0]}
+    return params, aux
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_iteration_primal_part_decreases_lagrangian(name):
+    cfg = CONFIGS[name]
+    params, aux, duals, rho, x, y = make_problem(14, cfg=cfg, perturb=1.0)
+    before = lagrangian(params, aux, duals, rho, x, y, cfg)
+    p2, aux2 = _primal_pass(params, aux, duals, rho, x, y, cfg)
+    assert lagrangian(p2, aux2, duals, rho, x, y, cfg) < before
+
+
+def test_jit_and_vmap_agree_with_eager():
+    cfg = ADMMConfig()
+    problems = [make_problem(s, cfg=cfg) for s in (20, 21, 22)]
+    fn = functools.partial(_primal_pass, cfg=cfg)
+    eager = [fn(*p) for p in problems]
+    jitted = [jax.jit(fn)(*p) for p in problems]
+    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *problems)
+    vmapped = jax.vmap(fn)(*stacked)
+    for i, (e, j) in enumerate(zip(eager, jitted, strict=True)):
+        for a, b, c in zip(jax.tree.leaves(e), jax.tree.leaves(j),
+                           jax.tree.leaves(jax.tree.map(lambda v, i=i: v[i], vmapped)),
+                           strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+            np.testing.assert_allclose(a, c, rtol=1e-10, atol=1e-12)

@@ -1,0 +1,50 @@
+"""Small random ADMMiRNN problems for the tests in tests/admm (imported via pythonpath=tests)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from admm_jax.admm.problem import ADMMConfig, Auxiliaries, Duals, Penalties
+from admm_jax.models.elman import elman_trace
+
+
+def make_problem(seed=0, n=6, t=5, d=4, h=7, c=3, *, cfg=ADMMConfig(), tokens=False,
+                 rho=(2.0, 3.0, 1.5), perturb=0.3):
+    """A random problem: params, auxiliaries near a forward pass, nonzero duals."""
+    ks = jax.random.split(jax.random.key(seed), 12)
+    params = {
+        "U": jax.random.normal(ks[0], (h, d)) / jnp.sqrt(d),
+        "W": jax.random.normal(ks[1], (h, h)) / jnp.sqrt(h),
+        "b": 0.1 * jax.random.normal(ks[2], (h,)),
+        "V": jax.random.normal(ks[3], (c, h)) / jnp.sqrt(h),
+        "c": 0.1 * jax.random.normal(ks[4], (c,)),
+    }
+    if tokens:
+        inputs = jax.random.randint(ks[5], (n, t), 0, d)
+    else:
+        inputs = jax.random.normal(ks[5], (n, t, d))
+    steps = t if cfg.many_to_many else 1
+    if cfg.loss == "cross_entropy":
+        targets = jax.random.randint(ks[6], (n, t) if cfg.many_to_many else (n,), 0, c)
+    else:
+        targets = jax.random.normal(ks[6], (n, t, c) if cfg.many_to_many else (n, c))
+    tr = elman_trace(params, inputs, activation=cfg.activation, many_to_many=cfg.many_to_many)
+    aux = Auxiliaries(
+        tr.a + perturb * jax.random.normal(ks[7], tr.a.shape),
+        tr.h + perturb * jax.random.normal(ks[8], tr.h.shape),
+        tr.o + perturb * jax.random.normal(ks[9], (n, steps, c)),
+    )
+    duals = Duals(
+        0.5 * jax.random.normal(ks[10], tr.a.shape),
+        0.5 * jax.random.normal(ks[11], tr.h.shape),
+        0.5 * jax.random.normal(ks[2], (n, steps, c)),
+    )
+    return params, aux, duals, Penalties(*(jnp.asarray(r) for r in rho)), inputs, targets
+
+
+def rel_norm(g, ref):
+    """``|g| / max(|ref|, 1)`` over a pytree."""
+    num = jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(g)))
+    den = jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(ref)))
+    return float(num / jnp.maximum(den, 1.0))
