@@ -41,29 +41,42 @@ def leaf_groups(params: Any, spec: GroupSpec, *, name: str) -> tuple[tuple[int, 
     return tuple(tuple(v) for v in order.values())
 
 
+def _key(entry: Any) -> Any:
+    for attr in ("key", "name", "idx"):
+        if hasattr(entry, attr):
+            return getattr(entry, attr)
+    return entry
+
+
+def _path(path: tuple[Any, ...]) -> tuple[Any, ...]:
+    return tuple(_key(e) for e in path)
+
+
 def leaf_labels(labels_tree: Any, params: Any, treedef: Any, *, name: str) -> list[Hashable]:
-    """One label per leaf of ``params``, broadcasting a prefix pytree of labels."""
-    label_leaves, label_def = jax.tree.flatten(labels_tree)
-    try:
-        subtrees = label_def.flatten_up_to(params)
-    except (ValueError, TypeError) as err:
-        raise ValueError(
-            f"{name}: expected a pytree of labels that is a prefix of the parameters "
-            f"({treedef}), a callable params -> labels, or one of {SHORTCUTS}; got a tree "
-            f"{label_def} that does not match ({err})"
-        ) from None
+    """One label per leaf of ``params``, broadcasting a prefix pytree of labels.
+
+    Labels are matched to leaves by key path (dict keys, attribute names, sequence indices),
+    so a plain dict of labels also fits an ``nnx.State`` or a ``FrozenDict`` of parameters.
+    """
+    labelled = [(_path(p), label)
+                for p, label in jax.tree_util.tree_leaves_with_path(labels_tree)]
     out: list[Hashable] = []
-    for label, sub in zip(label_leaves, subtrees, strict=True):
+    for path, _ in jax.tree_util.tree_leaves_with_path(params):
+        leaf_path = _path(path)
+        hits = [label for lp, label in labelled if leaf_path[:len(lp)] == lp]
+        if len(hits) != 1:
+            raise ValueError(
+                f"{name}: expected a pytree of labels that is a prefix of the parameters, a "
+                f"callable params -> labels, or one of {SHORTCUTS}; the parameter at "
+                f"{jax.tree_util.keystr(path)} matches {len(hits)} labels (tree of labels: "
+                f"{jax.tree.structure(labels_tree)}; parameters: {treedef})"
+            )
         try:
-            hash(label)
+            hash(hits[0])
         except TypeError:
             raise TypeError(
-                f"{name}: labels must be hashable (e.g. str or int), got {type(label).__name__}"
+                f"{name}: labels must be hashable (e.g. str or int), got "
+                f"{type(hits[0]).__name__}"
             ) from None
-        out.extend([label] * len(jax.tree.leaves(sub)))
-    if len(out) != treedef.num_leaves:
-        raise ValueError(
-            f"{name}: labels cover {len(out)} leaves but the parameters have "
-            f"{treedef.num_leaves} (a None label drops a subtree; use a string or int)"
-        )
+        out.append(hits[0])
     return out
