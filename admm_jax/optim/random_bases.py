@@ -13,6 +13,7 @@ import optax
 from admm_jax.optim._groups import GroupSpec, leaf_groups
 
 DISTRIBUTIONS = ("normal", "uniform", "rademacher")
+RNGS = ("threefry", "hash")
 Sampler = Callable[[jax.Array, jax.Array, int, Any], jax.Array]
 _SQRT3 = math.sqrt(3.0)
 
@@ -49,9 +50,51 @@ def _check_distribution(distribution: Any) -> None:
         )
 
 
+def _fmix32(x: jax.Array) -> jax.Array:
+    """MurmurHash3's 32-bit finaliser: a bijection with full avalanche."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x85EBCA6B)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(0xC2B2AE35)
+    return x ^ (x >> 16)
+
+
+def hash_bits(key: jax.Array, size: int) -> jax.Array:
+    """``size`` pseudo-random uint32 from a counter hash keyed by ``key``'s two words.
+
+    ``fmix32(fmix32(i * golden + k0) ^ k1)`` for element ``i``: two rounds of MurmurHash3's
+    finaliser, ~40x cheaper than threefry on CPU (where RBD's time is the RNG); statistically
+    adequate for random projections (zero mean, unit variance and the sqrt(d/D) cosine are
+    tested), not a cryptographic or general-purpose generator.
+    """
+    k = jax.random.key_data(key).reshape(-1)
+    i = jnp.arange(size, dtype=jnp.uint32)
+    return _fmix32(_fmix32(i * jnp.uint32(0x9E3779B9) + k[0]) ^ k[-1])
+
+
+def _bits_to_unit(bits: jax.Array, dtype: Any) -> jax.Array:
+    """uint32 -> float in [-1, 1) with 24 random bits (exact in float32)."""
+    u = (bits >> 8).astype(jnp.float32) * (2.0 ** -24)  # [0, 1)
+    return (2.0 * u - 1.0).astype(dtype)
+
+
+def _sample_hash(distribution: str, key: jax.Array, size: int, dtype: Any) -> jax.Array:
+    bits = hash_bits(key, size)
+    if distribution == "rademacher":
+        return jnp.where(bits >> 31 == 0, 1.0, -1.0).astype(dtype)
+    u = _bits_to_unit(bits, jnp.float32)
+    if distribution == "uniform":
+        return (u * _SQRT3).astype(dtype)
+    # normal: inverse CDF on (-1, 1), as jax.random.normal does
+    u = jnp.maximum(u, jnp.nextafter(jnp.float32(-1.0), jnp.float32(0.0)))
+    return (math.sqrt(2.0) * jax.lax.erf_inv(u)).astype(dtype)
+
+
 def _sample(distribution: str | Sampler, key: jax.Array, index: jax.Array, size: int,
-            dtype: Any) -> jax.Array:
+            dtype: Any, rng: str = "threefry") -> jax.Array:
     """One raw basis vector: ``size`` i.i.d. entries with mean 0 and variance 1."""
+    if rng == "hash" and isinstance(distribution, str):
+        return _sample_hash(distribution, key, size, dtype)
     if distribution == "normal":
         return jax.random.normal(key, (size,), dtype)
     if distribution == "uniform":  # U(-sqrt 3, sqrt 3): variance 1
@@ -67,19 +110,20 @@ def _step_key(base: jax.Array, compartment: int, step: Any, worker: Any) -> jax.
 
 
 def basis_block(distribution: str | Sampler, step_key: jax.Array, index: jax.Array, size: int,
-                dtype: Any) -> jax.Array:
+                dtype: Any, rng: str = "threefry") -> jax.Array:
     """Rows ``index`` of a compartment's basis, ``[len(index), size]``, normalised by 1/sqrt(size).
 
     Vector ``j`` is drawn from ``fold_in(step_key, j)``, so it does not depend on the block
     it is generated in (the block size changes memory, never the maths).
     """
     keys = jax.vmap(jax.random.fold_in, (None, 0))(step_key, index)
-    raw = jax.vmap(lambda k, j: _sample(distribution, k, j, size, dtype))(keys, index)
+    raw = jax.vmap(lambda k, j: _sample(distribution, k, j, size, dtype, rng))(keys, index)
     return raw * jnp.asarray(1.0 / math.sqrt(size), dtype)
 
 
 def project_and_reconstruct(g: jax.Array, step_key: jax.Array, dim: int, block_size: int,
-                            distribution: str | Sampler) -> tuple[jax.Array, jax.Array]:
+                            distribution: str | Sampler,
+                            rng: str = "threefry") -> tuple[jax.Array, jax.Array]:
     """``(E E^T g, E^T g)`` for one flat compartment gradient ``g [D]``, block by block.
 
     One pass: block ``b`` of ``B`` basis vectors is generated, its coordinates
@@ -94,7 +138,7 @@ def project_and_reconstruct(g: jax.Array, step_key: jax.Array, dim: int, block_s
     def body(b, carry):
         u, c = carry
         index = b * block + jnp.arange(block)
-        e = basis_block(distribution, step_key, index, size, g.dtype)  # [B, D]
+        e = basis_block(distribution, step_key, index, size, g.dtype, rng)  # [B, D]
         cb = jnp.where(index < dim, jnp.dot(e, g, precision=hi), 0)
         u = u + jnp.dot(cb, e, precision=hi)
         return u, jax.lax.dynamic_update_slice(c, cb, (b * block,))
@@ -132,6 +176,7 @@ def scale_by_random_bases(
     compartments: GroupSpec = "model",
     redraw: bool = True,
     block_size: int = 50,
+    rng: str = "threefry",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Replace the gradient by its projection onto a random ``dim``-dimensional subspace.
 
@@ -160,7 +205,11 @@ def scale_by_random_bases(
       redraw: draw a fresh basis every step (RBD). ``False`` keeps the step-0 basis for ever
         (fixed projection descent, FPD; the gradient is still taken at the current weights).
       block_size: basis vectors generated at once; peak extra memory is
-        ``block_size * D_k`` numbers.
+        ``block_size * D_k`` numbers (~4 such buffers measured: bits, floats, transform).
+      rng: how a vector's entries are drawn from its key: ``"threefry"`` (``jax.random``,
+        default) or ``"hash"`` (a keyed counter hash, :func:`hash_bits`; ~20x faster RBD
+        steps on CPU, where threefry dominates the step). Ignored by a callable
+        ``distribution``.
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`RandomBasesState`. Its
@@ -180,6 +229,8 @@ def scale_by_random_bases(
       Bases", NeurIPS 2020, arXiv:2011.04720.
     """
     _check_distribution(distribution)
+    if rng not in RNGS:
+        raise ValueError(f"rng: expected one of {RNGS}, got {rng!r}")
     if not isinstance(block_size, int) or block_size <= 0:
         raise ValueError(f"block_size: expected a positive int, got {block_size!r}")
     _base_key(seed)  # validate now
@@ -214,7 +265,8 @@ def scale_by_random_bases(
             cdt = c_old.dtype
             flat = jnp.concatenate([jnp.ravel(leaves[i]).astype(cdt) for i in group])
             key = _step_key(base, k, step, worker)
-            u, c = project_and_reconstruct(flat, key, c_old.shape[0], block_size, distribution)
+            u, c = project_and_reconstruct(flat, key, c_old.shape[0], block_size, distribution,
+                                           rng)
             coords.append(c)
             offset = 0
             for i in group:
@@ -237,6 +289,7 @@ def random_bases(
     compartments: GroupSpec = "model",
     redraw: bool = True,
     block_size: int = 50,
+    rng: str = "threefry",
 ) -> optax.GradientTransformationExtraArgs:
     r"""Random-bases descent (Gressmann et al. 2020): SGD in a random subspace redrawn each step.
 
@@ -259,6 +312,7 @@ def random_bases(
       compartments: ``"model"``, ``"leaf"``, a label pytree or a function.
       redraw: ``True`` for RBD, ``False`` for FPD.
       block_size: basis vectors generated at once (memory ``block_size * D``).
+      rng: ``"threefry"`` (``jax.random``) or ``"hash"`` (fast counter hash).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; state
@@ -282,7 +336,8 @@ def random_bases(
     """
     return optax.chain(
         scale_by_random_bases(dim, seed=seed, distribution=distribution,
-                              compartments=compartments, redraw=redraw, block_size=block_size),
+                              compartments=compartments, redraw=redraw, block_size=block_size,
+                              rng=rng),
         optax.scale_by_learning_rate(learning_rate),
     )
 
@@ -297,6 +352,7 @@ def random_bases_vector(
     worker: int | None = None,
     distribution: str | Sampler = "normal",
     compartments: GroupSpec = "model",
+    rng: str = "threefry",
 ) -> Any:
     """Basis vector ``index`` of ``compartment`` at ``step``, as a pytree shaped like ``params``.
 
@@ -313,7 +369,7 @@ def random_bases_vector(
     cdt = _compute_dtype([leaves[i] for i in group])
     size = sum(leaves[i].size for i in group)
     key = _step_key(_base_key(seed), compartment, step, worker)
-    e = basis_block(distribution, key, jnp.asarray([index]), size, cdt)[0]
+    e = basis_block(distribution, key, jnp.asarray([index]), size, cdt, rng)[0]
     out = [jnp.zeros_like(x) for x in leaves]
     offset = 0
     for i in group:

@@ -75,7 +75,8 @@ CASES: list[Case] = [
         layers=lambda p: {k: ("rec" if k in "UWb" else "out") for k in p})),
     Case("random_bases", lambda: admm_jax.random_bases(0.5, 16, seed=0)),
     Case("random_bases+leaf+rademacher", lambda: admm_jax.random_bases(
-        0.5, 8, seed=1, compartments="leaf", distribution="rademacher", block_size=3)),
+        0.5, 8, seed=1, compartments="leaf", distribution="rademacher", block_size=3,
+        rng="hash")),
 ]
 
 DTYPES = [jnp.float32, jnp.bfloat16]
