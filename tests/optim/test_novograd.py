@@ -79,9 +79,9 @@ def run_ours(tx, params, steps):
     return params
 
 
-@pytest.mark.parametrize("grouped", [False, True], ids=["per-leaf", "grouped"])
-@pytest.mark.parametrize("wd", [0.0, 0.05, "schedule"])
-@pytest.mark.parametrize("grad_averaging", [False, True])
+@pytest.mark.parametrize(("grouped", "wd", "grad_averaging"), [
+    (False, 0.0, False), (False, 0.05, False), (True, 0.0, False), (True, 0.05, False),
+    (False, "schedule", True), (True, "schedule", False), (True, 0.05, True)])
 def test_matches_paper_reference_float64(grouped, wd, grad_averaging):
     steps, b1, b2, eps = 6, 0.9, 0.7, 1e-8
     # Schedules in float64 arithmetic (optax.linear_schedule computes in float32, whose
@@ -159,7 +159,7 @@ def test_weight_decay_schedule_is_evaluated_per_step():
     np.testing.assert_allclose(m1["w"], 0.5)  # lambda_1 w = 0.5
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(shapes=st.lists(st.lists(st.integers(1, 5), min_size=0, max_size=3), min_size=1,
                        max_size=4),
        dtype=st.sampled_from([jnp.float32, jnp.bfloat16]))
