@@ -6,16 +6,50 @@ compared with: NovoGrad, random-bases descent and h-detach LSTM training.
 
 from admm_jax import data
 from admm_jax.admm import ADMMDiagnostics, ADMMiRNNState, admmirnn
-from admm_jax.models import ElmanRNN, elman_apply, elman_trace
+from admm_jax.models import (
+    LSTM,
+    CellPathGradNorms,
+    ElmanRNN,
+    cell_path_grad_norms,
+    cell_path_grads,
+    elman_apply,
+    elman_trace,
+    lstm_apply,
+    lstm_scan,
+    sample_detach_mask,
+)
+from admm_jax.optim import (
+    NovoGradState,
+    RandomBasesState,
+    novograd,
+    random_bases,
+    random_bases_vector,
+    scale_by_novograd,
+    scale_by_random_bases,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "LSTM",
     "ADMMDiagnostics",
     "ADMMiRNNState",
+    "CellPathGradNorms",
     "ElmanRNN",
+    "NovoGradState",
+    "RandomBasesState",
     "admmirnn",
+    "cell_path_grad_norms",
+    "cell_path_grads",
     "data",
     "elman_apply",
     "elman_trace",
+    "lstm_apply",
+    "lstm_scan",
+    "novograd",
+    "random_bases",
+    "random_bases_vector",
+    "sample_detach_mask",
+    "scale_by_novograd",
+    "scale_by_random_bases",
 ]
