@@ -45,7 +45,7 @@ def test_diagnostic_elman_cell_path_is_the_last_step_outer_product_float64():
         def loss(p, mask):
             return jnp.sum(jnp.sin(elman_apply(p, x, detach_mask=mask)))
 
-        n = cell_path_grad_norms(loss, params, T, select=lambda g: g["W"])
+        n = jax.jit(lambda p: cell_path_grad_norms(loss, p, T, select=lambda g: g["W"]))(params)
         tr = elman_trace(params, x)
         # delta_T by hand: d sum(sin(o)) / d a_T = (cos(o) V) * (1 - h_T^2)
         delta = (jnp.cos(tr.o[:, 0]) @ params["V"]) * (1 - tr.h[:, -1] ** 2)
