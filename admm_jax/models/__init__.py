@@ -1,5 +1,23 @@
 """Recurrent models."""
 
 from admm_jax.models.elman import ElmanRNN, elman_apply, elman_trace
+from admm_jax.models.hdetach import (
+    CellPathGradNorms,
+    cell_path_grad_norms,
+    cell_path_grads,
+    sample_detach_mask,
+)
+from admm_jax.models.lstm import LSTM, lstm_apply, lstm_scan
 
-__all__ = ["ElmanRNN", "elman_apply", "elman_trace"]
+__all__ = [
+    "LSTM",
+    "CellPathGradNorms",
+    "ElmanRNN",
+    "cell_path_grad_norms",
+    "cell_path_grads",
+    "elman_apply",
+    "elman_trace",
+    "lstm_apply",
+    "lstm_scan",
+    "sample_detach_mask",
+]

@@ -9,6 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from admm_jax.models.hdetach import check_p_detach, resolve_detach_mask
+
 ACTIVATIONS = ("tanh", "relu")
 PARAM_NAMES = ("U", "W", "b", "V", "c")
 
@@ -57,11 +59,15 @@ def elman_trace(
     activation: str = "tanh",
     many_to_many: bool = False,
     h0: jax.Array | None = None,
+    detach_mask: jax.Array | None = None,
 ) -> ElmanTrace:
     r"""Run the Elman recurrence and return all pre-activations, states and outputs.
 
     .. math::
         a_t = U x_t + W h_{t-1} + b,\quad h_t = f(a_t),\quad o_t = V h_t + c,\ t \in S
+
+    With ``detach_mask`` (h-detach), ``W h_{t-1}`` uses ``stop_gradient(h_{t-1})`` at the steps
+    where the mask is ``True``: values are unchanged, only the backward pass differs.
 
     Args:
       params: mapping with ``U [H, D]``, ``W [H, H]``, ``b [H]``, ``V [C, H]``, ``c [C]``.
@@ -69,6 +75,8 @@ def elman_trace(
       activation: ``"tanh"`` or ``"relu"``.
       many_to_many: outputs at every step (``S = 1..T``) instead of the last (``S = {T}``).
       h0: initial state ``[N, H]``; zeros when ``None``.
+      detach_mask: ``bool [T]``; ``True`` at ``t`` blocks the gradient through ``h_{t-1}`` into
+        ``a_t`` (see :func:`admm_jax.models.hdetach.sample_detach_mask`). ``None``: plain BPTT.
 
     Returns:
       An :class:`ElmanTrace` with ``a, h [N, T, H]`` and ``o [N, |S|, C]``.
@@ -80,12 +88,30 @@ def elman_trace(
     if h0 is None:
         h0 = jnp.zeros((n, W.shape[0]), ux.dtype)
 
-    def step(h_prev, ux_t):
-        a_t = ux_t + h_prev @ W.T
-        h_t = f(a_t)
-        return h_t, (a_t, h_t)
+    if detach_mask is None:
+        def step(h_prev, ux_t):
+            a_t = ux_t + h_prev @ W.T
+            h_t = f(a_t)
+            return h_t, (a_t, h_t)
 
-    _, (a, h) = jax.lax.scan(step, h0, jnp.swapaxes(ux, 0, 1))
+        xs = jnp.swapaxes(ux, 0, 1)
+    else:
+        t = ux.shape[1]
+        detach_mask = jnp.asarray(detach_mask)
+        if detach_mask.shape != (t,) or detach_mask.dtype != jnp.bool_:
+            raise ValueError(f"detach_mask: expected a bool array of shape ({t},), got "
+                             f"{detach_mask.dtype}{list(detach_mask.shape)}")
+
+        def step(h_prev, xs_t):
+            ux_t, m_t = xs_t
+            h_in = jnp.where(m_t, jax.lax.stop_gradient(h_prev), h_prev)
+            a_t = ux_t + h_in @ W.T
+            h_t = f(a_t)
+            return h_t, (a_t, h_t)
+
+        xs = (jnp.swapaxes(ux, 0, 1), detach_mask)
+
+    _, (a, h) = jax.lax.scan(step, h0, xs)
     a, h = jnp.swapaxes(a, 0, 1), jnp.swapaxes(h, 0, 1)
     hs = h if many_to_many else h[:, -1:]
     o = hs @ V.T + c
@@ -98,9 +124,14 @@ def elman_apply(
     *,
     activation: str = "tanh",
     many_to_many: bool = False,
+    detach_mask: jax.Array | None = None,
 ) -> jax.Array:
-    """Logits of a forward pass: ``[N, C]``, or ``[N, T, C]`` when ``many_to_many``."""
-    o = elman_trace(params, inputs, activation=activation, many_to_many=many_to_many).o
+    """Logits of a forward pass: ``[N, C]``, or ``[N, T, C]`` when ``many_to_many``.
+
+    ``detach_mask``: optional ``bool [T]`` h-detach mask (see :func:`elman_trace`).
+    """
+    o = elman_trace(params, inputs, activation=activation, many_to_many=many_to_many,
+                    detach_mask=detach_mask).o
     return o if many_to_many else o[:, 0]
 
 
@@ -118,6 +149,11 @@ class ElmanRNN(nnx.Module):
       activation: ``"tanh"`` (default) or ``"relu"``.
       many_to_many: logits at every step ``[N, T, C]`` instead of the last ``[N, C]``.
       dtype: parameter dtype.
+      p_detach: h-detach probability in ``[0, 1]`` for gradient training (default 0: plain
+        BPTT). As for :class:`admm_jax.LSTM`, the mask is drawn at call time from ``key=`` or
+        the ``"detach"`` stream of ``rngs=`` (or given as ``detach_mask=``); without them no
+        gradient is blocked. ``p_detach=`` at call time overrides it (a traced scalar anneals
+        without recompiling). ADMMiRNN ignores it: it trains ``U, W, b, V, c`` directly.
 
     Initialisation: ``U, W ~ U(-1/sqrt(H), 1/sqrt(H))`` (PyTorch's ``nn.RNN`` default, which keeps
     tanh out of saturation on row-MNIST), ``V ~ U(-1/sqrt(H), 1/sqrt(H))``, zero biases.
@@ -140,12 +176,15 @@ class ElmanRNN(nnx.Module):
         activation: str = "tanh",
         many_to_many: bool = False,
         dtype: Any = jnp.float32,
+        p_detach: float = 0.0,
     ):
         for name, v in (("in_features", in_features), ("hidden_features", hidden_features),
                         ("out_features", out_features)):
             if not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name}: expected a positive int, got {v!r}")
         activation_fn(activation)
+        check_p_detach(p_detach)
+        self.p_detach = float(p_detach)
         self.activation = activation
         self.many_to_many = many_to_many
         bound = 1.0 / float(hidden_features) ** 0.5
@@ -163,6 +202,18 @@ class ElmanRNN(nnx.Module):
         """The parameters as a plain dict ``{"U", "W", "b", "V", "c"}`` of arrays."""
         return {k: getattr(self, k)[...] for k in PARAM_NAMES}
 
-    def __call__(self, inputs: jax.Array) -> jax.Array:
+    def __call__(
+        self,
+        inputs: jax.Array,
+        *,
+        key: jax.Array | None = None,
+        rngs: nnx.Rngs | None = None,
+        p_detach: float | jax.Array | None = None,
+        detach_mask: jax.Array | None = None,
+    ) -> jax.Array:
+        p = self.p_detach if p_detach is None else p_detach
+        check_p_detach(p)
+        mask = resolve_detach_mask(inputs.shape[1], p_detach=p, key=key, rngs=rngs,
+                                   detach_mask=detach_mask)
         return elman_apply(self.params_dict(), inputs, activation=self.activation,
-                           many_to_many=self.many_to_many)
+                           many_to_many=self.many_to_many, detach_mask=mask)
