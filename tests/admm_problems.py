@@ -8,8 +8,10 @@ import jax.numpy as jnp
 from admm_jax.admm.problem import ADMMConfig, Auxiliaries, Duals, Penalties
 from admm_jax.models.elman import elman_trace
 
+DEFAULT_CONFIG = ADMMConfig()
 
-def make_problem(seed=0, n=6, t=5, d=4, h=7, c=3, *, cfg=ADMMConfig(), tokens=False,
+
+def make_problem(seed=0, n=6, t=5, d=4, h=7, c=3, *, cfg=DEFAULT_CONFIG, tokens=False,
                  rho=(2.0, 3.0, 1.5), perturb=0.3):
     """A random problem: params, auxiliaries near a forward pass, nonzero duals."""
     ks = jax.random.split(jax.random.key(seed), 12)

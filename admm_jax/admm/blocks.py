@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
-from jax.scipy.linalg import cho_factor, cho_solve
 
+from admm_jax.admm.linalg import spd_inverse, spd_solve
 from admm_jax.admm.problem import (
     ADMMConfig,
     Auxiliaries,
@@ -118,7 +118,7 @@ def _prox_ridge(gram, rhs_data, theta0, rho, decay, cfg: ADMMConfig):
     dim = gram.shape[0]
     lam = cfg.prox * rho * jnp.trace(gram) / dim
     system = rho * gram + jnp.diag(cfg.weight_decay * decay + lam)
-    theta = cho_solve(cho_factor(system), rho * rhs_data + lam * theta0)
+    theta = spd_solve(system, rho * rhs_data + lam * theta0)
     return theta, lam
 
 
@@ -191,7 +191,7 @@ def uwb_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: ja
     rhs_p = rho1 * (p.T @ target) + lam * theta0_p
     schur = rho1 * gram_p + jnp.diag(cfg.weight_decay * decay_p + lam)
     schur -= rho1**2 * (xt_p.T / dx) @ xt_p
-    theta_p = cho_solve(cho_factor(schur), rhs_p - rho1 * xt_p.T @ (rhs_x / dx[:, None]))
+    theta_p = spd_solve(schur, rhs_p - rho1 * xt_p.T @ (rhs_x / dx[:, None]))
     theta_x = (rhs_x - rho1 * xt_p @ theta_p) / dx[:, None]
     return {"U": theta_x.T, "W": theta_p[:-1].T, "b": theta_p[-1]}, lam
 
@@ -203,14 +203,15 @@ def _h_inverses(params, rho: Penalties, cfg: ADMMConfig):
     """Inverses of the h-block matrices for steps ``t < T`` and for the last step.
 
     Both are ``rho2 I`` plus positive semidefinite terms, so they are well conditioned
-    (eigenvalues >= rho2); one Cholesky each, then every step's solve is a matrix product.
+    (eigenvalues >= rho2); one inverse each (:mod:`admm_jax.admm.linalg`), then every step's
+    solve is a matrix product.
     """
     W, V = params["W"], params["V"]
     eye = jnp.eye(W.shape[0], dtype=W.dtype)
     vtv = rho.rho3 * V.T @ V
     mid = rho.rho2 * eye + rho.rho1 * W.T @ W + (vtv if cfg.many_to_many else 0.0)
     last = rho.rho2 * eye + vtv
-    return cho_solve(cho_factor(mid), eye), cho_solve(cho_factor(last), eye)
+    return spd_inverse(mid), spd_inverse(last)
 
 
 def _h_rhs_base(params, aux, duals, rho, inputs, cfg):

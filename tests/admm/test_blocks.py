@@ -181,10 +181,11 @@ def test_a_block_tanh_sufficient_decrease_every_step():
     params, aux, duals, rho, x, y = make_problem(9, cfg=cfg, perturb=1.5)
     u, v = _a_block_uv(params, aux, duals, rho, x)
     a = aux.a
+    a_block = jax.jit(lambda a: blocks.a_block(params, aux._replace(a=a), duals, rho, x, cfg))
+    slope = jax.jit(jax.vmap(jax.grad(lambda s, uu, vv: _g(s, uu, vv, rho, jnp.tanh))))
     for _ in range(6):
-        new = blocks.a_block(params, aux._replace(a=a), duals, rho, x, cfg)
-        grad = jax.vmap(jax.grad(lambda s, uu, vv: _g(s, uu, vv, rho, jnp.tanh)))(
-            a.ravel(), u.ravel(), v.ravel()).reshape(a.shape)
+        new = a_block(a)
+        grad = slope(a.ravel(), u.ravel(), v.ravel()).reshape(a.shape)
         lc = blocks.a_curvature_bound(v, rho)
         assert jnp.all(_g(new, u, v, rho, jnp.tanh)
                        <= _g(a, u, v, rho, jnp.tanh) - grad**2 / (2 * lc) + 1e-12)
