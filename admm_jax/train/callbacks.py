@@ -98,7 +98,7 @@ class Schedule(Callback):
                              f"{sorted(loop.model_kwargs)}; give it an initial value there")
         self._apply(loop)
 
-    def on_step_end(self, loop: Loop, row: dict[str, float]) -> None:
+    def on_epoch_end(self, loop: Loop, row: dict[str, float]) -> None:
         self._apply(loop)
 
 
