@@ -103,7 +103,7 @@ def main() -> None:
     from admm_jax.train.fit import make_train_step
     from admm_jax.train.losses import accuracy, cross_entropy
 
-    x_all, y_all = data.mnist("train[:%d]" % args.batch_size, layout="pixels",
+    x_all, y_all = data.mnist(f"train[:{args.batch_size}]", layout="pixels",
                               data_dir=args.data_dir, download=False)
     peak = matmul_rate(args.matmul_n, args.repeats)
     rows = []
@@ -132,7 +132,7 @@ def main() -> None:
             runs[name] = {"compiled": compiled, "p": p_, "s": s_, "times": [], "flops": flops,
                           "compile_seconds": compile_s}
         for _ in range(args.repeats):  # alternate the methods: same machine load for both
-            for name, r in runs.items():
+            for r in runs.values():
                 t = time.perf_counter()
                 r["p"], r["s"], m = r["compiled"](r["p"], r["s"], *ex[2:])
                 jax.block_until_ready(m)
