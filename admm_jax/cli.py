@@ -75,6 +75,9 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="seed of the weights, the batch order and the synthetic data (default 0)")
     g.add_argument("--eval-batch-size", type=_positive_int, default=500,
                    help="samples per evaluation forward pass (default 500)")
+    g.add_argument("--clip-norm", type=_positive_float, default=None,
+                   help="clip gradients to this global norm (gradient optimizers only; "
+                        "default: no clipping)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -212,6 +215,8 @@ def _compare(parser, args) -> int:
     _check_admm_memory(parser, task, names, args.hidden)
     target = task.target if args.target is None else args.target
     budget_text = f"{budget:g} s of training" if budget else f"{args.iterations} iterations"
+    if args.clip_norm:
+        budget_text += f"; gradients clipped to norm {args.clip_norm:g}"
     print(f"task: {task.info}\ntrain {len(task.train[0])} / test {len(task.test[0])} samples; "
           f"Elman RNN H={args.hidden}; batch {args.batch_size}; budget per optimizer: "
           f"{budget_text} (compilation and evaluation excluded); seed {args.seed}", flush=True)
@@ -220,7 +225,7 @@ def _compare(parser, args) -> int:
         task, names, budget_seconds=budget, iterations=args.iterations,
         batch_size=args.batch_size, hidden=args.hidden, seed=args.seed, learning_rates=lrs,
         target=target, eval_points=args.eval_points, eval_batch_size=args.eval_batch_size,
-        progress=not args.no_progress)
+        clip_norm=args.clip_norm, progress=not args.no_progress)
     table = compare.format_table(rows, task, target)
     out = pathlib.Path(args.out)
     stem = f"compare_{task.name}"
@@ -254,7 +259,7 @@ def _train(parser, args) -> int:
     task = _load_task(parser, args)
     _check_admm_memory(parser, task, [name], args.hidden)
     kw = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
-    tx = task.optimizer(name, **kw)
+    tx = task.optimizer(name, clip_norm=args.clip_norm, **kw)
     model = task.model(args.hidden, seed=args.seed)
     epochs = args.epochs
     if epochs is None and args.iterations is None and args.budget_seconds is None:

@@ -60,6 +60,7 @@ def compare(
     target: float | None = None,
     eval_points: int = 20,
     eval_batch_size: int = 500,
+    clip_norm: float | None = None,
     progress: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, History]]:
     """Train ``task.model(hidden, seed=seed)`` with each optimizer in ``names``.
@@ -67,7 +68,8 @@ def compare(
     Fairness: every run starts from the same weights, sees the same batches in the same order
     (``seed``) and gets the same budget: ``budget_seconds`` of training steps (compilation and
     evaluation excluded, both reported) or ``iterations`` steps. The test set is evaluated
-    ``eval_points`` times, evenly over the budget.
+    ``eval_points`` times, evenly over the budget. ``clip_norm`` clips every gradient
+    optimizer's gradients to that global norm.
 
     Returns:
       ``(rows, histories)``: one :func:`summarize` row and one :class:`History` per optimizer.
@@ -82,7 +84,8 @@ def compare(
     rows, histories = [], {}
     for name in names:
         lr = lrs.get(name, optimizers.default_learning_rate(name))
-        tx = task.optimizer(name) if lr is None else task.optimizer(name, learning_rate=lr)
+        kw = {} if lr is None else {"learning_rate": lr}
+        tx = task.optimizer(name, clip_norm=clip_norm, **kw)
         model = task.model(hidden, seed=seed)
         every = {"eval_every_seconds": budget_seconds / eval_points} if budget_seconds else {
             "eval_every": max(1, iterations // eval_points)}
@@ -90,7 +93,8 @@ def compare(
                 budget_seconds=budget_seconds, iterations=iterations, batch_size=batch_size,
                 seed=seed, eval_batch_size=eval_batch_size, progress=name if progress else False,
                 **every)
-        h.meta.update(optimizer=name, learning_rate=lr, task=task.name, hidden=hidden)
+        h.meta.update(optimizer=name, learning_rate=lr, task=task.name, hidden=hidden,
+                      clip_norm=None if lr is None else clip_norm)
         histories[name] = h
         rows.append(summarize(name, h, task, target))
     fastest = min((r["seconds_per_iteration"] for r in rows), default=math.nan)

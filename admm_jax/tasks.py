@@ -69,13 +69,21 @@ class Task:
         return ElmanRNN(self.in_features, hidden, self.out_features, rngs=nnx.Rngs(seed),
                         many_to_many=self.many_to_many)
 
-    def optimizer(self, name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+    def optimizer(self, name: str, *, clip_norm: float | None = None,
+                  **kwargs: Any) -> optax.GradientTransformationExtraArgs:
         """``optimizers.get(name, **kwargs)``; for ``admmirnn`` the task's ``num_samples``,
-        ``seq_len``, ``loss`` and ``many_to_many`` are filled in."""
+        ``seq_len``, ``loss`` and ``many_to_many`` are filled in. ``clip_norm`` clips the
+        gradients' global norm first (``optax.clip_by_global_norm``; gradient optimizers only,
+        ADMMiRNN computes none)."""
         if optimizers.canonical_name(name) == "admmirnn":
             kwargs = {"num_samples": len(self.train[0]), "seq_len": self.seq_len,
                       "loss": self.loss, "many_to_many": self.many_to_many, **kwargs}
-        return optimizers.get(name, **kwargs)
+            return optimizers.get(name, **kwargs)
+        tx = optimizers.get(name, **kwargs)
+        if clip_norm is None:
+            return tx
+        return optax.with_extra_args_support(
+            optax.chain(optax.clip_by_global_norm(clip_norm), tx))
 
     def admm_state_bytes(self, hidden: int) -> int:
         """Bytes of ADMMiRNN's per-sample multipliers for this training set (float32)."""

@@ -66,3 +66,15 @@ def test_mnist_rows_and_subsets(data_dir):
     p = tasks.load("pixel-mnist", data_dir=data_dir, seq_len=112, train_subset=10, test_subset=5)
     assert p.train[0].shape == (10, 112, 7)
     np.testing.assert_array_equal(p.train[0].reshape(10, 28, 28), t.train[0][:10])
+
+
+def test_clip_norm_wraps_gradient_optimizers_only():
+    import jax.numpy as jnp
+
+    t = tasks.load("adding", num_train=8, num_test=4, seq_len=4)
+    params = {"w": jnp.zeros(2)}
+    tx = t.optimizer("sgd", learning_rate=1.0, clip_norm=0.5)
+    u, _ = tx.update({"w": jnp.array([3.0, 4.0])}, tx.init(params), params)
+    np.testing.assert_allclose(u["w"], [-0.3, -0.4], rtol=1e-6)  # norm 5 clipped to 0.5
+    admm = t.optimizer("admmirnn", clip_norm=0.5)
+    assert admm_state(admm.init(nnx.state(t.model(4), nnx.Param))) is not None
