@@ -66,8 +66,8 @@ _REGISTRY: dict[str, Entry] = {
     "adagrad": Entry(optax.adagrad, 0.05, "Adagrad (optax.adagrad)"),
     "novograd": Entry(_novograd, 0.01, "NovoGrad, layer-wise normalised momentum "
                       "(admm_jax.novograd)"),
-    "random_bases": Entry(_random_bases, 1.0, "random-bases descent, dim=250 "
-                          "(admm_jax.random_bases)"),
+    "random_bases": Entry(_random_bases, 1.0, "random-bases descent, dim=250 directions, "
+                          "for models with >> 250 parameters (admm_jax.random_bases)"),
 }
 
 

@@ -71,11 +71,13 @@ def test_needs_gradients_reads_the_state_also_inside_chain():
 def test_lazy_entries_build_and_step(name):
     pytest.importorskip(f"admm_jax.optim.{name}", reason="admm_jax.optim not merged yet")
     params = {"w": jnp.ones(5)}
-    tx = optimizers.get(name)
+    # random bases: E E^T ~ (dim / D) I, so dim must be well below the 5 parameters
+    kw = {"dim": 2, "learning_rate": 0.2} if name == "random_bases" else {}
+    tx = optimizers.get(name, **kw)
     loss = lambda p: jnp.sum(p["w"] ** 2)  # noqa: E731
     s = tx.init(params)
     before = loss(params)
-    for _ in range(5):
+    for _ in range(20):
         u, s = tx.update(jax.grad(loss)(params), s, params)
         params = optax.apply_updates(params, u)
     assert loss(params) < before
