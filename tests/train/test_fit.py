@@ -143,7 +143,7 @@ def test_schedule_needs_an_initial_value():
             callbacks=[Schedule("p_detach", lambda e: 0.1)])
 
 
-@pytest.mark.parametrize("name", ["adam", "admmirnn"])
+@pytest.mark.parametrize("name", ["adam", pytest.param("admmirnn", marks=pytest.mark.slow)])
 def test_checkpoint_resume_equals_an_uninterrupted_run(tmp_path, name):
     x, y = tiny_data(64)
     straight = ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0))
