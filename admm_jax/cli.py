@@ -89,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="admm-jax",
         description="Train Elman RNNs with ADMMiRNN and gradient optimizers and compare them.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=__doc__.split("\n", 2)[2])
+        epilog="examples:\n" + __doc__.split("\n", 2)[2])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser(
