@@ -78,6 +78,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-norm", type=_positive_float, default=None,
                    help="clip gradients to this global norm (gradient optimizers only; "
                         "default: no clipping)")
+    g.add_argument("--p-detach", type=float, default=None,
+                   help="h-detach probability in [0, 1] for gradient training (compare: adds a "
+                        "NAME+hdetachP run for every gradient optimizer; default: none)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bars")
 
 
@@ -168,12 +171,15 @@ def _parse_lrs(parser, s: str) -> dict[str, float]:
 
 
 def _load_task(parser, args):
-    from admm_jax import data, tasks
+    from admm_jax import compare, data, tasks
+
+    if args.p_detach is not None and not 0.0 <= args.p_detach <= 1.0:
+        parser.error(f"--p-detach: expected a probability in [0, 1], got {args.p_detach}")
 
     if args.task not in tasks.names():
         parser.error(f"--task: unknown task {args.task!r}; expected one of {_task_help()}")
     try:
-        return tasks.load(args.task, data_dir=args.data_dir, seq_len=args.seq_len,
+        task = tasks.load(args.task, data_dir=args.data_dir, seq_len=args.seq_len,
                           train_subset=args.train_subset, test_subset=args.test_subset,
                           seed=args.seed, num_train=args.num_train, num_test=args.num_test,
                           vocab_size=args.vocab_size, text_path=args.text_path,
@@ -183,6 +189,12 @@ def _load_task(parser, args):
                        "--download)\n")
     except ValueError as e:
         parser.error(str(e))
+    if args.p_detach is not None:
+        try:
+            compare.check_p_detach_support(task.model(1))
+        except ValueError as e:
+            parser.error(f"--p-detach: {e}")
+    return task
 
 
 def _check_admm_memory(parser, task, names, hidden) -> None:
@@ -225,7 +237,7 @@ def _compare(parser, args) -> int:
         task, names, budget_seconds=budget, iterations=args.iterations,
         batch_size=args.batch_size, hidden=args.hidden, seed=args.seed, learning_rates=lrs,
         target=target, eval_points=args.eval_points, eval_batch_size=args.eval_batch_size,
-        clip_norm=args.clip_norm, progress=not args.no_progress)
+        clip_norm=args.clip_norm, p_detach=args.p_detach, progress=not args.no_progress)
     table = compare.format_table(rows, task, target)
     out = pathlib.Path(args.out)
     stem = f"compare_{task.name}"
@@ -279,6 +291,8 @@ def _train(parser, args) -> int:
         print(f"resuming at epoch {start[0]}, step {start[1]} "
               f"(iteration {history.meta.get('iterations')})")
     callbacks = [Checkpoint(args.checkpoint_dir)] if args.checkpoint_dir else []
+    if args.p_detach is not None and optimizers.default_learning_rate(name) is not None:
+        resume.update(model_kwargs={"p_detach": args.p_detach}, step_key=True)
     print(f"task: {task.info}; optimizer {name}; train {len(task.train[0])} / test "
           f"{len(task.test[0])} samples", flush=True)
     h = fit(model, tx, task.train, eval_data=task.test, **task.fit_kwargs(), epochs=epochs,
@@ -286,7 +300,7 @@ def _train(parser, args) -> int:
             batch_size=args.batch_size, seed=args.seed, eval_every=args.eval_every,
             eval_batch_size=args.eval_batch_size, callbacks=callbacks,
             progress=False if args.no_progress else name, **resume)
-    h.meta.update(optimizer=name, task=task.name, hidden=args.hidden,
+    h.meta.update(optimizer=name, task=task.name, hidden=args.hidden, p_detach=args.p_detach,
                   learning_rate=kw.get("learning_rate", optimizers.default_learning_rate(name)))
     path = h.save(pathlib.Path(args.out) / f"train_{task.name}_{name}.json")
     column = "accuracy" if task.metric is not None else "loss"

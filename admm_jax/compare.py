@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import pathlib
@@ -61,6 +62,7 @@ def compare(
     eval_points: int = 20,
     eval_batch_size: int = 500,
     clip_norm: float | None = None,
+    p_detach: float | None = None,
     progress: bool = True,
 ) -> tuple[list[dict[str, Any]], dict[str, History]]:
     """Train ``task.model(hidden, seed=seed)`` with each optimizer in ``names``.
@@ -69,7 +71,9 @@ def compare(
     (``seed``) and gets the same budget: ``budget_seconds`` of training steps (compilation and
     evaluation excluded, both reported) or ``iterations`` steps. The test set is evaluated
     ``eval_points`` times, evenly over the budget. ``clip_norm`` clips every gradient
-    optimizer's gradients to that global norm.
+    optimizer's gradients to that global norm. With ``p_detach``, every gradient optimizer
+    also runs with h-detach (``model(x, p_detach=p, key=k)`` in training steps; label
+    ``NAME+hdetachP``), so the table holds both, with and without.
 
     Returns:
       ``(rows, histories)``: one :func:`summarize` row and one :class:`History` per optimizer.
@@ -82,25 +86,40 @@ def compare(
     target = task.target if target is None else target
     lrs = dict(learning_rates or {})
     rows, histories = [], {}
-    for name in names:
+    runs = [(name, None) for name in names]
+    if p_detach is not None:
+        check_p_detach_support(task.model(1, seed=seed))
+        runs += [(name, p_detach) for name in names
+                 if optimizers.default_learning_rate(name) is not None]
+    for name, p in runs:
+        label = name if p is None else f"{name}+hdetach{p:g}"
         lr = lrs.get(name, optimizers.default_learning_rate(name))
         kw = {} if lr is None else {"learning_rate": lr}
         tx = task.optimizer(name, clip_norm=clip_norm, **kw)
         model = task.model(hidden, seed=seed)
         every = {"eval_every_seconds": budget_seconds / eval_points} if budget_seconds else {
             "eval_every": max(1, iterations // eval_points)}
+        hd = {} if p is None else {"model_kwargs": {"p_detach": p}, "step_key": True}
         h = fit(model, tx, task.train, eval_data=task.test, **task.fit_kwargs(),
                 budget_seconds=budget_seconds, iterations=iterations, batch_size=batch_size,
-                seed=seed, eval_batch_size=eval_batch_size, progress=name if progress else False,
-                **every)
+                seed=seed, eval_batch_size=eval_batch_size, progress=label if progress else False,
+                **every, **hd)
         h.meta.update(optimizer=name, learning_rate=lr, task=task.name, hidden=hidden,
-                      clip_norm=None if lr is None else clip_norm)
-        histories[name] = h
-        rows.append(summarize(name, h, task, target))
+                      clip_norm=None if lr is None else clip_norm, p_detach=p)
+        histories[label] = h
+        rows.append(summarize(label, h, task, target))
     fastest = min((r["seconds_per_iteration"] for r in rows), default=math.nan)
     for r in rows:
         r["relative_seconds_per_iteration"] = r["seconds_per_iteration"] / fastest
     return rows, histories
+
+
+def check_p_detach_support(model) -> None:
+    """Raise ValueError unless ``model(x, p_detach=..., key=...)`` is accepted (h-detach)."""
+    params = inspect.signature(type(model).__call__).parameters
+    if not {"p_detach", "key"} <= set(params):
+        raise ValueError(f"p_detach: {type(model).__name__}.__call__ takes no p_detach/key "
+                         "arguments (h-detach support is missing from this admm_jax)")
 
 
 def _fmt(v: Any, spec: str) -> str:

@@ -1,5 +1,6 @@
 """The admm-jax command line, run as a subprocess like a user would (tiny budgets)."""
 
+import inspect
 import json
 import os
 import subprocess
@@ -112,3 +113,18 @@ def test_readme_main_command_finishes_in_three_minutes(tmp_path):
     assert time.perf_counter() - t < 180
     assert (tmp_path / "admm_jax_results" / "compare_adding.png").is_file()
     assert "| admmirnn |" in r.stdout
+
+
+def test_p_detach_adds_runs_or_names_the_missing_support(tmp_path):
+    from admm_jax import ElmanRNN
+
+    r = run_cli(["compare", "--task", "adding", "--optimizers", "admmirnn,adam", "--iterations",
+                 "3", "--p-detach", "0.5", "--seq-len", "6", "--num-train", "32", "--num-test",
+                 "16", "--hidden", "8", "--batch-size", "16", "--no-progress", "--out", "out"],
+                tmp_path)
+    if "p_detach" in inspect.signature(ElmanRNN.__call__).parameters:
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "| adam+hdetach0.5 |" in r.stdout and "| adam |" in r.stdout
+        assert "admmirnn+hdetach" not in r.stdout  # ADMM computes no gradient to detach
+    else:
+        assert r.returncode == 2 and "--p-detach" in r.stderr and "h-detach" in r.stderr

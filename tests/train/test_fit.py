@@ -1,6 +1,7 @@
 """admm_jax.train.fit: every optimizer lowers the loss; ADMM never differentiates; budgets,
 evaluation, model arguments and checkpoints behave as documented."""
 
+import inspect
 import math
 
 import jax
@@ -191,3 +192,16 @@ def test_divergence_stops_and_is_recorded():
             (x, y), loss=exploding, iterations=50, batch_size=16)
     assert h.meta["diverged_at"] == h.meta["iterations"] < 50
     assert not math.isfinite(h.steps["loss"][-1])
+
+
+def test_h_detach_reaches_the_model():
+    if "p_detach" not in inspect.signature(ElmanRNN.__call__).parameters:
+        pytest.skip("ElmanRNN without h-detach (branch hdetach not merged yet)")
+    x, y = tiny_data()
+    first_grad = {}
+    for p in (0.0, 1.0):
+        h = fit(ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0)), optimizers.get("adam"), (x, y),
+                iterations=2, batch_size=16, model_kwargs={"p_detach": p}, step_key=True)
+        first_grad[p] = h.steps["grad_norm"][0]
+    # same weights and batch; p = 1 blocks every h_{t-1} -> W path, so the gradient differs
+    assert first_grad[0.0] != pytest.approx(first_grad[1.0], rel=1e-4)
