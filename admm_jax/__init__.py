@@ -4,7 +4,7 @@ ADMMiRNN (ADMM on the unfolded RNN) as an optax transformation, beside the metho
 compared with: NovoGrad, random-bases descent and h-detach LSTM training.
 """
 
-from admm_jax import data
+from admm_jax import data, optimizers, train
 from admm_jax.admm import ADMMDiagnostics, ADMMiRNNState, admmirnn
 from admm_jax.models import (
     LSTM,
@@ -27,15 +27,17 @@ from admm_jax.optim import (
     scale_by_novograd,
     scale_by_random_bases,
 )
+from admm_jax.train import History, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "LSTM",
     "ADMMDiagnostics",
     "ADMMiRNNState",
     "CellPathGradNorms",
     "ElmanRNN",
+    "History",
+    "LSTM",
     "NovoGradState",
     "RandomBasesState",
     "admmirnn",
@@ -44,12 +46,15 @@ __all__ = [
     "data",
     "elman_apply",
     "elman_trace",
+    "fit",
     "lstm_apply",
     "lstm_scan",
     "novograd",
+    "optimizers",
     "random_bases",
     "random_bases_vector",
     "sample_detach_mask",
     "scale_by_novograd",
     "scale_by_random_bases",
+    "train",
 ]

@@ -1,0 +1,162 @@
+"""Every optimizer by name: ``admm_jax.optimizers.get("adam", learning_rate=1e-3)``.
+
+The gradient optimizers come from optax itself (``sgd``, ``momentum``, ``adam``, ``rmsprop``,
+``adagrad``) or from :mod:`admm_jax.optim` (``novograd``, ``random_bases``, imported only when
+asked for); ``admmirnn`` is :func:`admm_jax.admmirnn`. Every entry returns an
+``optax.GradientTransformationExtraArgs``.
+
+Whether a transformation needs gradients is read from its *state*
+(:func:`needs_gradients`): a state holding an :class:`admm_jax.ADMMiRNNState` anywhere (also
+inside ``optax.chain``) belongs to a gradient-free method. Reading the state rather than a
+registry flag makes the rule hold for any transformation a user composes, registered or not.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import optax
+
+from admm_jax.admm import ADMMiRNNState, admmirnn
+
+
+class Entry(NamedTuple):
+    """A registered optimizer.
+
+    factory: ``(**kwargs) -> GradientTransformationExtraArgs``; learning_rate: its default
+    learning rate (``None``: the factory takes none); description: one line for ``--help``.
+    """
+
+    factory: Callable[..., optax.GradientTransformationExtraArgs]
+    learning_rate: float | None
+    description: str
+
+
+def _novograd(learning_rate: float, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+    try:
+        from admm_jax.optim import novograd
+    except ImportError as e:  # pragma: no cover - only before the optim branch is merged
+        raise ModuleNotFoundError("novograd: admm_jax.optim.novograd is not installed") from e
+    return novograd(learning_rate, **kwargs)
+
+
+def _random_bases(learning_rate: float, dim: int = 250, *, seed: int = 0,
+                  **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+    try:
+        from admm_jax.optim import random_bases
+    except ImportError as e:  # pragma: no cover - only before the optim branch is merged
+        raise ModuleNotFoundError("random_bases: admm_jax.optim.random_bases is not "
+                                  "installed") from e
+    return random_bases(learning_rate, dim, seed=seed, **kwargs)
+
+
+def _momentum(learning_rate: float, momentum: float = 0.9,
+              **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+    return optax.sgd(learning_rate, momentum=momentum, **kwargs)
+
+
+_REGISTRY: dict[str, Entry] = {
+    "admmirnn": Entry(admmirnn, None, "ADMMiRNN: ADMM on the unfolded Elman RNN, no gradients"),
+    "sgd": Entry(optax.sgd, 0.1, "plain SGD (optax.sgd)"),
+    "momentum": Entry(_momentum, 0.05, "SGD with heavy-ball momentum 0.9 (optax.sgd)"),
+    "adam": Entry(optax.adam, 1e-3, "Adam (optax.adam)"),
+    "rmsprop": Entry(optax.rmsprop, 1e-3, "RMSprop (optax.rmsprop)"),
+    "adagrad": Entry(optax.adagrad, 0.05, "Adagrad (optax.adagrad)"),
+    "novograd": Entry(_novograd, 0.01, "NovoGrad, layer-wise normalised momentum "
+                      "(admm_jax.novograd)"),
+    "random_bases": Entry(_random_bases, 1.0, "random-bases descent, dim=250 directions, "
+                          "for models with >> 250 parameters (admm_jax.random_bases)"),
+}
+
+
+def canonical_name(name: str) -> str:
+    """``name`` lower-cased with ``-`` read as ``_`` (``"Random-Bases"`` -> ``"random_bases"``)."""
+    if not isinstance(name, str):
+        raise TypeError(f"optimizer: expected a name (str), got {type(name).__name__}")
+    return name.strip().lower().replace("-", "_")
+
+
+def names() -> tuple[str, ...]:
+    """The registered names, in registry order."""
+    return tuple(_REGISTRY)
+
+
+def entry(name: str) -> Entry:
+    """The :class:`Entry` registered as ``name``.
+
+    Raises:
+      ValueError: for an unknown name, listing the valid ones.
+    """
+    key = canonical_name(name)
+    if key not in _REGISTRY:
+        raise ValueError(f"optimizer: unknown name {name!r}; expected one of "
+                         f"{', '.join(_REGISTRY)}")
+    return _REGISTRY[key]
+
+
+def default_learning_rate(name: str) -> float | None:
+    """The learning rate :func:`get` uses when none is given (``None`` for ``admmirnn``)."""
+    return entry(name).learning_rate
+
+
+def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+    """Build the optimizer registered as ``name`` with ``kwargs``.
+
+    Gradient optimizers take ``learning_rate`` (default: :func:`default_learning_rate`) and
+    their factory's other arguments; ``admmirnn`` takes :func:`admm_jax.admmirnn`'s
+    (``num_samples``, ``seq_len``, ``rho``, ``loss``, ``many_to_many``, ...) and no learning
+    rate.
+
+    Args:
+      name: one of :func:`names` (case-insensitive, ``-`` or ``_``).
+      **kwargs: passed to the factory.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``.
+
+    Raises:
+      ValueError: unknown name (the message lists the valid ones).
+      TypeError: ``learning_rate`` given to ``admmirnn``, or an argument the factory lacks.
+
+    Example:
+      >>> import jax.numpy as jnp
+      >>> from admm_jax import optimizers
+      >>> tx = optimizers.get("adam", learning_rate=1e-2)
+      >>> state = tx.init({"w": jnp.zeros(3)})
+      >>> optimizers.needs_gradients(state)
+      True
+      >>> optimizers.get("lbfgs")  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: optimizer: unknown name 'lbfgs'; expected one of admmirnn, sgd, momentum, ...
+    """
+    e = entry(name)
+    if e.learning_rate is None:
+        if "learning_rate" in kwargs:
+            raise TypeError(f"learning_rate: {canonical_name(name)} takes no learning rate "
+                            f"(got learning_rate={kwargs['learning_rate']!r})")
+        tx = e.factory(**kwargs)
+    else:
+        lr = kwargs.pop("learning_rate", e.learning_rate)
+        tx = e.factory(lr, **kwargs)
+    return optax.with_extra_args_support(tx)
+
+
+def needs_gradients(opt_state: Any) -> bool:
+    """False when ``opt_state`` holds an :class:`admm_jax.ADMMiRNNState` (at any depth)."""
+    leaves = jax.tree_util.tree_leaves(opt_state,
+                                       is_leaf=lambda x: isinstance(x, ADMMiRNNState))
+    return not any(isinstance(x, ADMMiRNNState) for x in leaves)
+
+
+def admm_state(opt_state: Any) -> ADMMiRNNState | None:
+    """The first :class:`admm_jax.ADMMiRNNState` inside ``opt_state``, else ``None``."""
+    leaves = jax.tree_util.tree_leaves(opt_state,
+                                       is_leaf=lambda x: isinstance(x, ADMMiRNNState))
+    return next((x for x in leaves if isinstance(x, ADMMiRNNState)), None)
+
+
+__all__ = ["Entry", "admm_state", "canonical_name", "default_learning_rate", "entry", "get",
+           "names", "needs_gradients"]

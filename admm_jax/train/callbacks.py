@@ -1,0 +1,168 @@
+"""Hooks into :func:`admm_jax.train.fit`: a progress bar, annealing, checkpoints."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import jax
+import numpy as np
+
+if TYPE_CHECKING:  # pragma: no cover
+    from admm_jax.train.fit import Loop
+
+
+class Callback:
+    """Base class: override any hook. ``loop`` is the :class:`admm_jax.train.Loop` of the run.
+
+    A hook may set ``loop.stop = True`` to end training, or change the *values* of
+    ``loop.model_kwargs`` (traced scalars, so no recompilation; keys are fixed).
+    """
+
+    def on_train_begin(self, loop: Loop) -> None: ...
+
+    def on_step_end(self, loop: Loop, row: dict[str, float]) -> None: ...
+
+    def on_epoch_end(self, loop: Loop, row: dict[str, float]) -> None: ...
+
+    def on_eval_end(self, loop: Loop, row: dict[str, float]) -> None: ...
+
+    def on_train_end(self, loop: Loop) -> None: ...
+
+
+class ProgressBar(Callback):
+    """A tqdm bar over iterations (or budget seconds) showing the live loss and accuracy."""
+
+    def __init__(self, desc: str | None = None, **tqdm_kwargs: Any):
+        self.desc = desc
+        self.tqdm_kwargs = tqdm_kwargs
+        self.bar = None
+
+    def on_train_begin(self, loop: Loop) -> None:
+        import sys
+
+        from tqdm.auto import tqdm
+
+        by_time = loop.total_iterations is None and loop.budget_seconds is not None
+        self.by_time = by_time
+        total = loop.budget_seconds if by_time else loop.total_iterations
+        self.bar = tqdm(total=total, desc=self.desc, unit="s" if by_time else "it",
+                        dynamic_ncols=True, leave=True,
+                        **{"mininterval": 0.1 if sys.stderr.isatty() else 5.0,
+                           **self.tqdm_kwargs})
+        if by_time:
+            self.bar.bar_format = "{l_bar}{bar}| {n:.0f}/{total:.0f}s [{elapsed}{postfix}]"
+
+    def on_step_end(self, loop: Loop, row: dict[str, float]) -> None:
+        post = {"loss": f"{row['loss']:.4g}"}
+        if "accuracy" in row and not math.isnan(row["accuracy"]):
+            post["acc"] = f"{row['accuracy']:.3f}"
+        test = loop.history.last("evals", loop.metric_name, None)
+        if test is not None:
+            post["test"] = f"{test:.3g}"
+        self.bar.set_postfix(post, refresh=False)
+        if self.by_time:
+            self.bar.update(min(row["seconds"], self.bar.total - self.bar.n))
+        else:
+            self.bar.update(1)
+
+    def on_train_end(self, loop: Loop) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+class Schedule(Callback):
+    """Set ``loop.model_kwargs[name] = fn(epoch)`` at the start of each epoch.
+
+    E.g. annealing h-detach: ``Schedule("p_detach", lambda e: max(0.0, 0.5 - 0.1 * e))`` with
+    ``fit(..., model_kwargs={"p_detach": 0.5})``. The value is a traced scalar of the jitted
+    step, so changing it never recompiles.
+    """
+
+    def __init__(self, name: str, fn: Callable[[int], float]):
+        self.name, self.fn = name, fn
+        self._epoch = -1
+
+    def _apply(self, loop: Loop) -> None:
+        if loop.epoch != self._epoch:
+            self._epoch = loop.epoch
+            loop.set_model_kwarg(self.name, self.fn(loop.epoch))
+
+    def on_train_begin(self, loop: Loop) -> None:
+        if self.name not in loop.model_kwargs:
+            raise ValueError(f"name: {self.name!r} is not in fit's model_kwargs "
+                             f"{sorted(loop.model_kwargs)}; give it an initial value there")
+        self._apply(loop)
+
+    def on_epoch_end(self, loop: Loop, row: dict[str, float]) -> None:
+        self._apply(loop)
+
+
+class Checkpoint(Callback):
+    """Save weights, optimizer state and history to ``directory`` after every epoch and at the end.
+
+    Files: ``state.npz`` (the leaves of ``(params, opt_state)`` in flattening order),
+    ``history.json`` and ``position.json`` (``epoch``, ``step``: where a resumed run starts).
+    Restore with :func:`load_checkpoint`.
+    """
+
+    def __init__(self, directory: str | os.PathLike):
+        self.directory = pathlib.Path(directory)
+
+    def save(self, loop: Loop) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        leaves = jax.tree_util.tree_leaves((loop.params, loop.opt_state))
+        arrays = {f"leaf_{i:05d}": np.asarray(jax.device_get(_plain(x)))
+                  for i, x in enumerate(leaves)}
+        tmp = self.directory / "state.tmp.npz"
+        np.savez(tmp, **arrays)
+        os.replace(tmp, self.directory / "state.npz")
+        loop.history.save(self.directory / "history.json")
+        epoch, step = loop.position
+        (self.directory / "position.json").write_text(
+            json.dumps({"epoch": epoch, "step": step, "iteration": loop.iteration}))
+
+    def on_epoch_end(self, loop: Loop, row: dict[str, float]) -> None:
+        self.save(loop)
+
+    def on_train_end(self, loop: Loop) -> None:
+        self.save(loop)
+
+
+def _plain(x):
+    """Typed PRNG keys are saved as their raw key data."""
+    if hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        return jax.random.key_data(x)
+    return x
+
+
+def load_checkpoint(directory: str | os.PathLike, params: Any, opt_state: Any):
+    """Read a :class:`Checkpoint` into pytrees shaped like ``(params, opt_state)``.
+
+    Returns:
+      ``(params, opt_state, position, history)``; pass them to ``fit(..., opt_state=,
+      start=position, history=)`` after ``nnx.update(model, params)``.
+    """
+    from admm_jax.train.history import History
+
+    d = pathlib.Path(directory)
+    with np.load(d / "state.npz") as z:
+        saved = [z[k] for k in sorted(z.files)]
+    template, treedef = jax.tree_util.tree_flatten((params, opt_state))
+    if len(saved) != len(template):
+        raise ValueError(f"directory: checkpoint has {len(saved)} arrays, the model and "
+                         f"optimizer have {len(template)}")
+    leaves = []
+    for t, s in zip(template, saved, strict=True):
+        if jax.dtypes.issubdtype(t.dtype, jax.dtypes.prng_key):
+            s = jax.random.wrap_key_data(s, impl=jax.random.key_impl(t))
+        elif tuple(t.shape) != s.shape:
+            raise ValueError(f"directory: saved array of shape {s.shape}, expected {t.shape}")
+        leaves.append(s)
+    params, opt_state = jax.tree_util.tree_unflatten(treedef, leaves)
+    pos = json.loads((d / "position.json").read_text())
+    return params, opt_state, (pos["epoch"], pos["step"]), History.load(d / "history.json")

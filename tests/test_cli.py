@@ -1,0 +1,130 @@
+"""The admm-jax command line, run as a subprocess like a user would (tiny budgets)."""
+
+import inspect
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from admm_jax import cli, optimizers, tasks
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--train-subset", "64", "--test-subset", "32", "--hidden", "8", "--batch-size", "16",
+        "--no-progress"]
+
+
+def run_cli(args, cwd, data_dir=None, timeout=300):
+    env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    if data_dir is not None:
+        env["ADMM_JAX_DATA"] = str(data_dir)
+    return subprocess.run([sys.executable, "-m", "admm_jax.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+TASK_ARGS = {
+    "row-mnist": [],
+    "pixel-mnist": ["--seq-len", "56"],
+    "permuted-mnist": ["--seq-len", "56"],
+    "imdb": ["--seq-len", "20", "--vocab-size", "500"],
+    "copying": ["--seq-len", "3", "--num-train", "64", "--num-test", "32"],
+    "adding": ["--seq-len", "10", "--num-train", "64", "--num-test", "32"],
+    "text": ["--seq-len", "8"],
+}
+
+
+def test_every_task_has_a_smoke_test():
+    assert set(TASK_ARGS) == set(tasks.names())
+
+
+@pytest.mark.parametrize("task", list(TASK_ARGS))
+def test_compare_smoke(task, tmp_path, data_dir):
+    extra = list(TASK_ARGS[task])
+    if task == "text":
+        f = tmp_path / "corpus.txt"
+        f.write_text("the quick brown fox jumps over the lazy dog. " * 40)
+        extra += ["--text", str(f)]
+    r = run_cli(["compare", "--task", task, "--optimizers", "admmirnn,adam", "--iterations",
+                 "3", "--out", "out", *TINY, *extra], tmp_path, data_dir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "| admmirnn |" in r.stdout and "| adam |" in r.stdout
+    res = json.loads((tmp_path / "out" / f"compare_{task}.json").read_text())
+    assert [row["optimizer"] for row in res["rows"]] == ["admmirnn", "adam"]
+    assert all(row["iterations"] == 3 for row in res["rows"])
+    assert (tmp_path / "out" / f"compare_{task}.png").stat().st_size > 10000
+    assert str(tmp_path / "out" / f"compare_{task}.png") in r.stdout or \
+        f"out/compare_{task}.png" in r.stdout
+
+
+def test_train_checkpoint_and_resume(tmp_path):
+    base = ["train", "--task", "adding", "--seq-len", "6", "--num-train", "64", "--num-test",
+            "16", "--hidden", "8", "--batch-size", "16", "--no-progress", "--optimizer", "adam",
+            "--checkpoint-dir", "ck", "--out", "out"]
+    r = run_cli([*base, "--epochs", "1"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (tmp_path / "ck" / "state.npz").is_file()
+    assert json.loads((tmp_path / "ck" / "position.json").read_text())["epoch"] == 1
+    r = run_cli([*base, "--epochs", "2", "--resume"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "resuming at epoch 1" in r.stdout
+    h = json.loads((tmp_path / "out" / "train_adding_adam.json").read_text())
+    assert h["steps"]["iteration"] == list(range(1, 9))
+
+
+def test_unknown_names_give_the_listed_error(capsys):
+    for args, valid in ((["compare", "--task", "cifar"], tasks.names()),
+                        (["compare", "--optimizers", "adam,lbfgs"], optimizers.names()),
+                        (["train", "--optimizer", "lbfgs"], optimizers.names()),
+                        (["compare", "--lr", "foo=1"], optimizers.names())):
+        with pytest.raises(SystemExit) as e:
+            cli.main(args)
+        assert e.value.code == 2
+        err = capsys.readouterr().err
+        assert "unknown" in err and all(v in err for v in valid), err
+
+
+def test_help_explains_every_flag(capsys):
+    for sub in ("compare", "train"):
+        with pytest.raises(SystemExit):
+            cli.main([sub, "--help"])
+        out = capsys.readouterr().out
+        parser = cli.build_parser()
+        sp = parser._subparsers._group_actions[0].choices[sub]  # noqa: SLF001
+        for action in sp._actions:  # noqa: SLF001
+            if action.option_strings and action.dest != "help":
+                assert action.help, action.option_strings
+                assert action.option_strings[0] in out
+
+
+def test_admm_memory_guard(tmp_path, data_dir):
+    r = run_cli(["compare", "--task", "pixel-mnist", "--optimizers", "admmirnn", "--iterations",
+                 "1", "--no-progress"], tmp_path, data_dir)
+    assert r.returncode == 2 and "--train-subset" in r.stderr
+
+
+@pytest.mark.slow
+def test_readme_main_command_finishes_in_three_minutes(tmp_path):
+    import time
+
+    t = time.perf_counter()
+    r = run_cli(["compare", "--no-progress"], tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert time.perf_counter() - t < 180
+    assert (tmp_path / "admm_jax_results" / "compare_adding.png").is_file()
+    assert "| admmirnn |" in r.stdout
+
+
+def test_p_detach_adds_runs_or_names_the_missing_support(tmp_path):
+    from admm_jax import ElmanRNN
+
+    r = run_cli(["compare", "--task", "adding", "--optimizers", "admmirnn,adam", "--iterations",
+                 "3", "--p-detach", "0.5", "--seq-len", "6", "--num-train", "32", "--num-test",
+                 "16", "--hidden", "8", "--batch-size", "16", "--no-progress", "--out", "out"],
+                tmp_path)
+    if "p_detach" in inspect.signature(ElmanRNN.__call__).parameters:
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "| adam+hdetach0.5 |" in r.stdout and "| adam |" in r.stdout
+        assert "admmirnn+hdetach" not in r.stdout  # ADMM computes no gradient to detach
+    else:
+        assert r.returncode == 2 and "--p-detach" in r.stderr and "h-detach" in r.stderr
