@@ -203,7 +203,10 @@ def admmirnn(
     def update_fn(updates, state: ADMMiRNNState, params=None, *, inputs=None, targets=None,
                   indices=None, **extra_args: Any):
         del updates, extra_args
-        p, treedef, names = split_params(params)
+        p_orig, treedef, names = split_params(params)
+        # the solves need at least float32 (no bfloat16 Cholesky); updates go back in p's dtype
+        compute = jnp.promote_types(p_orig["W"].dtype, jnp.float32)
+        p = {k: v.astype(compute) for k, v in p_orig.items()}
         inputs, targets = _check_batch(p, inputs, targets, cfg)
         batch, steps = inputs.shape[0], inputs.shape[1]
         if seq_len is not None and steps != seq_len:
@@ -225,12 +228,12 @@ def admmirnn(
         aux = Auxiliaries(trace.a, trace.h, trace.o)
         if auxiliaries == "persist":
             seen = state.seen[indices][:, None, None]
-            aux = Auxiliaries(*(jnp.where(seen, stored[indices], fresh)
+            aux = Auxiliaries(*(jnp.where(seen, stored[indices].astype(compute), fresh)
                                 for stored, fresh in zip(state.aux, aux, strict=True)))
         if num_samples is None:
             duals = Duals(jnp.zeros_like(aux.a), jnp.zeros_like(aux.h), jnp.zeros_like(aux.o))
         else:
-            duals = Duals(*(lam[indices] for lam in state.duals))
+            duals = Duals(*(lam[indices].astype(compute) for lam in state.duals))
 
         rho = state.rho
         p_new = dict(p)
@@ -242,17 +245,20 @@ def admmirnn(
         n_targets = out.shape[0] * out.shape[1]
         diag = diag._replace(loss=data_loss(out, targets, cfg) / n_targets)
 
-        new_state = state._replace(rho=rho, count=state.count + sweeps, diagnostics=diag)
+        dtype = state.rho.rho1.dtype
+        new_state = state._replace(
+            rho=Penalties(*(r.astype(dtype) for r in rho)), count=state.count + sweeps,
+            diagnostics=ADMMDiagnostics(*(v.astype(dtype) for v in diag)))
         if num_samples is not None:
             new_state = new_state._replace(duals=Duals(
-                *(store.at[indices].set(lam) for store, lam in zip(state.duals, duals,
-                                                                  strict=True))))
+                *(store.at[indices].set(lam.astype(store.dtype))
+                  for store, lam in zip(state.duals, duals, strict=True))))
         if auxiliaries == "persist":
             new_state = new_state._replace(
-                aux=Auxiliaries(*(store.at[indices].set(v) for store, v in zip(state.aux, aux,
-                                                                               strict=True))),
+                aux=Auxiliaries(*(store.at[indices].set(v.astype(store.dtype))
+                                  for store, v in zip(state.aux, aux, strict=True))),
                 seen=state.seen.at[indices].set(True))
-        delta = {k: p_new[k] - p[k] for k in p}
+        delta = {k: (p_new[k] - p[k]).astype(p_orig[k].dtype) for k in p}
         return merge_like(delta, treedef, names), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

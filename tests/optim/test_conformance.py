@@ -1,12 +1,8 @@
 """Conformance of every optimizer the package ships with the optax / nnx contract.
 
 Each case is a :class:`Case`: a factory for the transformation plus, optionally, its own
-parameters, model and extra ``update`` kwargs. To add an optimizer, append to ``CASES``, e.g.
-ADMMiRNN (which needs an ElmanRNN's params and ``inputs=`` / ``targets=``)::
-
-    Case("admmirnn", lambda: admm_jax.admmirnn(...), params=elman_params,
-         extra_args=lambda dtype: {"inputs": X.astype(dtype), "targets": Y},
-         model=lambda dtype: ElmanRNN(4, 8, 3, rngs=nnx.Rngs(0), dtype=dtype))
+parameters, model and extra ``update`` kwargs. To add an optimizer, append to ``CASES``.
+ADMMiRNN is one: it ignores the gradient and takes its batch as ``inputs=`` / ``targets=``.
 
 ``optax.adam`` is a reference case: it shows the checks themselves pass for a known-good
 optimizer.
@@ -67,8 +63,16 @@ class Case:
     loss: Callable[[Any, Any], jax.Array] = elman_loss
 
 
+def elman_batch(dtype: Any) -> dict[str, jax.Array]:
+    """The batch ADMMiRNN trains on (the same one ``elman_loss`` uses)."""
+    return {"inputs": jax.random.normal(jax.random.key(1), (N, T, IN), dtype),
+            "targets": jnp.arange(N) % OUT}
+
+
 CASES: list[Case] = [
     Case("optax.adam (reference)", lambda: optax.adam(1e-2)),
+    Case("admmirnn", lambda: admm_jax.admmirnn(num_samples=N, seq_len=T),
+         extra_args=elman_batch),
     Case("novograd", lambda: admm_jax.novograd(1e-2)),
     Case("novograd+wd+grouped", lambda: admm_jax.novograd(
         optax.cosine_decay_schedule(1e-2, 10), weight_decay=optax.constant_schedule(1e-3),
