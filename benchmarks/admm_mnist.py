@@ -77,7 +77,7 @@ def run_admm(args, xtr, ytr, xte, yte, log):
     epoch = 0
     while train_s < args.budget_seconds and epoch < args.max_epochs:
         t0 = time.perf_counter()
-        for b in batches(xtr, ytr, batch_size=args.batch_size, seed=args.seed, epochs=1,
+        for b in batches(xtr, ytr, batch_size=args.batch_size, seed=args.seed, epochs=epoch + 1,
                          start=(epoch, 0)):
             params, state = step(params, state, *b.data, jnp.asarray(b.indices))
             iters += 1
@@ -121,7 +121,7 @@ def run_adam(args, xtr, ytr, xte, yte, log):
     n = len(xtr)
     for epoch in tqdm(range(args.adam_epochs), desc="Adam", disable=args.quiet):
         t0 = time.perf_counter()
-        for b in batches(xtr, ytr, batch_size=args.batch_size, seed=args.seed, epochs=1,
+        for b in batches(xtr, ytr, batch_size=args.batch_size, seed=args.seed, epochs=epoch + 1,
                          start=(epoch, 0)):
             params, state = step(params, state, *b.data)
             iters += 1
