@@ -200,7 +200,7 @@ def main(argv=None):
     ap.add_argument("--max-epochs", type=int, default=10_000)
     ap.add_argument("--rho", type=float, nargs=3, default=(10.0, 10.0, 1.0))
     ap.add_argument("--prox", type=float, default=0.1)
-    ap.add_argument("--weight-decay", type=float, default=0.0)
+    ap.add_argument("--weight-decay", type=float, default=1.0)
     ap.add_argument("--sweeps", type=int, default=1)
     ap.add_argument("--sweep", default="backward", choices=("backward", "parallel"))
     ap.add_argument("--adam-epochs", type=int, default=5)
