@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from admm_jax.admm.linalg import spd_inverse, spd_solve, tril_inverse
 
 
-@settings(max_examples=15, deadline=None)
-@given(n=st.integers(1, 40), seed=st.integers(0, 2**16))
+@settings(max_examples=6, deadline=None)
+@given(n=st.integers(1, 24), seed=st.integers(0, 2**16))
 def test_tril_inverse_and_spd_solve_match_numpy(n, seed):
     rng = np.random.default_rng(seed)
     m = rng.normal(size=(n, n))

@@ -134,7 +134,7 @@ def test_mixed_mask_blocks_exactly_the_masked_steps_float64():
         assert_trees_close(g, g_ref, 1e-10)
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(p=st.floats(0.0, 1.0), seed=st.integers(0, 2**31 - 1), many_to_many=st.booleans())
 def test_forward_outputs_do_not_depend_on_p(p, seed, many_to_many):
     model = LSTM(D, H, C, rngs=nnx.Rngs(0), many_to_many=many_to_many)
@@ -229,7 +229,7 @@ def test_init_follows_the_authors_uniform_recipe():
     assert np.abs(b).max() <= 2 * bound and np.abs(b).max() > bound  # sum of two uniforms
 
 
-@settings(max_examples=6, deadline=None)
+@settings(max_examples=4, deadline=None)
 @given(n=st.integers(1, 3), t=st.integers(1, 6), d=st.integers(1, 3), h=st.integers(1, 4),
        c=st.integers(1, 3), many_to_many=st.booleans())
 def test_shapes_and_many_to_one_is_last_step(n, t, d, h, c, many_to_many):
