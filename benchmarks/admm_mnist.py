@@ -95,7 +95,7 @@ def run_admm(args, xtr, ytr, xte, yte, log):
                    train_loss=tr_loss, train_acc=tr_acc, test_acc=te_acc)
         history.append(rec)
         log(rec)
-        bar.update(min(int(dt), max(0, int(args.budget_seconds) - bar.n)))
+        bar.update(max(0, min(round(train_s), int(args.budget_seconds)) - bar.n))
         bar.set_postfix(epoch=epoch, test=f"{te_acc:.4f}", loss=f"{tr_loss:.3f}")
     bar.close()
     return history
