@@ -29,34 +29,19 @@ from flax import nnx
 from tqdm import tqdm
 
 from admm_jax import LSTM, cell_path_grad_norms, lstm_apply, sample_detach_mask
+from admm_jax.data import copying as _copying_pkg
 
 N_SYMBOLS, N_CLASSES, DELIM, N_COPY = 8, 9, 9, 10
 
 
-def copying_local(T: int, n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Copying data ``(x float32 [n, T+20, 1], y int32 [n, T+20])`` (the authors' recipe)."""
-    rng = np.random.default_rng(seed)
-    sym = rng.integers(1, N_SYMBOLS + 1, size=(n, N_COPY))
-    x = np.zeros((n, T + 2 * N_COPY), np.int64)
-    x[:, :N_COPY] = sym
-    x[:, N_COPY + T - 1] = DELIM
-    y = np.zeros((n, T + 2 * N_COPY), np.int64)
-    y[:, T + N_COPY:] = sym
-    return x[..., None].astype(np.float32), y.astype(np.int32)
+def copying(T: int, n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`admm_jax.data.copying` as ``(x float32 [n, T+20, 1], y int32 [n, T+20])``."""
+    x, y = _copying_pkg(T, n, seed=seed)
+    x, y = np.asarray(x), np.asarray(y)
+    return x.reshape(n, T + 2 * N_COPY, 1).astype(np.float32), y.astype(np.int32)
 
 
-try:  # the package's loader when it exists (built in parallel); same recipe.
-    from admm_jax.data import copying as _copying_pkg
-
-    def copying(T: int, n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
-        x, y = _copying_pkg(T, n, seed=seed)
-        x, y = np.asarray(x), np.asarray(y)
-        return x.reshape(n, T + 2 * N_COPY, 1).astype(np.float32), y.astype(np.int32)
-
-    DATA_SOURCE = "admm_jax.data.copying"
-except ImportError:
-    copying = copying_local
-    DATA_SOURCE = "local generator (benchmarks/hdetach_copying.py)"
+DATA_SOURCE = "admm_jax.data.copying"
 
 
 def make_step(tx, seq_len):

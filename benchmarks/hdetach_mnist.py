@@ -17,7 +17,6 @@ validation epoch.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import pathlib
@@ -31,39 +30,14 @@ from flax import nnx
 from tqdm import tqdm
 
 from admm_jax import LSTM, lstm_apply, sample_detach_mask
+from admm_jax.data import mnist as _mnist
 
 SEQ_LEN = 784
 
 
-def _read_idx(path: pathlib.Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def mnist_local(split: str, *, layout: str = "pixels", permutation_seed: int = 0,
-                data_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Raw IDX reader: ``(float32 [N, 784, 1] in [0, 1], int32 [N])``."""
-    d = pathlib.Path(data_dir or os.environ.get("ADMM_JAX_DATA", "../shared/data")) / "mnist"
-    prefix = {"train": "train", "test": "t10k"}[split]
-    x = _read_idx(d / f"{prefix}-images-idx3-ubyte.gz").reshape(-1, SEQ_LEN)
-    y = _read_idx(d / f"{prefix}-labels-idx1-ubyte.gz")
-    if layout == "permuted":
-        x = x[:, np.random.default_rng(permutation_seed).permutation(SEQ_LEN)]
-    elif layout != "pixels":
-        raise ValueError(f"layout: expected 'pixels' or 'permuted', got {layout!r}")
-    return (x.astype(np.float32) / 255.0)[..., None], y.astype(np.int32)
-
-
-try:  # the package's loader when it exists (built in parallel)
-    from admm_jax.data import mnist as _mnist
-
-    DATA_SOURCE = "admm_jax.data.mnist"
-except ImportError:
-    _mnist = mnist_local
-    DATA_SOURCE = "local IDX reader (benchmarks/hdetach_mnist.py)"
+DATA_SOURCE = "admm_jax.data.mnist"
 
 
 def load(split, layout, data_dir):

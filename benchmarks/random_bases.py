@@ -12,7 +12,6 @@ Validation accuracy is on the 10k MNIST test images (no augmentation).
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import pathlib
@@ -29,29 +28,11 @@ from admm_jax import random_bases
 STEPS_PER_EPOCH = 60_000 // 32
 
 
-def _read_idx(path: pathlib.Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
-        data = f.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
 def load_mnist(split: str, data_dir: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """(float32 [N, 28, 28] in [0, 1], int32 [N]); the package loader when present."""
-    try:
-        from admm_jax.data import mnist  # type: ignore[attr-defined]
+    """(float32 [N, 28, 28] in [0, 1], int32 [N]) from :func:`admm_jax.data.mnist`."""
+    from admm_jax.data import mnist
 
-        return mnist(split, layout="rows", data_dir=data_dir)
-    except ImportError:
-        pass
-    if data_dir is None:
-        raise SystemExit("--data-dir: not given and $ADMM_JAX_DATA is not set")
-    root = pathlib.Path(data_dir) / "mnist"
-    prefix = "train" if split == "train" else "t10k"
-    x = _read_idx(root / f"{prefix}-images-idx3-ubyte.gz").astype(np.float32) / 255.0
-    y = _read_idx(root / f"{prefix}-labels-idx1-ubyte.gz").astype(np.int32)
-    return x, y
+    return mnist(split, layout="rows", data_dir=data_dir)
 
 
 def init_mlp(key: jax.Array) -> dict[str, jax.Array]:
