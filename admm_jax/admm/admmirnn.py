@@ -16,12 +16,12 @@ from admm_jax.admm.problem import (
     Auxiliaries,
     Duals,
     Penalties,
-    augmented_lagrangian,
+    Residuals,
+    constraint_sides,
     data_loss,
-    residuals,
-    shift_right,
+    lagrangian_from_residuals,
 )
-from admm_jax.models.elman import ACTIVATIONS, activation_fn, elman_trace, input_projection
+from admm_jax.models.elman import ACTIVATIONS, elman_trace
 
 RHO_SCHEDULES = ("fixed", "geometric", "balance")
 AUXILIARY_MODES = ("reset", "persist")
@@ -272,20 +272,19 @@ def admmirnn(
 def _iteration(p, aux, duals, rho, inputs, targets, cfg, sweep_fn, rho_schedule, rho_growth,
                rho_max):
     """One ADMM iteration: o, (h, a) sweep, (U, W, b), (V, c), multipliers, penalties."""
-    f = activation_fn(cfg.activation)
-    before = _constraint_sides(p, aux, inputs, cfg, f)
+    before = constraint_sides(p, aux, inputs, cfg)
     aux = aux._replace(o=blocks.o_block(p, aux, duals, rho, targets, cfg))
     aux = sweep_fn(p, aux, duals, rho, inputs, cfg)
     uwb, _ = blocks.uwb_block(p, aux, duals, rho, inputs, cfg)
     p = {**p, **uwb}
     vc, _ = blocks.vc_block(p, aux, duals, rho, cfg)
     p = {**p, **vc}
-    r = residuals(p, aux, inputs, cfg)
+    after = constraint_sides(p, aux, inputs, cfg)
+    r = Residuals(*(v - side for v, side in zip(aux, after, strict=True)))
     duals = blocks.dual_update(duals, rho, r)
-    after = _constraint_sides(p, aux, inputs, cfg, f)
     s = [rh * jnp.linalg.norm(a1 - a0) for rh, a0, a1 in zip(rho, before, after, strict=True)]
     rnorm = [jnp.linalg.norm(ri) for ri in r]
-    lag = augmented_lagrangian(p, aux, duals, rho, inputs, targets, cfg)
+    lag = lagrangian_from_residuals(p, aux.o, r, duals, rho, targets, cfg)
     diag = ADMMDiagnostics(lag, *rnorm, jnp.sqrt(sum(si**2 for si in s)), jnp.zeros_like(lag))
     if rho_schedule == "geometric":
         rho = Penalties(*(jnp.minimum(rh * rho_growth, rho_max) for rh in rho))
@@ -295,13 +294,6 @@ def _iteration(p, aux, duals, rho, inputs, targets, cfg, sweep_fn, rho_schedule,
                      None, rho_max)
             for rh, ri, si in zip(rho, rnorm, s, strict=True)))
     return p, aux, duals, rho, diag
-
-
-def _constraint_sides(p, aux, inputs, cfg, f):
-    """Right-hand sides of C1, C2, C3 (what the dual residual measures the change of)."""
-    z1 = input_projection(p["U"], inputs) + shift_right(aux.h) @ p["W"].T + p["b"]
-    hs = aux.h if cfg.many_to_many else aux.h[:, -1:]
-    return z1, f(aux.a), hs @ p["V"].T + p["c"]
 
 
 def _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweeps, sweep, auxiliaries,

@@ -83,14 +83,17 @@ def readout_states(h: jax.Array, cfg: ADMMConfig) -> jax.Array:
     return h if cfg.many_to_many else h[:, -1:]
 
 
-def residuals(params, aux: Auxiliaries, inputs: jax.Array, cfg: ADMMConfig) -> Residuals:
-    """The three constraint residuals at ``(params, aux)``."""
+def constraint_sides(params, aux: Auxiliaries, inputs: jax.Array, cfg: ADMMConfig):
+    """The right-hand sides of C1, C2, C3: ``U x + W h_prev + b``, ``f(a)``, ``V h_S + c``."""
     f = activation_fn(cfg.activation)
     z1 = input_projection(params["U"], inputs) + shift_right(aux.h) @ params["W"].T + params["b"]
-    r1 = aux.a - z1
-    r2 = aux.h - f(aux.a)
-    r3 = aux.o - (readout_states(aux.h, cfg) @ params["V"].T + params["c"])
-    return Residuals(r1, r2, r3)
+    return z1, f(aux.a), readout_states(aux.h, cfg) @ params["V"].T + params["c"]
+
+
+def residuals(params, aux: Auxiliaries, inputs: jax.Array, cfg: ADMMConfig) -> Residuals:
+    """The three constraint residuals at ``(params, aux)``: each variable minus its side."""
+    return Residuals(*(v - side for v, side in
+                       zip(aux, constraint_sides(params, aux, inputs, cfg), strict=True)))
 
 
 def data_loss(o: jax.Array, targets: jax.Array, cfg: ADMMConfig) -> jax.Array:
@@ -134,8 +137,16 @@ def augmented_lagrangian(
     (``{"UWb": lam, "Vc": lam}``) are given, the proximal terms of the weight blocks are added:
     this is the function the proximal weight blocks minimise exactly.
     """
-    r = residuals(params, aux, inputs, cfg)
-    value = data_loss(aux.o, targets, cfg)
+    return lagrangian_from_residuals(
+        params, aux.o, residuals(params, aux, inputs, cfg), duals, rho, targets, cfg,
+        prox_anchor, prox_weights)
+
+
+def lagrangian_from_residuals(params, o, r: Residuals, duals: Duals, rho: Penalties,
+                              targets: jax.Array, cfg: ADMMConfig, prox_anchor=None,
+                              prox_weights=None) -> jax.Array:
+    """:func:`augmented_lagrangian` given residuals already computed."""
+    value = data_loss(o, targets, cfg)
     value += 0.5 * cfg.weight_decay * sum(jnp.sum(params[k] ** 2) for k in ("U", "W", "V"))
     for ri, lam, rh in zip(r, duals, rho, strict=True):
         value += 0.5 * rh * jnp.sum((ri + lam / rh) ** 2) - jnp.sum(lam**2) / (2 * rh)
