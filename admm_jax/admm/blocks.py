@@ -25,7 +25,10 @@ duals         ``lam_i += rho_i r_i``                                          ex
 The weight blocks are proximal: they add ``lam/2 |theta - theta_prev|^2`` with
 ``lam = mu * rho * trace(G) / dim(G)`` (``G`` the block's Gram matrix), which keeps a
 least-squares re-solve on a mini-batch from jumping along poorly conditioned directions.
-With ``mu = 0`` they are the plain ADMM blocks.
+With ``mu = 0`` they are the plain ADMM blocks. They are written as steps from the current
+weights toward *residual targets* ``R`` (:func:`uwb_step`, :func:`vc_step`): ADMMiRNN's
+targets are ``a + lam1/rho1 - (U x + W h_prev + b)`` and ``o + lam3/rho3 - (V h + c)``;
+:func:`admm_jax.admm_preconditioned` feeds the same steps with back-propagated adjoints.
 """
 
 from __future__ import annotations
@@ -109,91 +112,166 @@ def _armijo(objective, x, step, slope):
 # ----------------------------------------------------------------------- weight blocks
 
 
-def _prox_ridge(gram, rhs_data, theta0, rho, decay, cfg: ADMMConfig):
-    """Solve ``min rho/2 |Y - Phi T|^2 + beta/2 |decay * T|^2 + lam/2 |T - T0|^2``.
+def _prox_ridge_step(gram, rhs_data, theta0, rho, decay, cfg: ADMMConfig):
+    """The step ``D`` of ``min rho/2 |R - Phi D|^2 + beta/2 |decay * (T0 + D)|^2 + lam/2 |D|^2``.
 
-    ``gram = Phi^T Phi``, ``rhs_data = Phi^T Y``, ``decay`` a 0/1 vector over rows of ``T``.
-    Returns ``(T, lam)`` with ``lam = mu * rho * trace(gram) / dim``.
+    This is the proximal ridge least squares of targets ``Y = Phi T0 + R`` in terms of the step
+    from ``T0``: ``(rho G + diag(beta decay + lam)) D = rho Phi^T R - beta decay T0``, with
+    ``gram = G = Phi^T Phi``, ``rhs_data = Phi^T R`` and ``lam = mu * rho * trace(G) / dim``.
+    Returns ``(D, lam)``.
     """
     dim = gram.shape[0]
     lam = cfg.prox * rho * jnp.trace(gram) / dim
     system = rho * gram + jnp.diag(cfg.weight_decay * decay + lam)
-    theta = spd_solve(system, rho * rhs_data + lam * theta0)
-    return theta, lam
+    step = spd_solve(system, rho * rhs_data - cfg.weight_decay * decay[:, None] * theta0)
+    return step, lam
 
 
-def vc_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, cfg: ADMMConfig,
-             anchor=None):
-    r"""Proximal ridge least squares for the readout ``(V, c)``.
+def _bias_features(h: jax.Array) -> jax.Array:
+    """``[h; 1]`` flattened over samples and steps: ``[N, S, H] -> [N S, H + 1]``."""
+    return jnp.concatenate([h, jnp.ones_like(h[..., :1])], -1).reshape(-1, h.shape[-1] + 1)
+
+
+def vc_gram(h: jax.Array, cfg: ADMMConfig) -> jax.Array:
+    """Gram matrix ``Phi^T Phi`` of the readout's features ``Phi = [h_t; 1]``, ``t in S``."""
+    phi = _bias_features(readout_states(h, cfg))
+    return phi.T @ phi
+
+
+def vc_step(params, h: jax.Array, resid: jax.Array, rho3, cfg: ADMMConfig, gram=None):
+    r"""Proximal ridge step of ``(V, c)`` toward outputs ``V h_t + c + R_t`` (``t in S``).
 
     .. math::
-        \min_{V,c} \tfrac{\rho_3}{2}\sum_{n,t\in S}|o + \lambda_3/\rho_3 - V h_t - c|^2
-        + \tfrac{\beta}{2}|V|^2 + \tfrac{\lambda}{2}|(V,c) - (V,c)_{prev}|^2
+        \min_{V,c} 	frac{
+ho_3}{2}\sum_{n,t\in S}|R_t - \Delta V h_t - \Delta c|^2
+        + 	frac{eta}{2}|V + \Delta V|^2 + 	frac{\lambda}{2}|(\Delta V, \Delta c)|^2
 
     Args:
-      anchor: weights the proximal term pulls toward (default: ``params``).
+      resid: the residual targets ``R [N, |S|, C]``: how far each output should move.
+      gram: Gram statistics to use instead of this batch's (:func:`vc_gram`).
 
     Returns:
       ``({"V": V, "c": c}, lam)``.
     """
-    anchor = params if anchor is None else anchor
-    hs = readout_states(aux.h, cfg)
-    phi = jnp.concatenate([hs, jnp.ones_like(hs[..., :1])], -1).reshape(-1, hs.shape[-1] + 1)
-    target = (aux.o + duals.lam3 / rho.rho3).reshape(phi.shape[0], -1)
-    theta0 = jnp.concatenate([anchor["V"].T, anchor["c"][None]], 0)
-    decay = jnp.concatenate([jnp.ones(hs.shape[-1], phi.dtype), jnp.zeros(1, phi.dtype)])
-    theta, lam = _prox_ridge(phi.T @ phi, phi.T @ target, theta0, rho.rho3, decay, cfg)
+    phi = _bias_features(readout_states(h, cfg))
+    gram = phi.T @ phi if gram is None else gram
+    theta0 = jnp.concatenate([params["V"].T, params["c"][None]], 0)
+    decay = jnp.concatenate([jnp.ones(h.shape[-1], phi.dtype), jnp.zeros(1, phi.dtype)])
+    step, lam = _prox_ridge_step(gram, phi.T @ resid.reshape(phi.shape[0], -1), theta0, rho3,
+                                 decay, cfg)
+    theta = theta0 + step
     return {"V": theta[:-1].T, "c": theta[-1]}, lam
 
 
-def uwb_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: jax.Array,
-              cfg: ADMMConfig, anchor=None):
-    r"""Proximal ridge least squares for the recurrent weights ``(U, W, b)``.
+def vc_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, cfg: ADMMConfig):
+    r"""Proximal ridge least squares for the readout ``(V, c)``.
 
     .. math::
-        \min_{U,W,b} \tfrac{\rho_1}{2}\sum_{n,t}|a_t + \lambda_{1,t}/\rho_1 - U x_t
-        - W h_{t-1} - b|^2 + \tfrac{\beta}{2}(|U|^2+|W|^2)
-        + \tfrac{\lambda}{2}|(U,W,b) - (U,W,b)_{prev}|^2
+        \min_{V,c} 	frac{
+ho_3}{2}\sum_{n,t\in S}|o + \lambda_3/
+ho_3 - V h_t - c|^2
+        + 	frac{eta}{2}|V|^2 + 	frac{\lambda}{2}|(V,c) - (V,c)_{prev}|^2
+
+    That is :func:`vc_step` with residual targets ``o + lam3/rho3 - (V h + c)``.
+
+    Returns:
+      ``({"V": V, "c": c}, lam)``.
+    """
+    out = readout_states(aux.h, cfg) @ params["V"].T + params["c"]
+    return vc_step(params, aux.h, aux.o + duals.lam3 / rho.rho3 - out, rho.rho3, cfg)
+
+
+def uwb_gram(h: jax.Array, inputs: jax.Array, vocab: int | None = None) -> tuple[jax.Array, ...]:
+    """Gram statistics of the recurrent features ``Phi = [x_t; h_{t-1}; 1]``.
+
+    Dense inputs: ``(Phi^T Phi,)``. Token inputs (one-hot ``x_t`` of size ``vocab``): the
+    blocks ``(counts [vocab], X^T P [vocab, H+1], P^T P [H+1, H+1])`` with ``P = [h_{t-1}; 1]``
+    (the input block ``X^T X = diag(counts)`` is never formed).
+    """
+    p = _bias_features(shift_right(h))
+    if not is_token_input(inputs):
+        phi = jnp.concatenate([inputs.reshape(p.shape[0], -1).astype(p.dtype), p], -1)
+        return (phi.T @ phi,)
+    ids = inputs.reshape(-1)
+    counts = jnp.zeros(vocab, p.dtype).at[ids].add(1.0)
+    return counts, jax.ops.segment_sum(p, ids, vocab), p.T @ p
+
+
+def uwb_step(params, h: jax.Array, inputs: jax.Array, resid: jax.Array, rho1,
+             cfg: ADMMConfig, gram=None):
+    r"""Proximal ridge step of ``(U, W, b)`` toward pre-activations ``U x_t + W h_{t-1} + b
+    + R_t``.
+
+    .. math::
+        \min_{\Delta U,\Delta W,\Delta b} 	frac{
+ho_1}{2}\sum_{n,t}|R_t - \Delta U x_t
+        - \Delta W h_{t-1} - \Delta b|^2 + 	frac{eta}{2}(|U + \Delta U|^2+|W + \Delta W|^2)
+        + 	frac{\lambda}{2}|(\Delta U,\Delta W,\Delta b)|^2
 
     One ``(D+H+1)^2`` Cholesky for dense inputs. For token inputs the input block of the Gram
     matrix is diagonal (token counts), and the solve goes through the ``(H+1)^2`` Schur
     complement: cost independent of the vocabulary size beyond ``O(vocab * H)``.
 
+    Args:
+      h: the states ``[N, T, H]`` (their shift ``h_{t-1}`` are the features).
+      resid: the residual targets ``R [N, T, H]``: how far each pre-activation should move.
+      gram: Gram statistics to use instead of this batch's (:func:`uwb_gram`).
+
     Returns:
       ``({"U": U, "W": W, "b": b}, lam)``.
     """
-    anchor = params if anchor is None else anchor
     hidden = params["W"].shape[0]
-    p = jnp.concatenate([shift_right(aux.h), jnp.ones_like(aux.h[..., :1])], -1)
-    p = p.reshape(-1, hidden + 1)
-    target = (aux.a + duals.lam1 / rho.rho1).reshape(-1, hidden)
-    theta0_p = jnp.concatenate([anchor["W"].T, anchor["b"][None]], 0)
+    p = _bias_features(shift_right(h))
+    r = resid.reshape(-1, hidden)
+    theta0_p = jnp.concatenate([params["W"].T, params["b"][None]], 0)
     decay_p = jnp.concatenate([jnp.ones(hidden, p.dtype), jnp.zeros(1, p.dtype)])
-    rho1 = rho.rho1
     if not is_token_input(inputs):
-        x = inputs.reshape(p.shape[0], -1)
+        x = inputs.reshape(p.shape[0], -1).astype(p.dtype)
         phi = jnp.concatenate([x, p], -1)
-        theta0 = jnp.concatenate([anchor["U"].T, theta0_p], 0)
+        (g,) = (phi.T @ phi,) if gram is None else gram
+        theta0 = jnp.concatenate([params["U"].T, theta0_p], 0)
         decay = jnp.concatenate([jnp.ones(x.shape[-1], p.dtype), decay_p])
-        theta, lam = _prox_ridge(phi.T @ phi, phi.T @ target, theta0, rho1, decay, cfg)
+        step, lam = _prox_ridge_step(g, phi.T @ r, theta0, rho1, decay, cfg)
+        theta = theta0 + step
         d = x.shape[-1]
         return {"U": theta[:d].T, "W": theta[d:-1].T, "b": theta[-1]}, lam
 
     vocab = params["U"].shape[1]
     ids = inputs.reshape(-1)
-    counts = jnp.zeros(vocab, p.dtype).at[ids].add(1.0)
-    xt_p = jax.ops.segment_sum(p, ids, vocab)  # X^T P  [vocab, H+1]
-    xt_y = jax.ops.segment_sum(target, ids, vocab)  # X^T Y  [vocab, H]
-    gram_p = p.T @ p
+    counts, xt_p, gram_p = uwb_gram(h, inputs, vocab) if gram is None else gram
     lam = cfg.prox * rho1 * (jnp.sum(counts) + jnp.trace(gram_p)) / (vocab + hidden + 1)
-    dx = rho1 * counts + cfg.weight_decay + lam  # diagonal of the input block
-    rhs_x = rho1 * xt_y + lam * anchor["U"].T
-    rhs_p = rho1 * (p.T @ target) + lam * theta0_p
-    schur = rho1 * gram_p + jnp.diag(cfg.weight_decay * decay_p + lam)
+    beta = cfg.weight_decay
+    dx = rho1 * counts + beta + lam  # diagonal of the input block
+    rhs_x = rho1 * jax.ops.segment_sum(r, ids, vocab) - beta * params["U"].T
+    rhs_p = rho1 * (p.T @ r) - beta * decay_p[:, None] * theta0_p
+    schur = rho1 * gram_p + jnp.diag(beta * decay_p + lam)
     schur -= rho1**2 * (xt_p.T / dx) @ xt_p
-    theta_p = spd_solve(schur, rhs_p - rho1 * xt_p.T @ (rhs_x / dx[:, None]))
-    theta_x = (rhs_x - rho1 * xt_p @ theta_p) / dx[:, None]
-    return {"U": theta_x.T, "W": theta_p[:-1].T, "b": theta_p[-1]}, lam
+    step_p = spd_solve(schur, rhs_p - rho1 * xt_p.T @ (rhs_x / dx[:, None]))
+    step_x = (rhs_x - rho1 * xt_p @ step_p) / dx[:, None]
+    theta_p = theta0_p + step_p
+    return {"U": params["U"] + step_x.T, "W": theta_p[:-1].T, "b": theta_p[-1]}, lam
+
+
+def uwb_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: jax.Array,
+              cfg: ADMMConfig):
+    r"""Proximal ridge least squares for the recurrent weights ``(U, W, b)``.
+
+    .. math::
+        \min_{U,W,b} 	frac{
+ho_1}{2}\sum_{n,t}|a_t + \lambda_{1,t}/
+ho_1 - U x_t
+        - W h_{t-1} - b|^2 + 	frac{eta}{2}(|U|^2+|W|^2)
+        + 	frac{\lambda}{2}|(U,W,b) - (U,W,b)_{prev}|^2
+
+    That is :func:`uwb_step` with residual targets ``a + lam1/rho1 - (U x + W h_prev + b)``.
+
+    Returns:
+      ``({"U": U, "W": W, "b": b}, lam)``.
+    """
+    z1 = (input_projection(params["U"], inputs) + shift_right(aux.h) @ params["W"].T
+          + params["b"])
+    resid = aux.a + duals.lam1 / rho.rho1 - z1
+    return uwb_step(params, aux.h, inputs, resid, rho.rho1, cfg)
 
 
 # ------------------------------------------------------------------------ h and a blocks
