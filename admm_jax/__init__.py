@@ -5,7 +5,13 @@ compared with: NovoGrad, random-bases descent and h-detach LSTM training.
 """
 
 from admm_jax import data, optimizers, train
-from admm_jax.admm import ADMMDiagnostics, ADMMiRNNState, admmirnn
+from admm_jax.admm import (
+    ADMMDiagnostics,
+    ADMMiRNNState,
+    ADMMPreconditionedState,
+    admm_preconditioned,
+    admmirnn,
+)
 from admm_jax.models import (
     LSTM,
     CellPathGradNorms,
@@ -34,12 +40,14 @@ __version__ = "0.1.0"
 __all__ = [
     "ADMMDiagnostics",
     "ADMMiRNNState",
+    "ADMMPreconditionedState",
     "CellPathGradNorms",
     "ElmanRNN",
     "History",
     "LSTM",
     "NovoGradState",
     "RandomBasesState",
+    "admm_preconditioned",
     "admmirnn",
     "cell_path_grad_norms",
     "cell_path_grads",

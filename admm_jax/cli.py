@@ -291,7 +291,7 @@ def _train(parser, args) -> int:
         print(f"resuming at epoch {start[0]}, step {start[1]} "
               f"(iteration {history.meta.get('iterations')})")
     callbacks = [Checkpoint(args.checkpoint_dir)] if args.checkpoint_dir else []
-    if args.p_detach is not None and optimizers.default_learning_rate(name) is not None:
+    if args.p_detach is not None and not optimizers.takes_batch(name):
         resume.update(model_kwargs={"p_detach": args.p_detach}, step_key=True)
     print(f"task: {task.info}; optimizer {name}; train {len(task.train[0])} / test "
           f"{len(task.test[0])} samples", flush=True)

@@ -89,8 +89,7 @@ def compare(
     runs = [(name, None) for name in names]
     if p_detach is not None:
         check_p_detach_support(task.model(1, seed=seed))
-        runs += [(name, p_detach) for name in names
-                 if optimizers.default_learning_rate(name) is not None]
+        runs += [(name, p_detach) for name in names if not optimizers.takes_batch(name)]
     for name, p in runs:
         label = name if p is None else f"{name}+hdetach{p:g}"
         lr = lrs.get(name, optimizers.default_learning_rate(name))
@@ -105,7 +104,7 @@ def compare(
                 seed=seed, eval_batch_size=eval_batch_size, progress=label if progress else False,
                 **every, **hd)
         h.meta.update(optimizer=name, learning_rate=lr, task=task.name, hidden=hidden,
-                      clip_norm=None if lr is None else clip_norm, p_detach=p)
+                      clip_norm=None if optimizers.takes_batch(name) else clip_norm, p_detach=p)
         histories[label] = h
         rows.append(summarize(label, h, task, target))
     fastest = min((r["seconds_per_iteration"] for r in rows), default=math.nan)

@@ -6,8 +6,10 @@ asked for); ``admmirnn`` is :func:`admm_jax.admmirnn`. Every entry returns an
 ``optax.GradientTransformationExtraArgs``.
 
 Whether a transformation needs gradients is read from its *state*
-(:func:`needs_gradients`): a state holding an :class:`admm_jax.ADMMiRNNState` anywhere (also
-inside ``optax.chain``) belongs to a gradient-free method. Reading the state rather than a
+(:func:`needs_gradients`): a state holding an :class:`admm_jax.ADMMiRNNState` or an
+:class:`admm_jax.ADMMPreconditionedState` anywhere (also inside ``optax.chain``) belongs to a
+method that takes the batch instead of gradients (``update(None, state, params, inputs=x,
+targets=y)``). Reading the state rather than a
 registry flag makes the rule hold for any transformation a user composes, registered or not.
 """
 
@@ -19,19 +21,21 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
-from admm_jax.admm import ADMMiRNNState, admmirnn
+from admm_jax.admm import ADMMiRNNState, ADMMPreconditionedState, admm_preconditioned, admmirnn
 
 
 class Entry(NamedTuple):
     """A registered optimizer.
 
     factory: ``(**kwargs) -> GradientTransformationExtraArgs``; learning_rate: its default
-    learning rate (``None``: the factory takes none); description: one line for ``--help``.
+    learning rate (``None``: the factory takes none); description: one line for ``--help``;
+    takes_batch: ``update`` takes the batch (``inputs=``, ``targets=``) and no gradients.
     """
 
     factory: Callable[..., optax.GradientTransformationExtraArgs]
     learning_rate: float | None
     description: str
+    takes_batch: bool = False
 
 
 def _novograd(learning_rate: float, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
@@ -58,7 +62,11 @@ def _momentum(learning_rate: float, momentum: float = 0.9,
 
 
 _REGISTRY: dict[str, Entry] = {
-    "admmirnn": Entry(admmirnn, None, "ADMMiRNN: ADMM on the unfolded Elman RNN, no gradients"),
+    "admmirnn": Entry(admmirnn, None, "ADMMiRNN: ADMM on the unfolded Elman RNN, no gradients",
+                      takes_batch=True),
+    "admm_preconditioned": Entry(admm_preconditioned, 0.1, "ADMMiRNN's weight blocks fed with "
+                                 "back-propagated adjoints: a time-shared K-FAC-like step "
+                                 "(admm_jax.admm_preconditioned)", takes_batch=True),
     "sgd": Entry(optax.sgd, 0.1, "plain SGD (optax.sgd)"),
     "momentum": Entry(_momentum, 0.05, "SGD with heavy-ball momentum 0.9 (optax.sgd)"),
     "adam": Entry(optax.adam, 1e-3, "Adam (optax.adam)"),
@@ -130,7 +138,7 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
       >>> optimizers.get("lbfgs")  # doctest: +ELLIPSIS
       Traceback (most recent call last):
       ...
-      ValueError: optimizer: unknown name 'lbfgs'; expected one of admmirnn, sgd, momentum, ...
+      ValueError: optimizer: unknown name 'lbfgs'; expected one of admmirnn, ...
     """
     e = entry(name)
     if e.learning_rate is None:
@@ -144,11 +152,20 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
     return optax.with_extra_args_support(tx)
 
 
+_BATCH_STATES = (ADMMiRNNState, ADMMPreconditionedState)
+
+
+def takes_batch(name: str) -> bool:
+    """Whether the optimizer registered as ``name`` takes the batch instead of gradients."""
+    return entry(name).takes_batch
+
+
 def needs_gradients(opt_state: Any) -> bool:
-    """False when ``opt_state`` holds an :class:`admm_jax.ADMMiRNNState` (at any depth)."""
+    """False when ``opt_state`` holds an :class:`admm_jax.ADMMiRNNState` or an
+    :class:`admm_jax.ADMMPreconditionedState` (at any depth)."""
     leaves = jax.tree_util.tree_leaves(opt_state,
-                                       is_leaf=lambda x: isinstance(x, ADMMiRNNState))
-    return not any(isinstance(x, ADMMiRNNState) for x in leaves)
+                                       is_leaf=lambda x: isinstance(x, _BATCH_STATES))
+    return not any(isinstance(x, _BATCH_STATES) for x in leaves)
 
 
 def admm_state(opt_state: Any) -> ADMMiRNNState | None:
@@ -159,4 +176,4 @@ def admm_state(opt_state: Any) -> ADMMiRNNState | None:
 
 
 __all__ = ["Entry", "admm_state", "canonical_name", "default_learning_rate", "entry", "get",
-           "names", "needs_gradients"]
+           "names", "needs_gradients", "takes_batch"]

@@ -2,6 +2,7 @@
 
 from admm_jax.admm import blocks
 from admm_jax.admm.admmirnn import ADMMDiagnostics, ADMMiRNNState, admmirnn
+from admm_jax.admm.preconditioned import ADMMPreconditionedState, admm_preconditioned
 from admm_jax.admm.problem import (
     ADMMConfig,
     Auxiliaries,
@@ -16,10 +17,12 @@ __all__ = [
     "ADMMConfig",
     "ADMMDiagnostics",
     "ADMMiRNNState",
+    "ADMMPreconditionedState",
     "Auxiliaries",
     "Duals",
     "Penalties",
     "Residuals",
+    "admm_preconditioned",
     "admmirnn",
     "augmented_lagrangian",
     "blocks",

@@ -60,6 +60,7 @@ def elman_trace(
     many_to_many: bool = False,
     h0: jax.Array | None = None,
     detach_mask: jax.Array | None = None,
+    a_tap: jax.Array | None = None,
 ) -> ElmanTrace:
     r"""Run the Elman recurrence and return all pre-activations, states and outputs.
 
@@ -77,6 +78,9 @@ def elman_trace(
       h0: initial state ``[N, H]``; zeros when ``None``.
       detach_mask: ``bool [T]``; ``True`` at ``t`` blocks the gradient through ``h_{t-1}`` into
         ``a_t`` (see :func:`admm_jax.models.hdetach.sample_detach_mask`). ``None``: plain BPTT.
+      a_tap: ``[N, T, H]`` added to every pre-activation ``a_t``. Zeros leave the values
+        unchanged and make a tap: the gradient of a loss with respect to ``a_tap`` is its
+        adjoint ``dLoss/da_t`` (used by :func:`admm_jax.admm_preconditioned`).
 
     Returns:
       An :class:`ElmanTrace` with ``a, h [N, T, H]`` and ``o [N, |S|, C]``.
@@ -84,6 +88,8 @@ def elman_trace(
     f = activation_fn(activation)
     U, W, b, V, c = (params[k] for k in PARAM_NAMES)
     ux = input_projection(U, inputs) + b  # [N, T, H]
+    if a_tap is not None:
+        ux = ux + a_tap
     n = ux.shape[0]
     if h0 is None:
         h0 = jnp.zeros((n, W.shape[0]), ux.dtype)

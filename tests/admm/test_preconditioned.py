@@ -1,0 +1,217 @@
+"""admm_preconditioned: the ADMM weight blocks fed with back-propagated adjoints (float64)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from admm_problems import make_problem
+from flax import nnx
+
+import admm_jax
+from admm_jax.admm import blocks
+from admm_jax.admm.preconditioned import adjoints
+from admm_jax.admm.problem import ADMMConfig, data_loss
+from admm_jax.models.elman import elman_trace
+
+CFGS = {
+    "dense": (ADMMConfig(), False),
+    "tokens": (ADMMConfig(), True),
+    "many_to_many_mse": (ADMMConfig(many_to_many=True, loss="mse"), False),
+}
+
+
+def _problem(name, seed=0, **kw):
+    cfg, tokens = CFGS[name]
+    params, _, _, _, inputs, targets = make_problem(seed, cfg=cfg, tokens=tokens, **kw)
+    return cfg, params, inputs, targets
+
+
+def _summed_loss(params, inputs, targets, cfg):
+    o = elman_trace(params, inputs, activation=cfg.activation, many_to_many=cfg.many_to_many).o
+    return data_loss(o, targets, cfg)
+
+
+def _features(params, inputs, cfg):
+    """Phi for (U, W, b) (dense: [x; h_prev; 1], tokens: [onehot(x); h_prev; 1]) and for
+    (V, c), built directly from a forward pass."""
+    tr = elman_trace(params, inputs, activation=cfg.activation, many_to_many=cfg.many_to_many)
+    n, t, h = tr.h.shape
+    h_prev = jnp.concatenate([jnp.zeros((n, 1, h)), tr.h[:, :-1]], 1)
+    x = (jax.nn.one_hot(inputs, params["U"].shape[1]) if inputs.ndim == 2 else inputs)
+    phi1 = jnp.concatenate([x, h_prev, jnp.ones((n, t, 1))], -1).reshape(n * t, -1)
+    hs = tr.h if cfg.many_to_many else tr.h[:, -1:]
+    phi3 = jnp.concatenate([hs, jnp.ones(hs.shape[:-1] + (1,))], -1).reshape(-1, h + 1)
+    return phi1, phi3
+
+
+def _as_theta(g):
+    """Gradients/updates in the blocks' row layout: ``[U^T; W^T; b]`` and ``[V^T; c]``."""
+    return (jnp.concatenate([g["U"].T, g["W"].T, g["b"][None]], 0),
+            jnp.concatenate([g["V"].T, g["c"][None]], 0))
+
+
+def _update(params, inputs, targets, cfg, **kw):
+    tx = admm_jax.admm_preconditioned(activation=cfg.activation, many_to_many=cfg.many_to_many,
+                                      loss=cfg.loss, **kw)
+    upd, state = tx.update(None, tx.init(params), params, inputs=inputs, targets=targets)
+    return upd, state
+
+
+@pytest.mark.parametrize("name", list(CFGS))
+def test_adjoint_taps_equal_an_explicit_backward_recursion(name):
+    cfg, params, inputs, targets = _problem(name)
+    loss, tr, g_a, g_o = adjoints(params, inputs, targets, cfg)
+    # independent: the output adjoint from jax.grad of the loss in o, then the textbook
+    # recursion delta_t = f'(a_t) * (W^T delta_{t+1} + V^T g_o,t [t in S])
+    g_o_ref = jax.grad(lambda o: data_loss(o, targets, cfg))(tr.o)
+    np.testing.assert_allclose(g_o, g_o_ref, rtol=1e-12, atol=1e-14)
+    n, t, h = tr.a.shape
+    fprime = 1.0 - jnp.tanh(tr.a) ** 2
+    from_out = g_o_ref @ params["V"]  # [N, |S|, H]
+    if not cfg.many_to_many:
+        from_out = jnp.concatenate([jnp.zeros((n, t - 1, h)), from_out], 1)
+    delta = [None] * t
+    carry = jnp.zeros((n, h))
+    for s in reversed(range(t)):
+        delta[s] = fprime[:, s] * (carry @ params["W"] + from_out[:, s])
+        carry = delta[s]
+    np.testing.assert_allclose(g_a, jnp.stack(delta, 1), rtol=1e-10, atol=1e-13)
+    np.testing.assert_allclose(loss, _summed_loss(params, inputs, targets, cfg), rtol=1e-13)
+
+
+@pytest.mark.parametrize("name", list(CFGS))
+def test_update_equals_the_preconditioned_gradient_formula(name):
+    """Delta theta = -eta (G/N + mu tr(G/N)/dim I)^-1 grad(mean loss), G formed explicitly."""
+    cfg, params, inputs, targets = _problem(name)
+    eta, eta_o, mu = 0.3, 0.7, 0.2
+    upd, _ = _update(params, inputs, targets, cfg, learning_rate=eta, readout_learning_rate=eta_o,
+                     prox=mu, max_update=None)
+    n = inputs.shape[0]
+    grad = jax.grad(lambda p: _summed_loss(p, inputs, targets, cfg) / n)(params)
+    phi1, phi3 = _features(params, inputs, cfg)
+    for phi, g, d, lr in zip((phi1, phi3), _as_theta(grad), _as_theta(upd), (eta, eta_o),
+                             strict=True):
+        gram = np.asarray(phi.T @ phi) / n
+        damp = mu * np.trace(gram) / gram.shape[0]
+        ref = -lr * np.linalg.solve(gram + damp * np.eye(gram.shape[0]), np.asarray(g))
+        np.testing.assert_allclose(d, ref, rtol=1e-8, atol=1e-12)
+
+
+def test_large_damping_gives_the_negative_gradient_direction():
+    cfg, params, inputs, targets = _problem("dense", seed=3)
+    mu = 1e9
+    upd, _ = _update(params, inputs, targets, cfg, prox=mu, max_update=None)
+    grad = jax.grad(lambda p: _summed_loss(p, inputs, targets, cfg))(params)
+    for g, d in zip(_as_theta(grad), _as_theta(upd), strict=True):
+        cos = jnp.sum(g * d) / (jnp.linalg.norm(g) * jnp.linalg.norm(d))
+        assert cos == pytest.approx(-1.0, abs=1e-7)
+
+
+@pytest.mark.parametrize("tokens", [False, True])
+def test_identity_gram_gives_exactly_a_scaled_gradient_step(tokens):
+    """With Gram = I the proximal step is -eta/(1 + mu) * grad (lam = mu * rho * tr(I)/dim)."""
+    cfg = ADMMConfig(prox=0.25)
+    params, _, _, _, inputs, targets = make_problem(5, cfg=cfg, tokens=tokens)
+    eta = 0.4
+    _, tr, g_a, g_o = adjoints(params, inputs, targets, cfg)
+    grad = jax.grad(lambda p: _summed_loss(p, inputs, targets, cfg))(params)
+    d, h = params["U"].shape[1], params["W"].shape[0]
+    if tokens:
+        gram = (jnp.ones(d), jnp.zeros((d, h + 1)), jnp.eye(h + 1))
+    else:
+        gram = (jnp.eye(d + h + 1),)
+    new, _ = blocks.uwb_step(params, tr.h, inputs, -eta * g_a, 1 / eta, cfg, gram=gram)
+    new_v, _ = blocks.vc_step(params, tr.h, -eta * g_o, 1 / eta, cfg, gram=jnp.eye(h + 1))
+    for k, v in {**new, **new_v}.items():
+        np.testing.assert_allclose(v - params[k], -eta / 1.25 * grad[k], rtol=1e-12,
+                                   atol=1e-14)
+
+
+def test_duplicated_batch_gives_the_same_update():
+    cfg, params, inputs, targets = _problem("dense", seed=7)
+    upd, _ = _update(params, inputs, targets, cfg)
+    upd2, _ = _update(params, jnp.concatenate([inputs, inputs]),
+                      jnp.concatenate([targets, targets]), cfg)
+    for k in upd:
+        np.testing.assert_allclose(upd2[k], upd[k], rtol=1e-10, atol=1e-13)
+
+
+def test_cap_limits_a_step_to_max_update_times_the_running_step_norm():
+    cfg, params, inputs, targets = _problem("dense", seed=2)
+    tx = admm_jax.admm_preconditioned(max_update=1.5)
+    state = tx.init(params)
+    upd, state = tx.update(None, state, params, inputs=inputs, targets=targets)
+    assert float(state.capped) == 1.0  # the first step sets the scale
+    first = float(optax.tree.norm(upd))
+    assert float(state.step_norm) == pytest.approx(first, rel=1e-12)
+    # a ten times larger learning rate: the uncapped step would be about 10x the first one
+    big = admm_jax.admm_preconditioned(learning_rate=1.0, readout_learning_rate=10.0,
+                                       max_update=1.5)
+    upd2, state2 = big.update(None, state, params, inputs=inputs, targets=targets)
+    assert float(state2.capped) < 1.0
+    assert float(optax.tree.norm(upd2)) == pytest.approx(1.5 * first, rel=1e-10)
+    assert float(state2.step_scale) == pytest.approx(0.9 * first + 0.1 * 1.5 * first, rel=1e-10)
+    uncapped, _ = admm_jax.admm_preconditioned(
+        learning_rate=1.0, readout_learning_rate=10.0, max_update=None).update(
+        None, state, params, inputs=inputs, targets=targets)
+    for k in upd2:  # same direction, shorter
+        np.testing.assert_allclose(upd2[k], uncapped[k] * float(state2.capped), rtol=1e-10,
+                                   atol=1e-14)
+
+
+def test_learning_rate_schedule_is_read_at_the_step_count():
+    cfg, params, inputs, targets = _problem("dense", seed=4)
+    sched = optax.piecewise_constant_schedule(0.1, {1: 0.5})
+    tx = admm_jax.admm_preconditioned(sched, sched, max_update=None)
+    fixed = admm_jax.admm_preconditioned(0.05, 0.05, max_update=None)
+    state = tx.init(params)
+    _, state = tx.update(None, state, params, inputs=inputs, targets=targets)
+    upd, _ = tx.update(None, state, params, inputs=inputs, targets=targets)
+    ref, _ = fixed.update(None, fixed.init(params), params, inputs=inputs, targets=targets)
+    for k in upd:
+        np.testing.assert_allclose(upd[k], ref[k], rtol=1e-10, atol=1e-14)
+
+
+def test_trains_and_never_recompiles():
+    model = admm_jax.ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0), dtype=jnp.float64)
+    params = nnx.state(model, nnx.Param)
+    x = jax.random.normal(jax.random.key(1), (64, 6, 3))
+    y = (x[:, :, 0].sum(1) > 0).astype(jnp.int32)
+    tx = admm_jax.admm_preconditioned()
+
+    @jax.jit
+    def step(params, state):
+        upd, state = tx.update(None, state, params, inputs=x, targets=y)
+        return optax.apply_updates(params, upd), state
+
+    state = tx.init(params)
+    losses = []
+    for _ in range(30):
+        params, state = step(params, state)
+        losses.append(float(state.loss))
+    assert step._cache_size() == 1
+    assert int(state.count) == 30
+    assert losses[-1] < 0.5 * losses[0]
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"learning_rate": 0.0}, "learning_rate: expected a positive number"),
+    ({"readout_learning_rate": -1.0}, "readout_learning_rate: expected a positive number"),
+    ({"prox": -0.1}, "prox: expected a number >= 0"),
+    ({"max_update": 0.5}, "max_update: expected None or a number >= 1"),
+    ({"activation": "gelu"}, "activation: expected one of"),
+    ({"loss": "hinge"}, "loss: expected one of"),
+])
+def test_bad_options_name_the_argument(kw, match):
+    with pytest.raises(ValueError, match=match):
+        admm_jax.admm_preconditioned(**kw)
+
+
+def test_missing_batch_is_a_clear_error():
+    cfg, params, inputs, targets = _problem("dense")
+    tx = admm_jax.admm_preconditioned()
+    with pytest.raises(ValueError, match="inputs, targets"):
+        tx.update(None, tx.init(params), params)
