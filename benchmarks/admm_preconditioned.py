@@ -1,0 +1,369 @@
+"""admm_preconditioned vs Adam vs admmirnn: test accuracy against epochs and seconds.
+
+The three methods of one seed run side by side, round-robin a fraction of an epoch at a time,
+so load on the machine slows all of them alike. Adam runs ``--adam-epochs`` epochs; the others
+run until their training time reaches Adam's. Adam's learning rate is tuned first over
+``--adam-lrs`` on a validation split (the last 10% of the training set, one seed). Per seed
+and method it records test accuracy after every chunk and the mean training loss of every
+epoch, and reports:
+
+* accuracy at Adam's final training time (each method's last evaluation at or before it),
+  mean over seeds;
+* the largest epoch-to-epoch increase of the mean training loss (a loss spike);
+* the bar (row-MNIST): mean accuracy of admm_preconditioned >= Adam's, and no seed of it with
+  a loss spike larger than Adam's worst.
+
+``--sweep`` instead runs the safeguard experiment that chose ``max_update``'s default:
+admm_preconditioned at several learning rates and dampings, with and without the cap.
+
+    python benchmarks/admm_preconditioned.py --data-dir ../shared/data            # row-MNIST
+    python benchmarks/admm_preconditioned.py --data-dir ../shared/data --task imdb
+    python benchmarks/admm_preconditioned.py --data-dir ../shared/data --sweep
+
+Writes ``benchmarks/results/admm_preconditioned_<task>.{json,png}`` (or ``..._sweep.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import time
+from dataclasses import dataclass, field
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from tqdm import tqdm
+
+import admm_jax
+from admm_jax import data
+
+RESULTS = pathlib.Path(__file__).parent / "results"
+METHODS = ("admm_preconditioned", "adam", "admmirnn")
+
+
+def load(task: str, data_dir, imdb_len: int, imdb_vocab: int):
+    """``(x_train, y_train, x_test, y_test, in_features, classes)`` as numpy arrays."""
+    if task == "mnist":
+        xtr, ytr = data.mnist("train", data_dir=data_dir)
+        xte, yte = data.mnist("test", data_dir=data_dir)
+        return xtr, ytr, xte, yte, 28, 10
+    tr = data.imdb("train", vocab_size=imdb_vocab, max_len=imdb_len, data_dir=data_dir)
+    te = data.imdb("test", vocab_size=imdb_vocab, max_len=imdb_len, data_dir=data_dir)
+    return tr.ids, tr.labels, te.ids, te.labels, imdb_vocab, 2
+
+
+def make_tx(method: str, n: int, seq_len: int, lr: float, **kw):
+    if method == "adam":
+        return optax.adam(lr)
+    if method == "admmirnn":
+        return admm_jax.admmirnn(num_samples=n, seq_len=seq_len)
+    return admm_jax.admm_preconditioned(**kw)
+
+
+@dataclass
+class Run:
+    """One method on one seed, advanced a chunk of steps at a time."""
+
+    method: str
+    x: np.ndarray
+    y: np.ndarray
+    tx: optax.GradientTransformationExtraArgs
+    params: object
+    seed: int
+    batch_size: int
+    evals: list = field(default_factory=list)
+    epoch_loss: list = field(default_factory=list)
+    seconds: float = 0.0
+    steps: int = 0
+    diverged: bool = False
+
+    def __post_init__(self):
+        self.state = self.tx.init(self.params)
+        self.rng = np.random.default_rng(self.seed)
+        self.per_epoch = len(self.x) // self.batch_size
+        self._losses: list = []
+        self._perm = None
+        method, tx = self.method, self.tx
+
+        def loss_fn(p, xb, yb):
+            o = admm_jax.elman_apply({k: p[k][...] for k in p}, xb)
+            return optax.softmax_cross_entropy_with_integer_labels(o, yb).mean()
+
+        def step(p, s, xb, yb, idx):
+            if method == "adam":
+                loss, g = jax.value_and_grad(loss_fn)(p, xb, yb)
+                u, s = tx.update(g, s, p)
+            else:
+                u, s = tx.update(None, s, p, inputs=xb, targets=yb, indices=idx)
+                loss = s.loss if method == "admm_preconditioned" else s.diagnostics.loss
+            return optax.apply_updates(p, u), s, loss
+
+        b = self.batch_size
+        # compiled ahead of time, so no chunk's timing includes compilation
+        self._step = jax.jit(step, donate_argnums=(0, 1)).lower(
+            self.params, self.state, self.x[:b], self.y[:b], jnp.arange(b)).compile()
+
+    @property
+    def epoch(self) -> float:
+        return self.steps / self.per_epoch
+
+    def chunk(self, steps: int) -> None:
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            i = self.steps % self.per_epoch
+            if i == 0:
+                self._perm = self.rng.permutation(len(self.x))
+            idx = self._perm[i * self.batch_size:(i + 1) * self.batch_size]
+            self.params, self.state, loss = self._step(
+                self.params, self.state, self.x[idx], self.y[idx], jnp.asarray(idx))
+            self._losses.append(loss)
+            self.steps += 1
+            if self.steps % self.per_epoch == 0:
+                mean = float(np.mean(jax.device_get(self._losses)))
+                self.epoch_loss.append(mean)
+                self._losses = []
+                self.diverged = self.diverged or not np.isfinite(mean)
+        jax.block_until_ready(self.params)
+        self.seconds += time.perf_counter() - t0
+
+    def evaluate(self, evaluate_fn, x, y) -> None:
+        acc, loss = evaluate_fn({k: self.params[k][...] for k in self.params}, x, y)
+        self.evals.append({"epoch": self.epoch, "time": self.seconds, "accuracy": float(acc),
+                           "loss": float(loss)})
+
+
+def make_evaluate(chunk: int):
+    @jax.jit
+    def part(p, x, y):
+        o = admm_jax.elman_apply(p, x)
+        return (jnp.sum(o.argmax(-1) == y),
+                jnp.sum(optax.softmax_cross_entropy_with_integer_labels(o, y)))
+
+    def evaluate(p, x, y):
+        acc = loss = 0.0
+        for i in range(0, len(x), chunk):  # every sample; a shorter last chunk compiles once
+            a, lo = part(p, x[i:i + chunk], y[i:i + chunk])
+            acc, loss = acc + float(a), loss + float(lo)
+        return acc / len(x), loss / len(x)
+
+    return evaluate
+
+
+def new_params(in_features: int, hidden: int, classes: int, seed: int):
+    model = admm_jax.ElmanRNN(in_features, hidden, classes, rngs=nnx.Rngs(seed))
+    return nnx.state(model, nnx.Param)
+
+
+def max_spike(epoch_loss: list[float]) -> float:
+    """Largest epoch-to-epoch increase of the mean training loss (0 if it never rose)."""
+    diffs = np.diff(epoch_loss)
+    return float(max(0.0, diffs.max())) if len(diffs) else 0.0
+
+
+def tune_adam(args, xtr, ytr, in_features, classes, evaluate) -> tuple[float, dict]:
+    n_val = len(xtr) // 10
+    xa, ya, xv, yv = xtr[:-n_val], ytr[:-n_val], xtr[-n_val:], ytr[-n_val:]
+    scores = {}
+    for lr in tqdm(args.adam_lrs, desc="tuning Adam lr", leave=False):
+        run = Run("adam", xa, ya, optax.adam(lr), new_params(in_features, args.hidden, classes, 0),
+                  0, args.batch_size)
+        run.chunk(int(args.tune_epochs * run.per_epoch))
+        run.evaluate(evaluate, xv, yv)
+        scores[lr] = run.evals[-1]["accuracy"]
+    return max(scores, key=scores.get), scores
+
+
+def eval_at(evals: list[dict], seconds: float) -> dict:
+    """The last evaluation made at or before ``seconds`` of training."""
+    return [e for e in evals if e["time"] <= seconds * (1 + 1e-9)][-1]
+
+
+def compare(args, xtr, ytr, xte, yte, in_features, classes) -> dict:
+    evaluate = make_evaluate(args.eval_chunk)
+    lr, scores = tune_adam(args, xtr, ytr, in_features, classes, evaluate)
+    print(f"Adam learning rate {lr:g} (validation accuracy after {args.tune_epochs} epochs: "
+          + ", ".join(f"{k:g}: {v:.4f}" for k, v in scores.items()) + ")", flush=True)
+    seeds = {}
+    for seed in range(args.seeds):
+        runs = {m: Run(m, xtr, ytr, make_tx(m, len(xtr), xtr.shape[1], lr),
+                       new_params(in_features, args.hidden, classes, seed), seed,
+                       args.batch_size) for m in args.methods}
+        for r in runs.values():
+            r.evaluate(evaluate, xte, yte)
+        chunk = max(1, runs["adam"].per_epoch // args.evals_per_epoch)
+        adam_steps = int(round(args.adam_epochs * runs["adam"].per_epoch))
+        bar = tqdm(total=adam_steps, desc=f"seed {seed}", unit="adam step")
+        while True:
+            adam_done = runs["adam"].steps >= adam_steps
+            active = [r for r in runs.values()
+                      if (r.method == "adam" and not adam_done)
+                      or (r.method != "adam" and not r.diverged
+                          and (not adam_done or r.seconds < runs["adam"].seconds))]
+            if not active:
+                break
+            r = min(active, key=lambda r: r.seconds)  # the one furthest behind in time goes
+            r.chunk(min(chunk, adam_steps - r.steps) if r.method == "adam" else chunk)
+            r.evaluate(evaluate, xte, yte)
+            bar.update(runs["adam"].steps - bar.n)
+            bar.set_postfix({m[:10]: f"{r.evals[-1]['accuracy']:.3f}" for m, r in runs.items()})
+        bar.close()
+        t_adam = runs["adam"].seconds
+        seeds[seed] = {m: {"evals": r.evals, "epoch_loss": r.epoch_loss, "seconds": r.seconds,
+                           "steps": r.steps, "seconds_per_step": r.seconds / max(r.steps, 1),
+                           "accuracy_at_adam_time": eval_at(r.evals, t_adam)["accuracy"],
+                           "epochs_at_adam_time": eval_at(r.evals, t_adam)["epoch"],
+                           "max_loss_increase": max_spike(r.epoch_loss),
+                           "diverged": r.diverged}
+                       for m, r in runs.items()}
+    return {"adam_learning_rate": lr, "adam_lr_scores": {str(k): v for k, v in scores.items()},
+            "seeds": seeds}
+
+
+def summarize(task: str, res: dict, args) -> dict:
+    methods = list(res["seeds"][0])
+    rows = {}
+    for m in methods:
+        per = [res["seeds"][s][m] for s in res["seeds"]]
+        rows[m] = {
+            "accuracy_at_adam_time_mean": float(np.mean([p["accuracy_at_adam_time"]
+                                                         for p in per])),
+            "accuracy_at_adam_time": [p["accuracy_at_adam_time"] for p in per],
+            "epochs_at_adam_time": float(np.mean([p["epochs_at_adam_time"] for p in per])),
+            "max_loss_increase": [p["max_loss_increase"] for p in per],
+            "step_cost_vs_adam": float(np.mean([
+                p["seconds_per_step"] / res["seeds"][s]["adam"]["seconds_per_step"]
+                for s, p in zip(res["seeds"], per, strict=True)])),
+        }
+    print(f"\n{task}: after Adam's epoch {args.adam_epochs:g}, at equal training time "
+          f"({args.seeds} seeds; Adam lr {res['adam_learning_rate']:g})")
+    print(f"{'method':22s} {'test acc (mean)':>16s} {'per seed':>26s} {'epochs':>7s} "
+          f"{'step cost':>9s} {'max loss rise/seed':>24s}")
+    for m, r in rows.items():
+        print(f"{m:22s} {r['accuracy_at_adam_time_mean']:16.4f} "
+              f"{' '.join(f'{a:.4f}' for a in r['accuracy_at_adam_time']):>26s} "
+              f"{r['epochs_at_adam_time']:7.2f} {r['step_cost_vs_adam']:8.2f}x "
+              f"{' '.join(f'{a:.4f}' for a in r['max_loss_increase']):>24s}")
+    out = {"rows": rows}
+    if "admm_preconditioned" in rows and "adam" in rows:
+        pc, adam = rows["admm_preconditioned"], rows["adam"]
+        acc_ok = pc["accuracy_at_adam_time_mean"] >= adam["accuracy_at_adam_time_mean"]
+        spike_ok = max(pc["max_loss_increase"]) <= max(adam["max_loss_increase"])
+        out["bar"] = {"accuracy": acc_ok, "spikes": spike_ok}
+        print(f"bar: mean accuracy >= Adam's: {'PASS' if acc_ok else 'FAIL'}; no loss spike "
+              f"above Adam's worst: {'PASS' if spike_ok else 'FAIL'}")
+    return out
+
+
+def plot(task: str, res: dict, path: pathlib.Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    colors = {"admm_preconditioned": "C3", "adam": "C0", "admmirnn": "C2"}
+    for s, per in res["seeds"].items():
+        for m, r in per.items():
+            ep = [e["epoch"] for e in r["evals"]]
+            tm = [e["time"] for e in r["evals"]]
+            acc = [e["accuracy"] for e in r["evals"]]
+            label = m if s == 0 else None
+            axes[0].plot(ep, acc, color=colors.get(m), alpha=0.8, label=label)
+            axes[1].plot(tm, acc, color=colors.get(m), alpha=0.8, label=label)
+    for ax, xl in zip(axes, ("epoch", "training seconds (this CPU)"), strict=True):
+        ax.set_xlabel(xl)
+        ax.grid(alpha=0.3)
+    lo = min(e["accuracy"] for per in res["seeds"].values() for r in per.values()
+             for e in r["evals"][1:])
+    axes[0].set_ylim(max(lo - 0.02, 0.0), 1.0)
+    axes[0].set_ylabel("test accuracy")
+    axes[0].legend()
+    fig.suptitle(f"{task}: admm_preconditioned vs Adam vs admmirnn "
+                 f"({len(res['seeds'])} seeds, one line each)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def sweep(args, xtr, ytr, xte, yte, in_features, classes) -> dict:
+    """Safeguard experiment: learning rate x damping x cap, ``--sweep-epochs`` epochs each."""
+    evaluate = make_evaluate(args.eval_chunk)
+    n = args.sweep_samples
+    rows = []
+    configs = [(lr, mu, cap) for lr in (0.1, 0.3, 1.0) for mu in (0.1, 0.01)
+               for cap in (None, 3.0)]
+    for lr, mu, cap in tqdm(configs, desc="sweep"):
+        tx = admm_jax.admm_preconditioned(lr, 10 * lr, prox=mu, max_update=cap)
+        run = Run("admm_preconditioned", xtr[:n], ytr[:n], tx,
+                  new_params(in_features, args.hidden, classes, 0), 0, args.batch_size)
+        run.chunk(args.sweep_epochs * run.per_epoch)
+        run.evaluate(evaluate, xte, yte)
+        rows.append({"learning_rate": lr, "readout_learning_rate": 10 * lr, "prox": mu,
+                     "max_update": cap, "test_accuracy": run.evals[-1]["accuracy"],
+                     "epoch_loss": run.epoch_loss,
+                     "max_loss_increase": max_spike(run.epoch_loss),
+                     "diverged": run.diverged})
+        r = rows[-1]
+        tqdm.write(f"lr {lr:<4g} mu {mu:<5g} cap {cap!s:5s}: test {r['test_accuracy']:.4f}, "
+                   f"epoch losses {' '.join(f'{v:.3f}' for v in r['epoch_loss'])}")
+    return {"samples": n, "epochs": args.sweep_epochs, "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--task", choices=("mnist", "imdb"), default="mnist")
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--adam-epochs", type=float, default=None,
+                    help="default 5 (row-MNIST) / 3 (IMDb)")
+    ap.add_argument("--adam-lrs", type=lambda s: [float(v) for v in s.split(",")],
+                    default=[1e-3, 3e-3, 1e-2])
+    ap.add_argument("--tune-epochs", type=float, default=1.0)
+    ap.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--batch-size", type=int, default=128)
+    ap.add_argument("--evals-per-epoch", type=int, default=8)
+    ap.add_argument("--eval-chunk", type=int, default=2500)
+    ap.add_argument("--train-subset", type=int, default=None)
+    ap.add_argument("--imdb-len", type=int, default=100)
+    ap.add_argument("--imdb-vocab", type=int, default=10000)
+    ap.add_argument("--sweep", action="store_true")
+    ap.add_argument("--sweep-samples", type=int, default=30000)
+    ap.add_argument("--sweep-epochs", type=int, default=3)
+    ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
+    args = ap.parse_args()
+    if "adam" not in args.methods:
+        ap.error("--methods: must include adam (the other methods run for Adam's time)")
+    if args.adam_epochs is None:
+        args.adam_epochs = 5 if args.task == "mnist" else 3
+    xtr, ytr, xte, yte, d, c = load(args.task, args.data_dir, args.imdb_len, args.imdb_vocab)
+    if args.train_subset:
+        xtr, ytr = xtr[:args.train_subset], ytr[:args.train_subset]
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"task": args.task, "train": len(xtr), "test": len(xte), "hidden": args.hidden,
+            "batch_size": args.batch_size, "devices": str(jax.devices()),
+            "command": "python benchmarks/admm_preconditioned.py " + " ".join(
+                f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
+                if k in ("task", "seeds", "adam_epochs", "train_subset") and v is not None)}
+    if args.sweep:
+        res = {"meta": meta, **sweep(args, xtr, ytr, xte, yte, d, c)}
+        path = args.out / f"admm_preconditioned_{args.task}_sweep.json"
+        path.write_text(json.dumps(res, indent=1))
+        print(f"wrote {path}")
+        return
+    res = compare(args, xtr, ytr, xte, yte, d, c)
+    res["summary"] = summarize(args.task, res, args)
+    res["meta"] = {**meta, "adam_epochs": args.adam_epochs}
+    stem = args.out / f"admm_preconditioned_{args.task}"
+    tmp = stem.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(res, indent=1))
+    tmp.replace(stem.with_suffix(".json"))
+    plot(args.task, res, stem.with_suffix(".png"))
+    print(f"wrote {stem}.json and {stem}.png")
+
+
+if __name__ == "__main__":
+    main()
