@@ -22,8 +22,9 @@ class ADMMPreconditionedState(NamedTuple):
     """State of :func:`admm_preconditioned`.
 
     count: steps done. loss: mean loss of the last batch *before* its step (from the forward
-    pass the step makes anyway). step_norm: ``|delta theta|`` of the last step, after the cap.
-    capped: the cap's factor on the last step (``1``: not capped). step_scale: running
+    pass the step makes anyway). The other fields have one entry per weight group,
+    ``[(U, W, b), (V, c)]``: step_norm, ``|delta theta|`` of the last step after the cap;
+    capped, the cap's factor on the last step (``1``: not capped); step_scale, the running
     average of the step norms, the cap's reference (``0`` before the first step).
     """
 
@@ -91,9 +92,9 @@ def admm_preconditioned(
     batch size. ``mu -> inf`` gives gradient descent with step ``eta / lambda``; ``mu = 0``
     is the unregularised Gauss-Newton-like step (ill-posed on small batches).
 
-    Safeguard against the occasional oversized step (``max_update``): a step longer than
-    ``max_update`` times the running average of the previous step norms is scaled down to
-    that length (a trust region whose radius follows the method's own step sizes; no
+    Safeguard against the occasional oversized step (``max_update``): for each weight group,
+    ``(U, W, b)`` and ``(V, c)``, a step longer than ``max_update`` times the running average
+    of that group's previous step norms is scaled down to that length (a trust region whose radius follows the method's own step sizes; no
     tuning against the loss scale). Chosen by experiment, see
     ``benchmarks/results/admm_preconditioned.md``.
 
@@ -152,8 +153,10 @@ def admm_preconditioned(
 
     def init_fn(params) -> ADMMPreconditionedState:
         p, _, _ = split_params(params)
-        zero = jnp.zeros((), jnp.promote_types(p["W"].dtype, jnp.float32))
-        return ADMMPreconditionedState(jnp.zeros((), jnp.int32), zero, zero, zero + 1, zero)
+        dtype = jnp.promote_types(p["W"].dtype, jnp.float32)
+        zero = jnp.zeros(2, dtype)
+        return ADMMPreconditionedState(jnp.zeros((), jnp.int32), jnp.zeros((), dtype), zero,
+                                       zero + 1, zero)
 
     def update_fn(updates, state: ADMMPreconditionedState, params=None, *, inputs=None,
                   targets=None, **extra_args: Any):
@@ -167,11 +170,11 @@ def admm_preconditioned(
         eta_o = jnp.asarray(_value(readout_learning_rate, state.count), compute)
         uwb, _ = blocks.uwb_step(p, trace.h, inputs, -eta * g_a, 1.0 / eta, cfg)
         vc, _ = blocks.vc_step(p, trace.h, -eta_o * g_o, 1.0 / eta_o, cfg)
-        delta = {k: v - p[k] for k, v in {**uwb, **vc}.items()}
-        norm = optax.tree.norm(delta)
+        groups = ({k: v - p[k] for k, v in uwb.items()}, {k: v - p[k] for k, v in vc.items()})
+        norm = jnp.stack([optax.tree.norm(g) for g in groups])
         first = state.count == 0
         if max_update is None:
-            capped = jnp.ones((), compute)
+            capped = jnp.ones(2, compute)
         else:
             radius = max_update * jnp.where(first, norm, state.step_scale)
             capped = jnp.minimum(1.0, radius / jnp.maximum(norm, jnp.finfo(compute).tiny))
@@ -185,7 +188,8 @@ def admm_preconditioned(
             step_scale=jnp.where(first, step_norm,
                                  0.9 * state.step_scale + 0.1 * step_norm).astype(dtype),
         )
-        delta = {k: (v * capped).astype(p_orig[k].dtype) for k, v in delta.items()}
+        delta = {k: (v * capped[i]).astype(p_orig[k].dtype)
+                 for i, g in enumerate(groups) for k, v in g.items()}
         return merge_like(delta, treedef, names), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

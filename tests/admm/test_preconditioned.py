@@ -139,27 +139,30 @@ def test_duplicated_batch_gives_the_same_update():
         np.testing.assert_allclose(upd2[k], upd[k], rtol=1e-10, atol=1e-13)
 
 
-def test_cap_limits_a_step_to_max_update_times_the_running_step_norm():
+def _group_norms(upd):
+    return np.array([float(optax.tree.norm({k: upd[k] for k in ks})) for ks in ("UWb", "Vc")])
+
+
+def test_cap_limits_each_group_to_max_update_times_its_running_step_norm():
     cfg, params, inputs, targets = _problem("dense", seed=2)
     tx = admm_jax.admm_preconditioned(max_update=1.5)
     state = tx.init(params)
     upd, state = tx.update(None, state, params, inputs=inputs, targets=targets)
-    assert float(state.capped) == 1.0  # the first step sets the scale
-    first = float(optax.tree.norm(upd))
-    assert float(state.step_norm) == pytest.approx(first, rel=1e-12)
-    # a ten times larger learning rate: the uncapped step would be about 10x the first one
-    big = admm_jax.admm_preconditioned(learning_rate=1.0, readout_learning_rate=10.0,
-                                       max_update=1.5)
+    np.testing.assert_array_equal(state.capped, [1.0, 1.0])  # the first step sets the scale
+    first = _group_norms(upd)
+    np.testing.assert_allclose(state.step_norm, first, rtol=1e-12)
+    # a larger recurrent learning rate only: only the (U, W, b) step is capped
+    big = admm_jax.admm_preconditioned(learning_rate=1.0, max_update=1.5)
     upd2, state2 = big.update(None, state, params, inputs=inputs, targets=targets)
-    assert float(state2.capped) < 1.0
-    assert float(optax.tree.norm(upd2)) == pytest.approx(1.5 * first, rel=1e-10)
-    assert float(state2.step_scale) == pytest.approx(0.9 * first + 0.1 * 1.5 * first, rel=1e-10)
-    uncapped, _ = admm_jax.admm_preconditioned(
-        learning_rate=1.0, readout_learning_rate=10.0, max_update=None).update(
+    assert float(state2.capped[0]) < 1.0 and float(state2.capped[1]) == 1.0
+    np.testing.assert_allclose(_group_norms(upd2), [1.5 * first[0], first[1]], rtol=1e-10)
+    np.testing.assert_allclose(state2.step_scale, [0.9 * first[0] + 0.1 * 1.5 * first[0],
+                                                   first[1]], rtol=1e-10)
+    uncapped, _ = admm_jax.admm_preconditioned(learning_rate=1.0, max_update=None).update(
         None, state, params, inputs=inputs, targets=targets)
     for k in upd2:  # same direction, shorter
-        np.testing.assert_allclose(upd2[k], uncapped[k] * float(state2.capped), rtol=1e-10,
-                                   atol=1e-14)
+        scale = float(state2.capped[0 if k in "UWb" else 1])
+        np.testing.assert_allclose(upd2[k], uncapped[k] * scale, rtol=1e-10, atol=1e-14)
 
 
 def test_learning_rate_schedule_is_read_at_the_step_count():
