@@ -168,6 +168,13 @@ def needs_gradients(opt_state: Any) -> bool:
     return not any(isinstance(x, _BATCH_STATES) for x in leaves)
 
 
+def preconditioned_state(opt_state: Any) -> ADMMPreconditionedState | None:
+    """The first :class:`admm_jax.ADMMPreconditionedState` inside ``opt_state``, else ``None``."""
+    leaves = jax.tree_util.tree_leaves(opt_state,
+                                       is_leaf=lambda x: isinstance(x, ADMMPreconditionedState))
+    return next((x for x in leaves if isinstance(x, ADMMPreconditionedState)), None)
+
+
 def admm_state(opt_state: Any) -> ADMMiRNNState | None:
     """The first :class:`admm_jax.ADMMiRNNState` inside ``opt_state``, else ``None``."""
     leaves = jax.tree_util.tree_leaves(opt_state,
@@ -176,4 +183,4 @@ def admm_state(opt_state: Any) -> ADMMiRNNState | None:
 
 
 __all__ = ["Entry", "admm_state", "canonical_name", "default_learning_rate", "entry", "get",
-           "names", "needs_gradients", "takes_batch"]
+           "names", "needs_gradients", "preconditioned_state", "takes_batch"]

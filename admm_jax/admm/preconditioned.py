@@ -94,9 +94,8 @@ def admm_preconditioned(
 
     Safeguard against the occasional oversized step (``max_update``): for each weight group,
     ``(U, W, b)`` and ``(V, c)``, a step longer than ``max_update`` times the running average
-    of that group's previous step norms is scaled down to that length (a trust region whose radius follows the method's own step sizes; no
-    tuning against the loss scale). Chosen by experiment, see
-    ``benchmarks/results/admm_preconditioned.md``.
+    of that group's previous step norms is scaled down to that length: a trust region whose
+    radius follows the method's own step sizes, so it needs no tuning to the loss scale.
 
     Cost per step, for ``N`` samples of ``T`` steps, ``P = D + H + 1`` features (dense inputs):
     forward ``2NT(D+H)H`` + adjoints ``2NTH^2`` + Gram ``2NTP^2`` + right side ``2NTPH`` +

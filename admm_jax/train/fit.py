@@ -15,7 +15,7 @@ import optax
 from flax import nnx
 
 from admm_jax.data import BatchIterator
-from admm_jax.optimizers import admm_state, needs_gradients
+from admm_jax.optimizers import admm_state, needs_gradients, preconditioned_state
 from admm_jax.train import losses
 from admm_jax.train.callbacks import Callback, ProgressBar
 from admm_jax.train.history import History
@@ -88,6 +88,9 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, m
                 "dual_residual": d.diagnostics.dual_residual,
                 "lagrangian": d.diagnostics.lagrangian,
             }
+            pc = preconditioned_state(opt_state)
+            if pc is not None:
+                extra["step_norm"] = jnp.linalg.norm(pc.step_norm)
         params = optax.apply_updates(params, updates)
         metrics = {"loss": loss, **extra}
         if metric_fn is not None:
