@@ -6,6 +6,15 @@ compared with: NovoGrad, random-bases descent and h-detach LSTM training.
 
 from admm_jax import data, optimizers, train
 from admm_jax.admm import ADMMDiagnostics, ADMMiRNNState, admmirnn
+from admm_jax.interop import (
+    ExtraArgsTrainState,
+    FlaxCellOptions,
+    adapt_flax_rnn,
+    apply_gradients,
+    elman_from_flax,
+    elman_to_flax,
+    flax_cell_options,
+)
 from admm_jax.models import (
     LSTM,
     CellPathGradNorms,
@@ -36,17 +45,24 @@ __all__ = [
     "ADMMiRNNState",
     "CellPathGradNorms",
     "ElmanRNN",
+    "ExtraArgsTrainState",
+    "FlaxCellOptions",
     "History",
     "LSTM",
     "NovoGradState",
     "RandomBasesState",
+    "adapt_flax_rnn",
     "admmirnn",
+    "apply_gradients",
     "cell_path_grad_norms",
     "cell_path_grads",
     "data",
     "elman_apply",
+    "elman_from_flax",
+    "elman_to_flax",
     "elman_trace",
     "fit",
+    "flax_cell_options",
     "lstm_apply",
     "lstm_scan",
     "novograd",
