@@ -183,7 +183,9 @@ def elman_to_flax(elman: Mapping[str, jax.Array], like: Any, *, residual: bool =
 
     The inverse of :func:`elman_from_flax`: ``elman_to_flax(elman_from_flax(p), p)`` equals
     ``p`` exactly (leaf for leaf, same tree type: an ``nnx.State`` stays one, so the result can
-    be given to ``nnx.update(model, ...)``; a Linen dict stays a dict).
+    be given to ``nnx.update(model, ...)``; a Linen dict stays a dict). With ``residual=True``
+    the diagonal of the recurrent kernel goes through ``+ I - I`` and may differ by one
+    rounding of 1.0 (``eps``); every other entry is exact.
 
     Args:
       elman: ``{"U", "W", "b", "V", "c"}`` arrays (e.g. trained by :func:`admm_jax.admmirnn`).
