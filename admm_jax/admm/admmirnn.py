@@ -96,7 +96,9 @@ def admmirnn(
     primal block is solved exactly or by a backtracked step, so none increases the augmented
     Lagrangian (see :mod:`admm_jax.admm.blocks`). The gradient argument of ``update`` is
     ignored (pass ``None`` or the gradients you have); the returned updates are
-    ``new_params - params``.
+    ``new_params - params``. In Flax: ``nnx.Optimizer(model, tx, wrt=nnx.Param).update(model,
+    None, inputs=x, targets=y, indices=idx)``; for Flax's own ``nnx.RNN(nnx.SimpleCell)`` or
+    Linen models see :func:`admm_jax.adapt_flax_rnn` and :func:`admm_jax.apply_gradients`.
 
     Defaults, chosen by experiment on row-MNIST (``benchmarks/results/admm_search.md``):
 
