@@ -4,8 +4,16 @@ ADMMiRNN (ADMM on the unfolded RNN) as an optax transformation, beside the metho
 compared with: NovoGrad, random-bases descent and h-detach LSTM training.
 """
 
-from admm_jax import data, optimizers, train
+from admm_jax import data, distributed, optimizers, train
 from admm_jax.admm import ADMMDiagnostics, ADMMiRNNState, admmirnn
+from admm_jax.admm.streaming import HostDuals, admm_memory_bytes
+from admm_jax.distributed import (
+    collective_stats,
+    data_mesh,
+    replicate,
+    shard_admm_state,
+    shard_batch,
+)
 from admm_jax.models import (
     LSTM,
     CellPathGradNorms,
@@ -37,13 +45,18 @@ __all__ = [
     "CellPathGradNorms",
     "ElmanRNN",
     "History",
+    "HostDuals",
     "LSTM",
     "NovoGradState",
     "RandomBasesState",
+    "admm_memory_bytes",
     "admmirnn",
     "cell_path_grad_norms",
     "cell_path_grads",
+    "collective_stats",
     "data",
+    "data_mesh",
+    "distributed",
     "elman_apply",
     "elman_trace",
     "fit",
@@ -53,8 +66,11 @@ __all__ = [
     "optimizers",
     "random_bases",
     "random_bases_vector",
+    "replicate",
     "sample_detach_mask",
     "scale_by_novograd",
     "scale_by_random_bases",
+    "shard_admm_state",
+    "shard_batch",
     "train",
 ]
