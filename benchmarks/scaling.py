@@ -18,7 +18,7 @@ On a CPU-only machine the devices are host devices forced with
 share the machine's cores, so times show the overhead of partitioning, not a speed-up. With
 GPUs (``--platform gpu``, default when one is present) the available GPUs are used.
 
-    nice -n 10 python benchmarks/scaling.py            # ~2-3 minutes on 2 cores
+    nice -n 10 python benchmarks/scaling.py            # ~3-4 minutes on 2 cores
 """
 
 from __future__ import annotations
@@ -39,11 +39,12 @@ def parse():
     ap.add_argument("--host-devices", type=int, default=8,
                     help="host devices to force on CPU (XLA_FLAGS)")
     ap.add_argument("--devices", default="1,2,4,8", help="device counts to time")
-    ap.add_argument("--n", type=int, default=2048, help="global batch (samples)")
+    ap.add_argument("--n", type=int, default=1024, help="global batch (samples)")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--dim", type=int, default=250, help="RBD subspace dimension")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--out", default=None, help="JSON path (default results/scaling_<platform>.json)")
+    ap.add_argument("--out", default=None,
+                    help="JSON path (default results/scaling_<platform>.json)")
     return ap.parse_args()
 
 
@@ -54,7 +55,6 @@ def main() -> None:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                    f" --xla_force_host_platform_device_count={args.host_devices}")
     import jax
-    import jax.numpy as jnp
     import numpy as np
     import optax
     from flax import nnx
@@ -134,9 +134,9 @@ def main() -> None:
 
         sgd = optax.sgd(0.1)
 
-        def sgd_local(p, s, xb, yb):
+        def sgd_local(p, s, xb, yb, sgd=sgd, k=k):
             g = jax.grad(loss)(p, xb, yb)  # replicated p: the transpose all-reduces g
-            g = jax.tree.map(lambda v: v / k, g)
+            g = jax.tree.map(lambda leaf, k=k: leaf / k, g)
             u, s = sgd.update(g, s)
             return optax.apply_updates(p, u), s
 

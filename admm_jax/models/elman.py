@@ -84,9 +84,8 @@ def elman_trace(
     f = activation_fn(activation)
     U, W, b, V, c = (params[k] for k in PARAM_NAMES)
     ux = input_projection(U, inputs) + b  # [N, T, H]
-    n = ux.shape[0]
     if h0 is None:
-        h0 = jnp.zeros((n, W.shape[0]), ux.dtype)
+        h0 = jnp.zeros_like(ux[:, 0])  # [N, H]; zeros_like keeps ux's shard_map axis type
 
     if detach_mask is None:
         def step(h_prev, ux_t):

@@ -99,7 +99,7 @@ def test_memory_formula_matches_xla_memory_analysis():
         state = jax.eval_shape(tx.init, params)
         x = jax.ShapeDtypeStruct((batch, t, d), jnp.float32)
         y = jax.ShapeDtypeStruct((batch,), jnp.int32)
-        ma = jax.jit(lambda p, s, x, y: tx.update(None, s, p, inputs=x, targets=y),
+        ma = jax.jit(lambda p, s, x, y, tx=tx: tx.update(None, s, p, inputs=x, targets=y),
                      donate_argnums=(1,)).lower(params, state, x, y).compile().memory_analysis()
         xla = (ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
                - ma.alias_size_in_bytes)
