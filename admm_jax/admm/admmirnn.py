@@ -98,6 +98,11 @@ def admmirnn(
     ignored (pass ``None`` or the gradients you have); the returned updates are
     ``new_params - params``.
 
+    Sharded over devices: pass inputs, targets and state sharded along the samples
+    (:func:`admm_jax.shard_batch`, :func:`admm_jax.shard_admm_state`) to the jitted update,
+    without ``indices``; the Gram sums become one all-reduce per iteration. Beyond memory:
+    mini-batches with the multipliers in host memory, :class:`admm_jax.HostDuals`.
+
     Defaults, chosen by experiment on row-MNIST (``benchmarks/results/admm_search.md``):
 
     * ``auxiliaries="reset"``: each call starts the auxiliaries from a forward pass of the
