@@ -4,13 +4,21 @@ ADMMiRNN (ADMM on the unfolded RNN) as an optax transformation, beside the metho
 compared with: NovoGrad, random-bases descent and h-detach LSTM training.
 """
 
-from admm_jax import data, optimizers, train
+from admm_jax import data, distributed, optimizers, train
 from admm_jax.admm import (
     ADMMDiagnostics,
     ADMMiRNNState,
     ADMMPreconditionedState,
     admm_preconditioned,
     admmirnn,
+)
+from admm_jax.admm.streaming import HostDuals, admm_memory_bytes
+from admm_jax.distributed import (
+    collective_stats,
+    data_mesh,
+    replicate,
+    shard_admm_state,
+    shard_batch,
 )
 from admm_jax.interop import (
     ExtraArgsTrainState,
@@ -55,16 +63,21 @@ __all__ = [
     "ExtraArgsTrainState",
     "FlaxCellOptions",
     "History",
+    "HostDuals",
     "LSTM",
     "NovoGradState",
     "RandomBasesState",
     "adapt_flax_rnn",
+    "admm_memory_bytes",
     "admm_preconditioned",
     "admmirnn",
     "apply_gradients",
     "cell_path_grad_norms",
     "cell_path_grads",
+    "collective_stats",
     "data",
+    "data_mesh",
+    "distributed",
     "elman_apply",
     "elman_from_flax",
     "elman_to_flax",
@@ -77,8 +90,11 @@ __all__ = [
     "optimizers",
     "random_bases",
     "random_bases_vector",
+    "replicate",
     "sample_detach_mask",
     "scale_by_novograd",
     "scale_by_random_bases",
+    "shard_admm_state",
+    "shard_batch",
     "train",
 ]

@@ -100,6 +100,11 @@ def admmirnn(
     None, inputs=x, targets=y, indices=idx)``; for Flax's own ``nnx.RNN(nnx.SimpleCell)`` or
     Linen models see :func:`admm_jax.adapt_flax_rnn` and :func:`admm_jax.apply_gradients`.
 
+    Sharded over devices: pass inputs, targets and state sharded along the samples
+    (:func:`admm_jax.shard_batch`, :func:`admm_jax.shard_admm_state`) to the jitted update,
+    without ``indices``; the Gram sums become one all-reduce per iteration. Beyond memory:
+    mini-batches with the multipliers in host memory, :class:`admm_jax.HostDuals`.
+
     Defaults, chosen by experiment on row-MNIST (``benchmarks/results/admm_search.md``):
 
     * ``auxiliaries="reset"``: each call starts the auxiliaries from a forward pass of the
@@ -225,8 +230,10 @@ def admmirnn(
                     f"indices: a batch of {batch} samples out of num_samples={num_samples} needs "
                     "indices=<positions of the batch's samples in the training set>"
                 )
-            indices = jnp.arange(batch)
-        indices = jnp.asarray(indices)
+        # the whole training set in order: the per-sample state is used as is, without a
+        # gather/scatter (which, with sample-sharded state, would all-gather it)
+        whole = indices is None
+        indices = jnp.arange(batch) if whole else jnp.asarray(indices)
         if indices.shape != (batch,) or not jnp.issubdtype(indices.dtype, jnp.integer):
             raise ValueError(f"indices: expected int array of shape ({batch},), got "
                              f"{indices.dtype}{tuple(indices.shape)}")
@@ -234,13 +241,14 @@ def admmirnn(
         trace = elman_trace(p, inputs, activation=activation, many_to_many=many_to_many)
         aux = Auxiliaries(trace.a, trace.h, trace.o)
         if auxiliaries == "persist":
-            seen = state.seen[indices][:, None, None]
-            aux = Auxiliaries(*(jnp.where(seen, stored[indices].astype(compute), fresh)
+            seen = _take(state.seen, indices, whole)[:, None, None]
+            aux = Auxiliaries(*(jnp.where(seen, _take(stored, indices, whole).astype(compute),
+                                          fresh)
                                 for stored, fresh in zip(state.aux, aux, strict=True)))
         if num_samples is None:
             duals = Duals(jnp.zeros_like(aux.a), jnp.zeros_like(aux.h), jnp.zeros_like(aux.o))
         else:
-            duals = Duals(*(lam[indices].astype(compute) for lam in state.duals))
+            duals = Duals(*(_take(lam, indices, whole).astype(compute) for lam in state.duals))
 
         rho = state.rho
         p_new = dict(p)
@@ -258,17 +266,28 @@ def admmirnn(
             diagnostics=ADMMDiagnostics(*(v.astype(dtype) for v in diag)))
         if num_samples is not None:
             new_state = new_state._replace(duals=Duals(
-                *(store.at[indices].set(lam.astype(store.dtype))
+                *(_put(store, indices, lam, whole)
                   for store, lam in zip(state.duals, duals, strict=True))))
         if auxiliaries == "persist":
             new_state = new_state._replace(
-                aux=Auxiliaries(*(store.at[indices].set(v.astype(store.dtype))
+                aux=Auxiliaries(*(_put(store, indices, v, whole)
                                   for store, v in zip(state.aux, aux, strict=True))),
-                seen=state.seen.at[indices].set(True))
+                seen=_put(state.seen, indices, jnp.ones_like(indices, bool), whole))
         delta = {k: (p_new[k] - p[k]).astype(p_orig[k].dtype) for k in p}
         return merge_like(delta, treedef, names), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def _take(store, indices, whole):
+    """The batch's rows of a per-sample array (all of it, without a gather, if ``whole``)."""
+    return store if whole else store[indices]
+
+
+def _put(store, indices, values, whole):
+    """Write the batch's rows back (replace the array, without a scatter, if ``whole``)."""
+    values = values.astype(store.dtype)
+    return values if whole else store.at[indices].set(values)
 
 
 def _iteration(p, aux, duals, rho, inputs, targets, cfg, sweep_fn, rho_schedule, rho_growth,

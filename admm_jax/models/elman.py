@@ -90,9 +90,8 @@ def elman_trace(
     ux = input_projection(U, inputs) + b  # [N, T, H]
     if a_tap is not None:
         ux = ux + a_tap
-    n = ux.shape[0]
     if h0 is None:
-        h0 = jnp.zeros((n, W.shape[0]), ux.dtype)
+        h0 = jnp.zeros_like(ux[:, 0])  # [N, H]; zeros_like keeps ux's shard_map axis type
 
     if detach_mask is None:
         def step(h_prev, ux_t):

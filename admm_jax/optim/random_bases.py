@@ -148,6 +148,42 @@ def project_and_reconstruct(g: jax.Array, step_key: jax.Array, dim: int, block_s
     return u, c[:dim]
 
 
+def project(g: jax.Array, step_key: jax.Array, dim: int, block_size: int,
+            distribution: str | Sampler, rng: str = "threefry") -> jax.Array:
+    """The coordinates ``E^T g [dim]`` of a flat compartment gradient ``g [D]``, block by block."""
+    size = g.shape[0]
+    block = min(block_size, dim)
+    n_blocks = -(-dim // block)
+    hi = jax.lax.Precision.HIGHEST
+
+    def block_coordinates(b):
+        index = b * block + jnp.arange(block)
+        e = basis_block(distribution, step_key, index, size, g.dtype, rng)
+        return jnp.dot(e, g, precision=hi)
+
+    return jax.lax.map(block_coordinates, jnp.arange(n_blocks)).reshape(-1)[:dim]
+
+
+def reconstruct(c: jax.Array, step_key: jax.Array, size: int, block_size: int,
+                distribution: str | Sampler, rng: str = "threefry") -> jax.Array:
+    """``E c [size]``: the step a basis ``E`` (regenerated from ``step_key``) and its
+    coordinates ``c [dim]`` give, block by block (what a worker does with another's
+    coordinates)."""
+    dim = c.shape[0]
+    block = min(block_size, dim)
+    n_blocks = -(-dim // block)
+    padded = jnp.zeros(n_blocks * block, c.dtype).at[:dim].set(c)
+    hi = jax.lax.Precision.HIGHEST
+
+    def body(b, u):
+        index = b * block + jnp.arange(block)
+        e = basis_block(distribution, step_key, index, size, c.dtype, rng)
+        cb = jax.lax.dynamic_slice(padded, (b * block,), (block,))
+        return u + jnp.dot(cb, e, precision=hi)
+
+    return jax.lax.fori_loop(0, n_blocks, body, jnp.zeros_like(c, shape=(size,)))
+
+
 def _resolve_dims(dim: int | Sequence[int], n: int) -> tuple[int, ...]:
     if isinstance(dim, int) and not isinstance(dim, bool):
         dims = (dim,) * n
@@ -177,6 +213,8 @@ def scale_by_random_bases(
     redraw: bool = True,
     block_size: int = 50,
     rng: str = "threefry",
+    axis_name: str | None = None,
+    axis_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Replace the gradient by its projection onto a random ``dim``-dimensional subspace.
 
@@ -210,11 +248,23 @@ def scale_by_random_bases(
         default) or ``"hash"`` (a keyed counter hash, :func:`hash_bits`; ~20x faster RBD
         steps on CPU, where threefry dominates the step). Ignored by a callable
         ``distribution``.
+      axis_name: data-parallel mode, for ``update`` called inside ``jax.shard_map`` (or any
+        context binding this mesh axis) with each device's LOCAL gradient. Device ``w``
+        (``lax.axis_index``) draws its own basis :math:`E^{(w)}` from
+        ``fold_in(..., step, w)``, projects its gradient, and only the coordinates travel: one
+        all-gather of ``axis_size * dim`` numbers per step (against ``D`` for a gradient
+        all-reduce). Every device then regenerates every worker's basis and returns the same
+        step :math:`\tfrac1W \sum_w E^{(w)} c^{(w)}` (the mean, so the scale matches a
+        gradient mean), bit-identical on all devices, at ``W`` times the basis-generation cost.
+      axis_size: ``W``, the number of devices along ``axis_name`` (required with it: the state
+        stores all workers' coordinates).
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` with state :class:`RandomBasesState`. Its
-      ``update`` accepts the extra argument ``worker`` (an int or traced int32): each worker of
-      a data-parallel run draws its own basis.
+      An ``optax.GradientTransformationExtraArgs`` with state :class:`RandomBasesState`
+      (with ``axis_name``, ``coordinates`` are ``[axis_size, dim_k]``: every worker's, the
+      same on all devices). Its ``update`` accepts the extra argument ``worker`` (an int or
+      traced int32): each worker of a data-parallel run draws its own basis (with
+      ``axis_name`` the worker is the device index and ``worker`` is not accepted).
 
     Example:
       >>> import jax.numpy as jnp
@@ -236,13 +286,20 @@ def scale_by_random_bases(
     _base_key(seed)  # validate now
     if isinstance(dim, int):
         _resolve_dims(dim, 1)
+    if (axis_name is None) != (axis_size is None):
+        raise ValueError(f"axis_name, axis_size: give both or neither (got {axis_name!r}, "
+                         f"{axis_size!r})")
+    if axis_size is not None and (not isinstance(axis_size, int) or isinstance(axis_size, bool)
+                                  or axis_size <= 0):
+        raise ValueError(f"axis_size: expected a positive int, got {axis_size!r}")
+    workers = () if axis_size is None else (axis_size,)
 
     def init_fn(params):
         leaves = jax.tree.leaves(params)
         groups = leaf_groups(params, compartments, name="compartments")
         dims = _resolve_dims(dim, len(groups))
         coords = tuple(
-            jnp.zeros(d, _compute_dtype([leaves[i] for i in g]))
+            jnp.zeros((*workers, d), _compute_dtype([leaves[i] for i in g]))
             for d, g in zip(dims, groups, strict=True)
         )
         return RandomBasesState(count=jnp.zeros([], jnp.int32), coordinates=coords)
@@ -260,14 +317,21 @@ def scale_by_random_bases(
         base = _base_key(seed)
         step = state.count if redraw else jnp.zeros([], jnp.int32)
         out: list[Any] = [None] * len(leaves)
-        coords = []
-        for k, (group, c_old) in enumerate(zip(groups, state.coordinates, strict=True)):
-            cdt = c_old.dtype
-            flat = jnp.concatenate([jnp.ravel(leaves[i]).astype(cdt) for i in group])
-            key = _step_key(base, k, step, worker)
-            u, c = project_and_reconstruct(flat, key, c_old.shape[0], block_size, distribution,
-                                           rng)
-            coords.append(c)
+        flats = [jnp.concatenate([jnp.ravel(leaves[i]).astype(c_old.dtype) for i in group])
+                 for group, c_old in zip(groups, state.coordinates, strict=True)]
+        if axis_name is None:
+            us, coords = [], []
+            for k, (flat, c_old) in enumerate(zip(flats, state.coordinates, strict=True)):
+                u, c = project_and_reconstruct(flat, _step_key(base, k, step, worker),
+                                               c_old.shape[0], block_size, distribution, rng)
+                us.append(u)
+                coords.append(c)
+        else:
+            if worker is not None:
+                raise ValueError("worker: with axis_name the worker is the device index "
+                                 "(lax.axis_index); do not pass worker")
+            us, coords = _data_parallel_step(flats, state.coordinates, base, step)
+        for group, u in zip(groups, us, strict=True):
             offset = 0
             for i in group:
                 n = leaves[i].size
@@ -276,6 +340,32 @@ def scale_by_random_bases(
         new_state = RandomBasesState(count=optax.safe_increment(state.count),
                                      coordinates=tuple(coords))
         return jax.tree.unflatten(treedef, out), new_state
+
+    def _data_parallel_step(flats, coords_old, base, step):
+        """Project locally, all-gather the coordinates, rebuild every worker's step."""
+        me = jax.lax.axis_index(axis_name)
+        local = [project(flat, _step_key(base, k, step, me), c_old.shape[-1], block_size,
+                         distribution, rng)
+                 for k, (flat, c_old) in enumerate(zip(flats, coords_old, strict=True))]
+        # one collective for all compartments: [W, sum_k dim_k]
+        gathered = jax.lax.all_gather(jnp.concatenate(local), axis_name, to="invarying")
+        if gathered.shape[0] != axis_size:
+            raise ValueError(f"axis_size: {axis_size} given, but axis {axis_name!r} has "
+                             f"{gathered.shape[0]} devices")
+        us, coords, offset = [], [], 0
+        for k, (flat, c_old) in enumerate(zip(flats, coords_old, strict=True)):
+            c_all = gathered[:, offset:offset + c_old.shape[-1]].astype(c_old.dtype)
+            offset += c_old.shape[-1]
+
+            def add_worker(w, u, k=k, c_all=c_all, size=flat.shape[0]):
+                return u + reconstruct(c_all[w], _step_key(base, k, step, w), size,
+                                       block_size, distribution, rng)
+
+            u = jax.lax.fori_loop(0, axis_size, add_worker,
+                                  jnp.zeros_like(c_all, shape=flat.shape))
+            us.append(u / axis_size)
+            coords.append(c_all)
+        return us, coords
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 
@@ -290,6 +380,8 @@ def random_bases(
     redraw: bool = True,
     block_size: int = 50,
     rng: str = "threefry",
+    axis_name: str | None = None,
+    axis_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Random-bases descent (Gressmann et al. 2020): SGD in a random subspace redrawn each step.
 
@@ -313,6 +405,9 @@ def random_bases(
       redraw: ``True`` for RBD, ``False`` for FPD.
       block_size: basis vectors generated at once (memory ``block_size * D``).
       rng: ``"threefry"`` (``jax.random``) or ``"hash"`` (fast counter hash).
+      axis_name, axis_size: data-parallel RBD inside ``jax.shard_map``: each device draws its
+        own basis and only the coordinates are all-gathered (see
+        :func:`scale_by_random_bases`).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; state
@@ -337,7 +432,7 @@ def random_bases(
     return optax.chain(
         scale_by_random_bases(dim, seed=seed, distribution=distribution,
                               compartments=compartments, redraw=redraw, block_size=block_size,
-                              rng=rng),
+                              rng=rng, axis_name=axis_name, axis_size=axis_size),
         optax.scale_by_learning_rate(learning_rate),
     )
 

@@ -248,3 +248,42 @@ def test_peak_memory_is_one_block_not_the_whole_basis():
         # transform) plus O(D): linear in block_size, independent of dim.
         assert t < 5 * block * size * 4 + 8 * size * 4
         assert t < 2 * block / d * whole
+
+
+def test_data_parallel_options_are_checked():
+    from jax.sharding import PartitionSpec as P
+
+    from admm_jax.distributed import data_mesh
+
+    with pytest.raises(ValueError, match="axis_name, axis_size"):
+        scale_by_random_bases(4, seed=0, axis_name="data")
+    with pytest.raises(ValueError, match="axis_size"):
+        scale_by_random_bases(4, seed=0, axis_name="data", axis_size=0)
+    g = {"w": jnp.arange(1.0, 11.0)}
+    mesh = data_mesh(jax.devices()[:1])
+    for size, kw, match in ((2, {}, "axis_size"), (1, {"worker": 0}, "worker")):
+        tx = scale_by_random_bases(4, seed=0, axis_name="data", axis_size=size)
+        state = tx.init(g)
+        assert state.coordinates[0].shape == (size, 4)
+        f = jax.shard_map(lambda g, s, kw=kw, tx=tx: tx.update(g, s, **kw), mesh=mesh,
+                          in_specs=(P(), P()), out_specs=(P(), P()))
+        with pytest.raises(ValueError, match=match):
+            f(g, state)
+
+
+def test_one_device_data_parallel_equals_plain_worker_zero():
+    from jax.sharding import PartitionSpec as P
+
+    from admm_jax.distributed import data_mesh
+
+    g = {"w": jnp.arange(1.0, 101.0), "b": jnp.ones(3)}
+    tx = scale_by_random_bases(5, seed=2, compartments="leaf", axis_name="data", axis_size=1)
+    plain = scale_by_random_bases(5, seed=2, compartments="leaf")
+    f = jax.jit(jax.shard_map(tx.update, mesh=data_mesh(jax.devices()[:1]),
+                              in_specs=(P(), P()), out_specs=(P(), P())))
+    u, s = f(g, tx.init(g))
+    v, sp = plain.update(g, plain.init(g), worker=0)
+    for a, b in zip(jax.tree.leaves(u), jax.tree.leaves(v), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(s.coordinates, sp.coordinates, strict=True):
+        np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6)

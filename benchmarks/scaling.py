@@ -1,0 +1,180 @@
+"""Strong scaling of one sharded ADMMiRNN iteration and one data-parallel RBD step.
+
+Row-MNIST shapes (T=28, D=28, C=10; Elman RNN, H=128 by default), a fixed global batch split
+over 1, 2, 4, 8 devices of a one-axis mesh. For each device count it prints the median time
+of one jitted call and what the compiled program communicates (collectives counted in its
+HLO, bytes per device per call), for:
+
+* ``admm``: one full-batch ADMMiRNN iteration, samples and multipliers sharded (GSPMD); the
+  four Gram matrices travel in one all-reduce;
+* ``rbd``: one random-bases step in ``jax.shard_map``: local BPTT gradient, projection on the
+  device's own basis, all-gather of ``dim`` coordinates per device, every device rebuilding
+  every worker's step;
+* ``sgd``: the usual data-parallel baseline: local gradient, all-reduce of all ``D``
+  gradient entries, SGD step.
+
+On a CPU-only machine the devices are host devices forced with
+``XLA_FLAGS=--xla_force_host_platform_device_count=8`` (set here before jax is imported): they
+share the machine's cores, so times show the overhead of partitioning, not a speed-up. With
+GPUs (``--platform gpu``, default when one is present) the available GPUs are used.
+
+    nice -n 10 python benchmarks/scaling.py            # ~3-4 minutes on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pathlib
+import time
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+T, D, C = 28, 28, 10
+
+
+def parse():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--platform", choices=("auto", "cpu", "gpu"), default="auto")
+    ap.add_argument("--host-devices", type=int, default=8,
+                    help="host devices to force on CPU (XLA_FLAGS)")
+    ap.add_argument("--devices", default="1,2,4,8", help="device counts to time")
+    ap.add_argument("--n", type=int, default=1024, help="global batch (samples)")
+    ap.add_argument("--hidden", type=int, default=128)
+    ap.add_argument("--dim", type=int, default=250, help="RBD subspace dimension")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--out", default=None,
+                    help="JSON path (default results/scaling_<platform>.json)")
+    return ap.parse_args()
+
+
+def main() -> None:
+    args = parse()
+    if args.platform != "gpu" and "xla_force_host_platform_device_count" not in os.environ.get(
+            "XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
+                                   f" --xla_force_host_platform_device_count={args.host_devices}")
+    import jax
+    import numpy as np
+    import optax
+    from flax import nnx
+    from jax.sharding import PartitionSpec as P
+
+    import admm_jax
+    from admm_jax.distributed import (
+        collective_stats,
+        data_mesh,
+        replicate,
+        shard_admm_state,
+        shard_batch,
+    )
+    from admm_jax.models.elman import elman_apply
+
+    platform = args.platform
+    if platform == "auto":
+        platform = "gpu" if any(d.platform == "gpu" for d in jax.devices()) else "cpu"
+    devices = jax.devices(platform)
+    counts = [k for k in map(int, args.devices.split(",")) if k <= len(devices)]
+    n, h = args.n, args.hidden
+    try:
+        x, y = admm_jax.data.mnist("train", layout="rows")
+        x, y, source = np.asarray(x[:n], np.float32), np.asarray(y[:n], np.int32), "row-MNIST"
+    except Exception as e:  # noqa: BLE001 - timing does not need the real digits
+        print(f"row-MNIST not available ({e}); random inputs")
+        rng = np.random.default_rng(0)
+        x, y = rng.random((n, T, D), np.float32), rng.integers(0, C, n).astype(np.int32)
+        source = "random"
+    params = nnx.state(admm_jax.ElmanRNN(D, h, C, rngs=nnx.Rngs(0)), nnx.Param)
+    n_params = sum(v.size for v in jax.tree.leaves(params))
+
+    def loss(p, xb, yb):
+        q = {k: p[k][...] for k in ("U", "W", "b", "V", "c")}
+        return optax.softmax_cross_entropy_with_integer_labels(elman_apply(q, xb), yb).mean()
+
+    def timed(f, *a):
+        out = f(*a)
+        jax.block_until_ready(out)
+        ts = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            jax.block_until_ready(f(*a))
+            ts.append(time.perf_counter() - t0)
+        return float(np.median(ts))
+
+    rows = []
+    t_start = time.perf_counter()
+    for k in counts:
+        if n % k:
+            continue
+        mesh = data_mesh(devices[:k])
+        xs, ys = shard_batch((x, y), mesh)
+        ps = replicate(params, mesh)
+
+        tx = admm_jax.admmirnn(num_samples=n, seq_len=T)
+        st = shard_admm_state(tx.init(params), mesh)
+        admm_step = jax.jit(lambda p, s, xb, yb, tx=tx: tx.update(None, s, p, inputs=xb,
+                                                                  targets=yb))
+        admm_c = admm_step.lower(ps, st, xs, ys).compile()
+        t_admm = timed(admm_step, ps, st, xs, ys)
+
+        rbd = admm_jax.random_bases(1.0, args.dim, seed=0, rng="hash", axis_name="data",
+                                    axis_size=k)
+
+        def rbd_local(p, s, xb, yb, rbd=rbd):
+            g = jax.grad(loss)(jax.lax.pcast(p, "data", to="varying"), xb, yb)
+            u, s = rbd.update(g, s, p)
+            return optax.apply_updates(p, u), s
+
+        rbd_step = jax.jit(jax.shard_map(rbd_local, mesh=mesh,
+                                         in_specs=(P(), P(), P("data"), P("data")),
+                                         out_specs=(P(), P())))
+        rs = replicate(rbd.init(params), mesh)
+        rbd_c = rbd_step.lower(ps, rs, xs, ys).compile()
+        t_rbd = timed(rbd_step, ps, rs, xs, ys)
+
+        sgd = optax.sgd(0.1)
+
+        def sgd_local(p, s, xb, yb, sgd=sgd, k=k):
+            g = jax.grad(loss)(p, xb, yb)  # replicated p: the transpose all-reduces g
+            g = jax.tree.map(lambda leaf, k=k: leaf / k, g)
+            u, s = sgd.update(g, s)
+            return optax.apply_updates(p, u), s
+
+        sgd_step = jax.jit(jax.shard_map(sgd_local, mesh=mesh,
+                                         in_specs=(P(), P(), P("data"), P("data")),
+                                         out_specs=(P(), P())))
+        ss = replicate(sgd.init(params), mesh)
+        sgd_c = sgd_step.lower(ps, ss, xs, ys).compile()
+        t_sgd = timed(sgd_step, ps, ss, xs, ys)
+
+        for name, t, c in (("admm", t_admm, admm_c), ("rbd", t_rbd, rbd_c),
+                           ("sgd", t_sgd, sgd_c)):
+            stats = collective_stats(c)
+            rows.append({"method": name, "devices": k, "seconds": t, "collectives": stats,
+                         "bytes": sum(v["bytes"] for v in stats.values()),
+                         "ops": sum(v["count"] for v in stats.values())})
+        print(f"{k} device(s) done ({time.perf_counter() - t_start:.0f}s)", flush=True)
+
+    print(f"\nstrong scaling on {platform} ({len(devices)} devices: {devices[0].device_kind}), "
+          f"{source}, N={n}, H={h}, D_params={n_params}, RBD dim={args.dim}")
+    print(f"{'method':6s} {'devices':>7s} {'time/call':>10s} {'speed-up':>8s} {'collectives':>11s}"
+          f" {'bytes/device':>13s}")
+    base = {r["method"]: r["seconds"] for r in rows if r["devices"] == counts[0]}
+    for r in rows:
+        print(f"{r['method']:6s} {r['devices']:7d} {r['seconds'] * 1e3:8.1f}ms "
+              f"{base[r['method']] / r['seconds']:7.2f}x {r['ops']:11d} {r['bytes']:13,d}")
+    print(f"RBD sends dim x devices = {args.dim} x k floats per step; a gradient all-reduce "
+          f"D = {n_params} floats ({4 * n_params:,d} bytes)")
+    out = {"platform": platform, "device_kind": devices[0].device_kind,
+           "n_devices_available": len(devices), "source": source, "n": n, "hidden": h,
+           "dim": args.dim, "n_params": n_params, "repeats": args.repeats, "rows": rows,
+           "xla_flags": os.environ.get("XLA_FLAGS", ""),
+           "seconds": time.perf_counter() - t_start}
+    path = pathlib.Path(args.out or RESULTS / f"scaling_{platform}.json")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1))
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
