@@ -33,7 +33,8 @@ class ADMMDiagnostics(NamedTuple):
 
     lagrangian: augmented Lagrangian after the iteration; r1, r2, r3: primal residual norms;
     dual_residual: ``sqrt(sum_i (rho_i |change of the i-th constraint's right side|)^2)``;
-    loss: mean loss of a plain forward pass of the new weights (per target).
+    loss: mean loss of a plain forward pass of the new weights (per target); NaN when the
+      iteration was rejected as non-finite (see :func:`admmirnn`).
     """
 
     lagrangian: jax.Array
@@ -120,6 +121,13 @@ def admmirnn(
     * ``prox = 0.1``: the weight blocks' proximal weight ``lam = prox * rho * trace(G)/dim(G)``;
       without it an exact re-solve on a mini-batch moves far along poorly conditioned
       directions.
+
+    Divergence guard: an iteration that produces a non-finite weight, residual or Lagrangian is
+    rejected: ``update`` returns zero updates and leaves the penalties, the batch's multipliers
+    and auxiliaries and ``count`` as they were, and sets ``diagnostics.loss`` to NaN (the other
+    diagnostics show the failed iteration). :func:`admm_jax.train.fit` then raises
+    :class:`admm_jax.DivergenceError` or, with ``on_divergence="increase_rho"``, retries the
+    batch with larger penalties.
 
     Args:
       num_samples: size of the training set, for per-sample multipliers (and auxiliaries with
@@ -250,20 +258,32 @@ def admmirnn(
         n_targets = out.shape[0] * out.shape[1]
         diag = diag._replace(loss=data_loss(out, targets, cfg) / n_targets)
 
+        # divergence guard: a non-finite iteration is rejected (weights, penalties, the batch's
+        # multipliers and auxiliaries keep their old values; batch-sized selects only) and
+        # reported by diagnostics.loss = NaN, so a caller retries or stops from a good state
+        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in (*p_new.values(), *diag)]))
+        diag = diag._replace(loss=jnp.where(ok, diag.loss, jnp.nan))
+
+        def keep(new, old):
+            return jnp.where(ok, new, old)
+
         dtype = state.rho.rho1.dtype
         new_state = state._replace(
-            rho=Penalties(*(r.astype(dtype) for r in rho)), count=state.count + sweeps,
+            rho=Penalties(*(keep(r.astype(dtype), r0) for r, r0 in zip(rho, state.rho,
+                                                                       strict=True))),
+            count=state.count + jnp.where(ok, sweeps, 0).astype(state.count.dtype),
             diagnostics=ADMMDiagnostics(*(v.astype(dtype) for v in diag)))
         if num_samples is not None:
             new_state = new_state._replace(duals=Duals(
-                *(store.at[indices].set(lam.astype(store.dtype))
+                *(store.at[indices].set(keep(lam.astype(store.dtype), store[indices]))
                   for store, lam in zip(state.duals, duals, strict=True))))
         if auxiliaries == "persist":
             new_state = new_state._replace(
-                aux=Auxiliaries(*(store.at[indices].set(v.astype(store.dtype))
+                aux=Auxiliaries(*(store.at[indices].set(keep(v.astype(store.dtype),
+                                                              store[indices]))
                                   for store, v in zip(state.aux, aux, strict=True))),
-                seen=state.seen.at[indices].set(True))
-        delta = {k: (p_new[k] - p[k]).astype(p_orig[k].dtype) for k in p}
+                seen=state.seen.at[indices].set(keep(True, state.seen[indices])))
+        delta = {k: keep(p_new[k] - p[k], 0).astype(p_orig[k].dtype) for k in p}
         return merge_like(delta, treedef, names), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
