@@ -20,7 +20,9 @@ class Callback:
 
     def on_train_begin(self, loop: Loop) -> None: ...
 
-    def on_step_end(self, loop: Loop, row: dict[str, float]) -> None: ...
+    def on_step_end(self, loop: Loop, row: dict[str, float]) -> None:
+        """After every step, once the step's epoch row and evaluation (if any) are recorded
+        (so after :meth:`on_epoch_end` / :meth:`on_eval_end` of the same step)."""
 
     def on_epoch_end(self, loop: Loop, row: dict[str, float]) -> None: ...
 

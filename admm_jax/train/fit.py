@@ -539,8 +539,6 @@ def fit(
                    "time": loop.train_seconds, **m}
             history.append("steps", **row)
             epoch_rows.append(row)
-            for cb in cbs:
-                cb.on_step_end(loop, row)
             if it.position[0] != batch.epoch:  # epoch finished
                 erow = {"epoch": batch.epoch, "iteration": loop.iteration,
                         "time": loop.train_seconds,
@@ -560,6 +558,9 @@ def fit(
             if due:
                 run_eval()
                 last_eval_it, last_eval_t = loop.iteration, loop.train_seconds
+            # last, so that a checkpoint written here holds this step's epoch row and eval
+            for cb in cbs:
+                cb.on_step_end(loop, row)
         if history.last("evals", "iteration", None) != loop.iteration:
             run_eval()
     history.meta["eval_seconds"] = eval_seconds[0]
