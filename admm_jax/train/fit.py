@@ -242,6 +242,20 @@ def _check_against_model(name, x, y, apply, params, kwargs, loss_fn, loss, metri
                              f"1, got {tuple(v.shape)}")
 
 
+def _distinct_buffers(tree: Any) -> Any:
+    """``tree`` with repeated leaf objects copied: a donated argument may not hold one buffer
+    twice (e.g. a state whose fields share one zero array)."""
+    seen: set[int] = set()
+
+    def once(x):
+        if id(x) in seen:
+            return jnp.copy(x)
+        seen.add(id(x))
+        return x
+
+    return jax.tree_util.tree_map(once, tree)
+
+
 def _replace_rho(opt_state: Any, factor: float) -> tuple[Any, list[float]]:
     """``opt_state`` with every ADMMiRNN penalty multiplied by ``factor``; the new penalties."""
     new_rho: list[float] = []
@@ -412,6 +426,7 @@ def fit(
     params = jax.tree_util.tree_map(jnp.copy, params)  # donated below; keep the model's own
     if opt_state is None:
         opt_state = optimizer.init(params)
+    opt_state = _distinct_buffers(opt_state)
     use_gradients = needs_gradients(opt_state)
     a_state = admm_state(opt_state)
     if a_state is not None and a_state.duals.lam1.shape[0] not in (0, len(x_train)):
