@@ -101,6 +101,8 @@ class Checkpoint(Callback):
         meta = {"format": FORMAT, "iteration": int(loop.iteration), "position": [epoch, step],
                 "params_leaves": n_p, "opt_state_leaves": n_o,
                 "params_key_impls": p_impls, "opt_state_key_impls": o_impls,
+                "arrays": {k: [list(np.shape(v)), str(v.dtype)]
+                           for k, v in {**params, **opt_state}.items()},
                 "history": loop.history.to_dict()}
         mgr.save(loop.iteration, args=ocp.args.Composite(
             state=ocp.args.StandardSave({**params, **opt_state}),
@@ -206,6 +208,27 @@ def load_checkpoint(directory: str | os.PathLike, params: Any, opt_state: Any, *
     Raises:
       FileNotFoundError: no readable checkpoint in ``directory``.
       ValueError: the checkpoint does not match the templates (another model or optimizer).
+
+    Example:
+      >>> import tempfile, numpy as np
+      >>> from flax import nnx
+      >>> from admm_jax import ElmanRNN, data, optimizers
+      >>> from admm_jax.train import Checkpoint, fit
+      >>> x, y = data.adding(6, 32, seed=0)
+      >>> d = tempfile.mkdtemp()
+      >>> tx = optimizers.get("adam")
+      >>> _ = fit(ElmanRNN(2, 4, 1, rngs=nnx.Rngs(0)), tx, (x, y[:, None]), loss="mse",
+      ...         metric=None, iterations=6, batch_size=8, callbacks=[Checkpoint(d)])
+      >>> model = ElmanRNN(2, 4, 1, rngs=nnx.Rngs(0))
+      >>> params = nnx.state(model, nnx.Param)
+      >>> r = load_checkpoint(d, params, tx.init(params))
+      >>> r.position, len(r.history.steps["iteration"])
+      ((1, 2), 6)
+      >>> nnx.update(model, r.params)
+      >>> h = fit(model, tx, (x, y[:, None]), loss="mse", metric=None, epochs=2, batch_size=8,
+      ...         opt_state=r.opt_state, start=r.position, history=r.history)
+      >>> h.steps["iteration"][-1]
+      8
     """
     ocp = _ocp()
     d = pathlib.Path(directory)
@@ -238,15 +261,19 @@ def load_checkpoint(directory: str | os.PathLike, params: Any, opt_state: Any, *
                     raise ValueError(
                         f"{name}: the checkpoint holds {meta[f'{name}_leaves']} arrays, the "
                         f"template {n}: another model or optimizer")
+            saved = {k: (tuple(v[0]), v[1]) for k, v in meta["arrays"].items()}
+            wanted = {k: (tuple(v.shape), str(v.dtype)) for k, v in target.items()}
+            if saved != wanted:
+                k = sorted(set(saved) ^ set(wanted)) or sorted(
+                    k for k in saved if saved[k] != wanted[k])
+                what = {"p": "params", "o": "opt_state"}[k[0][0]]
+                raise ValueError(
+                    f"params, opt_state: the checkpoint does not match the templates: "
+                    f"{what} leaf {int(k[0][1:])} saved as {saved.get(k[0])}, the template "
+                    f"has {wanted.get(k[0])} (another model or optimizer)")
             try:
                 state = mgr.restore(s, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(target))).state
-            except ValueError as e:
-                if "shape" in str(e) or "dtype" in str(e):
-                    raise ValueError(f"params, opt_state: the checkpoint does not match the "
-                                     f"templates: {e}") from None
-                errors.append(f"{s}: {type(e).__name__}: {e}")
-                continue
             except Exception as e:  # noqa: BLE001
                 errors.append(f"{s}: {type(e).__name__}: {e}")
                 continue

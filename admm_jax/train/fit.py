@@ -324,6 +324,14 @@ def fit(
     Training stops at the first of ``epochs``, ``iterations``, ``budget_seconds`` (at least one
     is required) or a callback setting ``loop.stop``.
 
+    Robustness: arguments and data are checked before anything is compiled (see Raises); every
+    step also returns a finite flag, read with the step's metrics (no extra host sync), and a
+    non-finite step is never applied, recorded or checkpointed (``on_divergence``). With a
+    :class:`admm_jax.train.Checkpoint` callback, ``load_checkpoint`` + ``opt_state=``,
+    ``start=``, ``history=`` resume a run; the resumed run is bitwise the uninterrupted one on
+    the same machine (the batch order depends only on ``(seed, epoch)``, per-step keys on
+    ``(seed, iteration)``).
+
     Args:
       model: an ``nnx.Module`` called as ``model(x, **model_kwargs[, key=k])``; updated in
         place. Its ``nnx.Param`` s are trained.
@@ -349,7 +357,8 @@ def fit(
         in the steps table and never checkpointed). ``"raise"`` (default): set the model to the
         last good weights and raise :class:`DivergenceError` (iteration, bad and last good
         metrics). ``"stop"``: the same, but return the history with ``meta["diverged_at"]``
-        and ``meta["divergence_metrics"]`` instead of raising. ``"increase_rho"`` (ADMMiRNN
+        and ``meta["divergence_metrics"]`` (non-finite values as ``"nan"``/``"inf"``) instead
+        of raising. ``"increase_rho"`` (ADMMiRNN
         only): multiply the penalties ``rho`` by ``rho_increase`` and retry the same batch from
         the last good state, at most ``max_rho_increases`` times in a row, then raise; each
         increase is logged in ``meta["rho_increases"]``.
@@ -528,7 +537,8 @@ def fit(
                         {"iteration": loop.iteration + 1, "rho": rho})
                     continue
                 history.meta["diverged_at"] = loop.iteration + 1
-                history.meta["divergence_metrics"] = m
+                history.meta["divergence_metrics"] = {  # JSON-safe: "nan", "inf"
+                    k: v if math.isfinite(v) else str(v) for k, v in m.items()}
                 history.meta["iterations"] = loop.iteration
                 history.meta["train_seconds"] = loop.train_seconds
                 history.meta["eval_seconds"] = eval_seconds[0]
