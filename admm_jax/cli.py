@@ -320,8 +320,11 @@ def _train(parser, args) -> int:
                 progress=False if args.no_progress else name,
                 on_divergence=args.on_divergence, **resume)
     except DivergenceError as e:
-        kept = (f"; last good checkpoint kept in {args.checkpoint_dir}"
-                if args.checkpoint_dir else "")
+        kept = ""
+        if args.checkpoint_dir:
+            steps = checkpoint_steps(args.checkpoint_dir)
+            kept = (f"; last good checkpoint (iteration {steps[-1]}) kept in "
+                    f"{args.checkpoint_dir}" if steps else "; no checkpoint was written")
         parser.exit(3, f"admm-jax: error: {e}{kept}\n")
     except ValueError as e:
         parser.error(str(e))

@@ -411,6 +411,9 @@ def fit(
         raise ValueError(f"rho_increase: expected a number > 1, got {rho_increase!r}")
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
         raise TypeError(f"seed: expected an int, got {seed!r}")
+    if not (isinstance(start, tuple | list) and len(start) == 2
+            and all(isinstance(v, int | np.integer) for v in start)):
+        raise TypeError(f"start: expected a pair of ints (epoch, step), got {start!r}")
     if history is not None and not isinstance(history, History):
         raise TypeError(f"history: expected a History, got {type(history).__name__}")
     x_train, y_train = _check_data("train_data", train_data, validate)
