@@ -197,7 +197,7 @@ def fit_cases(draw):
     return x, y, (d, h, c), name, opt_kw, loss, batch
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=fit_cases())
 def test_fuzz_fit_raises_only_documented_errors(case):
     x, y, (d, h, c), name, opt_kw, loss, batch = case
