@@ -50,7 +50,7 @@ from admm_jax.optim import (
     scale_by_novograd,
     scale_by_random_bases,
 )
-from admm_jax.train import History, fit
+from admm_jax.train import DivergenceError, History, fit
 
 __version__ = "0.1.0"
 
@@ -59,6 +59,7 @@ __all__ = [
     "ADMMiRNNState",
     "ADMMPreconditionedState",
     "CellPathGradNorms",
+    "DivergenceError",
     "ElmanRNN",
     "ExtraArgsTrainState",
     "FlaxCellOptions",

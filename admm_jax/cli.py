@@ -143,9 +143,19 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--eval-every", type=_positive_int, default=None,
                    help="evaluate every N iterations (default: every epoch)")
     t.add_argument("--checkpoint-dir", default=None,
-                   help="save state.npz, history.json, position.json here every epoch")
+                   help="save the weights, optimizer state, data position and history here "
+                        "(orbax, atomic) every epoch and at the end")
+    t.add_argument("--checkpoint-every", type=_positive_int, default=None,
+                   help="also save a checkpoint every N iterations (needs --checkpoint-dir)")
     t.add_argument("--resume", action="store_true",
-                   help="continue from the checkpoint in --checkpoint-dir")
+                   help="continue from the latest checkpoint in --checkpoint-dir (an "
+                        "interrupted run resumed this way gives the uninterrupted run's "
+                        "weights, bit for bit, on the same machine)")
+    t.add_argument("--on-divergence", choices=("raise", "stop", "increase_rho"),
+                   default="raise",
+                   help="on a NaN/inf step: raise (exit 3, last good checkpoint kept), stop "
+                        "(save the last good state and exit 0) or increase_rho (admmirnn: "
+                        "retry with 10x the penalties, up to 3 times); default raise")
     t.add_argument("--out", default="admm_jax_results",
                    help="folder for train_<task>_<optimizer>.json (default admm_jax_results)")
 
@@ -257,7 +267,7 @@ def _compare(parser, args) -> int:
 
 def _train(parser, args) -> int:
     from admm_jax import optimizers
-    from admm_jax.train import Checkpoint, fit, load_checkpoint
+    from admm_jax.train import Checkpoint, DivergenceError, checkpoint_steps, fit, load_checkpoint
 
     try:
         name = optimizers.canonical_name(args.optimizer)
@@ -277,29 +287,47 @@ def _train(parser, args) -> int:
     if epochs is None and args.iterations is None and args.budget_seconds is None:
         epochs = 1
     resume = {}
+    if args.checkpoint_every and not args.checkpoint_dir:
+        parser.error("--checkpoint-every: needs --checkpoint-dir")
+    if args.on_divergence == "increase_rho" and name != "admmirnn":
+        parser.error("--on-divergence: increase_rho applies to admmirnn only")
     if args.resume:
         from flax import nnx
 
         ckpt = pathlib.Path(args.checkpoint_dir)
-        if not (ckpt / "state.npz").is_file():
+        if not checkpoint_steps(ckpt):
             parser.error(f"--resume: no checkpoint in {ckpt}")
         params = nnx.state(model, nnx.Param)
-        opt_state = tx.init(params)
-        params, opt_state, start, history = load_checkpoint(ckpt, params, opt_state)
+        try:
+            params, opt_state, start, history = load_checkpoint(ckpt, params, tx.init(params))
+        except ValueError as e:
+            parser.error(f"--resume: {e}")
         nnx.update(model, params)
         resume = {"opt_state": opt_state, "start": start, "history": history}
         print(f"resuming at epoch {start[0]}, step {start[1]} "
-              f"(iteration {history.meta.get('iterations')})")
-    callbacks = [Checkpoint(args.checkpoint_dir)] if args.checkpoint_dir else []
+              f"(iteration {len(history.steps.get('iteration', []))})")
+    callbacks = ([Checkpoint(args.checkpoint_dir, every_steps=args.checkpoint_every)]
+                 if args.checkpoint_dir else [])
     if args.p_detach is not None and not optimizers.takes_batch(name):
         resume.update(model_kwargs={"p_detach": args.p_detach}, step_key=True)
     print(f"task: {task.info}; optimizer {name}; train {len(task.train[0])} / test "
           f"{len(task.test[0])} samples", flush=True)
-    h = fit(model, tx, task.train, eval_data=task.test, **task.fit_kwargs(), epochs=epochs,
-            iterations=args.iterations, budget_seconds=args.budget_seconds,
-            batch_size=args.batch_size, seed=args.seed, eval_every=args.eval_every,
-            eval_batch_size=args.eval_batch_size, callbacks=callbacks,
-            progress=False if args.no_progress else name, **resume)
+    try:
+        h = fit(model, tx, task.train, eval_data=task.test, **task.fit_kwargs(), epochs=epochs,
+                iterations=args.iterations, budget_seconds=args.budget_seconds,
+                batch_size=args.batch_size, seed=args.seed, eval_every=args.eval_every,
+                eval_batch_size=args.eval_batch_size, callbacks=callbacks,
+                progress=False if args.no_progress else name,
+                on_divergence=args.on_divergence, **resume)
+    except DivergenceError as e:
+        kept = ""
+        if args.checkpoint_dir:
+            steps = checkpoint_steps(args.checkpoint_dir)
+            kept = (f"; last good checkpoint (iteration {steps[-1]}) kept in "
+                    f"{args.checkpoint_dir}" if steps else "; no checkpoint was written")
+        parser.exit(3, f"admm-jax: error: {e}{kept}\n")
+    except ValueError as e:
+        parser.error(str(e))
     h.meta.update(optimizer=name, task=task.name, hidden=args.hidden, p_detach=args.p_detach,
                   learning_rate=kw.get("learning_rate", optimizers.default_learning_rate(name)))
     path = h.save(pathlib.Path(args.out) / f"train_{task.name}_{name}.json")

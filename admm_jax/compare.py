@@ -102,7 +102,7 @@ def compare(
         h = fit(model, tx, task.train, eval_data=task.test, **task.fit_kwargs(),
                 budget_seconds=budget_seconds, iterations=iterations, batch_size=batch_size,
                 seed=seed, eval_batch_size=eval_batch_size, progress=label if progress else False,
-                **every, **hd)
+                on_divergence="stop", **every, **hd)
         h.meta.update(optimizer=name, learning_rate=lr, task=task.name, hidden=hidden,
                       clip_norm=None if optimizers.takes_batch(name) else clip_norm, p_detach=p)
         histories[label] = h

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 import jax
 import optax
 
+from admm_jax import _validation as V
 from admm_jax.admm import ADMMiRNNState, ADMMPreconditionedState, admm_preconditioned, admmirnn
 
 
@@ -126,6 +127,7 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
 
     Raises:
       ValueError: unknown name (the message lists the valid ones).
+      ValueError: a learning rate that is not a finite number > 0 (or a schedule).
       TypeError: ``learning_rate`` given to ``admmirnn``, or an argument the factory lacks.
 
     Example:
@@ -148,6 +150,7 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
         tx = e.factory(**kwargs)
     else:
         lr = kwargs.pop("learning_rate", e.learning_rate)
+        V.learning_rate("learning_rate", lr)
         tx = e.factory(lr, **kwargs)
     return optax.with_extra_args_support(tx)
 

@@ -3,6 +3,7 @@
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -63,8 +64,9 @@ def test_train_checkpoint_and_resume(tmp_path):
             "--checkpoint-dir", "ck", "--out", "out"]
     r = run_cli([*base, "--epochs", "1"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert (tmp_path / "ck" / "state.npz").is_file()
-    assert json.loads((tmp_path / "ck" / "position.json").read_text())["epoch"] == 1
+    from admm_jax.train import checkpoint_steps
+
+    assert checkpoint_steps(tmp_path / "ck") == [4]
     r = run_cli([*base, "--epochs", "2", "--resume"], tmp_path)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "resuming at epoch 1" in r.stdout
@@ -128,3 +130,29 @@ def test_p_detach_adds_runs_or_names_the_missing_support(tmp_path):
         assert "admmirnn+hdetach" not in r.stdout  # ADMM computes no gradient to detach
     else:
         assert r.returncode == 2 and "--p-detach" in r.stderr and "h-detach" in r.stderr
+
+
+def test_train_divergence_exits_cleanly_and_keeps_the_checkpoint(tmp_path):
+    base = ["train", "--task", "adding", "--seq-len", "6", "--num-train", "64", "--num-test",
+            "16", "--hidden", "8", "--batch-size", "16", "--no-progress", "--optimizer", "sgd",
+            "--checkpoint-dir", "ck", "--out", "out", "--epochs", "3"]
+    r = run_cli([*base, "--learning-rate", "1e36"], tmp_path)
+    assert r.returncode == 3, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    m = re.search(r"admm-jax: error: training diverged at iteration (\d+)", r.stderr)
+    assert m, r.stderr[-3000:]
+    from admm_jax.train import checkpoint_steps
+
+    steps = checkpoint_steps(tmp_path / "ck")
+    assert all(s < int(m.group(1)) for s in steps)
+    if steps:
+        assert f"last good checkpoint (iteration {steps[-1]}) kept in ck" in r.stderr
+    else:
+        assert "no checkpoint was written" in r.stderr
+    # "stop" ends the run cleanly and records where it diverged
+    r = run_cli([*base, "--learning-rate", "1e36", "--on-divergence", "stop", "--checkpoint-dir",
+                 "ck2"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    h = json.loads((tmp_path / "out" / "train_adding_sgd.json").read_text())
+    assert h["meta"]["diverged_at"] == int(m.group(1))
+    assert checkpoint_steps(tmp_path / "ck2")[-1] == int(m.group(1)) - 1

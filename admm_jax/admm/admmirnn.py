@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
 
+from admm_jax import _validation as V
 from admm_jax.admm import blocks
 from admm_jax.admm.params import merge_like, split_params
 from admm_jax.admm.problem import (
@@ -33,7 +35,8 @@ class ADMMDiagnostics(NamedTuple):
 
     lagrangian: augmented Lagrangian after the iteration; r1, r2, r3: primal residual norms;
     dual_residual: ``sqrt(sum_i (rho_i |change of the i-th constraint's right side|)^2)``;
-    loss: mean loss of a plain forward pass of the new weights (per target).
+    loss: mean loss of a plain forward pass of the new weights (per target); NaN when the
+      iteration was rejected as non-finite (see :func:`admmirnn`).
     """
 
     lagrangian: jax.Array
@@ -128,6 +131,13 @@ def admmirnn(
       without it an exact re-solve on a mini-batch moves far along poorly conditioned
       directions.
 
+    Divergence guard: an iteration that produces a non-finite weight, residual or Lagrangian is
+    rejected: ``update`` returns zero updates and leaves the penalties, the batch's multipliers
+    and auxiliaries and ``count`` as they were, and sets ``diagnostics.loss`` to NaN (the other
+    diagnostics show the failed iteration). :func:`admm_jax.train.fit` then raises
+    :class:`admm_jax.DivergenceError` or, with ``on_divergence="increase_rho"``, retries the
+    batch with larger penalties.
+
     Args:
       num_samples: size of the training set, for per-sample multipliers (and auxiliaries with
         ``"persist"``). ``None``: no per-sample state.
@@ -220,6 +230,12 @@ def admmirnn(
         compute = jnp.promote_types(p_orig["W"].dtype, jnp.float32)
         p = {k: v.astype(compute) for k, v in p_orig.items()}
         inputs, targets = _check_batch(p, inputs, targets, cfg)
+        hidden, classes = p["W"].shape[0], p["V"].shape[0]
+        if (state.duals.lam1.shape[2:] != (hidden,)
+                or state.duals.lam3.shape[2:] != (classes,)):
+            raise ValueError(f"state: built for other parameters (multipliers "
+                             f"{state.duals.lam1.shape} and {state.duals.lam3.shape}); params "
+                             f"have H={hidden}, C={classes}: call tx.init(params) again")
         batch, steps = inputs.shape[0], inputs.shape[1]
         if seq_len is not None and steps != seq_len:
             raise ValueError(f"inputs: expected {seq_len} steps (seq_len), got shape "
@@ -260,20 +276,34 @@ def admmirnn(
         n_targets = out.shape[0] * out.shape[1]
         diag = diag._replace(loss=data_loss(out, targets, cfg) / n_targets)
 
+        # divergence guard: a non-finite iteration is rejected (weights, penalties, the batch's
+        # multipliers and auxiliaries keep their old values; batch-sized selects only) and
+        # reported by diagnostics.loss = NaN, so a caller retries or stops from a good state
+        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in (*p_new.values(), *diag)]))
+        diag = diag._replace(loss=jnp.where(ok, diag.loss, jnp.nan))
+
+        def keep(new, old):
+            return jnp.where(ok, new, old)
+
         dtype = state.rho.rho1.dtype
         new_state = state._replace(
-            rho=Penalties(*(r.astype(dtype) for r in rho)), count=state.count + sweeps,
+            rho=Penalties(*(keep(r.astype(dtype), r0) for r, r0 in zip(rho, state.rho,
+                                                                       strict=True))),
+            count=state.count + jnp.where(ok, sweeps, 0).astype(state.count.dtype),
             diagnostics=ADMMDiagnostics(*(v.astype(dtype) for v in diag)))
         if num_samples is not None:
             new_state = new_state._replace(duals=Duals(
-                *(_put(store, indices, lam, whole)
+                *(_put(store, indices, keep(lam.astype(store.dtype),
+                                            _take(store, indices, whole)), whole)
                   for store, lam in zip(state.duals, duals, strict=True))))
         if auxiliaries == "persist":
             new_state = new_state._replace(
-                aux=Auxiliaries(*(_put(store, indices, v, whole)
+                aux=Auxiliaries(*(_put(store, indices, keep(v.astype(store.dtype),
+                                                            _take(store, indices, whole)), whole)
                                   for store, v in zip(state.aux, aux, strict=True))),
-                seen=_put(state.seen, indices, jnp.ones_like(indices, bool), whole))
-        delta = {k: (p_new[k] - p[k]).astype(p_orig[k].dtype) for k in p}
+                seen=_put(state.seen, indices,
+                          keep(True, _take(state.seen, indices, whole)), whole))
+        delta = {k: keep(p_new[k] - p[k], 0).astype(p_orig[k].dtype) for k in p}
         return merge_like(delta, treedef, names), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
@@ -319,26 +349,20 @@ def _iteration(p, aux, duals, rho, inputs, targets, cfg, sweep_fn, rho_schedule,
 
 def _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweeps, sweep, auxiliaries,
                    rho_schedule, rho_growth, rho_max, activation, loss, newton_steps, a_steps):
-    def positive_int(name, v, allow_none=False):
-        if v is None and allow_none:
-            return
-        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
-            raise ValueError(f"{name}: expected a positive int, got {v!r}")
-
-    positive_int("num_samples", num_samples, allow_none=True)
-    positive_int("seq_len", seq_len, allow_none=True)
-    positive_int("sweeps", sweeps)
-    positive_int("newton_steps", newton_steps)
-    positive_int("a_steps", a_steps)
-    if len(rhos) != 3 or not all(isinstance(r, int | float) and r > 0 for r in rhos):
+    V.positive_int("num_samples", num_samples, allow_none=True)
+    V.positive_int("seq_len", seq_len, allow_none=True)
+    V.positive_int("sweeps", sweeps)
+    V.positive_int("newton_steps", newton_steps)
+    V.positive_int("a_steps", a_steps)
+    if len(rhos) != 3 or not all(isinstance(r, int | float) and not isinstance(r, bool)
+                                 and math.isfinite(r) and r > 0 for r in rhos):
         raise ValueError(f"rho: expected a positive number or three positive numbers, got {rhos}")
-    for name, v in (("prox", prox), ("weight_decay", weight_decay)):
-        if not isinstance(v, int | float) or v < 0:
-            raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
+    V.nonnegative_number("prox", prox)
+    V.nonnegative_number("weight_decay", weight_decay)
+    V.positive_number("rho_growth", rho_growth)
     if not rho_growth >= 1.0:
         raise ValueError(f"rho_growth: expected a number >= 1, got {rho_growth!r}")
-    if not rho_max > 0:
-        raise ValueError(f"rho_max: expected a positive number, got {rho_max!r}")
+    V.positive_number("rho_max", rho_max)
     for name, v, valid in (("sweep", sweep, SWEEPS), ("auxiliaries", auxiliaries, AUXILIARY_MODES),
                            ("rho_schedule", rho_schedule, RHO_SCHEDULES),
                            ("activation", activation, ACTIVATIONS), ("loss", loss, LOSSES)):
@@ -352,11 +376,25 @@ def _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweeps, sweep
                          "and seq_len")
 
 
+def _check_param_shapes(p) -> None:
+    """``U [H, D], W [H, H], b [H], V [C, H], c [C]`` (at trace time)."""
+    if p["U"].ndim != 2 or p["V"].ndim != 2:
+        raise ValueError(f"params: expected U [H, D] and V [C, H], got U {p['U'].shape} and "
+                         f"V {p['V'].shape}")
+    h, c = p["U"].shape[0], p["V"].shape[0]
+    want = {"W": (h, h), "b": (h,), "V": (c, h), "c": (c,)}
+    for k, shape in want.items():
+        if tuple(p[k].shape) != shape:
+            raise ValueError(f"params: {k} should be {shape} for U of shape {p['U'].shape} and "
+                             f"V of shape {p['V'].shape}, got {tuple(p[k].shape)}")
+
+
 def _check_batch(p, inputs, targets, cfg: ADMMConfig):
     """Shape checks of ``inputs``/``targets`` against the parameters (at trace time)."""
     if inputs is None or targets is None:
         raise ValueError("inputs, targets: admmirnn.update needs the batch: "
                          "tx.update(grads, state, params, inputs=x, targets=y)")
+    _check_param_shapes(p)
     inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
     d = p["U"].shape[1]
     token = jnp.issubdtype(inputs.dtype, jnp.integer)

@@ -1,16 +1,11 @@
-"""Hooks into :func:`admm_jax.train.fit`: a progress bar, annealing, checkpoints."""
+"""Hooks into :func:`admm_jax.train.fit`: a progress bar, annealing (checkpoints:
+:mod:`admm_jax.train.checkpoint`)."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import pathlib
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
-
-import jax
-import numpy as np
 
 if TYPE_CHECKING:  # pragma: no cover
     from admm_jax.train.fit import Loop
@@ -25,13 +20,19 @@ class Callback:
 
     def on_train_begin(self, loop: Loop) -> None: ...
 
-    def on_step_end(self, loop: Loop, row: dict[str, float]) -> None: ...
+    def on_step_end(self, loop: Loop, row: dict[str, float]) -> None:
+        """After every step, once the step's epoch row and evaluation (if any) are recorded
+        (so after :meth:`on_epoch_end` / :meth:`on_eval_end` of the same step)."""
 
     def on_epoch_end(self, loop: Loop, row: dict[str, float]) -> None: ...
 
     def on_eval_end(self, loop: Loop, row: dict[str, float]) -> None: ...
 
     def on_train_end(self, loop: Loop) -> None: ...
+
+    def on_divergence(self, loop: Loop, error: Exception) -> None:
+        """A step was non-finite and not applied; ``loop`` holds the last good state. Called
+        before fit raises ``error`` (or stops, with ``on_divergence="stop"``)."""
 
 
 class ProgressBar(Callback):
@@ -74,6 +75,9 @@ class ProgressBar(Callback):
         if self.bar is not None:
             self.bar.close()
 
+    def on_divergence(self, loop: Loop, error: Exception) -> None:
+        self.on_train_end(loop)
+
 
 class Schedule(Callback):
     """Set ``loop.model_kwargs[name] = fn(epoch)`` at the start of each epoch.
@@ -100,69 +104,3 @@ class Schedule(Callback):
 
     def on_epoch_end(self, loop: Loop, row: dict[str, float]) -> None:
         self._apply(loop)
-
-
-class Checkpoint(Callback):
-    """Save weights, optimizer state and history to ``directory`` after every epoch and at the end.
-
-    Files: ``state.npz`` (the leaves of ``(params, opt_state)`` in flattening order),
-    ``history.json`` and ``position.json`` (``epoch``, ``step``: where a resumed run starts).
-    Restore with :func:`load_checkpoint`.
-    """
-
-    def __init__(self, directory: str | os.PathLike):
-        self.directory = pathlib.Path(directory)
-
-    def save(self, loop: Loop) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        leaves = jax.tree_util.tree_leaves((loop.params, loop.opt_state))
-        arrays = {f"leaf_{i:05d}": np.asarray(jax.device_get(_plain(x)))
-                  for i, x in enumerate(leaves)}
-        tmp = self.directory / "state.tmp.npz"
-        np.savez(tmp, **arrays)
-        os.replace(tmp, self.directory / "state.npz")
-        loop.history.save(self.directory / "history.json")
-        epoch, step = loop.position
-        (self.directory / "position.json").write_text(
-            json.dumps({"epoch": epoch, "step": step, "iteration": loop.iteration}))
-
-    def on_epoch_end(self, loop: Loop, row: dict[str, float]) -> None:
-        self.save(loop)
-
-    def on_train_end(self, loop: Loop) -> None:
-        self.save(loop)
-
-
-def _plain(x):
-    """Typed PRNG keys are saved as their raw key data."""
-    if hasattr(x, "dtype") and jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        return jax.random.key_data(x)
-    return x
-
-
-def load_checkpoint(directory: str | os.PathLike, params: Any, opt_state: Any):
-    """Read a :class:`Checkpoint` into pytrees shaped like ``(params, opt_state)``.
-
-    Returns:
-      ``(params, opt_state, position, history)``; pass them to ``fit(..., opt_state=,
-      start=position, history=)`` after ``nnx.update(model, params)``.
-    """
-    from admm_jax.train.history import History
-
-    d = pathlib.Path(directory)
-    with np.load(d / "state.npz") as z:
-        saved = [z[k] for k in sorted(z.files)]
-    template, treedef = jax.tree_util.tree_flatten((params, opt_state))
-    if len(saved) != len(template):
-        raise ValueError(f"directory: checkpoint has {len(saved)} arrays, the model and "
-                         f"optimizer have {len(template)}")
-    leaves = []
-    for t, s in zip(template, saved, strict=True):
-        if jax.dtypes.issubdtype(t.dtype, jax.dtypes.prng_key):
-            s = jax.random.wrap_key_data(s, impl=jax.random.key_impl(t))
-        elif tuple(t.shape) != s.shape:
-            raise ValueError(f"directory: saved array of shape {s.shape}, expected {t.shape}")
-        leaves.append(s)
-    params, opt_state = jax.tree_util.tree_unflatten(treedef, leaves)
-    pos = json.loads((d / "position.json").read_text())
-    return params, opt_state, (pos["epoch"], pos["step"]), History.load(d / "history.json")

@@ -14,11 +14,38 @@ import numpy as np
 import optax
 from flax import nnx
 
+from admm_jax import _validation as V
+from admm_jax.admm import ADMMiRNNState
 from admm_jax.data import BatchIterator
 from admm_jax.optimizers import admm_state, needs_gradients, preconditioned_state
 from admm_jax.train import losses
 from admm_jax.train.callbacks import Callback, ProgressBar
 from admm_jax.train.history import History
+
+DIVERGENCE_POLICIES = ("raise", "stop", "increase_rho")
+
+
+class DivergenceError(FloatingPointError):
+    """A training step produced a non-finite loss, metric, residual or weight.
+
+    Attributes:
+      iteration: the 1-based iteration whose step failed (not applied).
+      metrics: that step's metrics (with the non-finite values).
+      last_good: the metrics of the last good step (``None`` when the first step failed).
+      history: the run's :class:`History` up to the last good step.
+    """
+
+    def __init__(self, iteration: int, metrics: dict[str, float],
+                 last_good: dict[str, float] | None, history: History, detail: str = ""):
+        self.iteration, self.metrics, self.last_good, self.history = (
+            iteration, metrics, last_good, history)
+        bad = sorted(k for k, v in metrics.items() if not math.isfinite(v))
+        good = "none (the first step failed)" if last_good is None else ", ".join(
+            f"{k}={v:.6g}" for k, v in last_good.items() if k not in ("seconds", "time"))
+        super().__init__(
+            f"training diverged at iteration {iteration}: non-finite {', '.join(bad) or 'weights'}"
+            f"{detail}. Last good step: {good}. The step was not applied: the model holds the "
+            "last good weights and no checkpoint was written after the last good step.")
 
 
 class Loop:
@@ -57,7 +84,11 @@ def _apply_fn(graphdef, rest):
 def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, metric_fn, *,
                     use_gradients: bool, step_key: bool):
     """The (unjitted) training step ``(params, opt_state, x, y, indices, kwargs, key, it) ->
-    (params, opt_state, metrics)``.
+    (params, opt_state, metrics, ok)``.
+
+    ``ok`` is False when the loss, a metric, the gradient norm or ADMM residuals, or a new weight
+    is not finite; the step is then not applied (the old weights, and for gradient optimizers
+    the old optimizer state, are returned; ADMMiRNN rejects such an iteration itself).
 
     With ``use_gradients`` the loss is differentiated (``jax.value_and_grad``) and
     ``tx.update(grads, state, params)`` is called; without, only a forward pass of the current
@@ -68,6 +99,7 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, m
     apply = _apply_fn(graphdef, rest)
 
     def step(params, opt_state, x, y, indices, kwargs, key, iteration):
+        old_opt_state = opt_state
         k = jax.random.fold_in(key, iteration) if step_key else None
         if use_gradients:
             def objective(p):
@@ -75,27 +107,40 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, m
                 return loss_fn(out, y).mean(), out
 
             (loss, out), grads = jax.value_and_grad(objective, has_aux=True)(params)
-            updates, opt_state = tx.update(grads, opt_state, params)
+            updates, new_opt_state = tx.update(grads, opt_state, params)
             extra = {"grad_norm": optax.tree.norm(grads)}
         else:
             out = apply(params, x, kwargs, None)
             loss = loss_fn(out, y).mean()
-            updates, opt_state = tx.update(None, opt_state, params, inputs=x, targets=y,
-                                           indices=indices)
-            d = admm_state(opt_state)
+            updates, new_opt_state = tx.update(None, opt_state, params, inputs=x, targets=y,
+                                               indices=indices)
+            d = admm_state(new_opt_state)
             extra = {} if d is None else {
                 "r1": d.diagnostics.r1, "r2": d.diagnostics.r2, "r3": d.diagnostics.r3,
                 "dual_residual": d.diagnostics.dual_residual,
                 "lagrangian": d.diagnostics.lagrangian,
             }
-            pc = preconditioned_state(opt_state)
+            pc = preconditioned_state(new_opt_state)
             if pc is not None:
                 extra["step_norm"] = jnp.linalg.norm(pc.step_norm)
-        params = optax.apply_updates(params, updates)
+        new_params = optax.apply_updates(params, updates)
         metrics = {"loss": loss, **extra}
         if metric_fn is not None:
             metrics["accuracy"] = metric_fn(out, y).mean()
-        return params, opt_state, metrics
+        checks = [*metrics.values(), *jax.tree_util.tree_leaves(new_params)]
+        admm = None if use_gradients else admm_state(new_opt_state)
+        if admm is not None:
+            checks.append(admm.diagnostics.loss)  # NaN: iteration rejected
+        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in checks]))
+
+        def keep(new, old):
+            return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+        if admm is None:  # params-sized state: keeping the old one costs one select
+            opt_state = keep(new_opt_state, old_opt_state)
+        else:  # ADMMiRNN rejects a non-finite iteration itself, on the batch's rows only
+            opt_state = new_opt_state
+        return keep(new_params, params), opt_state, metrics, ok
 
     return step
 
@@ -151,14 +196,85 @@ def evaluate(model: nnx.Module, data: tuple[np.ndarray, np.ndarray], *,
     return _evaluate(make_eval_fn(graphdef, rest, loss_fn, metric_fn), params, data, batch_size)
 
 
-def _check_data(name: str, data: Any) -> tuple[np.ndarray, np.ndarray]:
+def _check_data(name: str, data: Any, validate: bool) -> tuple[np.ndarray, np.ndarray]:
     if not (isinstance(data, tuple | list) and len(data) == 2):
         raise TypeError(f"{name}: expected a pair (inputs, targets), got {type(data).__name__}")
-    x, y = (np.asarray(a) for a in data)
-    if len(x) != len(y) or len(x) == 0:
+    try:
+        x, y = (np.asarray(a) for a in data)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"{name}: expected two arrays (inputs, targets), got {e}") from None
+    if x.ndim == 0 or y.ndim == 0 or len(x) != len(y) or len(x) == 0:
         raise ValueError(f"{name}: expected inputs and targets of the same nonzero length, got "
                          f"{x.shape} and {y.shape}")
+    for part, a in (("inputs", x), ("targets", y)):
+        if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
+            raise TypeError(f"{name}: expected numeric {part}, got dtype {a.dtype}")
+        if validate:
+            V.finite(f"{name} {part}", a)
     return x, y
+
+
+def _check_against_model(name, x, y, apply, params, kwargs, loss_fn, loss, metric_fn,
+                         validate: bool):
+    """Trace (no compile, no run) the model, loss and metric on one sample of ``(x, y)``."""
+    x1, y1 = x[:1], y[:1]
+    try:
+        out = jax.eval_shape(apply, params, x1, kwargs, None)
+    except Exception as e:  # noqa: BLE001 - any tracing failure means the data does not fit
+        raise ValueError(f"{name}: inputs of shape {x.shape} ({x.dtype}) do not fit the model: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+                         ) from None
+    if loss == "cross_entropy" or loss_fn is losses.cross_entropy:
+        want = (len(y),) + tuple(out.shape[1:-1])
+        if not np.issubdtype(y.dtype, np.integer) or y.shape != want:
+            raise ValueError(f"{name}: cross_entropy needs integer class targets of shape {want} "
+                             f"for model outputs {tuple(out.shape)[1:]}, got {y.dtype}{y.shape}")
+        if validate:
+            V.labels(f"{name} targets", y, int(out.shape[-1]))
+    elif loss == "mse" or loss_fn is losses.mse:
+        if int(np.prod(y.shape[1:])) != int(np.prod(out.shape[1:])):
+            raise ValueError(f"{name}: mse needs {tuple(out.shape[1:])} real targets per sample "
+                             f"(the model's outputs), got targets of shape {y.shape}")
+    for what, fn in (("loss", loss_fn), ("metric", metric_fn)):
+        if fn is None:
+            continue
+        try:
+            v = jax.eval_shape(fn, out, jax.ShapeDtypeStruct(y1.shape, y1.dtype))
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(f"{what}: fails on model outputs {tuple(out.shape)} and {name} "
+                             f"targets {y1.dtype}{y1.shape}: {type(e).__name__}: {e}") from None
+        if tuple(v.shape) != (1,):
+            raise ValueError(f"{what}: expected one value per sample, shape (1,) for a batch of "
+                             f"1, got {tuple(v.shape)}")
+
+
+def _distinct_buffers(tree: Any) -> Any:
+    """``tree`` with repeated leaf objects copied: a donated argument may not hold one buffer
+    twice (e.g. a state whose fields share one zero array)."""
+    seen: set[int] = set()
+
+    def once(x):
+        if id(x) in seen:
+            return jnp.copy(x)
+        seen.add(id(x))
+        return x
+
+    return jax.tree_util.tree_map(once, tree)
+
+
+def _replace_rho(opt_state: Any, factor: float) -> tuple[Any, list[float]]:
+    """``opt_state`` with every ADMMiRNN penalty multiplied by ``factor``; the new penalties."""
+    new_rho: list[float] = []
+
+    def bump(x):
+        if isinstance(x, ADMMiRNNState):
+            rho = type(x.rho)(*(r * factor for r in x.rho))
+            new_rho.extend(float(r) for r in rho)
+            return x._replace(rho=rho)
+        return x
+
+    out = jax.tree_util.tree_map(bump, opt_state, is_leaf=lambda x: isinstance(x, ADMMiRNNState))
+    return out, new_rho
 
 
 def fit(
@@ -184,6 +300,10 @@ def fit(
     opt_state: Any = None,
     start: tuple[int, int] = (0, 0),
     history: History | None = None,
+    on_divergence: str = "raise",
+    rho_increase: float = 10.0,
+    max_rho_increases: int = 3,
+    validate: bool = True,
 ) -> History:
     r"""Train ``model`` in place with ``optimizer`` on ``train_data``; return the :class:`History`.
 
@@ -210,6 +330,14 @@ def fit(
     Training stops at the first of ``epochs``, ``iterations``, ``budget_seconds`` (at least one
     is required) or a callback setting ``loop.stop``.
 
+    Robustness: arguments and data are checked before anything is compiled (see Raises); every
+    step also returns a finite flag, read with the step's metrics (no extra host sync), and a
+    non-finite step is never applied, recorded or checkpointed (``on_divergence``). With a
+    :class:`admm_jax.train.Checkpoint` callback, ``load_checkpoint`` + ``opt_state=``,
+    ``start=``, ``history=`` resume a run; the resumed run is bitwise the uninterrupted one on
+    the same machine (the batch order depends only on ``(seed, epoch)``, per-step keys on
+    ``(seed, iteration)``).
+
     Args:
       model: an ``nnx.Module`` called as ``model(x, **model_kwargs[, key=k])``; updated in
         place. Its ``nnx.Param`` s are trained.
@@ -230,6 +358,18 @@ def fit(
       progress: show a tqdm progress bar (a string is used as its label).
       opt_state: resume from this optimizer state (default ``optimizer.init(params)``).
       start: ``(epoch, step)`` to resume from. history: a history to append to.
+      on_divergence: what a non-finite step does (the loss, a metric, the gradient norm, an
+        ADMM residual or a new weight is NaN/inf; such a step is never applied, never recorded
+        in the steps table and never checkpointed). ``"raise"`` (default): set the model to the
+        last good weights and raise :class:`DivergenceError` (iteration, bad and last good
+        metrics). ``"stop"``: the same, but return the history with ``meta["diverged_at"]``
+        and ``meta["divergence_metrics"]`` (non-finite values as ``"nan"``/``"inf"``) instead
+        of raising. ``"increase_rho"`` (ADMMiRNN
+        only): multiply the penalties ``rho`` by ``rho_increase`` and retry the same batch from
+        the last good state, at most ``max_rho_increases`` times in a row, then raise; each
+        increase is logged in ``meta["rho_increases"]``.
+      validate: check the data's values before training (finite inputs and targets, class
+        labels in range): one pass over the arrays on the host, none in the jitted step.
 
     Returns:
       The :class:`History` (also with ``meta``: ``compile_seconds``, ``eval_seconds``,
@@ -248,19 +388,42 @@ def fit(
       (20, True)
 
     Raises:
-      ValueError: no stopping rule; data of mismatched sizes; ``batch_size`` out of range.
+      ValueError: no stopping rule; non-positive counts or budgets; unknown loss, metric or
+        policy names; data of mismatched sizes, non-finite values, labels out of range, or
+        inputs/targets that do not fit the model; ``batch_size`` out of range; ``opt_state``
+        that does not match ``optimizer.init`` of the model's parameters; an ADMMiRNN built
+        for another ``num_samples``.
+      TypeError: a model that is not an ``nnx.Module``, an optimizer without ``init``/``update``,
+        data that is not a pair of numeric arrays.
+      DivergenceError: a non-finite step with ``on_divergence="raise"`` (or retries exhausted).
     """
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"model: expected an nnx.Module, got {type(model).__name__}")
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(f"optimizer: expected an optax GradientTransformation, got "
+                        f"{type(optimizer).__name__}")
     if epochs is None and iterations is None and budget_seconds is None:
         raise ValueError("epochs, iterations, budget_seconds: give at least one stopping rule")
     for name, v in (("epochs", epochs), ("iterations", iterations), ("eval_every", eval_every)):
-        if v is not None and not (isinstance(v, int | np.integer) and v >= 1):
-            raise ValueError(f"{name}: expected a positive int or None, got {v!r}")
+        V.positive_int(name, v, allow_none=True)
+    V.positive_int("eval_batch_size", eval_batch_size)
+    V.positive_int("max_rho_increases", max_rho_increases)
     for name, v in (("budget_seconds", budget_seconds),
                     ("eval_every_seconds", eval_every_seconds)):
-        if v is not None and not (isinstance(v, int | float) and v > 0):
-            raise ValueError(f"{name}: expected a positive number or None, got {v!r}")
-    x_train, y_train = _check_data("train_data", train_data)
-    eval_xy = None if eval_data is None else _check_data("eval_data", eval_data)
+        V.positive_number(name, v, allow_none=True)
+    V.one_of("on_divergence", on_divergence, DIVERGENCE_POLICIES)
+    V.positive_number("rho_increase", rho_increase)
+    if not rho_increase > 1:
+        raise ValueError(f"rho_increase: expected a number > 1, got {rho_increase!r}")
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
+        raise TypeError(f"seed: expected an int, got {seed!r}")
+    if not (isinstance(start, tuple | list) and len(start) == 2
+            and all(isinstance(v, int | np.integer) for v in start)):
+        raise TypeError(f"start: expected a pair of ints (epoch, step), got {start!r}")
+    if history is not None and not isinstance(history, History):
+        raise TypeError(f"history: expected a History, got {type(history).__name__}")
+    x_train, y_train = _check_data("train_data", train_data, validate)
+    eval_xy = None if eval_data is None else _check_data("eval_data", eval_data, validate)
     loss_fn = losses.resolve("loss", loss, losses.LOSSES)
     metric_fn = losses.resolve("metric", metric, losses.METRICS)
     metric_name = "accuracy" if metric_fn is not None else "loss"
@@ -268,10 +431,29 @@ def fit(
     it = BatchIterator(x_train, y_train, batch_size=batch_size, seed=seed, epochs=epochs,
                        start=start)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    if not jax.tree_util.tree_leaves(params):
+        raise ValueError("model: has no nnx.Param to train")
+    apply = _apply_fn(graphdef, rest)
+    for name, xy in (("train_data", (x_train, y_train)), ("eval_data", eval_xy)):
+        if xy is not None:
+            _check_against_model(name, *xy, apply, params, {}, loss_fn, loss, metric_fn,
+                                 validate)
+    if opt_state is not None:
+        V.same_structure("opt_state", opt_state, jax.eval_shape(optimizer.init, params),
+                         what="optimizer.init(params) of this model")
     params = jax.tree_util.tree_map(jnp.copy, params)  # donated below; keep the model's own
     if opt_state is None:
         opt_state = optimizer.init(params)
+    opt_state = _distinct_buffers(opt_state)
     use_gradients = needs_gradients(opt_state)
+    a_state = admm_state(opt_state)
+    if a_state is not None and a_state.duals.lam1.shape[0] not in (0, len(x_train)):
+        raise ValueError(f"optimizer: admmirnn was built with num_samples="
+                         f"{a_state.duals.lam1.shape[0]}, but train_data has {len(x_train)} "
+                         "samples")
+    if on_divergence == "increase_rho" and a_state is None:
+        raise ValueError("on_divergence: 'increase_rho' changes ADMMiRNN's penalties; the "
+                         "optimizer holds no ADMMiRNNState (use 'raise' or 'stop')")
     kwargs = {k: jnp.asarray(v, jnp.result_type(float) if isinstance(v, float) else None)
               for k, v in (model_kwargs or {}).items()}
     base_key = jax.random.key(seed)
@@ -317,13 +499,23 @@ def fit(
         for cb in cbs:
             cb.on_eval_end(loop, row)
 
+    def last_good_row():
+        if not history.steps.get("iteration"):
+            return None
+        return {k: col[-1] for k, col in history.steps.items()}
+
     for cb in cbs:
         cb.on_train_begin(loop)
     if not history.evals:
         run_eval()
-    last_eval_it, last_eval_t = loop.iteration, loop.train_seconds
-    epoch_rows: list[dict[str, float]] = []
+    # a resumed run continues the evaluation period and the epoch means where they were
+    last_eval_it = history.last("evals", "iteration", loop.iteration)
+    last_eval_t = history.last("evals", "time", loop.train_seconds)
+    epoch_rows: list[dict[str, float]] = [
+        {k: history.steps[k][i] for k in history.steps}
+        for i, e in enumerate(history.steps.get("epoch", [])) if e == it.position[0]]
     steps_this_run = 0
+    rho_increases = 0
     batches = iter(it)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
@@ -336,11 +528,42 @@ def fit(
             batch = next(batches, None)
             if batch is None:
                 break
-            loop.params, loop.opt_state, m = compiled(
-                loop.params, loop.opt_state, jnp.asarray(batch.data[0]),
-                jnp.asarray(batch.data[1]), jnp.asarray(batch.indices), loop.model_kwargs,
-                base_key, jnp.asarray(loop.iteration, jnp.int32))
-            m = {k: float(v) for k, v in jax.device_get(m).items()}
+            while True:
+                loop.params, loop.opt_state, m, ok = compiled(
+                    loop.params, loop.opt_state, jnp.asarray(batch.data[0]),
+                    jnp.asarray(batch.data[1]), jnp.asarray(batch.indices), loop.model_kwargs,
+                    base_key, jnp.asarray(loop.iteration, jnp.int32))
+                m, ok = jax.device_get((m, ok))
+                m = {k: float(v) for k, v in m.items()}
+                if ok:
+                    rho_increases = 0
+                    break
+                # the step was not applied: loop.params / opt_state are the last good ones
+                if on_divergence == "increase_rho" and rho_increases < max_rho_increases:
+                    rho_increases += 1
+                    loop.opt_state, rho = _replace_rho(loop.opt_state, rho_increase)
+                    history.meta.setdefault("rho_increases", []).append(
+                        {"iteration": loop.iteration + 1, "rho": rho})
+                    continue
+                history.meta["diverged_at"] = loop.iteration + 1
+                history.meta["divergence_metrics"] = {  # JSON-safe: "nan", "inf"
+                    k: v if math.isfinite(v) else str(v) for k, v in m.items()}
+                history.meta["iterations"] = loop.iteration
+                history.meta["train_seconds"] = loop.train_seconds
+                history.meta["eval_seconds"] = eval_seconds[0]
+                nnx.update(model, loop.params)
+                err = DivergenceError(
+                    loop.iteration + 1, m, last_good_row(), history,
+                    "" if not rho_increases else
+                    f" after {rho_increases} increases of rho (now {rho})")
+                for cb in cbs:
+                    cb.on_divergence(loop, err)
+                if on_divergence == "stop":
+                    loop.stop = True
+                    break
+                raise err
+            if loop.stop:
+                break
             seconds = time.perf_counter() - t
             loop.iteration += 1
             steps_this_run += 1
@@ -350,8 +573,6 @@ def fit(
                    "time": loop.train_seconds, **m}
             history.append("steps", **row)
             epoch_rows.append(row)
-            for cb in cbs:
-                cb.on_step_end(loop, row)
             if it.position[0] != batch.epoch:  # epoch finished
                 erow = {"epoch": batch.epoch, "iteration": loop.iteration,
                         "time": loop.train_seconds,
@@ -371,9 +592,9 @@ def fit(
             if due:
                 run_eval()
                 last_eval_it, last_eval_t = loop.iteration, loop.train_seconds
-            if not math.isfinite(m["loss"]):
-                history.meta["diverged_at"] = loop.iteration
-                break
+            # last, so that a checkpoint written here holds this step's epoch row and eval
+            for cb in cbs:
+                cb.on_step_end(loop, row)
         if history.last("evals", "iteration", None) != loop.iteration:
             run_eval()
     history.meta["eval_seconds"] = eval_seconds[0]
