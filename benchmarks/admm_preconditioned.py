@@ -13,8 +13,8 @@ epoch, and reports:
 * the bar (row-MNIST): mean accuracy of admm_preconditioned >= Adam's, and no seed of it with
   a loss spike larger than Adam's worst.
 
-``--sweep`` instead runs the safeguard experiment that chose ``max_update``'s default:
-admm_preconditioned at several learning rates and dampings, with and without the cap.
+``--sweep`` instead runs the safeguard experiment behind ``adaptive_damping=True``:
+admm_preconditioned at several learning rates and dampings, with and without it.
 
     python benchmarks/admm_preconditioned.py --data-dir ../shared/data            # row-MNIST
     python benchmarks/admm_preconditioned.py --data-dir ../shared/data --task imdb
@@ -289,26 +289,29 @@ def plot(task: str, res: dict, path: pathlib.Path) -> None:
 
 
 def sweep(args, xtr, ytr, xte, yte, in_features, classes) -> dict:
-    """Safeguard experiment: learning rate x damping x cap, ``--sweep-epochs`` epochs each."""
+    """Safeguard experiment: learning rate x prox x adaptive damping, ``--sweep-epochs`` epochs
+    each on the first ``--sweep-samples`` training images."""
     evaluate = make_evaluate(args.eval_chunk)
     n = args.sweep_samples
     rows = []
-    configs = [(lr, mu, cap) for lr in (0.1, 0.3, 1.0) for mu in (0.1, 0.01)
-               for cap in (None, 3.0)]
-    for lr, mu, cap in tqdm(configs, desc="sweep"):
-        tx = admm_jax.admm_preconditioned(lr, 10 * lr, prox=mu, max_update=cap)
+    configs = [(lr, mu, adaptive) for lr in (0.1, 0.3, 1.0) for mu in (0.1, 0.01)
+               for adaptive in (False, True)]
+    for lr, mu, adaptive in tqdm(configs, desc="sweep"):
+        tx = admm_jax.admm_preconditioned(lr, 10 * lr, prox=mu, adaptive_damping=adaptive)
         run = Run("admm_preconditioned", xtr[:n], ytr[:n], tx,
                   new_params(in_features, args.hidden, classes, 0), 0, args.batch_size)
         run.chunk(args.sweep_epochs * run.per_epoch)
         run.evaluate(evaluate, xte, yte)
         rows.append({"learning_rate": lr, "readout_learning_rate": 10 * lr, "prox": mu,
-                     "max_update": cap, "test_accuracy": run.evals[-1]["accuracy"],
+                     "adaptive_damping": adaptive, "test_accuracy": run.evals[-1]["accuracy"],
                      "epoch_loss": run.epoch_loss,
                      "max_loss_increase": max_spike(run.epoch_loss),
-                     "diverged": run.diverged})
+                     "final_damping": float(run.state.damping), "diverged": run.diverged})
         r = rows[-1]
-        tqdm.write(f"lr {lr:<4g} mu {mu:<5g} cap {cap!s:5s}: test {r['test_accuracy']:.4f}, "
-                   f"epoch losses {' '.join(f'{v:.3f}' for v in r['epoch_loss'])}")
+        tqdm.write(f"lr {lr:<4g} mu {mu:<5g} adaptive {adaptive!s:5s}: test "
+                   f"{r['test_accuracy']:.4f}, epoch losses "
+                   f"{' '.join(f'{v:.3f}' for v in r['epoch_loss'])}, damping "
+                   f"{r['final_damping']:.3g}")
     return {"samples": n, "epochs": args.sweep_epochs, "rows": rows}
 
 

@@ -112,16 +112,16 @@ def _armijo(objective, x, step, slope):
 # ----------------------------------------------------------------------- weight blocks
 
 
-def _prox_ridge_step(gram, rhs_data, theta0, rho, decay, cfg: ADMMConfig):
+def _prox_ridge_step(gram, rhs_data, theta0, rho, decay, cfg: ADMMConfig, prox=None):
     """The step ``D`` of ``min rho/2 |R - Phi D|^2 + beta/2 |decay * (T0 + D)|^2 + lam/2 |D|^2``.
 
     This is the proximal ridge least squares of targets ``Y = Phi T0 + R`` in terms of the step
     from ``T0``: ``(rho G + diag(beta decay + lam)) D = rho Phi^T R - beta decay T0``, with
-    ``gram = G = Phi^T Phi``, ``rhs_data = Phi^T R`` and ``lam = mu * rho * trace(G) / dim``.
-    Returns ``(D, lam)``.
+    ``gram = G = Phi^T Phi``, ``rhs_data = Phi^T R`` and ``lam = mu * rho * trace(G) / dim``
+    (``mu = cfg.prox`` unless ``prox``, possibly traced, is given). Returns ``(D, lam)``.
     """
     dim = gram.shape[0]
-    lam = cfg.prox * rho * jnp.trace(gram) / dim
+    lam = (cfg.prox if prox is None else prox) * rho * jnp.trace(gram) / dim
     system = rho * gram + jnp.diag(cfg.weight_decay * decay + lam)
     step = spd_solve(system, rho * rhs_data - cfg.weight_decay * decay[:, None] * theta0)
     return step, lam
@@ -138,7 +138,8 @@ def vc_gram(h: jax.Array, cfg: ADMMConfig) -> jax.Array:
     return phi.T @ phi
 
 
-def vc_step(params, h: jax.Array, resid: jax.Array, rho3, cfg: ADMMConfig, gram=None):
+def vc_step(params, h: jax.Array, resid: jax.Array, rho3, cfg: ADMMConfig, gram=None,
+            prox=None):
     r"""Proximal ridge step of ``(V, c)`` toward outputs ``V h_t + c + R_t`` (``t in S``).
 
     .. math::
@@ -149,6 +150,7 @@ ho_3}{2}\sum_{n,t\in S}|R_t - \Delta V h_t - \Delta c|^2
     Args:
       resid: the residual targets ``R [N, |S|, C]``: how far each output should move.
       gram: Gram statistics to use instead of this batch's (:func:`vc_gram`).
+      prox: ``mu`` instead of ``cfg.prox`` (may be traced).
 
     Returns:
       ``({"V": V, "c": c}, lam)``.
@@ -158,7 +160,7 @@ ho_3}{2}\sum_{n,t\in S}|R_t - \Delta V h_t - \Delta c|^2
     theta0 = jnp.concatenate([params["V"].T, params["c"][None]], 0)
     decay = jnp.concatenate([jnp.ones(h.shape[-1], phi.dtype), jnp.zeros(1, phi.dtype)])
     step, lam = _prox_ridge_step(gram, phi.T @ resid.reshape(phi.shape[0], -1), theta0, rho3,
-                                 decay, cfg)
+                                 decay, cfg, prox)
     theta = theta0 + step
     return {"V": theta[:-1].T, "c": theta[-1]}, lam
 
@@ -198,7 +200,7 @@ def uwb_gram(h: jax.Array, inputs: jax.Array, vocab: int | None = None) -> tuple
 
 
 def uwb_step(params, h: jax.Array, inputs: jax.Array, resid: jax.Array, rho1,
-             cfg: ADMMConfig, gram=None):
+             cfg: ADMMConfig, gram=None, prox=None):
     r"""Proximal ridge step of ``(U, W, b)`` toward pre-activations ``U x_t + W h_{t-1} + b
     + R_t``.
 
@@ -216,6 +218,7 @@ ho_1}{2}\sum_{n,t}|R_t - \Delta U x_t
       h: the states ``[N, T, H]`` (their shift ``h_{t-1}`` are the features).
       resid: the residual targets ``R [N, T, H]``: how far each pre-activation should move.
       gram: Gram statistics to use instead of this batch's (:func:`uwb_gram`).
+      prox: ``mu`` instead of ``cfg.prox`` (may be traced).
 
     Returns:
       ``({"U": U, "W": W, "b": b}, lam)``.
@@ -231,7 +234,7 @@ ho_1}{2}\sum_{n,t}|R_t - \Delta U x_t
         (g,) = (phi.T @ phi,) if gram is None else gram
         theta0 = jnp.concatenate([params["U"].T, theta0_p], 0)
         decay = jnp.concatenate([jnp.ones(x.shape[-1], p.dtype), decay_p])
-        step, lam = _prox_ridge_step(g, phi.T @ r, theta0, rho1, decay, cfg)
+        step, lam = _prox_ridge_step(g, phi.T @ r, theta0, rho1, decay, cfg, prox)
         theta = theta0 + step
         d = x.shape[-1]
         return {"U": theta[:d].T, "W": theta[d:-1].T, "b": theta[-1]}, lam
@@ -239,7 +242,8 @@ ho_1}{2}\sum_{n,t}|R_t - \Delta U x_t
     vocab = params["U"].shape[1]
     ids = inputs.reshape(-1)
     counts, xt_p, gram_p = uwb_gram(h, inputs, vocab) if gram is None else gram
-    lam = cfg.prox * rho1 * (jnp.sum(counts) + jnp.trace(gram_p)) / (vocab + hidden + 1)
+    mu = cfg.prox if prox is None else prox
+    lam = mu * rho1 * (jnp.sum(counts) + jnp.trace(gram_p)) / (vocab + hidden + 1)
     beta = cfg.weight_decay
     dx = rho1 * counts + beta + lam  # diagonal of the input block
     rhs_x = rho1 * jax.ops.segment_sum(r, ids, vocab) - beta * params["U"].T

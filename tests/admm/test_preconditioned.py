@@ -88,7 +88,7 @@ def test_update_equals_the_preconditioned_gradient_formula(name):
     cfg, params, inputs, targets = _problem(name)
     eta, eta_o, mu = 0.3, 0.7, 0.2
     upd, _ = _update(params, inputs, targets, cfg, learning_rate=eta, readout_learning_rate=eta_o,
-                     prox=mu, max_update=None)
+                     prox=mu, adaptive_damping=False)
     n = inputs.shape[0]
     grad = jax.grad(lambda p: _summed_loss(p, inputs, targets, cfg) / n)(params)
     phi1, phi3 = _features(params, inputs, cfg)
@@ -103,7 +103,7 @@ def test_update_equals_the_preconditioned_gradient_formula(name):
 def test_large_damping_gives_the_negative_gradient_direction():
     cfg, params, inputs, targets = _problem("dense", seed=3)
     mu = 1e9
-    upd, _ = _update(params, inputs, targets, cfg, prox=mu, max_update=None)
+    upd, _ = _update(params, inputs, targets, cfg, prox=mu, adaptive_damping=False)
     grad = jax.grad(lambda p: _summed_loss(p, inputs, targets, cfg))(params)
     for g, d in zip(_as_theta(grad), _as_theta(upd), strict=True):
         cos = jnp.sum(g * d) / (jnp.linalg.norm(g) * jnp.linalg.norm(d))
@@ -139,37 +139,50 @@ def test_duplicated_batch_gives_the_same_update():
         np.testing.assert_allclose(upd2[k], upd[k], rtol=1e-10, atol=1e-13)
 
 
-def _group_norms(upd):
-    return np.array([float(optax.tree.norm({k: upd[k] for k in ks})) for ks in ("UWb", "Vc")])
-
-
-def test_cap_limits_each_group_to_max_update_times_its_running_step_norm():
+def test_adaptive_damping_doubles_while_the_loss_rises_and_decays_otherwise():
     cfg, params, inputs, targets = _problem("dense", seed=2)
-    tx = admm_jax.admm_preconditioned(max_update=1.5)
+    tx = admm_jax.admm_preconditioned()
     state = tx.init(params)
-    upd, state = tx.update(None, state, params, inputs=inputs, targets=targets)
-    np.testing.assert_array_equal(state.capped, [1.0, 1.0])  # the first step sets the scale
-    first = _group_norms(upd)
-    np.testing.assert_allclose(state.step_norm, first, rtol=1e-12)
-    # a larger recurrent learning rate only: only the (U, W, b) step is capped
-    big = admm_jax.admm_preconditioned(learning_rate=1.0, max_update=1.5)
-    upd2, state2 = big.update(None, state, params, inputs=inputs, targets=targets)
-    assert float(state2.capped[0]) < 1.0 and float(state2.capped[1]) == 1.0
-    np.testing.assert_allclose(_group_norms(upd2), [1.5 * first[0], first[1]], rtol=1e-10)
-    np.testing.assert_allclose(state2.step_scale, [0.9 * first[0] + 0.1 * 1.5 * first[0],
-                                                   first[1]], rtol=1e-10)
-    uncapped, _ = admm_jax.admm_preconditioned(learning_rate=1.0, max_update=None).update(
-        None, state, params, inputs=inputs, targets=targets)
-    for k in upd2:  # same direction, shorter
-        scale = float(state2.capped[0 if k in "UWb" else 1])
-        np.testing.assert_allclose(upd2[k], uncapped[k] * scale, rtol=1e-10, atol=1e-14)
+    _, state = tx.update(None, state, params, inputs=inputs, targets=targets)
+    assert float(state.damping) == 1.0  # never below 1
+    loss = float(state.loss)
+    # pretend the loss was 10x lower so far: this batch's loss makes the fast average jump
+    low = state._replace(damping=jnp.asarray(3.0), loss_fast=jnp.asarray(loss / 10),
+                         loss_slow=jnp.asarray(loss / 10))
+    upd, s2 = tx.update(None, low, params, inputs=inputs, targets=targets)
+    assert float(s2.damping) == pytest.approx(6.0)
+    fixed = admm_jax.admm_preconditioned(prox=0.1 * 6.0, adaptive_damping=False)
+    ref, _ = fixed.update(None, fixed.init(params), params, inputs=inputs, targets=targets)
+    for k in upd:  # the step is exactly the one with prox * damping
+        np.testing.assert_allclose(upd[k], ref[k], rtol=1e-10, atol=1e-14)
+    # a steady loss: the damping decays by 0.97
+    steady = state._replace(damping=jnp.asarray(3.0), loss_fast=jnp.asarray(loss),
+                            loss_slow=jnp.asarray(loss))
+    _, s3 = tx.update(None, steady, params, inputs=inputs, targets=targets)
+    assert float(s3.damping) == pytest.approx(3.0 * 0.97)
+    # a non-finite loss counts as rising
+    nan = state._replace(loss_fast=jnp.asarray(jnp.nan))
+    _, s4 = tx.update(None, nan, params, inputs=inputs, targets=targets)
+    assert float(s4.damping) == pytest.approx(2.0)
+    # without adaptive damping it stays at 1 whatever the loss does
+    off = admm_jax.admm_preconditioned(adaptive_damping=False)
+    _, s5 = off.update(None, low._replace(damping=jnp.asarray(1.0)), params, inputs=inputs,
+                       targets=targets)
+    assert float(s5.damping) == 1.0
+
+
+def test_step_norm_reports_each_weight_group():
+    cfg, params, inputs, targets = _problem("dense", seed=2)
+    upd, state = _update(params, inputs, targets, cfg)
+    want = [float(optax.tree.norm({k: upd[k] for k in ks})) for ks in ("UWb", "Vc")]
+    np.testing.assert_allclose(state.step_norm, want, rtol=1e-12)
 
 
 def test_learning_rate_schedule_is_read_at_the_step_count():
     cfg, params, inputs, targets = _problem("dense", seed=4)
     sched = optax.piecewise_constant_schedule(0.1, {1: 0.5})
-    tx = admm_jax.admm_preconditioned(sched, sched, max_update=None)
-    fixed = admm_jax.admm_preconditioned(0.05, 0.05, max_update=None)
+    tx = admm_jax.admm_preconditioned(sched, sched, adaptive_damping=False)
+    fixed = admm_jax.admm_preconditioned(0.05, 0.05, adaptive_damping=False)
     state = tx.init(params)
     _, state = tx.update(None, state, params, inputs=inputs, targets=targets)
     upd, _ = tx.update(None, state, params, inputs=inputs, targets=targets)
@@ -204,7 +217,6 @@ def test_trains_and_never_recompiles():
     ({"learning_rate": 0.0}, "learning_rate: expected a positive number"),
     ({"readout_learning_rate": -1.0}, "readout_learning_rate: expected a positive number"),
     ({"prox": -0.1}, "prox: expected a number >= 0"),
-    ({"max_update": 0.5}, "max_update: expected None or a number >= 1"),
     ({"activation": "gelu"}, "activation: expected one of"),
     ({"loss": "hinge"}, "loss: expected one of"),
 ])
