@@ -212,7 +212,9 @@ ho_1}{2}\sum_{n,t}|R_t - \Delta U x_t
 
     One ``(D+H+1)^2`` Cholesky for dense inputs. For token inputs the input block of the Gram
     matrix is diagonal (token counts), and the solve goes through the ``(H+1)^2`` Schur
-    complement: cost independent of the vocabulary size beyond ``O(vocab * H)``.
+    complement: cost independent of the vocabulary size beyond ``O(vocab * H)``. Token inputs
+    are damped per block: ``U`` by ``mu * rho * mean count of the batch's tokens``, ``(W, b)``
+    by ``mu * rho * trace(P^T P)/(H+1)``.
 
     Args:
       h: the states ``[N, T, H]`` (their shift ``h_{t-1}`` are the features).
@@ -221,7 +223,7 @@ ho_1}{2}\sum_{n,t}|R_t - \Delta U x_t
       prox: ``mu`` instead of ``cfg.prox`` (may be traced).
 
     Returns:
-      ``({"U": U, "W": W, "b": b}, lam)``.
+      ``({"U": U, "W": W, "b": b}, lam)``; ``lam`` a dict by parameter for token inputs.
     """
     hidden = params["W"].shape[0]
     p = _bias_features(shift_right(h))
@@ -243,17 +245,21 @@ ho_1}{2}\sum_{n,t}|R_t - \Delta U x_t
     ids = inputs.reshape(-1)
     counts, xt_p, gram_p = uwb_gram(h, inputs, vocab) if gram is None else gram
     mu = cfg.prox if prox is None else prox
-    lam = mu * rho1 * (jnp.sum(counts) + jnp.trace(gram_p)) / (vocab + hidden + 1)
+    # damping per block: trace/dim over a mostly empty one-hot block would make the (W, b)
+    # block's damping vanish (10k tokens: ~1e-4 of its mean eigenvalue instead of mu)
+    lam_x = mu * rho1 * jnp.sum(counts) / jnp.maximum(jnp.sum(counts > 0), 1)
+    lam_p = mu * rho1 * jnp.trace(gram_p) / (hidden + 1)
     beta = cfg.weight_decay
-    dx = rho1 * counts + beta + lam  # diagonal of the input block
+    dx = rho1 * counts + beta + lam_x  # diagonal of the input block
     rhs_x = rho1 * jax.ops.segment_sum(r, ids, vocab) - beta * params["U"].T
     rhs_p = rho1 * (p.T @ r) - beta * decay_p[:, None] * theta0_p
-    schur = rho1 * gram_p + jnp.diag(beta * decay_p + lam)
+    schur = rho1 * gram_p + jnp.diag(beta * decay_p + lam_p)
     schur -= rho1**2 * (xt_p.T / dx) @ xt_p
     step_p = spd_solve(schur, rhs_p - rho1 * xt_p.T @ (rhs_x / dx[:, None]))
     step_x = (rhs_x - rho1 * xt_p @ step_p) / dx[:, None]
     theta_p = theta0_p + step_p
-    return {"U": params["U"] + step_x.T, "W": theta_p[:-1].T, "b": theta_p[-1]}, lam
+    return ({"U": params["U"] + step_x.T, "W": theta_p[:-1].T, "b": theta_p[-1]},
+            {"U": lam_x, "W": lam_p, "b": lam_p})
 
 
 def uwb_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: jax.Array,

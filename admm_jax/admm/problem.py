@@ -134,7 +134,8 @@ def augmented_lagrangian(
             + \sum_i \tfrac{\rho_i}{2}|r_i + \lambda_i/\rho_i|^2 - \tfrac{1}{2\rho_i}|\lambda_i|^2
 
     When ``prox_anchor`` (the weights at the start of the iteration) and ``prox_weights``
-    (``{"UWb": lam, "Vc": lam}``) are given, the proximal terms of the weight blocks are added:
+    (``{"UWb": lam, "Vc": lam}``, a ``lam`` may be a dict by parameter) are given, the proximal
+    terms of the weight blocks are added:
     this is the function the proximal weight blocks minimise exactly.
     """
     return lagrangian_from_residuals(
@@ -152,7 +153,7 @@ def lagrangian_from_residuals(params, o, r: Residuals, duals: Duals, rho: Penalt
         value += 0.5 * rh * jnp.sum((ri + lam / rh) ** 2) - jnp.sum(lam**2) / (2 * rh)
     if prox_anchor is not None:
         for group, keys in (("UWb", ("U", "W", "b")), ("Vc", ("V", "c"))):
-            value += 0.5 * prox_weights[group] * sum(
-                jnp.sum((params[k] - prox_anchor[k]) ** 2) for k in keys
-            )
+            w = prox_weights[group]  # one weight, or one per parameter (dict)
+            value += sum(0.5 * (w[k] if isinstance(w, dict) else w)
+                         * jnp.sum((params[k] - prox_anchor[k]) ** 2) for k in keys)
     return value

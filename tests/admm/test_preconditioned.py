@@ -84,7 +84,9 @@ def test_adjoint_taps_equal_an_explicit_backward_recursion(name):
 
 @pytest.mark.parametrize("name", list(CFGS))
 def test_update_equals_the_preconditioned_gradient_formula(name):
-    """Delta theta = -eta (G/N + mu tr(G/N)/dim I)^-1 grad(mean loss), G formed explicitly."""
+    """Delta theta = -eta (G/N + Lambda)^-1 grad(mean loss), G formed explicitly, Lambda =
+    mu tr(G/N)/dim I (dense); for token inputs damped per block: mu x the mean count of the
+    batch's tokens / N on the one-hot rows, mu tr/dim of the [h_prev; 1] block on the rest."""
     cfg, params, inputs, targets = _problem(name)
     eta, eta_o, mu = 0.3, 0.7, 0.2
     upd, _ = _update(params, inputs, targets, cfg, learning_rate=eta, readout_learning_rate=eta_o,
@@ -92,11 +94,16 @@ def test_update_equals_the_preconditioned_gradient_formula(name):
     n = inputs.shape[0]
     grad = jax.grad(lambda p: _summed_loss(p, inputs, targets, cfg) / n)(params)
     phi1, phi3 = _features(params, inputs, cfg)
-    for phi, g, d, lr in zip((phi1, phi3), _as_theta(grad), _as_theta(upd), (eta, eta_o),
-                             strict=True):
+    for i, (phi, g, d, lr) in enumerate(zip((phi1, phi3), _as_theta(grad), _as_theta(upd),
+                                            (eta, eta_o), strict=True)):
         gram = np.asarray(phi.T @ phi) / n
-        damp = mu * np.trace(gram) / gram.shape[0]
-        ref = -lr * np.linalg.solve(gram + damp * np.eye(gram.shape[0]), np.asarray(g))
+        damp = np.full(gram.shape[0], mu * np.trace(gram) / gram.shape[0])
+        if i == 0 and inputs.ndim == 2:
+            v = params["U"].shape[1]
+            counts = np.diag(gram)[:v]
+            damp[:v] = mu * counts.sum() / np.count_nonzero(counts)
+            damp[v:] = mu * np.trace(gram[v:, v:]) / (gram.shape[0] - v)
+        ref = -lr * np.linalg.solve(gram + np.diag(damp), np.asarray(g))
         np.testing.assert_allclose(d, ref, rtol=1e-8, atol=1e-12)
 
 
