@@ -160,10 +160,11 @@ def admm_preconditioned(
     def init_fn(params) -> ADMMPreconditionedState:
         p, _, _ = split_params(params)
         dtype = jnp.promote_types(p["W"].dtype, jnp.float32)
-        zero = jnp.zeros(2, dtype)
-        scalar = jnp.zeros((), dtype)
-        return ADMMPreconditionedState(jnp.zeros((), jnp.int32), scalar, zero, scalar + 1,
-                                       scalar, scalar)
+        # distinct buffers for every leaf, so the state can be donated
+        return ADMMPreconditionedState(
+            count=jnp.zeros((), jnp.int32), loss=jnp.zeros((), dtype),
+            step_norm=jnp.zeros(2, dtype), damping=jnp.ones((), dtype),
+            loss_fast=jnp.zeros((), dtype), loss_slow=jnp.zeros((), dtype))
 
     def update_fn(updates, state: ADMMPreconditionedState, params=None, *, inputs=None,
                   targets=None, **extra_args: Any):

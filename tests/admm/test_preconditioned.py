@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -205,7 +207,7 @@ def test_trains_and_never_recompiles():
     y = (x[:, :, 0].sum(1) > 0).astype(jnp.int32)
     tx = admm_jax.admm_preconditioned()
 
-    @jax.jit
+    @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, state):
         upd, state = tx.update(None, state, params, inputs=x, targets=y)
         return optax.apply_updates(params, upd), state
