@@ -16,7 +16,7 @@ from admm_jax.admm.problem import LOSSES, ADMMConfig, data_loss
 from admm_jax.models.elman import ACTIVATIONS, elman_trace
 
 ScalarOrSchedule = float | Callable[[jax.Array], jax.Array]
-RISE = 1.25  # adaptive damping: "the loss is rising" when its fast average > RISE * slow one
+RISE = 1.1  # adaptive damping: "the loss is rising" when its fast average > RISE * slow one
 MAX_DAMPING = 1e6
 
 
@@ -35,6 +35,7 @@ class ADMMPreconditionedState(NamedTuple):
     damping: jax.Array
     loss_fast: jax.Array
     loss_slow: jax.Array
+    loss_var: jax.Array
 
 
 def adjoints(params, inputs: jax.Array, targets: jax.Array, cfg: ADMMConfig):
@@ -164,7 +165,8 @@ def admm_preconditioned(
         return ADMMPreconditionedState(
             count=jnp.zeros((), jnp.int32), loss=jnp.zeros((), dtype),
             step_norm=jnp.zeros(2, dtype), damping=jnp.ones((), dtype),
-            loss_fast=jnp.zeros((), dtype), loss_slow=jnp.zeros((), dtype))
+            loss_fast=jnp.zeros((), dtype), loss_slow=jnp.zeros((), dtype),
+            loss_var=jnp.zeros((), dtype))
 
     def update_fn(updates, state: ADMMPreconditionedState, params=None, *, inputs=None,
                   targets=None, **extra_args: Any):
@@ -177,9 +179,13 @@ def admm_preconditioned(
         loss_now = loss_sum / (trace.o.shape[0] * trace.o.shape[1])
         first = state.count == 0
         fast = jnp.where(first, loss_now, 0.5 * state.loss_fast + 0.5 * loss_now)
-        slow = jnp.where(first, loss_now, 0.95 * state.loss_slow + 0.05 * loss_now)
+        dev = loss_now - state.loss_slow
+        slow = jnp.where(first, loss_now, state.loss_slow + 0.05 * dev)
+        var = jnp.where(first, 0.0, 0.95 * (state.loss_var + 0.05 * dev**2))
         if adaptive_damping:
-            rising = ~(fast <= RISE * slow)  # also when the loss is not finite
+            # rising: the fast average is materially (RISE) and significantly (3 standard
+            # errors of a 1/2-weighted average: var/3) above the slow one; or not finite
+            rising = ~((fast <= RISE * slow) | (fast - slow <= 3.0 * jnp.sqrt(var / 3.0)))
             damping = jnp.clip(jnp.where(rising, 2.0 * state.damping, 0.97 * state.damping),
                                1.0, MAX_DAMPING)
         else:
@@ -198,6 +204,7 @@ def admm_preconditioned(
             damping=damping.astype(dtype),
             loss_fast=fast.astype(dtype),
             loss_slow=slow.astype(dtype),
+            loss_var=var.astype(dtype),
         )
         delta = {k: v.astype(p_orig[k].dtype) for g in groups for k, v in g.items()}
         return merge_like(delta, treedef, names), new_state

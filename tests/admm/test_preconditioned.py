@@ -155,7 +155,7 @@ def test_adaptive_damping_doubles_while_the_loss_rises_and_decays_otherwise():
     _, state = tx.update(None, state, params, inputs=inputs, targets=targets)
     assert float(state.damping) == 1.0  # never below 1
     loss = float(state.loss)
-    # pretend the loss was 10x lower so far: this batch's loss makes the fast average jump
+    # pretend the loss was 10x lower (and steady) so far: this batch makes the fast average jump
     low = state._replace(damping=jnp.asarray(3.0), loss_fast=jnp.asarray(loss / 10),
                          loss_slow=jnp.asarray(loss / 10))
     upd, s2 = tx.update(None, low, params, inputs=inputs, targets=targets)
@@ -169,6 +169,11 @@ def test_adaptive_damping_doubles_while_the_loss_rises_and_decays_otherwise():
                             loss_slow=jnp.asarray(loss))
     _, s3 = tx.update(None, steady, params, inputs=inputs, targets=targets)
     assert float(s3.damping) == pytest.approx(3.0 * 0.97)
+    # a jump that the batch-to-batch noise explains does not count
+    noisy = state._replace(damping=jnp.asarray(3.0), loss_fast=jnp.asarray(loss),
+                           loss_slow=jnp.asarray(loss / 1.3), loss_var=jnp.asarray(loss**2))
+    _, s_noise = tx.update(None, noisy, params, inputs=inputs, targets=targets)
+    assert float(s_noise.damping) == pytest.approx(3.0 * 0.97)
     # a non-finite loss counts as rising
     nan = state._replace(loss_fast=jnp.asarray(jnp.nan))
     _, s4 = tx.update(None, nan, params, inputs=inputs, targets=targets)
