@@ -225,9 +225,9 @@ ho_1}{2}\sum_{n,t}|R_t - \Delta U x_t
     Returns:
       ``({"U": U, "W": W, "b": b}, lam)``; ``lam`` a dict by parameter for token inputs.
     """
-    hidden = params["W"].shape[0]
+    outputs, hidden = params["W"].shape  # W maps h_{t-1} [H] to the pre-activations
     p = _bias_features(shift_right(h))
-    r = resid.reshape(-1, hidden)
+    r = resid.reshape(-1, outputs)
     theta0_p = jnp.concatenate([params["W"].T, params["b"][None]], 0)
     decay_p = jnp.concatenate([jnp.ones(hidden, p.dtype), jnp.zeros(1, p.dtype)])
     if not is_token_input(inputs):

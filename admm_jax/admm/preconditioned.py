@@ -12,8 +12,9 @@ import optax
 from admm_jax.admm import blocks
 from admm_jax.admm.admmirnn import _check_batch
 from admm_jax.admm.params import merge_like, split_params
-from admm_jax.admm.problem import LOSSES, ADMMConfig, data_loss
+from admm_jax.admm.problem import LOSSES, ADMMConfig, data_loss, readout_states
 from admm_jax.models.elman import ACTIVATIONS, elman_trace
+from admm_jax.models.lstm import HIDDEN_KERNELS, INPUT_KERNELS, lstm_scan
 
 ScalarOrSchedule = float | Callable[[jax.Array], jax.Array]
 RISE = 1.1  # adaptive damping: "the loss is rising" when its fast average > RISE * slow one
@@ -66,6 +67,59 @@ def adjoints(params, inputs: jax.Array, targets: jax.Array, cfg: ADMMConfig):
     return loss, trace, g_a, g_o
 
 
+def lstm_adjoints(cell, readout, inputs: jax.Array, targets: jax.Array, cfg: ADMMConfig):
+    r""":func:`adjoints` for :class:`admm_jax.LSTM`: taps on the gate pre-activations.
+
+    ``z_t = W_x x_t + W_h h_{t-1} + b`` (``[N, T, 4H]``, gates ``i, f, g, o``) get zero taps
+    (:func:`admm_jax.lstm_scan`'s ``z_tap``), and the outputs ``o = V h + c`` another.
+
+    Returns:
+      ``(loss_sum, hs [N, T, H], g_z [N, T, 4H], g_o [N, |S|, C])``.
+    """
+    V, c = readout
+
+    def loss_of(taps):
+        tap_z, tap_o = taps
+        _, hs = lstm_scan(cell, inputs, z_tap=tap_z)
+        o = readout_states(hs, cfg) @ V.T + c + tap_o
+        return data_loss(o, targets, cfg), hs
+
+    n, t = inputs.shape[:2]
+    gates = cell["hi"]["kernel"].shape[0] * 4
+    dtype = V.dtype
+    taps = (jnp.zeros((n, t, gates), dtype),
+            jnp.zeros((n, t if cfg.many_to_many else 1, V.shape[0]), dtype))
+    (loss, hs), (g_z, g_o) = jax.value_and_grad(loss_of, has_aux=True)(taps)
+    return loss, hs, g_z, g_o
+
+
+def _path_names(path) -> tuple[str, ...]:
+    names = []
+    for entry in path:
+        name = getattr(entry, "key", getattr(entry, "name", None))
+        if isinstance(name, str) and name != "value":
+            names.append(name)
+    return tuple(names)
+
+
+_LSTM_LEAVES = ({("cell", k, "kernel") for k in (*INPUT_KERNELS, *HIDDEN_KERNELS)}
+                | {("cell", k, "bias") for k in HIDDEN_KERNELS}
+                | {("readout", "kernel"), ("readout", "bias")})
+
+
+def _lstm_leaves(params):
+    """``{path names: leaf}`` and the tree structure when ``params`` are an LSTM's, else
+    ``None``; a tree with a ``cell`` that is not exactly :class:`admm_jax.LSTM`'s is an error."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
+    names = [_path_names(path) for path, _ in leaves]
+    if not any(n[:1] == ("cell",) for n in names):
+        return None
+    if set(names) != _LSTM_LEAVES or len(names) != len(_LSTM_LEAVES):
+        raise ValueError(f"params: expected the parameters of admm_jax.LSTM (cell "
+                         f"{INPUT_KERNELS + HIDDEN_KERNELS} and readout), got leaves {names}")
+    return dict(zip(names, (leaf for _, leaf in leaves), strict=True)), treedef, names
+
+
 def admm_preconditioned(
     learning_rate: ScalarOrSchedule = 0.1,
     readout_learning_rate: ScalarOrSchedule = 1.0,
@@ -116,6 +170,11 @@ def admm_preconditioned(
     (row-MNIST). For token inputs the Gram is never formed over the vocabulary: the solve
     goes through an ``(H+1)^2`` Schur complement.
 
+    :class:`admm_jax.LSTM` is supported the same way: its four gates' pre-activations
+    ``z_t = W_x x_t + W_h h_{t-1} + b`` are one linear map of the same features, so the same
+    ``(D+H+1)^2`` Gram preconditions all ``4H`` columns, with targets ``-eta dL/dz_t`` from taps
+    on ``z_t`` (:func:`lstm_adjoints`); the readout as above.
+
     This is not ADMM (it back-propagates); it is the ADMM weight subproblem used as a
     preconditioner. Like :func:`admm_jax.admmirnn` it ignores the gradient argument and needs
     the batch: ``update(grads, state, params, *, inputs, targets)``.
@@ -162,8 +221,9 @@ def admm_preconditioned(
                      weight_decay=float(weight_decay), prox=float(prox))
 
     def init_fn(params) -> ADMMPreconditionedState:
-        p, _, _ = split_params(params)
-        dtype = jnp.promote_types(p["W"].dtype, jnp.float32)
+        lstm = _lstm_leaves(params)
+        w = lstm[0][("readout", "kernel")] if lstm else split_params(params)[0]["W"]
+        dtype = jnp.promote_types(w.dtype, jnp.float32)
         # distinct buffers for every leaf, so the state can be donated
         return ADMMPreconditionedState(
             count=jnp.zeros((), jnp.int32), loss=jnp.zeros((), dtype),
@@ -174,12 +234,34 @@ def admm_preconditioned(
     def update_fn(updates, state: ADMMPreconditionedState, params=None, *, inputs=None,
                   targets=None, **extra_args: Any):
         del updates, extra_args
-        p_orig, treedef, names = split_params(params)
-        compute = jnp.promote_types(p_orig["W"].dtype, jnp.float32)
-        p = {k: v.astype(compute) for k, v in p_orig.items()}
-        inputs, targets = _check_batch(p, inputs, targets, cfg)
-        loss_sum, trace, g_a, g_o = adjoints(p, inputs, targets, cfg)
-        loss_now = loss_sum / (trace.o.shape[0] * trace.o.shape[1])
+        lstm = _lstm_leaves(params)
+        if lstm is None:
+            p_orig, treedef, names = split_params(params)
+            compute = jnp.promote_types(p_orig["W"].dtype, jnp.float32)
+            p = {k: v.astype(compute) for k, v in p_orig.items()}
+            inputs, targets = _check_batch(p, inputs, targets, cfg)
+            loss_sum, trace, g_a, g_o = adjoints(p, inputs, targets, cfg)
+            h = trace.h
+        else:
+            by, treedef, names = lstm
+            compute = jnp.promote_types(by[("readout", "kernel")].dtype, jnp.float32)
+            by = {k: v.astype(compute) for k, v in by.items()}
+            cell = {k: {"kernel": by[("cell", k, "kernel")]} for k in INPUT_KERNELS}
+            cell |= {k: {"kernel": by[("cell", k, "kernel")], "bias": by[("cell", k, "bias")]}
+                     for k in HIDDEN_KERNELS}
+            # the gates as one Elman-like map: U [4H, D], W [4H, H], b [4H] (gates i, f, g, o)
+            p = {"U": jnp.concatenate([cell[k]["kernel"] for k in INPUT_KERNELS], 1).T,
+                 "W": jnp.concatenate([cell[k]["kernel"] for k in HIDDEN_KERNELS], 1).T,
+                 "b": jnp.concatenate([cell[k]["bias"] for k in HIDDEN_KERNELS]),
+                 "V": by[("readout", "kernel")].T, "c": by[("readout", "bias")]}
+            if jnp.issubdtype(jnp.asarray(inputs).dtype, jnp.integer):
+                raise ValueError("inputs: admm_preconditioned supports float inputs [N, T, D] "
+                                 "for LSTM (token ids only for ElmanRNN)")
+            hid = p["W"].shape[1]  # shape checks as for one gate's Elman-like map
+            gate = {k: (v[:hid] if k in "UWb" else v) for k, v in p.items()}
+            inputs, targets = _check_batch(gate, inputs, targets, cfg)
+            loss_sum, h, g_a, g_o = lstm_adjoints(cell, (p["V"], p["c"]), inputs, targets, cfg)
+        loss_now = loss_sum / g_o.shape[0] / g_o.shape[1]
         first = state.count == 0
         fast = jnp.where(first, loss_now, 0.5 * state.loss_fast + 0.5 * loss_now)
         dev = loss_now - state.loss_slow
@@ -196,8 +278,8 @@ def admm_preconditioned(
         mu = prox * damping
         eta = jnp.asarray(_value(learning_rate, state.count), compute)
         eta_o = jnp.asarray(_value(readout_learning_rate, state.count), compute)
-        uwb, _ = blocks.uwb_step(p, trace.h, inputs, -eta * g_a, 1.0 / eta, cfg, prox=mu)
-        vc, _ = blocks.vc_step(p, trace.h, -eta_o * g_o, 1.0 / eta_o, cfg, prox=mu)
+        uwb, _ = blocks.uwb_step(p, h, inputs, -eta * g_a, 1.0 / eta, cfg, prox=mu)
+        vc, _ = blocks.vc_step(p, h, -eta_o * g_o, 1.0 / eta_o, cfg, prox=mu)
         groups = ({k: v - p[k] for k, v in uwb.items()}, {k: v - p[k] for k, v in vc.items()})
         dtype = state.loss.dtype
         new_state = ADMMPreconditionedState(
@@ -209,8 +291,19 @@ def admm_preconditioned(
             loss_slow=slow.astype(dtype),
             loss_var=var.astype(dtype),
         )
-        delta = {k: v.astype(p_orig[k].dtype) for g in groups for k, v in g.items()}
-        return merge_like(delta, treedef, names), new_state
+        delta = {k: v for g in groups for k, v in g.items()}
+        if lstm is None:
+            delta = {k: v.astype(p_orig[k].dtype) for k, v in delta.items()}
+            return merge_like(delta, treedef, names), new_state
+        hidden = delta["W"].shape[1]
+        out = {("readout", "kernel"): delta["V"].T, ("readout", "bias"): delta["c"]}
+        for j, (ki, kh) in enumerate(zip(INPUT_KERNELS, HIDDEN_KERNELS, strict=True)):
+            rows = slice(j * hidden, (j + 1) * hidden)
+            out[("cell", ki, "kernel")] = delta["U"][rows].T
+            out[("cell", kh, "kernel")] = delta["W"][rows].T
+            out[("cell", kh, "bias")] = delta["b"][rows]
+        leaves = [out[n].astype(lstm[0][n].dtype) for n in names]
+        return jax.tree_util.tree_unflatten(treedef, leaves), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
 

@@ -33,6 +33,7 @@ def lstm_scan(
     *,
     detach_mask: jax.Array | None = None,
     carry: tuple[jax.Array, jax.Array] | None = None,
+    z_tap: jax.Array | None = None,
 ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
     r"""Run an ``nnx.LSTMCell``-compatible cell over a sequence with ``lax.scan``, with h-detach.
 
@@ -52,6 +53,9 @@ def lstm_scan(
       detach_mask: ``bool [T]``; ``True`` at ``t`` blocks the gradient through ``h_{t-1}`` into
         the gates at step ``t``. ``None``: plain LSTM.
       carry: initial ``(c_0, h_0)``, each ``[N, H]``; zeros when ``None``.
+      z_tap: ``[N, T, 4H]`` added to the gate pre-activations ``W_x x_t + W_h h_{t-1} + b``
+        (gate order ``i, f, g, o``). Zeros leave the values unchanged and make a tap: the
+        gradient of a loss with respect to ``z_tap`` is its adjoint ``dLoss/dz_t``.
 
     Returns:
       ``((c_T, h_T), hs)`` with ``hs [N, T, H]`` the hidden states.
@@ -65,6 +69,8 @@ def lstm_scan(
     dtype = jnp.result_type(inputs.dtype, wx.dtype)
     # All input projections at once, time-major for the scan: [T, N, 4H].
     zx = jnp.einsum("ntd,dk->tnk", inputs.astype(dtype), wx.astype(dtype)) + b.astype(dtype)
+    if z_tap is not None:
+        zx = zx + jnp.swapaxes(z_tap, 0, 1).astype(dtype)
     wh = wh.astype(dtype)
     if carry is None:
         carry = (jnp.zeros((n, hidden), dtype), jnp.zeros((n, hidden), dtype))

@@ -244,3 +244,58 @@ def test_missing_batch_is_a_clear_error():
     tx = admm_jax.admm_preconditioned()
     with pytest.raises(ValueError, match="inputs, targets"):
         tx.update(None, tx.init(params), params)
+
+
+def test_lstm_gates_take_the_same_preconditioned_step():
+    """For admm_jax.LSTM the four gates are one linear map of [x_t; h_{t-1}; 1]: the update is
+    -eta (G/N + mu tr/dim I)^-1 grad, with the gradient from jax.grad of lstm_apply."""
+    model = admm_jax.LSTM(3, 5, 2, rngs=nnx.Rngs(0))
+    params = jax.tree.map(lambda v: v.astype(jnp.float64), nnx.state(model, nnx.Param))
+    x = jax.random.normal(jax.random.key(1), (7, 4, 3))
+    y = jax.random.randint(jax.random.key(2), (7,), 0, 2)
+    eta, eta_o, mu = 0.3, 0.7, 0.2
+    tx = admm_jax.admm_preconditioned(eta, eta_o, prox=mu, adaptive_damping=False)
+    upd, state = tx.update(None, tx.init(params), params, inputs=x, targets=y)
+    pure = nnx.to_pure_dict(params)
+
+    def mean_loss(pp):
+        o = admm_jax.lstm_apply(pp, x)
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(o), y[:, None], 1))
+
+    grad = jax.grad(mean_loss)(pure)
+    _, hs = admm_jax.lstm_scan(pure["cell"], x)
+    gates = ("ii", "if_", "ig", "io"), ("hi", "hf", "hg", "ho")
+    h_prev = jnp.concatenate([jnp.zeros((7, 1, 5)), hs[:, :-1]], 1)
+    phi1 = jnp.concatenate([x, h_prev, jnp.ones((7, 4, 1))], -1).reshape(28, -1)
+    phi3 = jnp.concatenate([hs[:, -1], jnp.ones((7, 1))], -1)
+
+    def theta(tree):  # [W_x; W_h; b] over the gates, and [V^T; c]
+        cell, ro = tree["cell"], tree["readout"]
+        return (jnp.concatenate([jnp.concatenate([cell[k]["kernel"] for k in gates[0]], 1),
+                                 jnp.concatenate([cell[k]["kernel"] for k in gates[1]], 1),
+                                 jnp.concatenate([cell[k]["bias"] for k in gates[1]])[None]]),
+                jnp.concatenate([ro["kernel"], ro["bias"][None]]))
+
+    upd_pure = nnx.to_pure_dict(upd)
+    for phi, g, d, lr in zip((phi1, phi3), theta(grad), theta(upd_pure), (eta, eta_o),
+                             strict=True):
+        gram = np.asarray(phi.T @ phi) / 7
+        damp = mu * np.trace(gram) / gram.shape[0]
+        ref = -lr * np.linalg.solve(gram + damp * np.eye(gram.shape[0]), np.asarray(g))
+        np.testing.assert_allclose(d, ref, rtol=1e-8, atol=1e-12)
+    assert float(state.loss) == pytest.approx(float(mean_loss(pure)), rel=1e-12)
+
+
+def test_lstm_trains_through_nnx_optimizer():
+    model = admm_jax.LSTM(3, 8, 2, rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (64, 6, 3))
+    y = (x[:, :, 0].sum(1) > 0).astype(jnp.int32)
+    opt = nnx.Optimizer(model, admm_jax.admm_preconditioned(), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, opt):
+        opt.update(model, None, inputs=x, targets=y)
+        return opt.opt_state.loss
+
+    losses = [float(step(model, opt)) for _ in range(30)]
+    assert losses[-1] < 0.5 * losses[0]
