@@ -163,26 +163,26 @@ def takes_batch(name: str) -> bool:
     return entry(name).takes_batch
 
 
+def _find_state(opt_state: Any, types):
+    """The first state of one of ``types`` anywhere in ``opt_state``, else ``None``."""
+    leaves = jax.tree_util.tree_leaves(opt_state, is_leaf=lambda x: isinstance(x, types))
+    return next((x for x in leaves if isinstance(x, types)), None)
+
+
 def needs_gradients(opt_state: Any) -> bool:
     """False when ``opt_state`` holds an :class:`admm_jax.ADMMiRNNState` or an
     :class:`admm_jax.ADMMPreconditionedState` (at any depth)."""
-    leaves = jax.tree_util.tree_leaves(opt_state,
-                                       is_leaf=lambda x: isinstance(x, _BATCH_STATES))
-    return not any(isinstance(x, _BATCH_STATES) for x in leaves)
+    return _find_state(opt_state, _BATCH_STATES) is None
 
 
 def preconditioned_state(opt_state: Any) -> ADMMPreconditionedState | None:
     """The first :class:`admm_jax.ADMMPreconditionedState` inside ``opt_state``, else ``None``."""
-    leaves = jax.tree_util.tree_leaves(opt_state,
-                                       is_leaf=lambda x: isinstance(x, ADMMPreconditionedState))
-    return next((x for x in leaves if isinstance(x, ADMMPreconditionedState)), None)
+    return _find_state(opt_state, ADMMPreconditionedState)
 
 
 def admm_state(opt_state: Any) -> ADMMiRNNState | None:
     """The first :class:`admm_jax.ADMMiRNNState` inside ``opt_state``, else ``None``."""
-    leaves = jax.tree_util.tree_leaves(opt_state,
-                                       is_leaf=lambda x: isinstance(x, ADMMiRNNState))
-    return next((x for x in leaves if isinstance(x, ADMMiRNNState)), None)
+    return _find_state(opt_state, ADMMiRNNState)
 
 
 __all__ = ["Entry", "admm_state", "canonical_name", "default_learning_rate", "entry", "get",

@@ -9,15 +9,22 @@ import jax
 from admm_jax.models.elman import PARAM_NAMES
 
 
-def _leaf_name(path) -> str | None:
-    """The innermost dict key or attribute name of a pytree path, skipping ``.value``."""
-    for entry in reversed(path):
+def path_names(path) -> tuple[str, ...]:
+    """The dict keys / attribute names of a pytree path, without nnx's ``.value``."""
+    out = []
+    for entry in path:
         name = getattr(entry, "key", None)
         if name is None:
             name = getattr(entry, "name", None)
         if isinstance(name, str) and name != "value":
-            return name
-    return None
+            out.append(name)
+    return tuple(out)
+
+
+def _leaf_name(path) -> str | None:
+    """The innermost dict key or attribute name of a pytree path, skipping ``.value``."""
+    names = path_names(path)
+    return names[-1] if names else None
 
 
 def split_params(params: Any) -> tuple[dict[str, jax.Array], Any, list[str]]:

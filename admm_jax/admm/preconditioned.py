@@ -11,7 +11,7 @@ import optax
 
 from admm_jax.admm import blocks
 from admm_jax.admm.admmirnn import _check_batch
-from admm_jax.admm.params import merge_like, split_params
+from admm_jax.admm.params import merge_like, path_names, split_params
 from admm_jax.admm.problem import LOSSES, ADMMConfig, data_loss, readout_states
 from admm_jax.models.elman import ACTIVATIONS, elman_trace
 from admm_jax.models.lstm import HIDDEN_KERNELS, INPUT_KERNELS, lstm_scan
@@ -93,15 +93,6 @@ def lstm_adjoints(cell, readout, inputs: jax.Array, targets: jax.Array, cfg: ADM
     return loss, hs, g_z, g_o
 
 
-def _path_names(path) -> tuple[str, ...]:
-    names = []
-    for entry in path:
-        name = getattr(entry, "key", getattr(entry, "name", None))
-        if isinstance(name, str) and name != "value":
-            names.append(name)
-    return tuple(names)
-
-
 _LSTM_LEAVES = ({("cell", k, "kernel") for k in (*INPUT_KERNELS, *HIDDEN_KERNELS)}
                 | {("cell", k, "bias") for k in HIDDEN_KERNELS}
                 | {("readout", "kernel"), ("readout", "bias")})
@@ -111,7 +102,7 @@ def _lstm_leaves(params):
     """``{path names: leaf}`` and the tree structure when ``params`` are an LSTM's, else
     ``None``; a tree with a ``cell`` that is not exactly :class:`admm_jax.LSTM`'s is an error."""
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    names = [_path_names(path) for path, _ in leaves]
+    names = [path_names(path) for path, _ in leaves]
     if not any(n[:1] == ("cell",) for n in names):
         return None
     if set(names) != _LSTM_LEAVES or len(names) != len(_LSTM_LEAVES):

@@ -27,6 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from admm_jax.admm.params import path_names
+
 INPUT_LAYERS = ("dense_i", "i")  # nnx.SimpleCell, linen.SimpleCell
 RECURRENT_LAYERS = ("dense_h", "h")
 
@@ -50,17 +52,6 @@ class _Layout(NamedTuple):
     num_leaves: int
 
 
-def _path_names(path) -> tuple[str, ...]:
-    """The string keys / attribute names of a pytree path, without nnx's ``.value``."""
-    out = []
-    for entry in path:
-        name = getattr(entry, "key", None)
-        if name is None:
-            name = getattr(entry, "name", None)
-        if isinstance(name, str) and name != "value":
-            out.append(name)
-    return tuple(out)
-
 
 def _layout(params: Any) -> tuple[_Layout, list[Any]]:
     """Find the SimpleCell and readout leaves in ``params``; raise naming what is wrong."""
@@ -68,7 +59,7 @@ def _layout(params: Any) -> tuple[_Layout, list[Any]]:
     if not flat:
         raise ValueError("params: expected the parameters of a Flax SimpleCell RNN and a linear "
                          "readout, got an empty tree")
-    paths = [_path_names(p) for p, _ in flat]
+    paths = [path_names(p) for p, _ in flat]
     leaves = [leaf for _, leaf in flat]
     shown = ["/".join(p) for p in paths]
 
