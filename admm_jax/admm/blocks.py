@@ -143,9 +143,8 @@ def vc_step(params, h: jax.Array, resid: jax.Array, rho3, cfg: ADMMConfig, gram=
     r"""Proximal ridge step of ``(V, c)`` toward outputs ``V h_t + c + R_t`` (``t in S``).
 
     .. math::
-        \min_{V,c} 	frac{
-ho_3}{2}\sum_{n,t\in S}|R_t - \Delta V h_t - \Delta c|^2
-        + 	frac{eta}{2}|V + \Delta V|^2 + 	frac{\lambda}{2}|(\Delta V, \Delta c)|^2
+        \min_{V,c} \frac{\rho_3}{2}\sum_{n,t\in S}|R_t - \Delta V h_t - \Delta c|^2
+        + \frac{\beta}{2}|V + \Delta V|^2 + \frac{\lambda}{2}|(\Delta V, \Delta c)|^2
 
     Args:
       resid: the residual targets ``R [N, |S|, C]``: how far each output should move.
@@ -169,10 +168,8 @@ def vc_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, cfg: ADMMCo
     r"""Proximal ridge least squares for the readout ``(V, c)``.
 
     .. math::
-        \min_{V,c} 	frac{
-ho_3}{2}\sum_{n,t\in S}|o + \lambda_3/
-ho_3 - V h_t - c|^2
-        + 	frac{eta}{2}|V|^2 + 	frac{\lambda}{2}|(V,c) - (V,c)_{prev}|^2
+        \min_{V,c} \frac{\rho_3}{2}\sum_{n,t\in S}|o + \lambda_3/\rho_3 - V h_t - c|^2
+        + \frac{\beta}{2}|V|^2 + \frac{\lambda}{2}|(V,c) - (V,c)_{prev}|^2
 
     That is :func:`vc_step` with residual targets ``o + lam3/rho3 - (V h + c)``.
 
@@ -205,10 +202,9 @@ def uwb_step(params, h: jax.Array, inputs: jax.Array, resid: jax.Array, rho1,
     + R_t``.
 
     .. math::
-        \min_{\Delta U,\Delta W,\Delta b} 	frac{
-ho_1}{2}\sum_{n,t}|R_t - \Delta U x_t
-        - \Delta W h_{t-1} - \Delta b|^2 + 	frac{eta}{2}(|U + \Delta U|^2+|W + \Delta W|^2)
-        + 	frac{\lambda}{2}|(\Delta U,\Delta W,\Delta b)|^2
+        \min_{\Delta U,\Delta W,\Delta b} \frac{\rho_1}{2}\sum_{n,t}|R_t - \Delta U x_t
+        - \Delta W h_{t-1} - \Delta b|^2 + \frac{\beta}{2}(|U + \Delta U|^2+|W + \Delta W|^2)
+        + \frac{\lambda}{2}|(\Delta U,\Delta W,\Delta b)|^2
 
     One ``(D+H+1)^2`` Cholesky for dense inputs. For token inputs the input block of the Gram
     matrix is diagonal (token counts), and the solve goes through the ``(H+1)^2`` Schur
@@ -267,11 +263,9 @@ def uwb_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: ja
     r"""Proximal ridge least squares for the recurrent weights ``(U, W, b)``.
 
     .. math::
-        \min_{U,W,b} 	frac{
-ho_1}{2}\sum_{n,t}|a_t + \lambda_{1,t}/
-ho_1 - U x_t
-        - W h_{t-1} - b|^2 + 	frac{eta}{2}(|U|^2+|W|^2)
-        + 	frac{\lambda}{2}|(U,W,b) - (U,W,b)_{prev}|^2
+        \min_{U,W,b} \frac{\rho_1}{2}\sum_{n,t}|a_t + \lambda_{1,t}/\rho_1 - U x_t
+        - W h_{t-1} - b|^2 + \frac{\beta}{2}(|U|^2+|W|^2)
+        + \frac{\lambda}{2}|(U,W,b) - (U,W,b)_{prev}|^2
 
     That is :func:`uwb_step` with residual targets ``a + lam1/rho1 - (U x + W h_prev + b)``.
 
