@@ -1,16 +1,24 @@
 """admm_preconditioned vs Adam vs admmirnn: test accuracy against epochs and seconds.
 
 The three methods of one seed run side by side, round-robin a fraction of an epoch at a time,
-so load on the machine slows all of them alike. Adam runs ``--adam-epochs`` epochs; the others
-run until their training time reaches Adam's. Adam's learning rate is tuned first over
-``--adam-lrs`` on a validation split (the last 10% of the training set, one seed). Per seed
-and method it records test accuracy after every chunk and the mean training loss of every
-epoch, and reports:
+so load on the machine slows all of them alike. Adam trains ``--adam-epochs`` epochs,
+admm_preconditioned ``--pc-epochs`` (default 3 and 4: a budget that fits into Adam's time at
+its 1.1-1.3x step cost) and admmirnn until its training time reaches Adam's. Each gradient
+method's recipe is chosen first on a validation split (the last 10% of the training set,
+seed 0, the method's full budget):
 
-* accuracy at Adam's final training time (each method's last evaluation at or before it),
-  mean over seeds;
+* Adam: learning rate in ``--adam-lrs`` x schedule in ``--schedules``;
+* admm_preconditioned: its default learning rates x schedule in ``--schedules`` x
+  ``weight_decay`` in ``--pc-weight-decays`` x epochs in ``--pc-epochs``;
+
+a schedule is ``constant`` or ``cosine`` (``optax.cosine_decay_schedule`` to 0 over the
+method's own budget). Per seed and method it records test accuracy after every chunk and the
+mean training loss of every epoch, and reports:
+
+* accuracy at Adam's final training time (each method's last evaluation at or before it;
+  a method whose budget ended earlier keeps its final accuracy), mean over seeds;
 * the largest epoch-to-epoch increase of the mean training loss (a loss spike);
-* the bar (row-MNIST): mean accuracy of admm_preconditioned >= Adam's, and no seed of it with
+* the bar of issue 10: mean accuracy of admm_preconditioned >= Adam's, and no seed of it with
   a loss spike larger than Adam's worst.
 
 ``--sweep`` instead runs the safeguard experiment behind ``adaptive_damping=True``:
@@ -43,6 +51,7 @@ from admm_jax import data
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 METHODS = ("admm_preconditioned", "adam", "admmirnn")
+PC_LEARNING_RATES = (0.1, 1.0)  # admm_preconditioned's defaults; only schedule and decay tuned
 
 
 def load(task: str, data_dir, imdb_len: int, imdb_vocab: int):
@@ -56,12 +65,20 @@ def load(task: str, data_dir, imdb_len: int, imdb_vocab: int):
     return tr.ids, tr.labels, te.ids, te.labels, imdb_vocab, 2
 
 
-def make_tx(method: str, n: int, seq_len: int, lr: float, **kw):
+def make_tx(method: str, recipe: dict, steps: int, n: int, seq_len: int):
+    """The optimizer of ``method``: ``recipe`` as chosen by :func:`tune` (``{}`` for
+    admmirnn); ``steps`` is the budget a cosine schedule decays over."""
+
+    def lr(value):
+        return (optax.cosine_decay_schedule(value, steps) if recipe["schedule"] == "cosine"
+                else value)
+
     if method == "adam":
-        return optax.adam(lr)
+        return optax.adam(lr(recipe["learning_rate"]))
     if method == "admmirnn":
         return admm_jax.admmirnn(num_samples=n, seq_len=seq_len)
-    return admm_jax.admm_preconditioned(**kw)
+    return admm_jax.admm_preconditioned(lr(PC_LEARNING_RATES[0]), lr(PC_LEARNING_RATES[1]),
+                                        weight_decay=recipe["weight_decay"])
 
 
 @dataclass
@@ -77,6 +94,7 @@ class Run:
     batch_size: int
     evals: list = field(default_factory=list)
     epoch_loss: list = field(default_factory=list)
+    max_steps: int | None = None  # the method's budget (None: until Adam's time)
     seconds: float = 0.0
     steps: int = 0
     diverged: bool = False
@@ -111,7 +129,13 @@ class Run:
     def epoch(self) -> float:
         return self.steps / self.per_epoch
 
+    @property
+    def done(self) -> bool:
+        return self.diverged or (self.max_steps is not None and self.steps >= self.max_steps)
+
     def chunk(self, steps: int) -> None:
+        if self.max_steps is not None:
+            steps = min(steps, self.max_steps - self.steps)
         t0 = time.perf_counter()
         for _ in range(steps):
             i = self.steps % self.per_epoch
@@ -164,17 +188,46 @@ def max_spike(epoch_loss: list[float]) -> float:
     return float(max(0.0, diffs.max())) if len(diffs) else 0.0
 
 
-def tune_adam(args, xtr, ytr, in_features, classes, evaluate) -> tuple[float, dict]:
+def recipes(method: str, args) -> list[dict]:
+    """The validation grid of ``method`` (one empty recipe for admmirnn: nothing to tune)."""
+    if method == "adam":
+        return [{"learning_rate": lr, "schedule": sc, "epochs": args.adam_epochs}
+                for lr in args.adam_lrs for sc in args.schedules]
+    if method == "admm_preconditioned":
+        return [{"schedule": sc, "weight_decay": wd, "epochs": ep} for ep in args.pc_epochs
+                for sc in args.schedules for wd in args.pc_weight_decays]
+    return [{}]
+
+
+def budget(recipe: dict, per_epoch: int) -> int | None:
+    return int(round(recipe["epochs"] * per_epoch)) if recipe else None
+
+
+def tune(args, xtr, ytr, in_features, classes, evaluate) -> tuple[dict, dict]:
+    """Each method's recipe with the best validation accuracy at the end of its budget
+    (seed 0; train on the first 90% of the training set, validate on the last 10%)."""
     n_val = len(xtr) // 10
     xa, ya, xv, yv = xtr[:-n_val], ytr[:-n_val], xtr[-n_val:], ytr[-n_val:]
-    scores = {}
-    for lr in tqdm(args.adam_lrs, desc="tuning Adam lr", leave=False):
-        run = Run("adam", xa, ya, optax.adam(lr), new_params(in_features, args.hidden, classes, 0),
-                  0, args.batch_size)
-        run.chunk(int(args.tune_epochs * run.per_epoch))
-        run.evaluate(evaluate, xv, yv)
-        scores[lr] = run.evals[-1]["accuracy"]
-    return max(scores, key=scores.get), scores
+    per_epoch = len(xa) // args.batch_size
+    chosen, scores = {}, {}
+    for method in args.methods:
+        grid = recipes(method, args)
+        if len(grid) == 1:
+            chosen[method] = grid[0]
+            continue
+        scores[method] = []
+        for recipe in tqdm(grid, desc=f"tuning {method}", leave=False):
+            steps = budget(recipe, per_epoch)
+            tx = make_tx(method, recipe, steps, len(xa), xa.shape[1])
+            run = Run(method, xa, ya, tx, new_params(in_features, args.hidden, classes, 0), 0,
+                      args.batch_size, max_steps=steps)
+            run.chunk(steps)
+            run.evaluate(evaluate, xv, yv)
+            scores[method].append({**recipe, "validation_accuracy": run.evals[-1]["accuracy"]})
+            tqdm.write(f"{method} {recipe}: validation accuracy {run.evals[-1]['accuracy']:.4f}")
+        best = max(scores[method], key=lambda r: r["validation_accuracy"])
+        chosen[method] = {k: v for k, v in best.items() if k != "validation_accuracy"}
+    return chosen, scores
 
 
 def eval_at(evals: list[dict], seconds: float) -> dict:
@@ -184,34 +237,37 @@ def eval_at(evals: list[dict], seconds: float) -> dict:
 
 def compare(args, xtr, ytr, xte, yte, in_features, classes) -> dict:
     evaluate = make_evaluate(args.eval_chunk)
-    lr, scores = tune_adam(args, xtr, ytr, in_features, classes, evaluate)
-    print(f"Adam learning rate {lr:g} (validation accuracy after {args.tune_epochs} epochs: "
-          + ", ".join(f"{k:g}: {v:.4f}" for k, v in scores.items()) + ")", flush=True)
+    chosen, scores = tune(args, xtr, ytr, in_features, classes, evaluate)
+    for m, recipe in chosen.items():
+        if recipe:
+            print(f"{m}: chosen on validation {recipe}", flush=True)
+    per_epoch = len(xtr) // args.batch_size
     seeds = {}
     for seed in range(args.seeds):
-        runs = {m: Run(m, xtr, ytr, make_tx(m, len(xtr), xtr.shape[1], lr),
-                       new_params(in_features, args.hidden, classes, seed), seed,
-                       args.batch_size) for m in args.methods}
+        runs = {}
+        for m in args.methods:
+            steps = budget(chosen[m], per_epoch)
+            runs[m] = Run(m, xtr, ytr, make_tx(m, chosen[m], steps, len(xtr), xtr.shape[1]),
+                          new_params(in_features, args.hidden, classes, seed), seed,
+                          args.batch_size, max_steps=steps)
         for r in runs.values():
             r.evaluate(evaluate, xte, yte)
-        chunk = max(1, runs["adam"].per_epoch // args.evals_per_epoch)
-        adam_steps = int(round(args.adam_epochs * runs["adam"].per_epoch))
-        bar = tqdm(total=adam_steps, desc=f"seed {seed}", unit="adam step")
+        adam = runs["adam"]
+        chunk = max(1, per_epoch // args.evals_per_epoch)
+        bar = tqdm(total=adam.max_steps, desc=f"seed {seed}", unit="adam step")
         while True:
-            adam_done = runs["adam"].steps >= adam_steps
-            active = [r for r in runs.values()
-                      if (r.method == "adam" and not adam_done)
-                      or (r.method != "adam" and not r.diverged
-                          and (not adam_done or r.seconds < runs["adam"].seconds))]
+            # Adam runs its budget; the others theirs, but never past Adam's final time
+            active = [r for r in runs.values() if not r.done
+                      and (r is adam or not adam.done or r.seconds < adam.seconds)]
             if not active:
                 break
             r = min(active, key=lambda r: r.seconds)  # the one furthest behind in time goes
-            r.chunk(min(chunk, adam_steps - r.steps) if r.method == "adam" else chunk)
+            r.chunk(chunk)
             r.evaluate(evaluate, xte, yte)
-            bar.update(runs["adam"].steps - bar.n)
+            bar.update(adam.steps - bar.n)
             bar.set_postfix({m[:10]: f"{r.evals[-1]['accuracy']:.3f}" for m, r in runs.items()})
         bar.close()
-        t_adam = runs["adam"].seconds
+        t_adam = adam.seconds
         seeds[seed] = {m: {"evals": r.evals, "epoch_loss": r.epoch_loss, "seconds": r.seconds,
                            "steps": r.steps, "seconds_per_step": r.seconds / max(r.steps, 1),
                            "accuracy_at_adam_time": eval_at(r.evals, t_adam)["accuracy"],
@@ -219,8 +275,7 @@ def compare(args, xtr, ytr, xte, yte, in_features, classes) -> dict:
                            "max_loss_increase": max_spike(r.epoch_loss),
                            "diverged": r.diverged}
                        for m, r in runs.items()}
-    return {"adam_learning_rate": lr, "adam_lr_scores": {str(k): v for k, v in scores.items()},
-            "seeds": seeds}
+    return {"recipes": chosen, "validation": scores, "seeds": seeds}
 
 
 def summarize(task: str, res: dict, args) -> dict:
@@ -239,7 +294,10 @@ def summarize(task: str, res: dict, args) -> dict:
                 for s, p in zip(res["seeds"], per, strict=True)])),
         }
     print(f"\n{task}: after Adam's epoch {args.adam_epochs:g}, at equal training time "
-          f"({args.seeds} seeds; Adam lr {res['adam_learning_rate']:g})")
+          f"({args.seeds} seeds)")
+    for m, recipe in res["recipes"].items():
+        if recipe:
+            print(f"  {m}: {recipe}")
     print(f"{'method':22s} {'test acc (mean)':>16s} {'per seed':>26s} {'epochs':>7s} "
           f"{'step cost':>9s} {'max loss rise/seed':>24s}")
     for m, r in rows.items():
@@ -315,17 +373,22 @@ def sweep(args, xtr, ytr, xte, yte, in_features, classes) -> dict:
     return {"samples": n, "epochs": args.sweep_epochs, "rows": rows}
 
 
-def main() -> None:
+def csv(kind):
+    return lambda s: [kind(v) for v in s.split(",")]
+
+
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--task", choices=("mnist", "imdb"), default="mnist")
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--adam-epochs", type=float, default=None,
-                    help="default 5 (row-MNIST) / 3 (IMDb)")
-    ap.add_argument("--adam-lrs", type=lambda s: [float(v) for v in s.split(",")],
-                    default=[1e-3, 3e-3, 1e-2])
-    ap.add_argument("--tune-epochs", type=float, default=1.0)
-    ap.add_argument("--methods", type=lambda s: s.split(","), default=list(METHODS))
+    ap.add_argument("--adam-epochs", type=float, default=5.0)
+    ap.add_argument("--adam-lrs", type=csv(float), default=[1e-3, 3e-3, 1e-2])
+    ap.add_argument("--pc-epochs", type=csv(float), default=[3.0, 4.0],
+                    help="admm_preconditioned's budgets to choose from on validation")
+    ap.add_argument("--pc-weight-decays", type=csv(float), default=[0.0, 0.3])
+    ap.add_argument("--schedules", type=csv(str), default=["constant", "cosine"])
+    ap.add_argument("--methods", type=csv(str), default=list(METHODS))
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--evals-per-epoch", type=int, default=8)
@@ -337,11 +400,13 @@ def main() -> None:
     ap.add_argument("--sweep-samples", type=int, default=30000)
     ap.add_argument("--sweep-epochs", type=int, default=3)
     ap.add_argument("--out", type=pathlib.Path, default=RESULTS)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     if "adam" not in args.methods:
         ap.error("--methods: must include adam (the other methods run for Adam's time)")
-    if args.adam_epochs is None:
-        args.adam_epochs = 5 if args.task == "mnist" else 3
+    if unknown := set(args.methods) - set(METHODS):
+        ap.error(f"--methods: expected some of {', '.join(METHODS)}, got {sorted(unknown)}")
+    if unknown := set(args.schedules) - {"constant", "cosine"}:
+        ap.error(f"--schedules: expected constant and/or cosine, got {sorted(unknown)}")
     xtr, ytr, xte, yte, d, c = load(args.task, args.data_dir, args.imdb_len, args.imdb_vocab)
     if args.train_subset:
         xtr, ytr = xtr[:args.train_subset], ytr[:args.train_subset]
@@ -350,13 +415,16 @@ def main() -> None:
             "batch_size": args.batch_size, "devices": str(jax.devices()),
             "command": "python benchmarks/admm_preconditioned.py " + " ".join(
                 f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items()
-                if k in ("task", "seeds", "adam_epochs", "train_subset") and v is not None)}
+                if k in ("task", "seeds", "adam_epochs", "train_subset") and v is not None)
+            + "".join(f" --{k.replace('_', '-')} {','.join(map(str, v))}"
+                      for k, v in vars(args).items()
+                      if k in ("adam_lrs", "pc_epochs", "pc_weight_decays", "schedules"))}
     if args.sweep:
         res = {"meta": meta, **sweep(args, xtr, ytr, xte, yte, d, c)}
         path = args.out / f"admm_preconditioned_{args.task}_sweep.json"
         path.write_text(json.dumps(res, indent=1))
         print(f"wrote {path}")
-        return
+        return 0
     res = compare(args, xtr, ytr, xte, yte, d, c)
     res["summary"] = summarize(args.task, res, args)
     res["meta"] = {**meta, "adam_epochs": args.adam_epochs}
@@ -366,7 +434,8 @@ def main() -> None:
     tmp.replace(stem.with_suffix(".json"))
     plot(args.task, res, stem.with_suffix(".png"))
     print(f"wrote {stem}.json and {stem}.png")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -177,7 +177,13 @@ def admm_preconditioned(
       prox: ``mu``, the damping relative to the mean eigenvalue of ``Ĝ``. Below ``0.1`` steps
         along poorly covered directions grow large.
       weight_decay: ``beta`` on ``U, W, V``, in units of the summed batch loss (as in
-        :func:`admm_jax.admmirnn`).
+        :func:`admm_jax.admmirnn`); a proximal decay: each step pulls a weight toward 0 with
+        weight ``beta`` against the data's ``rho * G`` and the damping. With token inputs
+        that makes it an embedding regulariser: a row whose token is absent from the batch
+        shrinks by ``beta / (beta + lam_x)`` per step (``lam_x = mu rho`` x mean token count;
+        IMDb at the defaults, ``beta = 0.3``: about 6%). ``0.3`` with a cosine decay of both
+        learning rates was the validation choice on IMDb; on row-MNIST it cost 0.4-0.8 points
+        of validation accuracy and ``0`` was chosen (README).
       adaptive_damping: raise ``prox`` while the loss rises (see above); ``False``: fixed
         ``prox``.
       activation, many_to_many, loss: must match the model, as in :func:`admm_jax.admmirnn`.
