@@ -5,9 +5,8 @@ so load on the machine slows all of them alike. Adam trains ``--adam-epochs`` ep
 admm_preconditioned a budget from ``--pc-epochs`` and admmirnn until its training time reaches
 Adam's. The default budgets are those that fit into Adam's 5-epoch time at the measured step
 cost of admm_preconditioned: 4 or 5 epochs on row-MNIST (0.97-0.98x an Adam step), 3 or 4 on
-IMDb (1.22x). Each gradient
-method's recipe is chosen first on a validation split (the last 10% of the training set,
-seed 0, the method's full budget):
+IMDb (1.22x). Each gradient method's recipe is chosen first on a validation split (the last
+10% of the training set, seed 0, the method's full budget):
 
 * Adam: learning rate in ``--adam-lrs`` x schedule in ``--schedules``;
 * admm_preconditioned: its default learning rates x schedule in ``--schedules`` x
@@ -36,6 +35,7 @@ Writes ``benchmarks/results/admm_preconditioned_<task>.{json,png}`` (or ``..._sw
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import pathlib
 import time
@@ -53,7 +53,10 @@ from admm_jax import data
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 METHODS = ("admm_preconditioned", "adam", "admmirnn")
-PC_LEARNING_RATES = (0.1, 1.0)  # admm_preconditioned's defaults; only schedule and decay tuned
+# admm_preconditioned's default learning rates, read from its signature: only the schedule,
+# weight decay and budget are tuned
+PC_LEARNING_RATES = tuple(inspect.signature(admm_jax.admm_preconditioned).parameters[k].default
+                          for k in ("learning_rate", "readout_learning_rate"))
 
 
 def load(task: str, data_dir, imdb_len: int, imdb_vocab: int):
@@ -260,7 +263,7 @@ def compare(args, xtr, ytr, xte, yte, in_features, classes) -> dict:
         while True:
             # Adam runs its budget; the others theirs, but never past Adam's final time
             active = [r for r in runs.values() if not r.done
-                      and (r is adam or not adam.done or r.seconds < adam.seconds)]
+                      and (not adam.done or r.seconds < adam.seconds)]
             if not active:
                 break
             r = min(active, key=lambda r: r.seconds)  # the one furthest behind in time goes
