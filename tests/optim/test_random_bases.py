@@ -249,12 +249,15 @@ def test_peak_memory_is_one_block_not_the_whole_basis():
     whole = temp_bytes(materialised, g)
     assert whole > d * size * 4
     for block in (10, 50):
-        tx = scale_by_random_bases(d, seed=0, block_size=block)
+        tx = scale_by_random_bases(d, seed=0, block_size=block, distribution="rademacher")
         t = temp_bytes(tx.update, g, tx.init(g))
         # Measured ~4 block-sized buffers (the RNG's uint32 bits, the float block and its
         # transform) plus O(D): linear in block_size, independent of dim.
         assert t < 5 * block * size * 4 + 8 * size * 4
         assert t < 2 * block / d * whole
+    # the structured (default) basis: two length-2^17 transforms, O(D), independent of dim
+    tx = scale_by_random_bases(d, seed=0, distribution="hadamard")
+    assert temp_bytes(tx.update, g, tx.init(g)) < 12 * 2 ** 17 * 4
 
 
 def test_data_parallel_options_are_checked():
