@@ -107,6 +107,8 @@ def parse(argv):
                     help="more methods (e.g. rbd:normal) run with the first seed only, for "
                          "--extra-epochs epochs")
     ap.add_argument("--extra-epochs", type=int, default=None)
+    ap.add_argument("--other-seeds-epochs", type=int, default=None,
+                    help="epochs for every seed but the first (default: --epochs)")
     ap.add_argument("--dim", type=int, default=250)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--lr-rbd", type=float, default=1.0)
@@ -132,7 +134,9 @@ def main(argv: list[str] | None = None) -> dict:
     x_tr, y_tr, x_va, y_va = map(jnp.asarray, (x_tr, y_tr, x_va, y_va))
     steps = x_tr.shape[0] // args.batch
     seeds = [int(s) for s in args.seeds.split(",")]
-    methods = [(m, seeds, args.epochs) for m in args.methods.split(",")]
+    methods = [(m, seeds[:1], args.epochs) for m in args.methods.split(",")]
+    methods += [(m, seeds[1:], args.other_seeds_epochs or args.epochs)
+                for m in args.methods.split(",")]
     methods += [(m, seeds[:1], args.extra_epochs or args.epochs)
                 for m in args.extra.split(",") if m]
     out = pathlib.Path(args.out)
