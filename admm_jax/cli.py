@@ -124,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test evaluations spread evenly over the budget (default 20)")
     c.add_argument("--out", default="admm_jax_results",
                    help="folder for compare_<task>.json/.png/.md (default admm_jax_results)")
+    c.add_argument("--save-steps", action="store_true",
+                   help="also write every training step's loss and seconds into the JSON "
+                        "(default: per-evaluation and per-epoch tables only)")
 
     t = sub.add_parser(
         "train", help="train one model with one optimizer (with checkpoints)",
@@ -255,7 +258,8 @@ def _compare(parser, args) -> int:
     config.update(budget_seconds=budget, target=target, info=task.info,
                   num_train=len(task.train[0]), num_test=len(task.test[0]),
                   command=" ".join(["admm-jax", *sys.argv[1:]]))
-    json_path = compare.save(rows, histories, config, out / f"{stem}.json")
+    json_path = compare.save(rows, histories, config, out / f"{stem}.json",
+                             steps=args.save_steps)
     png_path = compare.plot(histories, task, out / f"{stem}.png")
     md_path = out / f"{stem}.md"
     md_path.write_text(f"{task.info}; budget {budget_text}\n\n{table}\n")
@@ -349,10 +353,11 @@ def _list() -> int:
     for n in tasks.names():
         print(f"  {n}")
     print("optimizers:")
+    width = max(map(len, optimizers.names())) + 2
     for n in optimizers.names():
         e = optimizers.entry(n)
         lr = "" if e.learning_rate is None else f" (default learning rate {e.learning_rate:g})"
-        print(f"  {n:14s}{e.description}{lr}")
+        print(f"  {n:{width}s}{e.description}{lr}")
     return 0
 
 

@@ -194,15 +194,29 @@ def plot(histories: dict[str, History], task: Task, path: str | pathlib.Path) ->
 
 
 def save(rows, histories: dict[str, History], config: dict[str, Any],
-         path: str | pathlib.Path) -> pathlib.Path:
-    """JSON with the configuration, the table rows and every history."""
+         path: str | pathlib.Path, *, steps: bool = False) -> pathlib.Path:
+    """JSON with the configuration, the table rows and every history.
+
+    Each history keeps its per-evaluation and per-epoch tables and its meta; the per-step
+    table (one row per iteration, megabytes for a long run) only with ``steps=True``. The file
+    is written to a temporary name and renamed, so an interrupted save never leaves a
+    truncated file in place of an earlier one.
+    """
     p = pathlib.Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
 
     def clean(v):
         return None if isinstance(v, float) and not math.isfinite(v) else v
 
+    def history(h: History) -> dict[str, Any]:
+        d = h.to_dict()
+        if not steps:
+            d.pop("steps", None)
+        return d
+
     payload = {"config": config, "rows": [{k: clean(v) for k, v in r.items()} for r in rows],
-               "histories": {k: h.to_dict() for k, h in histories.items()}}
-    p.write_text(json.dumps(payload, indent=1, allow_nan=False))
+               "histories": {k: history(h) for k, h in histories.items()}}
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1, allow_nan=False))
+    tmp.replace(p)
     return p

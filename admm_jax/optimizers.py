@@ -1,9 +1,8 @@
 """Every optimizer by name: ``admm_jax.optimizers.get("adam", learning_rate=1e-3)``.
 
 The gradient optimizers come from optax itself (``sgd``, ``momentum``, ``adam``, ``rmsprop``,
-``adagrad``) or from :mod:`admm_jax.optim` (``novograd``, ``random_bases``, imported only when
-asked for); ``admmirnn`` is :func:`admm_jax.admmirnn`. Every entry returns an
-``optax.GradientTransformationExtraArgs``.
+``adagrad``) or from :mod:`admm_jax.optim` (``novograd``, ``random_bases``); ``admmirnn`` is
+:func:`admm_jax.admmirnn`. Every entry returns an ``optax.GradientTransformationExtraArgs``.
 
 Whether a transformation needs gradients is read from its *state*
 (:func:`needs_gradients`): a state holding an :class:`admm_jax.ADMMiRNNState` or an
@@ -23,6 +22,7 @@ import optax
 
 from admm_jax import _validation as V
 from admm_jax.admm import ADMMiRNNState, ADMMPreconditionedState, admm_preconditioned, admmirnn
+from admm_jax.optim import novograd, random_bases
 
 
 class Entry(NamedTuple):
@@ -39,21 +39,8 @@ class Entry(NamedTuple):
     takes_batch: bool = False
 
 
-def _novograd(learning_rate: float, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
-    try:
-        from admm_jax.optim import novograd
-    except ImportError as e:  # pragma: no cover - only before the optim branch is merged
-        raise ModuleNotFoundError("novograd: admm_jax.optim.novograd is not installed") from e
-    return novograd(learning_rate, **kwargs)
-
-
 def _random_bases(learning_rate: float, dim: int = 250, *, seed: int = 0,
                   **kwargs: Any) -> optax.GradientTransformationExtraArgs:
-    try:
-        from admm_jax.optim import random_bases
-    except ImportError as e:  # pragma: no cover - only before the optim branch is merged
-        raise ModuleNotFoundError("random_bases: admm_jax.optim.random_bases is not "
-                                  "installed") from e
     return random_bases(learning_rate, dim, seed=seed, **kwargs)
 
 
@@ -73,7 +60,7 @@ _REGISTRY: dict[str, Entry] = {
     "adam": Entry(optax.adam, 1e-3, "Adam (optax.adam)"),
     "rmsprop": Entry(optax.rmsprop, 1e-3, "RMSprop (optax.rmsprop)"),
     "adagrad": Entry(optax.adagrad, 0.05, "Adagrad (optax.adagrad)"),
-    "novograd": Entry(_novograd, 0.01, "NovoGrad, layer-wise normalised momentum "
+    "novograd": Entry(novograd, 0.01, "NovoGrad, layer-wise normalised momentum "
                       "(admm_jax.novograd)"),
     "random_bases": Entry(_random_bases, 1.0, "random-bases descent, dim=250 directions, "
                           "for models with >> 250 parameters (admm_jax.random_bases)"),
@@ -130,7 +117,7 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
       ValueError: a learning rate that is not a finite number > 0 (or a schedule).
       TypeError: ``learning_rate`` given to ``admmirnn``, or an argument the factory lacks.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from admm_jax import optimizers
       >>> tx = optimizers.get("adam", learning_rate=1e-2)

@@ -69,7 +69,6 @@ def test_needs_gradients_reads_the_state_also_inside_chain():
 
 @pytest.mark.parametrize("name", ["novograd", "random_bases"])
 def test_lazy_entries_build_and_step(name):
-    pytest.importorskip(f"admm_jax.optim.{name}", reason="admm_jax.optim not merged yet")
     params = {"w": jnp.ones(5)}
     # random bases: E E^T ~ (dim / D) I, so dim must be well below the 5 parameters
     kw = {"dim": 2, "learning_rate": 0.2} if name == "random_bases" else {}

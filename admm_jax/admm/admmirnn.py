@@ -166,7 +166,7 @@ def admmirnn(
       samples' positions in the training set (default ``arange(B)``, which requires
       ``B == num_samples``).
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax
       >>> from flax import nnx
       >>> import admm_jax

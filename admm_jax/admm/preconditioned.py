@@ -192,7 +192,7 @@ def admm_preconditioned(
       An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params, *,
       inputs, targets)`` returns ``new_params - params``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax
       >>> from flax import nnx
       >>> import admm_jax

@@ -67,7 +67,7 @@ class HostDuals:
       many_to_many: targets at every step (``lam3`` is ``[N, T, C]``, else ``[N, 1, C]``).
       dtype: numpy dtype of the stored multipliers.
 
-    Example:
+    Examples:
       >>> import numpy as np
       >>> store = HostDuals(10, 4, 3, 2)
       >>> store.lam1.shape, store.lam3.shape, store.nbytes

@@ -140,9 +140,10 @@ def batches(
 ) -> Iterator[Batch]:
     """Iterate :class:`Batch` es over ``arrays``; see :class:`BatchIterator` for the rules.
 
-    >>> x, y = np.arange(12.0).reshape(6, 2), np.arange(6)
-    >>> [b.indices.shape for b in batches(x, y, batch_size=4, seed=1)]
-    [(4,)]
+    Examples:
+      >>> x, y = np.arange(12.0).reshape(6, 2), np.arange(6)
+      >>> [b.indices.shape for b in batches(x, y, batch_size=4, seed=1)]
+      [(4,)]
     """
     return iter(
         BatchIterator(

@@ -154,7 +154,7 @@ def elman_from_flax(params: Any, *, residual: bool = False) -> dict[str, jax.Arr
       ValueError: naming the leaves found when the tree is not exactly one SimpleCell and one
         biased linear readout.
 
-    Example:
+    Examples:
       >>> from flax import nnx
       >>> import admm_jax
       >>> class Model(nnx.Module):
@@ -215,7 +215,7 @@ def adapt_flax_rnn(
       forwards ``extra`` (``inputs=``, ``targets=``, ``indices=``) to ``inner``. ``grads`` may
       be ``None`` (or an empty tree) for ADMMiRNN, which does not use it.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from flax import nnx
       >>> import admm_jax
@@ -284,7 +284,7 @@ def flax_cell_options(module: Any) -> FlaxCellOptions:
         RNN that runs backward in time or is time-major.
       TypeError: when ``module`` is not one of the four classes above.
 
-    Example:
+    Examples:
       >>> from flax import nnx
       >>> import admm_jax
       >>> admm_jax.flax_cell_options(nnx.RNN(nnx.SimpleCell(3, 8, rngs=nnx.Rngs(0))))

@@ -37,7 +37,7 @@ def apply_gradients(state: S, grads: Any = None, **extra_args: Any) -> S:
     Returns:
       ``state`` with ``step + 1`` and the new ``params`` and ``opt_state``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> import flax.linen as nn
       >>> from flax.training.train_state import TrainState
@@ -65,7 +65,7 @@ class ExtraArgsTrainState(train_state.TrainState):
     which ADMMiRNN accepts). Unlike Linen's ``TrainState`` it does not replace other fields from
     keyword arguments: use ``.replace(...)`` for that.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> import admm_jax
       >>> from flax import nnx

@@ -168,7 +168,7 @@ class ElmanRNN(nnx.Module):
     With ``token_inputs=True`` (the model will read token ids, ``in_features`` = vocabulary
     size) ``U ~ N(0, 1)``: one-hot inputs have unit norm.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> from flax import nnx
       >>> model = ElmanRNN(28, 16, 10, rngs=nnx.Rngs(0))

@@ -53,7 +53,7 @@ def sample_detach_mask(key: jax.Array, p: float | jax.Array, num_steps: int) -> 
     Returns:
       A ``bool [T]`` mask; entry ``t`` blocks the gradient through ``h_{t-1}`` at step ``t``.
 
-    Example:
+    Examples:
       >>> import jax
       >>> m = sample_detach_mask(jax.random.key(0), 0.5, 6)
       >>> m.shape, m.dtype
@@ -163,7 +163,7 @@ def cell_path_grad_norms(
     Returns:
       :class:`CellPathGradNorms` of global (all-leaf) L2 norms.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from flax import nnx
       >>> from admm_jax.models.lstm import LSTM, lstm_apply

@@ -169,7 +169,7 @@ class LSTM(nnx.Module):
     gate bias the sum of two such draws (PyTorch's ``b_ih + b_hh``), readout
     ``U(-1/sqrt(H), 1/sqrt(H))`` (``nn.Linear``).
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp
       >>> from flax import nnx
       >>> model = LSTM(1, 16, 9, rngs=nnx.Rngs(0), many_to_many=True, p_detach=0.5)

@@ -70,7 +70,7 @@ def scale_by_novograd(
     Returns:
       An ``optax.GradientTransformationExtraArgs`` with state :class:`NovoGradState`.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = scale_by_novograd(b1=0.9)
       >>> state = tx.init({"w": jnp.zeros(2)})
@@ -192,7 +192,7 @@ def novograd(
       An ``optax.GradientTransformationExtraArgs``; its state is
       ``(NovoGradState, optax.ScaleByScheduleState | optax.EmptyState)``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax
       >>> params = {"w": jnp.array([1.0, 2.0, 3.0])}
       >>> loss = lambda p: jnp.sum(p["w"] ** 2)

@@ -416,7 +416,7 @@ def scale_by_random_bases(
       traced int32): each worker of a data-parallel run draws its own basis (with
       ``axis_name`` the worker is the device index and ``worker`` is not accepted).
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp
       >>> tx = scale_by_random_bases(2, seed=0)
       >>> g = {"w": jnp.arange(4.0)}
@@ -425,7 +425,7 @@ def scale_by_random_bases(
       ((4,), (2,))
 
     References:
-      Gressmann, Eaton, Luk, "Improving Neural Network Training in Low Dimensional Random
+      Gressmann, Eaton-Rosen, Luschi, "Improving Neural Network Training in Low Dimensional Random
       Bases", NeurIPS 2020, arXiv:2011.04720.
     """
     _check_distribution(distribution)
@@ -564,7 +564,7 @@ def random_bases(
       An ``optax.GradientTransformationExtraArgs``; state
       ``(RandomBasesState, optax.ScaleByScheduleState | optax.EmptyState)``.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax
       >>> params = {"w": jnp.ones(1000)}
       >>> loss = lambda p: 0.5 * jnp.sum(p["w"] ** 2)
@@ -577,7 +577,7 @@ def random_bases(
       True
 
     References:
-      Gressmann, Eaton, Luk, "Improving Neural Network Training in Low Dimensional Random
+      Gressmann, Eaton-Rosen, Luschi, "Improving Neural Network Training in Low Dimensional Random
       Bases", NeurIPS 2020, arXiv:2011.04720.
     """
     return optax.chain(

@@ -209,7 +209,7 @@ def load_checkpoint(directory: str | os.PathLike, params: Any, opt_state: Any, *
       FileNotFoundError: no readable checkpoint in ``directory``.
       ValueError: the checkpoint does not match the templates (another model or optimizer).
 
-    Example:
+    Examples:
       >>> import tempfile, numpy as np
       >>> from flax import nnx
       >>> from admm_jax import ElmanRNN, data, optimizers

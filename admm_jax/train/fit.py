@@ -375,7 +375,7 @@ def fit(
       The :class:`History` (also with ``meta``: ``compile_seconds``, ``eval_seconds``,
       ``uses_gradients``, ``batch_size``, ``seed``, ``num_samples``, ...).
 
-    Example:
+    Examples:
       >>> import numpy as np, optax
       >>> from flax import nnx
       >>> from admm_jax import ElmanRNN, data, optimizers
