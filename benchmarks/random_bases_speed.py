@@ -41,7 +41,7 @@ CONFIGS = {
     "sgd": None,
     "rbd defaults": {},
     "rbd rademacher/hash": {"distribution": "rademacher", "rng": "hash"},
-    "rbd normal/hash (Box-Muller)": {"distribution": "normal", "rng": "hash"},
+    "rbd normal/hash (inverse CDF)": {"distribution": "normal", "rng": "hash"},
     "rbd uniform/hash": {"distribution": "uniform", "rng": "hash"},
     "rbd hadamard (SRHT)": {"distribution": "hadamard"},
     "rbd normal/threefry (jax.random)": {"distribution": "normal", "rng": "threefry"},
@@ -76,7 +76,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--smoke", action="store_true",
                     help="synthetic data, 2 steps, 1 round: checks that it runs")
     ap.add_argument("--out", default="benchmarks/results/random_bases_speed.json")
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw the PNG from an existing --out JSON")
     args = ap.parse_args(argv)
+    if args.replot:
+        result = json.loads(pathlib.Path(args.out).read_text())
+        plot(result, pathlib.Path(args.out).with_suffix(".png"))
+        return result
     if args.smoke:
         args.steps, args.rounds, args.skip_slow = 2, 1, True
 
@@ -146,8 +152,35 @@ def main(argv: list[str] | None = None) -> dict:
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2))
-    print(f"wrote {out}")
+    plot(result, out.with_suffix(".png"))
+    print(f"wrote {out} and its .png")
     return result
+
+
+def plot(result: dict, path: pathlib.Path) -> None:
+    """Horizontal bars: median ratio to SGD per configuration (log scale), with the range."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(result["ratio_to_sgd_median"])
+    med = np.array([result["ratio_to_sgd_median"][k] for k in names])
+    lo = np.array([result["ratio_to_sgd_range"][k][0] for k in names])
+    hi = np.array([result["ratio_to_sgd_range"][k][1] for k in names])
+    fig, ax = plt.subplots(figsize=(7, 0.45 * len(names) + 1.2))
+    y = np.arange(len(names))[::-1]
+    ax.barh(y, med, color="C0", alpha=0.7)
+    ax.errorbar(med, y, xerr=[med - lo, hi - med], fmt="none", color="k", lw=1)
+    for v, ls in ((8, "--"), (25, ":")):
+        ax.axvline(v, color="C3", ls=ls, lw=1, label=f"{v}x SGD")
+    ax.set_yticks(y, names)
+    ax.set_xscale("log")
+    ax.set_xlabel("step time / SGD step time (median over rounds, bar: range)")
+    ax.set_title(f"FC-MNIST D={result['setting']['params_D']}, d={result['setting']['dim']}")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":

@@ -41,3 +41,4 @@ def test_step_cost_benchmark_reports_ratios(tmp_path):
     assert "rbd defaults" in ratios and "rbd hadamard (SRHT)" in ratios
     assert all(r > 0 for r in ratios.values())
     assert json.loads((tmp_path / "s.json").read_text())["floor"]["basis_entries"] == 250 * 101770
+    assert (tmp_path / "s.png").stat().st_size > 10_000
