@@ -369,14 +369,15 @@ def scale_by_random_bases(
     Sylvester Hadamard matrix of size :math:`2^{\lceil \log_2 D \rceil}`. Both projections
     are then fast Walsh-Hadamard transforms, :math:`O(D \log D)` work and :math:`O(D)`
     memory instead of :math:`O(dD)` for an i.i.d. basis: on the paper's FC-MNIST net
-    (``D = 101,770``, ``d = 250``) a step costs about 10x an SGD step on CPU against about
-    100x for bit-packed i.i.d. signs and over 500x for ``jax.random`` normals
-    (``benchmarks/random_bases_speed.py``). Entries are :math:`\pm 1/\sqrt D`, zero-mean,
-    :math:`\mathbb E[E E^\top] = (d/D) I` and :math:`\mathbb E\|E^\top g\|^2 = (d/D)\|g\|^2`
-    as for i.i.d. bases, and the cosine is :math:`\approx\sqrt{d/D}` (tested); but the
-    vectors of one step are not independent (:math:`e_j \odot e_{j'}` is a Hadamard row:
-    pairs are uncorrelated on average, nearly orthogonal). ``distribution="normal"`` gives
-    the paper's Gaussian basis, ``"rademacher"`` i.i.d. signs (bit-packed: 32 per hash word).
+    (``D = 101,770``, ``d = 250``) a step measured 9x an SGD step on a 2-core CPU, against 66x
+    for bit-packed i.i.d. signs, 480x for hashed normals and 1200x for ``jax.random`` normals
+    (``benchmarks/random_bases_speed.py``, docs/random_bases.md). Entries are
+    :math:`\pm 1/\sqrt D`, zero-mean, :math:`\mathbb E[E E^\top] = (d/D) I` and
+    :math:`\mathbb E\|E^\top g\|^2 = (d/D)\|g\|^2` as for i.i.d. bases, and the cosine is
+    :math:`\approx\sqrt{d/D}` (tested); but the vectors of one step are not independent
+    (:math:`e_j \odot e_{j'}` is a Hadamard row: pairs are uncorrelated on average, nearly
+    orthogonal). ``distribution="normal"`` gives the paper's Gaussian basis, ``"rademacher"``
+    i.i.d. signs (bit-packed: 32 per hash word).
 
     Args:
       dim: subspace dimension PER compartment: an int (every compartment gets ``dim``
@@ -395,9 +396,9 @@ def scale_by_random_bases(
         ``block_size * D_k`` buffers (ignored by ``"hadamard"``, which needs ``O(D_k)``).
       rng: how the i.i.d. entries are drawn: ``"hash"`` (default: a keyed 2-D counter hash,
         bit-packed: 32 signs or two 16-bit uniforms/normals per 32-bit word) or
-        ``"threefry"`` (``jax.random``, one key per vector via ``fold_in``; ~50x slower
-        steps on CPU, where generation dominates). Ignored by a callable ``distribution``
-        and by ``"hadamard"`` (signs and rows always come from the hash).
+        ``"threefry"`` (``jax.random``, one key per vector via ``fold_in``; 2.5x slower
+        steps than hashed normals on CPU, where generation dominates). Ignored by a
+        callable ``distribution`` and by ``"hadamard"`` (signs and rows come from the hash).
       axis_name: data-parallel mode, for ``update`` called inside ``jax.shard_map`` (or any
         context binding this mesh axis) with each device's LOCAL gradient. Device ``w``
         (``lax.axis_index``) draws its own basis :math:`E^{(w)}` from
