@@ -187,10 +187,28 @@ def run_pair(T: int, seed: int, methods, args, fns, budget: int) -> list[dict]:
     return rows
 
 
+def first_at(run: dict, thr: float) -> tuple[int | None, float | None]:
+    """(iterations, training seconds) at the first evaluation point with accuracy >= thr."""
+    for it, acc, sec in zip(run["iters"], run["acc"], run["seconds"], strict=True):
+        if acc >= thr:
+            return it, sec
+    return None, None
+
+
+def acc_at(run: dict, it: int) -> float:
+    """Accuracy at evaluation point ``it`` (the last one if the run stopped before it)."""
+    return run["acc"][run["iters"].index(it)] if it in run["iters"] else run["acc"][-1]
+
+
 def summarize(rows: list[dict], Ts: list[int], methods) -> list[dict]:
-    """Per (T, method): iterations/seconds to solve (solved seeds) and final accuracy."""
+    """Per (T, method): iterations/seconds to solve (solved seeds) and final accuracy.
+
+    Runs of one T may have different budgets (e.g. a resumed job); ``common_iters`` is the
+    smallest budget among them, where the accuracy of every seed is compared.
+    """
     out = []
     for T in Ts:
+        common = min((r["budget_iters"] for r in rows if r["T"] == T), default=None)
         for name, _ in methods:
             rs = [r for r in rows if r["T"] == T and r["method"] == name]
             if not rs:
@@ -209,6 +227,14 @@ def summarize(rows: list[dict], Ts: list[int], methods) -> list[dict]:
                 "final_val_acc_mean": float(np.mean(acc)), "final_val_acc_std": float(np.std(acc)),
                 "final_val_acc": acc, "iterations_done": [r["iterations_done"] for r in rs],
                 "budget_iters": rs[0]["budget_iters"],
+                "budget_iters_per_seed": [r["budget_iters"] for r in rs],
+                "iters_to_50pct": [first_at(r, 0.5)[0] for r in rs],
+                "seconds_to_50pct": [first_at(r, 0.5)[1] for r in rs],
+                "iters_to_80pct": [first_at(r, 0.8)[0] for r in rs],
+                "common_iters": common,
+                "acc_at_common_iters": [acc_at(r, common) for r in rs],
+                "acc_at_common_iters_mean": float(np.mean([acc_at(r, common) for r in rs])),
+                "acc_at_common_iters_std": float(np.std([acc_at(r, common) for r in rs])),
                 "seconds_per_iteration_mean": float(np.mean(
                     [r["seconds_per_iteration"] for r in rs])),
             })
@@ -217,16 +243,19 @@ def summarize(rows: list[dict], Ts: list[int], methods) -> list[dict]:
 
 def print_table(summary: list[dict], target: float) -> None:
     head = f"iters to {int(100 * target)}%"
-    print(f"\n{'T':>4s} {'method':24s} {'solved':>7s} {head:>22s} "
-          f"{'s to target':>12s} {'val acc at end':>16s} {'s/iter':>7s}")
+    print(f"\n{'T':>4s} {'method':24s} {'solved':>7s} {head:>20s} {'iters to 50%':>20s} "
+          f"{'acc at common it.':>24s} {'val acc at end':>15s} {'s/iter':>7s}")
+
+    def fmt(values):
+        return ",".join("-" if v is None else str(v) for v in values)
+
     for s in summary:
-        its = ",".join("-" if v is None else str(v) for v in s["iters_to_target"])
-        secs = ("-" if s["seconds_to_target_mean"] is None
-                else f"{s['seconds_to_target_mean']:.0f}")
-        print(f"{s['T']:4d} {s['method']:24s} {s['solved']:3d}/{s['seeds']:<3d} {its:>22s} "
-              f"{secs:>12s} {100 * s['final_val_acc_mean']:7.1f}"
-              f"+-{100 * s['final_val_acc_std']:.1f}% "
-              f"{s['seconds_per_iteration_mean']:7.3f}")
+        common = (f"{100 * s['acc_at_common_iters_mean']:.1f}+-"
+                  f"{100 * s['acc_at_common_iters_std']:.1f}% @{s['common_iters']}")
+        print(f"{s['T']:4d} {s['method']:24s} {s['solved']:3d}/{s['seeds']:<3d} "
+              f"{fmt(s['iters_to_target']):>20s} {fmt(s['iters_to_50pct']):>20s} "
+              f"{common:>24s} {100 * s['final_val_acc_mean']:8.1f}+-"
+              f"{100 * s['final_val_acc_std']:.1f}% {s['seconds_per_iteration_mean']:7.3f}")
 
 
 def full_mode(args, methods) -> int:
@@ -270,6 +299,19 @@ def full_mode(args, methods) -> int:
     return 0
 
 
+def resumable_rows(path: pathlib.Path, benchmark: str, config: dict, keys) -> list[dict]:
+    """The finished rows of ``path``, after checking it was written with the same recipe."""
+    old = json.loads(path.read_text())
+    if old.get("benchmark") != benchmark or "runs" not in old:
+        raise SystemExit(f"--resume: {path} is not a {benchmark} results file of this version; "
+                         "move it away or drop --resume")
+    diff = [f"{k}={old['config'].get(k)!r} (now {config[k]!r})" for k in keys
+            if old["config"].get(k) != config[k]]
+    if diff:
+        raise SystemExit(f"--resume: {path} was run with another recipe: {', '.join(diff)}")
+    return old["runs"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--Ts", default="20,50,100", help="delays, comma-separated")
@@ -304,12 +346,18 @@ def main(argv: list[str] | None = None) -> int:
                     help="only redraw the PNG beside this results JSON")
     args = ap.parse_args(argv)
     if args.replot is not None:
-        plot(args.replot.with_suffix(".png"), json.loads(args.replot.read_text()))
+        result = json.loads(args.replot.read_text())
+        methods = list(dict.fromkeys((r["method"], r["p_detach"]) for r in result["runs"]))
+        Ts = sorted({r["T"] for r in result["runs"]})
+        result["summary"] = summarize(result["runs"], Ts, methods)
+        plot(args.replot.with_suffix(".png"), result)
         return 0
-    if args.smoke:
-        args.Ts, args.hidden, args.seeds, args.iters = "5", 16, 1, "10"
-        args.chunk, args.diag_every, args.val_size, args.batch = 5, 1, 50, 20
-        args.name = "hdetach_copying_smoke"
+    if args.smoke:  # smaller defaults; flags given explicitly still win
+        smoke = {"Ts": "5", "hidden": 16, "seeds": 1, "iters": "10", "chunk": 5,
+                 "diag_every": 1, "val_size": 50, "batch": 20, "name": "hdetach_copying_smoke"}
+        for k, v in smoke.items():
+            if getattr(args, k) == ap.get_default(k):
+                setattr(args, k, v)
     if args.full:
         args.Ts, args.seeds, args.chunk = "100,200,300", 3, 50
     try:
@@ -335,8 +383,8 @@ def main(argv: list[str] | None = None) -> int:
               if k not in ("resume", "replot")}
     rows = []
     if args.resume and path.exists():
-        old = json.loads(path.read_text())
-        rows = old["runs"]
+        rows = resumable_rows(path, "hdetach_copying", config,
+                              ("hidden", "batch", "lr", "clip", "p", "chunk", "target", "hold"))
         print(f"resuming: {len(rows)} finished runs in {path}")
     tx = optax.chain(optax.clip_by_global_norm(args.clip), optax.adam(args.lr))
     for T in Ts:
@@ -391,20 +439,23 @@ def plot(path: pathlib.Path, result: dict) -> None:
         axes[1, j].legend(fontsize=7)
     ax = axes[0, -1]
     for k, name in enumerate(methods):
-        xs, ys = [], []
-        for s in (s for s in result["summary"] if s["method"] == name):
-            for it, done in zip(s["iters_to_target"], s["iterations_done"], strict=True):
-                xs.append(s["T"] * (1 + 0.03 * (2 * k - 1)))
-                ys.append(it if it is not None else done)
-                ax.scatter(xs[-1], ys[-1], color=colors[name],
-                           marker="o" if it is not None else "^", s=30,
-                           facecolors=colors[name] if it is not None else "none")
-        means = [(s["T"], s["iters_to_target_mean"]) for s in result["summary"]
-                 if s["method"] == name and s["solved"] == s["seeds"]]
-        if means:
-            ax.plot(*zip(*means, strict=True), color=colors[name], label=f"{name} (mean)")
-    ax.set(title=f"iterations to {int(100 * cfg['target'])}% (triangle: not reached, "
-                 "at budget)", xlabel="delay T", ylabel="iterations", xscale="log",
+        for key, marker, thr in (("iters_to_50pct", "o", 50),
+                                 ("iters_to_target", "s", int(100 * cfg["target"]))):
+            pts = []
+            for s in (s for s in result["summary"] if s["method"] == name):
+                for it, done in zip(s[key], s["iterations_done"], strict=True):
+                    x = s["T"] * (1 + 0.04 * (2 * k - 1))
+                    ax.scatter(x, it if it is not None else done, color=colors[name],
+                               marker=marker if it is not None else "^", s=30,
+                               facecolors=colors[name] if it is not None else "none")
+                its = [v for v in s[key] if v is not None]
+                if len(its) == len(s[key]):
+                    pts.append((s["T"], np.mean(its)))
+            if pts:
+                ax.plot(*zip(*pts, strict=True), color=colors[name],
+                        ls="-" if marker == "o" else "--", label=f"{name}: to {thr}% (mean)")
+    ax.set(title="iterations to 50% (o) / to target (s);\nopen triangle: not reached "
+                 "within the run", xlabel="delay T", ylabel="iterations", xscale="log",
            yscale="log", xticks=Ts, xticklabels=[str(T) for T in Ts])
     ax.minorticks_off()
     if ax.get_legend_handles_labels()[0]:

@@ -139,6 +139,9 @@ def run_pair(layout, seed, data, methods, args) -> list[dict]:
             r["losses"] = []
             if val > r["best"][0]:
                 r["best"] = (val, epoch + 1, jax.tree.map(jnp.copy, r["params"]))
+        print(f"  {layout} seed {seed} epoch {epoch + 1}: " + ", ".join(
+            f"{r['method']} val {r['history']['val_acc'][-1]:.4f} "
+            f"({r['train_seconds']:.0f} s)" for r in runs), flush=True)
     rows = []
     for r in runs:
         val, best_epoch, best_params = r["best"]
@@ -208,6 +211,21 @@ def plot(path: pathlib.Path, result: dict) -> None:
     plt.close(fig)
 
 
+def resumable_rows(path: pathlib.Path, config: dict) -> list[dict]:
+    """The finished rows of ``path``, after checking it was written with the same recipe."""
+    old = json.loads(path.read_text())
+    if old.get("benchmark") != "hdetach_mnist" or "runs" not in old:
+        raise SystemExit(f"--resume: {path} is not an hdetach_mnist results file of this "
+                         "version; move it away or drop --resume")
+    keys = ("pixels_per_step", "hidden", "batch", "lr", "clip", "p", "epochs", "epoch_size",
+            "anneal_epochs", "chunk")
+    diff = [f"{k}={old['config'].get(k)!r} (now {config[k]!r})" for k in keys
+            if old["config"].get(k) != config[k]]
+    if diff:
+        raise SystemExit(f"--resume: {path} was run with another recipe: {', '.join(diff)}")
+    return old["runs"]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--layouts", default="pixels,permuted")
@@ -241,10 +259,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.replot is not None:
         plot(args.replot.with_suffix(".png"), json.loads(args.replot.read_text()))
         return 0
-    if args.smoke:
-        args.pixels_per_step, args.hidden, args.seeds, args.epochs = 28, 16, 1, 2
-        args.epoch_size, args.chunk, args.eval_batch = 200, 2, 500
-        args.name = "hdetach_mnist_smoke"
+    if args.smoke:  # smaller defaults; flags given explicitly still win
+        smoke = {"pixels_per_step": 28, "hidden": 16, "seeds": 1, "epochs": 2,
+                 "epoch_size": 200, "chunk": 2, "eval_batch": 500, "name": "hdetach_mnist_smoke"}
+        for k, v in smoke.items():
+            if getattr(args, k) == ap.get_default(k):
+                setattr(args, k, v)
     if args.full:
         args.pixels_per_step, args.epochs, args.epoch_size, args.anneal_epochs = 1, 200, 50000, 40
         args.name = "hdetach_mnist_full"
@@ -267,7 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     path = args.out / f"{args.name}.json"
     config = {k: (str(v) if isinstance(v, pathlib.Path) else v) for k, v in vars(args).items()
               if k not in ("resume", "replot", "data_dir")}
-    rows = json.loads(path.read_text())["runs"] if args.resume and path.exists() else []
+    rows = []
+    if args.resume and path.exists():
+        rows = resumable_rows(path, config)
+        print(f"resuming: {len(rows)} finished runs in {path}")
     data = {layout: load(layout, args.pixels_per_step, args.data_dir) for layout in layouts}
     for seed in range(args.seeds):
         for layout in layouts:

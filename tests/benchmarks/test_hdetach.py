@@ -57,9 +57,12 @@ def test_copying_stops_once_target_held_and_resume_keeps_rows(tmp_path, copying_
         assert r["solved_seconds"] == r["seconds"][0]
     s = first["summary"]
     assert [x["solved"] for x in s] == [1, 1] and s[0]["iters_to_target_mean"] == 5.0
-    # --resume finds the (T, seed) pair done and recomputes nothing.
+    # --resume finds the (T, seed) pair done and recomputes nothing ...
     assert copying_bench.main(args + ["--resume"]) == 0
     assert json.loads(path.read_text())["runs"] == first["runs"]
+    # ... and refuses to mix rows of another recipe.
+    with pytest.raises(SystemExit, match=r"another recipe: hold=2 \(now 3\)"):
+        copying_bench.main(args[:-4] + ["--hold", "3", "--resume"])
 
 
 def test_copying_train_chunk_compiles_once_for_any_p(copying_bench):
