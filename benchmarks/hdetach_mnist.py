@@ -202,6 +202,7 @@ def plot(path: pathlib.Path, result: dict) -> None:
                              f"{cfg['pixels_per_step']} px, hidden {cfg['hidden']}",
                        xlabel=f"epoch ({cfg['epoch_size']} examples)",
                        ylabel="validation accuracy (%)", ylim=(0, 100))
+        axes[0, j].set_xticks(sorted({e for r in result["runs"] for e in r["history"]["epoch"]}))
         axes[1, j].set(xlabel="training seconds (evaluation excluded)",
                        ylabel="validation accuracy (%)", ylim=(0, 100))
         axes[0, j].legend(fontsize=7, loc="lower right")
