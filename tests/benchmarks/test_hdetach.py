@@ -91,7 +91,7 @@ def test_mnist_smoke_on_real_data(tmp_path, data_dir):
     bench = _load("hdetach_mnist")
     assert bench.main(["--smoke", "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "hdetach_mnist_smoke.json").read_text())
-    assert result["sizes"] == {"train": 50000, "val": 10000, "test": 10000}
+    assert result["sizes"] == {"train": 50000, "val": 1000, "test": 1000}  # smoke: --eval-size
     assert [(r["layout"], r["method"]) for r in result["runs"]] == [
         ("pixels", "LSTM"), ("pixels", "LSTM+h-detach p=0.25"),
         ("permuted", "LSTM"), ("permuted", "LSTM+h-detach p=0.25")]
