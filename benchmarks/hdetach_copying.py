@@ -258,17 +258,17 @@ def print_table(summary: list[dict], target: float) -> None:
               f"{100 * s['final_val_acc_std']:.1f}% {s['seconds_per_iteration_mean']:7.3f}")
 
 
-def full_mode(args, methods) -> int:
+def full_mode(args, methods, *, epochs: int = 600, per_epoch: int = 1000, anneal: int = 40,
+              train_size: int = 100_000, test_size: int = 5_000) -> int:
     """The paper's budget: fixed 100k training set, 600 epochs x 1,000 iterations (GPU)."""
     tx = optax.chain(optax.clip_by_global_norm(args.clip), optax.adam(args.lr))
-    epochs, per_epoch, anneal = 600, 1000, 40
     args.out.mkdir(parents=True, exist_ok=True)
     for T in args.Ts:
         seq_len = T + 2 * N_COPY
         train_chunk, evaluate, _ = make_fns(tx, seq_len)
         for seed in range(args.seeds):
-            train_x, train_y = copying(T, 100_000, seed=seed)
-            test_x, test_y = copying(T, 5_000, seed=10_000 + seed)
+            train_x, train_y = copying(T, train_size, seed=seed)
+            test_x, test_y = copying(T, test_size, seed=10_000 + seed)
             test_x, test_y = jnp.asarray(test_x), jnp.asarray(test_y)
             rng = np.random.default_rng(seed)
             for m, (name, p) in enumerate(methods):
@@ -282,7 +282,7 @@ def full_mode(args, methods) -> int:
                 for epoch in range(epochs):
                     pe = 0.0 if epoch >= epochs - anneal else p
                     for _ in range(per_epoch // args.chunk):
-                        idx = rng.choice(100_000, (args.chunk, args.batch))
+                        idx = rng.choice(train_size, (args.chunk, args.batch))
                         key, sub = jax.random.split(key)
                         params, opt_state, _, _ = train_chunk(
                             params, opt_state, jnp.asarray(train_x[idx]),

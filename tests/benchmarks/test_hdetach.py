@@ -104,3 +104,18 @@ def test_mnist_smoke_on_real_data(tmp_path, data_dir):
     assert (tmp_path / "hdetach_mnist_smoke.png").stat().st_size > 10_000
     with pytest.raises(SystemExit, match="--pixels-per-step"):
         bench.main(["--pixels-per-step", "5", "--out", str(tmp_path)])
+
+
+def test_copying_full_mode_runs_at_a_tiny_budget(tmp_path, copying_bench):
+    # The paper's --full loop (fixed training set, per-epoch validation, p off at the end),
+    # exercised with 2 epochs of 2 chunks instead of 600 x 1,000 iterations.
+    import argparse
+    args = argparse.Namespace(Ts=[5], seeds=1, hidden=8, lr=1e-3, clip=1.0, batch=10, chunk=5,
+                              out=tmp_path)
+    methods = [("LSTM", 0.0), ("LSTM+h-detach p=0.5", 0.5)]
+    assert copying_bench.full_mode(args, methods, epochs=2, per_epoch=10, anneal=1,
+                                   train_size=100, test_size=20) == 0
+    for m in range(2):
+        h = json.loads((tmp_path / f"hdetach_copying_full_T5_{m}_0.json").read_text())["history"]
+        assert [e["epoch"] for e in h] == [1, 2]
+        assert all(0.0 <= e["val_acc"] <= 1.0 and np.isfinite(e["val_loss"]) for e in h)
