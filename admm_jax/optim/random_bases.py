@@ -59,19 +59,6 @@ def _fmix32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def hash_bits(key: jax.Array, size: int) -> jax.Array:
-    """``size`` pseudo-random uint32 from a counter hash keyed by ``key``'s two words.
-
-    ``fmix32(fmix32(i * golden + k0) ^ k1)`` for element ``i``: two rounds of MurmurHash3's
-    finaliser, ~40x cheaper than threefry on CPU; statistically adequate for random
-    projections (zero mean, unit variance and the sqrt(d/D) cosine are tested), not a
-    cryptographic or general-purpose generator.
-    """
-    k = jax.random.key_data(key).reshape(-1)
-    i = jnp.arange(size, dtype=jnp.uint32)
-    return _fmix32(_fmix32(i * jnp.uint32(0x9E3779B9) + k[0]) ^ k[-1])
-
-
 def _hash_words(key: jax.Array, index: jax.Array, n_words: int) -> jax.Array:
     """``[len(index), n_words]`` uint32: word ``w`` of basis vector ``j``, ``j`` in ``index``.
 
@@ -368,10 +355,8 @@ def scale_by_random_bases(
     worker and compartment) and rows :math:`r_j` drawn uniformly (with replacement) from the
     Sylvester Hadamard matrix of size :math:`2^{\lceil \log_2 D \rceil}`. Both projections
     are then fast Walsh-Hadamard transforms, :math:`O(D \log D)` work and :math:`O(D)`
-    memory instead of :math:`O(dD)` for an i.i.d. basis: on the paper's FC-MNIST net
-    (``D = 101,770``, ``d = 250``) a step measured 9x an SGD step on a 2-core CPU, against 66x
-    for bit-packed i.i.d. signs, 480x for hashed normals and 1200x for ``jax.random`` normals
-    (``benchmarks/random_bases_speed.py``, docs/random_bases.md). Entries are
+    memory instead of :math:`O(dD)` for an i.i.d. basis, whose generation dominates the step
+    on a CPU (measured step costs against SGD: docs/random_bases.md). Entries are
     :math:`\pm 1/\sqrt D`, zero-mean, :math:`\mathbb E[E E^\top] = (d/D) I` and
     :math:`\mathbb E\|E^\top g\|^2 = (d/D)\|g\|^2` as for i.i.d. bases, and the cosine is
     :math:`\approx\sqrt{d/D}` (tested); but the vectors of one step are not independent
@@ -396,8 +381,8 @@ def scale_by_random_bases(
         ``block_size * D_k`` buffers (ignored by ``"hadamard"``, which needs ``O(D_k)``).
       rng: how the i.i.d. entries are drawn: ``"hash"`` (default: a keyed 2-D counter hash,
         bit-packed: 32 signs or two 16-bit uniforms/normals per 32-bit word) or
-        ``"threefry"`` (``jax.random``, one key per vector via ``fold_in``; 2.5x slower
-        steps than hashed normals on CPU, where generation dominates). Ignored by a
+        ``"threefry"`` (``jax.random``, one key per vector via ``fold_in``; slower where
+        generation dominates, as on a CPU). Ignored by a
         callable ``distribution`` and by ``"hadamard"`` (signs and rows come from the hash).
       axis_name: data-parallel mode, for ``update`` called inside ``jax.shard_map`` (or any
         context binding this mesh axis) with each device's LOCAL gradient. Device ``w``
