@@ -63,6 +63,14 @@ def _json_safe(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
 
 
+class _Parser(argparse.ArgumentParser):
+    """Errors as ONE line, ``admm-jax train: error: --flag: ...``, exit status 2 (the usage
+    is in ``--help``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def _task_help() -> str:
     from admm_jax import tasks
 
@@ -117,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     from admm_jax import optimizers
 
     opt_names = ", ".join(optimizers.names())
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="admm-jax",
         description="Train Elman RNNs with ADMMiRNN and gradient optimizers and compare them.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
