@@ -90,9 +90,10 @@ def learning_rate(name: str, v: Any) -> None:
     """A learning rate: a finite number ``> 0`` (also a 0-d array) or a schedule (callable)."""
     if callable(v):
         return
-    f = scalar(name, v, "a finite number > 0 or an optax schedule")
+    f = scalar(name, v, "a finite number > 0 (or an optax schedule)")
     if f is not None and not (math.isfinite(f) and f > 0):
-        raise ValueError(f"{name}: expected a finite number > 0 or an optax schedule, got {v!r}")
+        raise ValueError(f"{name}: expected a finite number > 0, got {v!r} (or pass an optax "
+                         "schedule)")
 
 
 def token_ids(name: str, ids: Any, vocab: int) -> None:

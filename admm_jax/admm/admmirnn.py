@@ -166,7 +166,10 @@ def admmirnn(
       targets, indices=None)``: ``inputs [B, T, D]`` floats or ``[B, T]`` token ids,
       ``targets [B]`` / ``[B, T]`` classes (or reals with ``loss="mse"``), ``indices [B]`` the
       samples' positions in the training set (default ``arange(B)``, which requires
-      ``B == num_samples``).
+      ``B == num_samples``): distinct, in ``[0, num_samples)``; concrete ones are checked
+      (``ValueError``), traced ones that are not reject the iteration (nothing is written).
+      Float hyperparameters may be 0-d arrays or injected (``optax.inject_hyperparams``); the
+      integer ones set shapes and loop lengths and must stay static (``static_args``).
 
     Example:
       >>> import jax, jax.numpy as jnp, optax

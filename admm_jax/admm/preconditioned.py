@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -146,8 +147,8 @@ def admm_preconditioned(
     Safeguard, ``adaptive_damping`` (Levenberg-Marquardt style, driven by the observed
     loss): running averages of the batch loss, ``fast`` (weight 1/2) and ``slow`` (1/20, with
     its running variance ``v``), are kept. When ``fast > 1.1 slow`` *and*
-    ``fast - slow > 3 sqrt(v/3)`` (the rise is material and beyond batch-to-batch noise), or
-    the loss is not finite, the damping factor ``d`` doubles; otherwise it decays by ``0.97``
+    ``fast - slow > 3 sqrt(v/3)`` (the rise is material and beyond batch-to-batch noise), the
+    damping factor ``d`` doubles (a non-finite loss rejects the whole step, see below); otherwise it decays by ``0.97``
     per step, down to 1. The step uses ``mu * d``: larger damping shortens every step and
     turns it toward the gradient, so a run whose steps are too long damps itself back to a
     stable regime, then returns to ``d = 1``. Chosen by experiment
@@ -167,6 +168,11 @@ def admm_preconditioned(
     ``z_t = W_x x_t + W_h h_{t-1} + b`` are one linear map of the same features, so the same
     ``(D+H+1)^2`` Gram preconditions all ``4H`` columns, with targets ``-eta dL/dz_t`` from taps
     on ``z_t`` (:func:`lstm_adjoints`); the readout as above.
+
+    A step whose update or new state is not finite (a NaN in the batch, an overflow) is not
+    applied: zero update, state unchanged, ``count`` included (:func:`admm_jax.reject_nonfinite`).
+    Hyperparameters may be Python or numpy numbers or 0-d arrays, and may be injected by
+    ``optax.inject_hyperparams``.
 
     This is not ADMM (it back-propagates); it is the ADMM weight subproblem used as a
     preconditioner. Like :func:`admm_jax.admmirnn` it ignores the gradient argument and needs
@@ -320,9 +326,17 @@ def _value(v: ScalarOrSchedule, count: jax.Array):
 
 
 def _check_options(learning_rate, readout_learning_rate, prox, weight_decay, activation, loss):
-    checks.learning_rate("learning_rate", learning_rate)
-    checks.learning_rate("readout_learning_rate", readout_learning_rate)
-    checks.nonnegative_number("prox", prox)
-    checks.nonnegative_number("weight_decay", weight_decay)
+    for name, v in (("learning_rate", learning_rate),
+                    ("readout_learning_rate", readout_learning_rate)):
+        if callable(v):
+            continue
+        f = checks.scalar(name, v, "a positive number or an optax schedule")
+        if f is not None and not (math.isfinite(f) and f > 0):
+            raise ValueError(f"{name}: expected a positive number (finite) or an optax "
+                             f"schedule, got {v!r}")
+    for name, v in (("prox", prox), ("weight_decay", weight_decay)):
+        f = checks.scalar(name, v, "a number >= 0")
+        if f is not None and not (math.isfinite(f) and f >= 0):
+            raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
     checks.one_of("activation", activation, ACTIVATIONS)
     checks.one_of("loss", loss, LOSSES)

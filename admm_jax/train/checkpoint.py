@@ -272,10 +272,11 @@ def load_checkpoint(directory: str | os.PathLike, params: Any, opt_state: Any, *
                 what, tree = {"p": ("params", params), "o": ("opt_state", opt_state)}[k[0][0]]
                 path = jax.tree_util.keystr(
                     jax.tree_util.tree_flatten_with_path(tree)[0][int(k[0][1:])][0])
+                path = path.removesuffix(".value")  # nnx.Variable's own field
                 raise ValueError(
-                    f"{what}: the checkpoint does not match the template: leaf {path} saved as "
-                    f"{saved.get(k[0])}, the template has {wanted.get(k[0])} (another model "
-                    "or optimizer)")
+                    f"params, opt_state: the checkpoint does not match the templates: {what} "
+                    f"leaf {path} saved as {saved.get(k[0])}, the template has "
+                    f"{wanted.get(k[0])} (another model or optimizer)")
             try:
                 state = mgr.restore(s, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(target))).state

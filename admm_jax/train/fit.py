@@ -448,7 +448,10 @@ def fit(
         policy names; data of mismatched sizes, non-finite values, labels out of range, or
         inputs/targets that do not fit the model; ``batch_size`` out of range; ``opt_state``
         that does not match ``optimizer.init`` of the model's parameters; an ADMMiRNN built
-        for another ``num_samples``.
+        for another ``num_samples``; token ids outside the model's vocabulary; an
+        ``admmirnn``/``admm_preconditioned`` built for another activation or readout than
+        the model's (or a Flax RNN it cannot train); a model holding RNG streams;
+        ``optax.MultiSteps`` around an optimizer that takes the batch.
       TypeError: a model that is not an ``nnx.Module``, an optimizer without ``init``/``update``,
         data that is not a pair of numeric arrays.
       DivergenceError: a non-finite step with ``on_divergence="raise"`` (or retries exhausted).
