@@ -147,8 +147,8 @@ def admm_preconditioned(
     Safeguard, ``adaptive_damping`` (Levenberg-Marquardt style, driven by the observed
     loss): running averages of the batch loss, ``fast`` (weight 1/2) and ``slow`` (1/20, with
     its running variance ``v``), are kept. When ``fast > 1.1 slow`` *and*
-    ``fast - slow > 3 sqrt(v/3)`` (the rise is material and beyond batch-to-batch noise), the
-    damping factor ``d`` doubles (a non-finite loss rejects the whole step, see below); otherwise it decays by ``0.97``
+    ``fast - slow > 3 sqrt(v/3)`` (the rise is material and beyond batch-to-batch noise), or
+    the loss is not finite, the damping factor ``d`` doubles; otherwise it decays by ``0.97``
     per step, down to 1. The step uses ``mu * d``: larger damping shortens every step and
     turns it toward the gradient, so a run whose steps are too long damps itself back to a
     stable regime, then returns to ``d = 1``. Chosen by experiment
