@@ -211,13 +211,12 @@ def test_bad_flag_exits_2_with_one_line_naming_it(argv, flag, capsys, tmp_path):
     assert "Traceback" not in err
 
 
-def test_on_divergence_stop_says_so_exits_3_and_prints_strict_json(capsys, tmp_path):
-    with pytest.raises(SystemExit) as e:
-        cli.main(["train", *ADDING, "--optimizer", "sgd", "--learning-rate", "1e30",
-                  "--iterations", "8", "--on-divergence", "stop", "--out", str(tmp_path)])
+def test_on_divergence_stop_says_so_and_prints_strict_json(capsys, tmp_path):
+    rc = cli.main(["train", *ADDING, "--optimizer", "sgd", "--learning-rate", "1e30",
+                   "--iterations", "8", "--on-divergence", "stop", "--out", str(tmp_path)])
     out, err = capsys.readouterr()
-    assert e.value.code == 3
-    assert "diverged at iteration" in err and "Traceback" not in err
+    assert rc == 0  # "stop" is the clean end (test_train_divergence_exits_cleanly_...)
+    assert "warning: training diverged at iteration" in err and "Traceback" not in err
     line = next(x for x in out.splitlines() if x.startswith("{"))
 
     def reject(c):
