@@ -278,6 +278,38 @@ def uwb_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: ja
     return uwb_step(params, aux.h, inputs, resid, rho.rho1, cfg)
 
 
+def eigen_inverse(eig, lam) -> jax.Array:
+    """``(M + lam I)^-1`` from ``eig = (q, e)``, the eigendecomposition ``M = q diag(e) q^T``
+    (eigenvalues below 0 from round-off count as 0)."""
+    q, e = eig
+    return (q / (jnp.maximum(e, 0.0) + lam)) @ q.T
+
+
+def kron_step(grad: jax.Array, eig_in, eig_out, lam_in, lam_out) -> jax.Array:
+    r"""The two-sided, variable-metric weight step ``(A + lam_in I)^-1 grad (S + lam_out I)^-1``.
+
+    .. math::
+        \Delta = \arg\min_D\ \tfrac12\,\mathrm{tr}\big(D^\top (A+\lambda_A I) D
+        (S+\lambda_S I)\big) - \mathrm{tr}(D^\top G)
+        = Q_A\,\frac{Q_A^\top G\,Q_S}{(e_A + \lambda_A)(e_S + \lambda_S)^\top}\,Q_S^\top
+
+    the weight block's proximal least squares with the scalar penalty on its constraint's
+    residual replaced by the metric ``S`` (and the input Gram ``A``): a solve with
+    ``(A + lam_in I) kron (S + lam_out I)`` in four matrix products, given the factors'
+    eigendecompositions ``eig_in = (Q_A, e_A)``, ``eig_out = (Q_S, e_S)``.
+
+    Args:
+      grad: ``G [P, Z]`` in the blocks' row layout (``[U^T; W^T; b]``, features by outputs).
+
+    Returns:
+      ``[P, Z]``.
+    """
+    qa, ea = eig_in
+    qs, es = eig_out
+    scale = (jnp.maximum(ea, 0.0) + lam_in)[:, None] * (jnp.maximum(es, 0.0) + lam_out)[None]
+    return qa @ (((qa.T @ grad) @ qs) / scale) @ qs.T
+
+
 # ------------------------------------------------------------------------ h and a blocks
 
 
