@@ -33,8 +33,9 @@ class ADMMKFACState(NamedTuple):
     count, loss, step_norm, damping, loss_fast, loss_slow, loss_var: as in
     :class:`admm_jax.ADMMPreconditionedState`. factors: running averages of the Kronecker
     factors, ``{"A1", "S1", "A3", "S3"}`` (``A1`` a tuple ``(counts, X^T P, P^T P)`` for token
-    inputs). eigen: their eigendecompositions ``(Q, e)`` as of the last refresh (no ``A1``
-    for token inputs: that block is solved through its Schur complement every step).
+    inputs). inverses: their damped inverses as of the last refresh (no ``A1`` for token
+    inputs: that block is solved through its Schur complement every step). inverse_prox: the
+    damping ``mu`` they were computed with.
     """
 
     count: jax.Array
@@ -45,7 +46,8 @@ class ADMMKFACState(NamedTuple):
     loss_slow: jax.Array
     loss_var: jax.Array
     factors: dict
-    eigen: dict
+    inverses: dict
+    inverse_prox: jax.Array
 
 
 def kfac_adjoints(p, cell, inputs, targets, cfg: ADMMConfig, key=None):
@@ -139,14 +141,20 @@ def admm_kfac(
       gradient needs). ``"sampled"``: ``g`` from labels sampled from the model (one more
       backward cotangent, batched with the first), and the readout's ``S`` the exact
       ``E[diag(p) - p p^T]`` (cross entropy) or ``I`` (MSE).
-    * Factorisation: ``eigh`` of every factor every ``refresh_every`` steps, inside ``jit``
-      (``lax.cond`` on the step count, no recompilation); the step between refreshes is four
-      matrix products per block.
-    * Damping: factored Tikhonov, ``lambda_A = mu mean eig(A)``, ``lambda_S = mu mean eig(S)``
-      (``mu = prox * d``): the ``pi``-rescaled damping of K-FAC with ``gamma = mu^2 mean
-      eig(A) mean eig(S)``. ``d`` is :func:`admm_jax.admm_preconditioned`'s adaptive factor
-      (doubles while the loss rises beyond noise, decays by 0.97 to 1). ``mu -> inf``:
-      gradient descent.
+    * Factorisation: the damped inverses ``(A + lambda_A I)^-1``, ``(S + lambda_S I)^-1``
+      (Cholesky, :func:`admm_jax.admm.blocks.damped_inverse`) are refreshed every
+      ``refresh_every`` steps, and whenever the adaptive damping moved, inside ``jit``
+      (``lax.cond``, no recompilation); the step between refreshes is two matrix products
+      per block. (``jnp.linalg.eigh`` was tried first: XLA's CPU eigh took ~0.25 s per
+      ``157 x 157`` factor on 2 cores, 10x an Adam step even amortised over 10 steps.)
+    * Damping: factored Tikhonov, ``lambda_A = mu tr(A)/dim``, ``lambda_S = mu tr(S)/dim``
+      (``mu = prox * d``): the ``pi``-rescaled damping of K-FAC with ``gamma = mu^2 m_A m_S``
+      (``m`` the mean eigenvalues). ``d`` is :func:`admm_jax.admm_preconditioned`'s adaptive
+      factor (doubles while the loss rises beyond noise, decays by 0.97 to 1). With
+      ``normalize_output`` (default) ``S`` enters as ``S / m_S``: the output side shapes the
+      step, ``eta`` keeps :func:`admm_jax.admm_preconditioned`'s scale (without it the
+      empirical ``S`` is tiny and ``eta`` must shrink with it; ``0.001-0.3`` diverged or
+      crawled on row-MNIST).
     * Token inputs (``token_inputs=True``, ``ElmanRNN`` with ids ``[N, T]``): the input
       block of ``A`` is diagonal (token counts); its left solve goes through the ``(H+1)^2``
       Schur complement of :func:`admm_jax.admm.blocks.uwb_step` every step (the blocks'
@@ -158,7 +166,7 @@ def admm_kfac(
 
     Cost per step (``N`` samples, ``T`` steps, ``P = D+H+1``, ``Z`` outputs of the recurrent
     map): a BPTT gradient (``2NTZ(2D+3H)``-ish, whose weight gradient is ``Phi^T g``) plus
-    ``2NTP^2`` for ``A`` and ``2NTZ^2`` for ``S``, plus the amortised ``eigh``.
+    ``2NTP^2`` for ``A`` and ``2NTZ^2`` for ``S``, plus the amortised inverses.
 
     This back-propagates: it is ADMMiRNN's weight subproblem used as a preconditioner, not
     ADMM. It ignores the gradient argument and needs the batch:
@@ -171,7 +179,8 @@ def admm_kfac(
         running averages are young. ``0``: none.
       prox: ``mu``, the damping of each factor relative to its mean eigenvalue.
       ema: weight of the old factors in the running averages, in ``[0, 1)``.
-      refresh_every: steps between eigendecompositions (``>= 1``).
+      refresh_every: steps between refreshes of the damped inverses (``>= 1``).
+      normalize_output: use ``S / m_S`` (see above).
       fisher: ``"empirical"`` or ``"sampled"`` (see above).
       output_factor: LSTM only: ``"full"`` ``4H x 4H`` factor or ``"per_gate"``.
       token_inputs: the inputs are token ids (``ElmanRNN`` only; sizes the factor state).
@@ -239,19 +248,20 @@ def admm_kfac(
     def init_fn(params) -> ADMMKFACState:
         d, hid, z, classes, dtype, _ = shapes(params)
         zeros = lambda *s: jnp.zeros(s, dtype)  # noqa: E731
-        eye = lambda n: (jnp.eye(n, dtype=dtype), jnp.zeros(n, dtype))  # noqa: E731
+        eye = lambda n: jnp.eye(n, dtype=dtype)  # noqa: E731
         factors = {"S1": zeros(z, z), "A3": zeros(hid + 1, hid + 1), "S3": zeros(classes, classes)}
-        eigen = {"S1": eye(z), "A3": eye(hid + 1), "S3": eye(classes)}
+        inverses = {"S1": eye(z), "A3": eye(hid + 1), "S3": eye(classes)}
         if token_inputs:
             factors["A1"] = (zeros(d), zeros(d, hid + 1), zeros(hid + 1, hid + 1))
         else:
             factors["A1"] = zeros(d + hid + 1, d + hid + 1)
-            eigen["A1"] = eye(d + hid + 1)
+            inverses["A1"] = eye(d + hid + 1)
         return ADMMKFACState(
             count=jnp.zeros((), jnp.int32), loss=jnp.zeros((), dtype),
             step_norm=jnp.zeros(2, dtype), damping=jnp.ones((), dtype),
             loss_fast=jnp.zeros((), dtype), loss_slow=jnp.zeros((), dtype),
-            loss_var=jnp.zeros((), dtype), factors=factors, eigen=eigen)
+            loss_var=jnp.zeros((), dtype), factors=factors, inverses=inverses,
+            inverse_prox=jnp.zeros((), dtype))
 
     def update_fn(updates, state: ADMMKFACState, params=None, *, inputs=None, targets=None,
                   **extra_args: Any):
@@ -301,41 +311,29 @@ def admm_kfac(
                                                           + (1.0 - ema) * new),
                                state.factors, batch)
 
-        def refresh(f):
-            out = {}
-            for k in state.eigen:
-                e, q = jnp.linalg.eigh(f[k])
-                out[k] = (q.astype(state.eigen[k][0].dtype), e.astype(state.eigen[k][1].dtype))
-            return out
-
-        eigen = jax.lax.cond(state.count % refresh_every == 0, refresh,
-                             lambda f: state.eigen, factors)
-        eigen = {k: (q.astype(compute), e.astype(compute)) for k, (q, e) in eigen.items()}
-        metric = dict(eigen)
-        if normalize_output:  # S / mean eig(S): the output side only shapes the step
-            for k in ("S1", "S3"):
-                q, e = eigen[k]
-                metric[k] = (q, e / jnp.maximum(jnp.mean(jnp.maximum(e, 0.0)),
-                                                jnp.finfo(compute).tiny))
-
         mu = prox * damping
         eta = jnp.asarray(_value(learning_rate, state.count), compute)
         if warmup_steps:
             eta = eta * jnp.minimum(1.0, (state.count + 1.0) / warmup_steps).astype(compute)
 
-        def lam(k):
-            return mu * jnp.mean(jnp.maximum(metric[k][1], 0.0))
+        def refresh(f):
+            return {k: blocks.damped_inverse(f[k], mu, normalize_output and k[0] == "S")
+                    .astype(state.inverses[k].dtype) for k in state.inverses}
 
-        step3 = -eta * blocks.kron_step(grad3, metric["A3"], metric["S3"], lam("A3"), lam("S3"))
+        # the damped inverses are refreshed every refresh_every steps, and whenever the
+        # adaptive damping has moved since the last refresh
+        due = (state.count % refresh_every == 0) | (mu != state.inverse_prox)
+        inverses = jax.lax.cond(due, refresh, lambda f: state.inverses, factors)
+        inverses = {k: v.astype(compute) for k, v in inverses.items()}
+        inverse_prox = jnp.where(due, mu, state.inverse_prox)
+        step3 = -eta * blocks.kron_step(grad3, inverses["A3"], inverses["S3"])
         if tokens:
-            s_inv = blocks.eigen_inverse(metric["S1"], lam("S1"))
-            resid = -eta * (ga @ s_inv).reshape(g_a.shape) / n
+            resid = -eta * (ga @ inverses["S1"]).reshape(g_a.shape) / n
             new, _ = blocks.uwb_step(p, h, inputs, resid, 1.0, cfg, gram=factors["A1"],
                                      prox=mu)
             step1 = {k: new[k] - p[k] for k in ("U", "W", "b")}
         else:
-            theta = -eta * blocks.kron_step(grad1, metric["A1"], metric["S1"], lam("A1"),
-                                            lam("S1"))
+            theta = -eta * blocks.kron_step(grad1, inverses["A1"], inverses["S1"])
             d = p["U"].shape[1]
             step1 = {"U": theta[:d].T, "W": theta[d:-1].T, "b": theta[-1]}
         groups = (step1, {"V": step3[:-1].T, "c": step3[-1]})
@@ -354,7 +352,8 @@ def admm_kfac(
             loss_slow=slow.astype(dtype),
             loss_var=var.astype(dtype),
             factors=jax.tree.map(lambda v: v.astype(dtype), factors),
-            eigen={k: (q.astype(dtype), e.astype(dtype)) for k, (q, e) in eigen.items()},
+            inverses={k: v.astype(dtype) for k, v in inverses.items()},
+            inverse_prox=inverse_prox.astype(dtype),
         )
         delta = {k: v for g in groups for k, v in g.items()}
         return from_blocks(delta, unpack), new_state

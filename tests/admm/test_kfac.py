@@ -137,14 +137,16 @@ def test_factored_step_equals_an_explicit_kronecker_solve(name, normalize):
 
 
 def test_identity_factors_give_exactly_a_scaled_gradient_step():
-    """Factors (and their last eigendecomposition) = I, no refresh at this step: the step is
-    -eta / (1 + mu)^2 grad, for both blocks."""
+    """Factors = I, so their damped inverses (as of the last refresh, none at this step) are
+    I / (1 + mu): the step is -eta / (1 + mu)^2 grad, for both blocks."""
     cfg, tokens, params, inputs, targets = _problem("dense", seed=5)
     eta, mu = 0.4, 0.25
     tx = _tx(cfg, tokens, learning_rate=eta, prox=mu, adaptive_damping=False, refresh_every=2)
     state = tx.init(params)
-    eye = {k: (jnp.eye(f.shape[0]), jnp.ones(f.shape[0])) for k, f in state.factors.items()}
-    state = state._replace(count=jnp.asarray(1, jnp.int32), eigen=eye)
+    eye = {k: blocks.damped_inverse(jnp.eye(f.shape[0]), mu)
+           for k, f in state.factors.items()}
+    state = state._replace(count=jnp.asarray(1, jnp.int32), inverses=eye,
+                           inverse_prox=jnp.asarray(mu))
     upd, new = tx.update(None, state, params, inputs=inputs, targets=targets)
     grad = jax.grad(lambda p: data_loss(admm_jax.elman_apply(p, inputs)[:, None], targets, cfg)
                     / inputs.shape[0])(params)
@@ -152,7 +154,7 @@ def test_identity_factors_give_exactly_a_scaled_gradient_step():
         np.testing.assert_allclose(upd[k], -eta / (1 + mu) ** 2 * grad[k], rtol=1e-12,
                                    atol=1e-15)
     for k in eye:  # no refresh at count 1
-        np.testing.assert_array_equal(new.eigen[k][0], eye[k][0])
+        np.testing.assert_array_equal(new.inverses[k], eye[k])
 
 
 def test_warmup_scales_the_step_linearly_then_stops():
@@ -171,7 +173,8 @@ def test_warmup_scales_the_step_linearly_then_stops():
 
 def test_kron_step_with_identity_factors_is_a_scaled_gradient():
     g = jax.random.normal(jax.random.key(0), (5, 3))
-    out = blocks.kron_step(g, (jnp.eye(5), jnp.ones(5)), (jnp.eye(3), jnp.ones(3)), 0.5, 0.25)
+    out = blocks.kron_step(g, blocks.damped_inverse(jnp.eye(5), 0.5),
+                           blocks.damped_inverse(jnp.eye(3), 0.25))
     np.testing.assert_allclose(out, g / (1.5 * 1.25), rtol=1e-14)
 
 
@@ -184,12 +187,12 @@ def test_kron_step_shapes_dtypes_and_solve(p, z, seed, dtype):
     ms = jax.random.normal(ks[1], (z, z), dtype)
     a, s = ma @ ma.T, ms @ ms.T
     g = jax.random.normal(ks[2], (p, z), dtype)
-    ea, qa = jnp.linalg.eigh(a)
-    es, qs = jnp.linalg.eigh(s)
-    out = blocks.kron_step(g, (qa, ea), (qs, es), 0.5, 0.3)
+    out = blocks.kron_step(g, blocks.damped_inverse(a, 0.5), blocks.damped_inverse(s, 0.3, True))
     assert out.shape == (p, z) and out.dtype == dtype
-    want = _kron_solve(np.asarray(a, np.float64) + 0.5 * np.eye(p),
-                       np.asarray(s, np.float64) + 0.3 * np.eye(z), np.asarray(g, np.float64))
+    a64, s64 = np.asarray(a, np.float64), np.asarray(s, np.float64)
+    ma, ms = np.trace(a64) / p, np.trace(s64) / z
+    want = _kron_solve(a64 + 0.5 * ma * np.eye(p), s64 / ms + 0.3 * np.eye(z),
+                       np.asarray(g, np.float64))
     tol = 1e-10 if dtype == jnp.float64 else 2e-3
     np.testing.assert_allclose(out, want, rtol=tol, atol=tol)
 
@@ -200,7 +203,7 @@ def test_running_averages_and_refresh_every_k_without_recompiling():
     xs = jax.random.normal(jax.random.key(1), (12, 32, 6, 3))
     ys = (xs[..., 0].sum(-1) > 0).astype(jnp.int32)
     ema, k = 0.8, 4
-    tx = admm_jax.admm_kfac(ema=ema, refresh_every=k)
+    tx = admm_jax.admm_kfac(ema=ema, refresh_every=k, adaptive_damping=False)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(params, state, x, y):
@@ -213,7 +216,7 @@ def test_running_averages_and_refresh_every_k_without_recompiling():
         p_before = jax.tree.map(jnp.copy, params)
         params, state = step(params, state, xs[i], ys[i])
         losses.append(float(state.loss))
-        eig_a1.append(np.asarray(state.eigen["A1"][1]))
+        eig_a1.append(np.asarray(state.inverses["A1"]))
         fac_a1.append(np.asarray(state.factors["A1"]))
         # the running average: this batch's Gram at the weights before the step
         _, phi, _ = _loop_rnn({kk: v[...] for kk, v in nnx.to_pure_dict(p_before).items()},
@@ -224,13 +227,29 @@ def test_running_averages_and_refresh_every_k_without_recompiling():
         np.testing.assert_allclose(fac_a1[i], want, rtol=1e-10, atol=1e-13)
     assert step._cache_size() == 1
     assert int(state.count) == 12
-    for i in range(12):  # eigendecompositions change at the refreshes only
+    for i in range(12):  # the damped inverses change at the refreshes only
         if i % k == 0:
-            np.testing.assert_allclose(eig_a1[i], np.linalg.eigvalsh(fac_a1[i]), rtol=1e-9,
-                                       atol=1e-12)
+            a = fac_a1[i]
+            want = np.linalg.inv(a + 0.1 * np.trace(a) / a.shape[0] * np.eye(a.shape[0]))
+            np.testing.assert_allclose(eig_a1[i], want, rtol=1e-8, atol=1e-10)
         else:
             np.testing.assert_array_equal(eig_a1[i], eig_a1[i - 1])
     assert np.mean(losses[-3:]) < np.mean(losses[:3])
+
+
+def test_a_damping_change_refreshes_the_inverses_between_refreshes():
+    cfg, tokens, params, inputs, targets = _problem("dense", seed=6)
+    tx = _tx(cfg, tokens, refresh_every=100, prox=0.2)
+    _, state = tx.update(None, tx.init(params), params, inputs=inputs, targets=targets)
+    _, same = tx.update(None, state, params, inputs=inputs, targets=targets)
+    for k in state.inverses:  # damping unchanged (1): no refresh at count 1
+        np.testing.assert_array_equal(same.inverses[k], state.inverses[k])
+    moved = state._replace(damping=jnp.asarray(4.0))  # decays to 4 * 0.97 in this step
+    _, new = tx.update(None, moved, params, inputs=inputs, targets=targets)
+    assert float(new.inverse_prox) == pytest.approx(0.2 * 4.0 * 0.97)
+    for k in state.inverses:
+        want = blocks.damped_inverse(new.factors[k], 0.2 * 4.0 * 0.97, k[0] == "S")
+        np.testing.assert_allclose(new.inverses[k], want, rtol=1e-12)
 
 
 def test_sampled_fisher_readout_factor_is_the_exact_expectation():
