@@ -46,12 +46,12 @@ def test_compare_smoke(task, tmp_path, data_dir):
         f = tmp_path / "corpus.txt"
         f.write_text("the quick brown fox jumps over the lazy dog. " * 40)
         extra += ["--text", str(f)]
-    r = run_cli(["compare", "--task", task, "--optimizers", "admmirnn,adam", "--iterations",
-                 "3", "--out", "out", *TINY, *extra], tmp_path, data_dir)
+    r = run_cli(["compare", "--task", task, "--optimizers", "admmirnn,admm_kfac,adam",
+                 "--iterations", "3", "--out", "out", *TINY, *extra], tmp_path, data_dir)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "| admmirnn |" in r.stdout and "| adam |" in r.stdout
+    assert "| admmirnn |" in r.stdout and "| adam |" in r.stdout and "| admm_kfac |" in r.stdout
     res = json.loads((tmp_path / "out" / f"compare_{task}.json").read_text())
-    assert [row["optimizer"] for row in res["rows"]] == ["admmirnn", "adam"]
+    assert [row["optimizer"] for row in res["rows"]] == ["admmirnn", "admm_kfac", "adam"]
     assert all(row["iterations"] == 3 for row in res["rows"])
     assert (tmp_path / "out" / f"compare_{task}.png").stat().st_size > 10000
     assert str(tmp_path / "out" / f"compare_{task}.png") in r.stdout or \
@@ -160,3 +160,10 @@ def test_train_divergence_exits_cleanly_and_keeps_the_checkpoint(tmp_path):
     h = json.loads((tmp_path / "out" / "train_adding_sgd.json").read_text())
     assert h["meta"]["diverged_at"] == int(m.group(1))
     assert checkpoint_steps(tmp_path / "ck2")[-1] == int(m.group(1)) - 1
+
+
+def test_default_optimizer_list_holds_the_winning_admm_family_method():
+    """admm_kfac beat tuned Adam and Muon on row-MNIST (docs/admm_preconditioned.md)."""
+    names = cli.DEFAULT_OPTIMIZERS.split(",")
+    assert "admm_kfac" in names and "adam" in names
+    assert all(optimizers.entry(n) for n in names)
