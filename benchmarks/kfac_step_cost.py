@@ -119,6 +119,7 @@ def main(argv=None) -> int:
         "ms_per_step_median": {m: 1e3 * float(np.median(v)) for m, v in per_round.items()},
         "ratio_vs_adam_median": {m: float(np.median(v)) for m, v in ratios.items()},
         "ratio_vs_adam_min_max": {m: [float(min(v)), float(max(v))] for m, v in ratios.items()},
+        "ratio_vs_adam_per_round": ratios,
         "xla_flops": flops,
         "xla_flops_vs_adam": {m: flops[m] / flops["adam"] for m in flops},
         "analytic_flops": ana,
@@ -134,9 +135,10 @@ def main(argv=None) -> int:
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
     names = list(ratios)
-    ax.boxplot([ratios[m] for m in names], labels=names)
+    ax.boxplot([ratios[m] for m in names], tick_labels=names)
     ax.axhline(1.5, color="r", ls=":", lw=1, label="bar: 1.5x Adam")
     ax.set_ylabel("step time / Adam's (same round)")
+    ax.tick_params(axis="x", labelrotation=20)
     ax.set_title(f"row-MNIST {args.model}-{h}, batch {args.batch_size}")
     ax.legend()
     fig.tight_layout()
