@@ -8,7 +8,9 @@ from admm_jax import data, distributed, optimizers, train
 from admm_jax.admm import (
     ADMMDiagnostics,
     ADMMiRNNState,
+    ADMMKFACState,
     ADMMPreconditionedState,
+    admm_kfac,
     admm_preconditioned,
     admmirnn,
 )
@@ -58,6 +60,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ADMMDiagnostics",
     "ADMMiRNNState",
+    "ADMMKFACState",
     "ADMMPreconditionedState",
     "CellPathGradNorms",
     "DivergenceError",
@@ -71,6 +74,7 @@ __all__ = [
     "RandomBasesState",
     "adapt_flax_rnn",
     "admm_memory_bytes",
+    "admm_kfac",
     "admm_preconditioned",
     "admmirnn",
     "apply_gradients",

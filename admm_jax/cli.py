@@ -1,6 +1,6 @@
 """The ``admm-jax`` command line: compare optimizers on a task, or train one run.
 
-    admm-jax compare                                  # adding task, 4 optimizers, ~2 min on CPU
+    admm-jax compare                                  # adding task, 5 optimizers, ~2 min on CPU
     admm-jax compare --task row-mnist --data-dir ../shared/data \\
         --optimizers admmirnn,adam,sgd,rmsprop,novograd --budget-seconds 60
     admm-jax train --task copying --optimizer adam --epochs 2 --checkpoint-dir runs/copy
@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-DEFAULT_OPTIMIZERS = "admmirnn,adam,rmsprop,sgd"
+DEFAULT_OPTIMIZERS = "admmirnn,admm_kfac,adam,rmsprop,sgd"
 
 
 def _positive_int(s: str) -> int:

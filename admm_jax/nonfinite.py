@@ -48,9 +48,10 @@ def reject_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTrans
     ones; a rejected step is visible as a ``count`` that did not advance. Unlike
     ``optax.apply_if_finite`` the state keeps ``inner``'s own type (no wrapper state), so code
     that reads ``state.count`` or finds the state by type is unchanged. Every optimizer of
-    :func:`admm_jax.optimizers.get` is wrapped, and :func:`admm_jax.admm_preconditioned`
-    applies it itself; :func:`admm_jax.admmirnn` applies the same rule to the batch's rows of
-    its per-sample state (selecting the whole state would cost a pass over every sample).
+    :func:`admm_jax.optimizers.get` is wrapped, and :func:`admm_jax.admm_preconditioned` and
+    :func:`admm_jax.admm_kfac` apply it themselves; :func:`admm_jax.admmirnn` applies the
+    same rule to the batch's rows of its per-sample state (selecting the whole state would
+    cost a pass over every sample).
     Wrapping twice is a no-op.
 
     Cost: one ``isfinite`` reduction over the updates and the state and one select per leaf:

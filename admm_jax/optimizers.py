@@ -5,10 +5,10 @@ The gradient optimizers come from optax itself (``sgd``, ``momentum``, ``adam``,
 :func:`admm_jax.admmirnn`. Every entry returns an ``optax.GradientTransformationExtraArgs``.
 
 Whether a transformation needs gradients is read from its *state*
-(:func:`needs_gradients`): a state holding an :class:`admm_jax.ADMMiRNNState` or an
-:class:`admm_jax.ADMMPreconditionedState` anywhere (also inside ``optax.chain``) belongs to a
-method that takes the batch instead of gradients (``update(None, state, params, inputs=x,
-targets=y)``). Reading the state rather than a
+(:func:`needs_gradients`): a state holding an :class:`admm_jax.ADMMiRNNState`, an
+:class:`admm_jax.ADMMPreconditionedState` or an :class:`admm_jax.ADMMKFACState` anywhere (also
+inside ``optax.chain``) belongs to a method that takes the batch instead of gradients
+(``update(None, state, params, inputs=x, targets=y)``). Reading the state rather than a
 registry flag makes the rule hold for any transformation a user composes, registered or not.
 """
 
@@ -21,7 +21,14 @@ import jax
 import optax
 
 from admm_jax import _validation as V
-from admm_jax.admm import ADMMiRNNState, ADMMPreconditionedState, admm_preconditioned, admmirnn
+from admm_jax.admm import (
+    ADMMiRNNState,
+    ADMMKFACState,
+    ADMMPreconditionedState,
+    admm_kfac,
+    admm_preconditioned,
+    admmirnn,
+)
 from admm_jax.nonfinite import reject_nonfinite
 from admm_jax.optim import novograd, random_bases
 
@@ -56,6 +63,9 @@ _REGISTRY: dict[str, Entry] = {
     "admm_preconditioned": Entry(admm_preconditioned, 0.1, "ADMMiRNN's weight blocks fed with "
                                  "back-propagated adjoints: a time-shared K-FAC-like step "
                                  "(admm_jax.admm_preconditioned)", takes_batch=True),
+    "admm_kfac": Entry(admm_kfac, 0.3, "ADMMiRNN's weight blocks with a matrix penalty: a "
+                       "time-shared two-sided K-FAC step for RNNs (admm_jax.admm_kfac)",
+                       takes_batch=True),
     "sgd": Entry(optax.sgd, 0.1, "plain SGD (optax.sgd)"),
     "momentum": Entry(_momentum, 0.05, "SGD with heavy-ball momentum 0.9 (optax.sgd)"),
     "adam": Entry(optax.adam, 1e-3, "Adam (optax.adam)"),
@@ -146,7 +156,7 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
     return reject_nonfinite(tx)
 
 
-_BATCH_STATES = (ADMMiRNNState, ADMMPreconditionedState)
+_BATCH_STATES = (ADMMiRNNState, ADMMPreconditionedState, ADMMKFACState)
 
 
 def takes_batch(name: str) -> bool:
@@ -162,13 +172,15 @@ def _find_state(opt_state: Any, types):
 
 def needs_gradients(opt_state: Any) -> bool:
     """False when ``opt_state`` holds an :class:`admm_jax.ADMMiRNNState` or an
-    :class:`admm_jax.ADMMPreconditionedState` (at any depth)."""
+    :class:`admm_jax.ADMMPreconditionedState` or :class:`admm_jax.ADMMKFACState` (at any
+    depth)."""
     return _find_state(opt_state, _BATCH_STATES) is None
 
 
-def preconditioned_state(opt_state: Any) -> ADMMPreconditionedState | None:
-    """The first :class:`admm_jax.ADMMPreconditionedState` inside ``opt_state``, else ``None``."""
-    return _find_state(opt_state, ADMMPreconditionedState)
+def preconditioned_state(opt_state: Any) -> ADMMPreconditionedState | ADMMKFACState | None:
+    """The first :class:`admm_jax.ADMMPreconditionedState` or :class:`admm_jax.ADMMKFACState`
+    inside ``opt_state``, else ``None``."""
+    return _find_state(opt_state, (ADMMPreconditionedState, ADMMKFACState))
 
 
 def admm_state(opt_state: Any) -> ADMMiRNNState | None:

@@ -72,14 +72,18 @@ class Task:
     def optimizer(self, name: str, *, clip_norm: float | None = None,
                   **kwargs: Any) -> optax.GradientTransformationExtraArgs:
         """``optimizers.get(name, **kwargs)``; for the methods that take the batch
-        (``admmirnn``, ``admm_preconditioned``) the task's ``loss`` and ``many_to_many`` (and
-        for ``admmirnn`` its ``num_samples`` and ``seq_len``) are filled in. ``clip_norm`` clips
+        (``admmirnn``, ``admm_preconditioned``, ``admm_kfac``) the task's ``loss`` and
+        ``many_to_many`` (for ``admmirnn`` its ``num_samples`` and ``seq_len``, for
+        ``admm_kfac`` ``token_inputs``) are filled in. ``clip_norm`` clips
         the gradients' global norm first (``optax.clip_by_global_norm``; gradient optimizers
         only: the others take no gradients)."""
         if optimizers.takes_batch(name):
             kwargs = {"loss": self.loss, "many_to_many": self.many_to_many, **kwargs}
             if optimizers.canonical_name(name) == "admmirnn":
                 kwargs = {"num_samples": len(self.train[0]), "seq_len": self.seq_len, **kwargs}
+            if optimizers.canonical_name(name) == "admm_kfac":  # its factors' layout
+                token = np.issubdtype(np.asarray(self.train[0][:1]).dtype, np.integer)
+                kwargs = {"token_inputs": bool(token), **kwargs}
             return optimizers.get(name, **kwargs)
         tx = optimizers.get(name, **kwargs)
         if clip_norm is None:

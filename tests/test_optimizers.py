@@ -10,8 +10,9 @@ from admm_jax import ElmanRNN, optimizers
 
 
 def test_names_cover_the_issue_list():
-    assert set(optimizers.names()) == {"admmirnn", "admm_preconditioned", "sgd", "momentum",
-                                       "adam", "rmsprop", "adagrad", "novograd", "random_bases"}
+    assert set(optimizers.names()) == {"admmirnn", "admm_preconditioned", "admm_kfac", "sgd",
+                                       "momentum", "adam", "rmsprop", "adagrad", "novograd",
+                                       "random_bases"}
 
 
 @pytest.mark.parametrize("bad", ["lbfgs", "", "adamw2"])

@@ -278,6 +278,43 @@ def uwb_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: ja
     return uwb_step(params, aux.h, inputs, resid, rho.rho1, cfg)
 
 
+def damped_inverse(factor: jax.Array, mu, normalize: bool = False) -> jax.Array:
+    r"""``(F + mu m I)^-1`` with ``m = tr(F)/dim`` the mean eigenvalue of ``F`` (Tikhonov
+    damping relative to the factor's scale); ``normalize``: ``(F/m + mu I)^-1``, the factor
+    as a shape only. One Cholesky-based inverse (:func:`admm_jax.admm.linalg.spd_inverse`)."""
+    dim = factor.shape[0]
+    m = jnp.maximum(jnp.trace(factor) / dim, jnp.finfo(factor.dtype).tiny)
+    if normalize:
+        factor, lam = factor / m, mu
+    else:
+        lam = mu * m
+    return spd_inverse(factor + lam * jnp.eye(dim, dtype=factor.dtype))
+
+
+def kron_step(grad: jax.Array, inv_in: jax.Array, inv_out: jax.Array) -> jax.Array:
+    r"""The two-sided, variable-metric weight step ``(A + lam_A I)^-1 grad (S + lam_S I)^-1``.
+
+    .. math::
+        \Delta = \arg\min_D\ \tfrac12\,\mathrm{tr}\big(D^\top (A+\lambda_A I)\, D\,
+        (S+\lambda_S I)\big) - \mathrm{tr}(D^\top G)
+        = (A + \lambda_A I)^{-1}\, G\, (S + \lambda_S I)^{-1}
+
+    the weight block's proximal least squares with the scalar penalty on its constraint's
+    residual replaced by the metric ``S`` (and the input Gram ``A``): a solve with
+    ``(A + lam_A I) kron (S + lam_S I)``, given the damped inverses of both factors
+    (:func:`damped_inverse`): two matrix products.
+
+    Args:
+      grad: ``G [P, Z]`` in the blocks' row layout (``[U^T; W^T; b]``, features by outputs).
+      inv_in: ``(A + lam_A I)^-1 [P, P]``.
+      inv_out: ``(S + lam_S I)^-1 [Z, Z]``.
+
+    Returns:
+      ``[P, Z]``.
+    """
+    return inv_in @ grad @ inv_out
+
+
 # ------------------------------------------------------------------------ h and a blocks
 
 

@@ -243,47 +243,16 @@ def admm_preconditioned(
             raise ValueError("inputs, targets: admm_preconditioned.update needs the batch and "
                              "the parameters: tx.update(grads, state, params, inputs=x, "
                              "targets=y)")
-        lstm = _lstm_leaves(params)
-        if lstm is None:
-            p_orig, treedef, names = split_params(params)
-            compute = jnp.promote_types(p_orig["W"].dtype, jnp.float32)
-            p = {k: v.astype(compute) for k, v in p_orig.items()}
-            inputs, targets = _check_batch(p, inputs, targets, cfg)
+        p, unpack, inputs, targets = as_blocks(params, inputs, targets, cfg)
+        if unpack.lstm is None:
             loss_sum, trace, g_a, g_o = adjoints(p, inputs, targets, cfg)
             h = trace.h
         else:
-            by, treedef, names = lstm
-            compute = jnp.promote_types(by[("readout", "kernel")].dtype, jnp.float32)
-            by = {k: v.astype(compute) for k, v in by.items()}
-            cell = {k: {"kernel": by[("cell", k, "kernel")]} for k in INPUT_KERNELS}
-            cell |= {k: {"kernel": by[("cell", k, "kernel")], "bias": by[("cell", k, "bias")]}
-                     for k in HIDDEN_KERNELS}
-            # the gates as one Elman-like map: U [4H, D], W [4H, H], b [4H] (gates i, f, g, o)
-            p = {"U": jnp.concatenate([cell[k]["kernel"] for k in INPUT_KERNELS], 1).T,
-                 "W": jnp.concatenate([cell[k]["kernel"] for k in HIDDEN_KERNELS], 1).T,
-                 "b": jnp.concatenate([cell[k]["bias"] for k in HIDDEN_KERNELS]),
-                 "V": by[("readout", "kernel")].T, "c": by[("readout", "bias")]}
-            if jnp.issubdtype(jnp.asarray(inputs).dtype, jnp.integer):
-                raise ValueError("inputs: admm_preconditioned supports float inputs [N, T, D] "
-                                 "for LSTM (token ids only for ElmanRNN)")
-            hid = p["W"].shape[1]  # shape checks as for one gate's Elman-like map
-            gate = {k: (v[:hid] if k in "UWb" else v) for k, v in p.items()}
-            inputs, targets = _check_batch(gate, inputs, targets, cfg)
-            loss_sum, h, g_a, g_o = lstm_adjoints(cell, (p["V"], p["c"]), inputs, targets, cfg)
+            loss_sum, h, g_a, g_o = lstm_adjoints(unpack.cell, (p["V"], p["c"]), inputs,
+                                                  targets, cfg)
+        compute = p["W"].dtype
         loss_now = loss_sum / g_o.shape[0] / g_o.shape[1]
-        first = state.count == 0
-        fast = jnp.where(first, loss_now, 0.5 * state.loss_fast + 0.5 * loss_now)
-        dev = loss_now - state.loss_slow
-        slow = jnp.where(first, loss_now, state.loss_slow + 0.05 * dev)
-        var = jnp.where(first, 0.0, 0.95 * (state.loss_var + 0.05 * dev**2))
-        if adaptive_damping:
-            # rising: the fast average is materially (RISE) and significantly (3 standard
-            # errors of a 1/2-weighted average: var/3) above the slow one; or not finite
-            rising = ~((fast <= RISE * slow) | (fast - slow <= 3.0 * jnp.sqrt(var / 3.0)))
-            damping = jnp.clip(jnp.where(rising, 2.0 * state.damping, 0.97 * state.damping),
-                               1.0, MAX_DAMPING)
-        else:
-            damping = state.damping
+        fast, slow, var, damping = damping_update(state, loss_now, adaptive_damping)
         mu = prox * damping
         eta = jnp.asarray(_value(learning_rate, state.count), compute)
         eta_o = jnp.asarray(_value(readout_learning_rate, state.count), compute)
@@ -301,24 +270,95 @@ def admm_preconditioned(
             loss_var=var.astype(dtype),
         )
         delta = {k: v for g in groups for k, v in g.items()}
-        if lstm is None:
-            delta = {k: v.astype(p_orig[k].dtype) for k, v in delta.items()}
-            return merge_like(delta, treedef, names), new_state
-        hidden = delta["W"].shape[1]
-        out = {("readout", "kernel"): delta["V"].T, ("readout", "bias"): delta["c"]}
-        for j, (ki, kh) in enumerate(zip(INPUT_KERNELS, HIDDEN_KERNELS, strict=True)):
-            rows = slice(j * hidden, (j + 1) * hidden)
-            out[("cell", ki, "kernel")] = delta["U"][rows].T
-            out[("cell", kh, "kernel")] = delta["W"][rows].T
-            out[("cell", kh, "bias")] = delta["b"][rows]
-        leaves = [out[n].astype(lstm[0][n].dtype) for n in names]
-        return jax.tree_util.tree_unflatten(treedef, leaves), new_state
+        return from_blocks(delta, unpack), new_state
 
     # a step with a non-finite update or state is rejected (zero update, state unchanged), as
     # for every optimizer (admm_jax.reject_nonfinite)
     tx = reject_nonfinite(optax.GradientTransformationExtraArgs(init_fn, update_fn))
     return checks.register_model_options(tx, activation=activation, many_to_many=many_to_many,
                                          loss=loss, name="admm_preconditioned")
+
+
+class Unpacked(NamedTuple):
+    """How :func:`as_blocks` read the parameters, for :func:`from_blocks`."""
+
+    treedef: Any
+    names: list
+    dtypes: dict
+    lstm: Any  # None for ElmanRNN, else the LSTM's {path names: leaf}
+    cell: Any  # the LSTM cell in lstm_scan's layout (None for ElmanRNN)
+
+
+def as_blocks(params, inputs, targets, cfg: ADMMConfig):
+    """The parameters as one Elman-like map in the compute dtype (float32 or wider).
+
+    ``ElmanRNN``: ``{U, W, b, V, c}``. :class:`admm_jax.LSTM`: the four gates stacked,
+    ``U [4H, D]``, ``W [4H, H]``, ``b [4H]`` (gates ``i, f, g, o``), and the readout ``V, c``.
+    The batch is checked against them. Returns ``(p, unpacked, inputs, targets)``.
+    """
+    lstm = _lstm_leaves(params)
+    if lstm is None:
+        p_orig, treedef, names = split_params(params)
+        compute = jnp.promote_types(p_orig["W"].dtype, jnp.float32)
+        p = {k: v.astype(compute) for k, v in p_orig.items()}
+        inputs, targets = _check_batch(p, inputs, targets, cfg)
+        dtypes = {k: v.dtype for k, v in p_orig.items()}
+        return p, Unpacked(treedef, names, dtypes, None, None), inputs, targets
+    by, treedef, names = lstm
+    compute = jnp.promote_types(by[("readout", "kernel")].dtype, jnp.float32)
+    dtypes = {k: v.dtype for k, v in by.items()}
+    by = {k: v.astype(compute) for k, v in by.items()}
+    cell = {k: {"kernel": by[("cell", k, "kernel")]} for k in INPUT_KERNELS}
+    cell |= {k: {"kernel": by[("cell", k, "kernel")], "bias": by[("cell", k, "bias")]}
+             for k in HIDDEN_KERNELS}
+    p = {"U": jnp.concatenate([cell[k]["kernel"] for k in INPUT_KERNELS], 1).T,
+         "W": jnp.concatenate([cell[k]["kernel"] for k in HIDDEN_KERNELS], 1).T,
+         "b": jnp.concatenate([cell[k]["bias"] for k in HIDDEN_KERNELS]),
+         "V": by[("readout", "kernel")].T, "c": by[("readout", "bias")]}
+    if inputs is not None and jnp.issubdtype(jnp.asarray(inputs).dtype, jnp.integer):
+        raise ValueError("inputs: expected float inputs [N, T, D] for LSTM (token ids only "
+                         "for ElmanRNN)")
+    hid = p["W"].shape[1]  # shape checks as for one gate's Elman-like map
+    gate = {k: (v[:hid] if k in "UWb" else v) for k, v in p.items()}
+    inputs, targets = _check_batch(gate, inputs, targets, cfg)
+    return p, Unpacked(treedef, names, dtypes, by, cell), inputs, targets
+
+
+def from_blocks(delta, unpack: Unpacked):
+    """Steps ``{U, W, b, V, c}`` in :func:`as_blocks`' layout back as the parameters' tree."""
+    if unpack.lstm is None:
+        delta = {k: v.astype(unpack.dtypes[k]) for k, v in delta.items()}
+        return merge_like(delta, unpack.treedef, unpack.names)
+    hidden = delta["W"].shape[1]
+    out = {("readout", "kernel"): delta["V"].T, ("readout", "bias"): delta["c"]}
+    for j, (ki, kh) in enumerate(zip(INPUT_KERNELS, HIDDEN_KERNELS, strict=True)):
+        rows = slice(j * hidden, (j + 1) * hidden)
+        out[("cell", ki, "kernel")] = delta["U"][rows].T
+        out[("cell", kh, "kernel")] = delta["W"][rows].T
+        out[("cell", kh, "bias")] = delta["b"][rows]
+    leaves = [out[n].astype(unpack.dtypes[n]) for n in unpack.names]
+    return jax.tree_util.tree_unflatten(unpack.treedef, leaves)
+
+
+def damping_update(state, loss_now, adaptive: bool):
+    """The running loss averages and the adaptive damping factor after this batch's loss.
+
+    ``state`` has ``count, damping, loss_fast, loss_slow, loss_var``. Returns
+    ``(fast, slow, var, damping)`` (see :func:`admm_preconditioned`, "adaptive_damping").
+    """
+    first = state.count == 0
+    fast = jnp.where(first, loss_now, 0.5 * state.loss_fast + 0.5 * loss_now)
+    dev = loss_now - state.loss_slow
+    slow = jnp.where(first, loss_now, state.loss_slow + 0.05 * dev)
+    var = jnp.where(first, 0.0, 0.95 * (state.loss_var + 0.05 * dev**2))
+    if not adaptive:
+        return fast, slow, var, state.damping
+    # rising: the fast average is materially (RISE) and significantly (3 standard errors of
+    # a 1/2-weighted average: var/3) above the slow one; or not finite
+    rising = ~((fast <= RISE * slow) | (fast - slow <= 3.0 * jnp.sqrt(var / 3.0)))
+    damping = jnp.clip(jnp.where(rising, 2.0 * state.damping, 0.97 * state.damping),
+                       1.0, MAX_DAMPING)
+    return fast, slow, var, damping
 
 
 def _value(v: ScalarOrSchedule, count: jax.Array):

@@ -74,6 +74,7 @@ CASES: list[Case] = [
     Case("admmirnn", lambda: admm_jax.admmirnn(num_samples=N, seq_len=T),
          extra_args=elman_batch),
     Case("admm_preconditioned", lambda: admm_jax.admm_preconditioned(), extra_args=elman_batch),
+    Case("admm_kfac", lambda: admm_jax.admm_kfac(refresh_every=2), extra_args=elman_batch),
     Case("novograd", lambda: admm_jax.novograd(1e-2)),
     Case("novograd+wd+grouped", lambda: admm_jax.novograd(
         optax.cosine_decay_schedule(1e-2, 10), weight_decay=optax.constant_schedule(1e-3),

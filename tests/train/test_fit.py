@@ -47,7 +47,8 @@ def test_every_registered_optimizer_lowers_the_loss(name):
     assert len(h.steps["loss"]) == 40
     assert after < before, (name, before, after)
     assert h.meta["uses_gradients"] is not optimizers.takes_batch(name)
-    key = {"admmirnn": "r1", "admm_preconditioned": "step_norm"}.get(name, "grad_norm")
+    key = {"admmirnn": "r1", "admm_preconditioned": "step_norm",
+           "admm_kfac": "step_norm"}.get(name, "grad_norm")
     assert all(math.isfinite(v) for v in h.steps[key])
 
 

@@ -1,0 +1,64 @@
+"""Smoke test of benchmarks/time_to_target.py on the real data at a tiny budget."""
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location(
+        "time_to_target_bench", REPO / "benchmarks" / "time_to_target.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclass resolves annotations through it
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_smoke_tunes_every_method_runs_every_seed_and_writes_results(tmp_path, data_dir):
+    bench = _bench()
+    methods = ("admm_kfac", "adam", "admmirnn")
+    rc = bench.main(["--data-dir", str(data_dir), "--smoke", "--methods", ",".join(methods),
+                     "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "time_to_target_mnist_elman_smoke.json").read_text())
+    # every method but admmirnn scored its (smoke: first learning rate) grid on validation,
+    # and kept the best recipe
+    for m in ("admm_kfac", "adam"):
+        scores = res["validation"][m]
+        assert {(r["learning_rate"], r["schedule"]) for r in scores} == {
+            (bench.GRIDS[m][0], s) for s in ("constant", "cosine")}
+        best = max(scores, key=lambda r: r["validation_accuracy"])
+        assert res["recipes"][m] == {"learning_rate": best["learning_rate"],
+                                     "schedule": best["schedule"]}
+    assert res["recipes"]["admmirnn"] == {}
+    seed = res["seeds"]["0"]
+    steps = int(0.5 * (2000 // 128))
+    for m in methods:
+        assert seed[m]["steps"] == steps
+        times = [e["time"] for e in seed[m]["evals"]]
+        assert times == sorted(times) and times[0] == 0.0
+        row = res["summary"][m]
+        assert 0.0 <= row["final_accuracy_mean"] <= 1.0
+        assert row["seconds_to_target_mean"] <= seed[m]["seconds"] + 1e-9
+    # the target is tuned Adam's best test accuracy, rounded down to 0.001
+    best_adam = max(e["accuracy"] for e in seed["adam"]["evals"])
+    assert res["target"] == pytest.approx(int(best_adam * 1000) / 1000)
+    assert res["summary"]["adam"]["seeds_reaching_target"] == 1
+    assert "| admm_kfac |" in res["table"]
+    assert (tmp_path / "time_to_target_mnist_elman_smoke.png").stat().st_size > 10_000
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--methods", "adam,sgd", "--methods: expected some of"),
+    ("--methods", "muon", "--methods: must include adam"),
+    ("--schedules", "linear", "--schedules: expected constant and/or cosine"),
+])
+def test_benchmark_rejects_bad_options(flag, value, message, capsys):
+    with pytest.raises(SystemExit):
+        _bench().main([flag, value])
+    assert message in capsys.readouterr().err
