@@ -27,7 +27,7 @@ from admm_jax.models.elman import ACTIVATIONS, elman_trace
 
 RHO_SCHEDULES = ("fixed", "geometric", "balance")
 AUXILIARY_MODES = ("reset", "persist")
-SWEEPS = ("backward", "parallel")
+SWEEPS = ("coupled", "backward", "parallel")
 
 
 class ADMMDiagnostics(NamedTuple):
@@ -84,6 +84,8 @@ def admmirnn(
     loss: str = "cross_entropy",
     newton_steps: int = 8,
     a_steps: int = 4,
+    cg_steps: int = 3,
+    coupled_polish: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     r"""ADMMiRNN: train an Elman RNN by ADMM on its unfolded form; no backpropagation.
 
@@ -189,10 +191,13 @@ def admmirnn(
     rhos = (rho,) * 3 if isinstance(rho, int | float) else tuple(rho)
     _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweeps, sweep, auxiliaries,
                    rho_schedule, rho_growth, rho_max, activation, loss, newton_steps, a_steps)
+    V.positive_int("cg_steps", cg_steps)
     cfg = ADMMConfig(activation=activation, many_to_many=many_to_many, loss=loss,
                      weight_decay=float(weight_decay), prox=float(prox),
-                     newton_steps=int(newton_steps), a_steps=int(a_steps), sweep=sweep)
-    sweep_fn = blocks.sweep_backward if sweep == "backward" else blocks.sweep_parallel
+                     newton_steps=int(newton_steps), a_steps=int(a_steps), sweep=sweep,
+                     cg_steps=int(cg_steps), coupled_polish=bool(coupled_polish))
+    sweep_fn = {"coupled": blocks.sweep_coupled, "backward": blocks.sweep_backward,
+                "parallel": blocks.sweep_parallel}[sweep]
 
     def init_fn(params) -> ADMMiRNNState:
         p, _, _ = split_params(params)

@@ -51,6 +51,7 @@ from admm_jax.models.elman import activation_fn, input_projection, is_token_inpu
 
 _LINE_SEARCH = 2.0 ** -jnp.arange(12)  # candidate step sizes 1, 1/2, ..., 1/2048
 _ARMIJO = 1e-4
+_COUPLED_BACKTRACKS = 8  # step sizes 1, 1/2, ..., 1/128 of the coupled block
 
 
 # ----------------------------------------------------------------------------- o-block
@@ -428,6 +429,201 @@ def sweep_parallel(params, aux: Auxiliaries, duals: Duals, rho: Penalties, input
                    cfg: ADMMConfig) -> Auxiliaries:
     """All ``h_t`` at once (:func:`h_block`), then all ``a_t`` at once (:func:`a_block`)."""
     aux = aux._replace(h=h_block(params, aux, duals, rho, inputs, cfg))
+    return aux._replace(a=a_block(params, aux, duals, rho, inputs, cfg))
+
+
+# ------------------------------------------------------------ the time-coupled (a, h) block
+
+
+def activation_slope(a: jax.Array, cfg: ADMMConfig) -> jax.Array:
+    """``f'(a)`` elementwise: ``1 - tanh(a)^2`` for tanh, ``[a > 0]`` for relu."""
+    if cfg.activation == "relu":
+        return (a > 0).astype(a.dtype)
+    return 1.0 - jnp.tanh(a) ** 2
+
+
+def _time_major(x: jax.Array) -> jax.Array:
+    return jnp.swapaxes(x, 0, 1)
+
+
+def _linear_forward(W, d, inj):
+    """``y_t = d_t * (W y_{t-1}) + inj_t`` from ``y_0 = 0``; time-major ``[T, N, H]``."""
+    def body(y, xs):
+        d_t, in_t = xs
+        y = d_t * (y @ W.T) + in_t
+        return y, y
+
+    return jax.lax.scan(body, jnp.zeros_like(inj[0]), (d, inj))[1]
+
+
+def _linear_backward(W, d, e):
+    """The transpose of :func:`_linear_forward`: ``g_t = e_t + W^T (d_{t+1} g_{t+1})``."""
+    def body(carry, xs):  # carry: d_{t+1} * g_{t+1}
+        d_t, e_t = xs
+        g = e_t + carry @ W
+        return d_t * g, g
+
+    return jax.lax.scan(body, jnp.zeros_like(e[0]), (d, e), reverse=True)[1]
+
+
+def _output_adjoint(params, y, w, rho3, cfg: ADMMConfig):
+    """``rho3 V^T (V y_t - w_t)`` at the steps with an output, zero elsewhere (time-major)."""
+    V = params["V"]
+    if cfg.many_to_many:
+        return rho3 * (y @ V.T - w) @ V
+    last = rho3 * (y[-1] @ V.T - w[0]) @ V
+    return jnp.zeros_like(y).at[-1].set(last)
+
+
+def coupled_linearised_solve(params, aux: Auxiliaries, duals: Duals, rho: Penalties,
+                             inputs: jax.Array, cfg: ADMMConfig):
+    r"""Minimise the (a, h) subproblem with ``f`` linearised at the current ``a``: all steps
+    jointly, by ``cfg.cg_steps`` preconditioned conjugate-gradient iterations.
+
+    With ``D_t = diag f'(a^0_t)`` and ``f(a_t) ~ f(a^0_t) + D_t (a_t - a^0_t)`` the subproblem
+    of :func:`sweep_coupled` becomes the quadratic
+
+    .. math::
+        Q(a, h) = \sum_t \tfrac{\rho_1}{2}|a_t - W h_{t-1} - u_t|^2
+        + \tfrac{\rho_2}{2}|h_t - D_t a_t - v_t|^2 + \sum_{t\in S}\tfrac{\rho_3}{2}|V h_t - w_t|^2
+
+    with ``u_t = U x_t + b - lam1_t/rho1``, ``v_t = f(a^0_t) - D_t a^0_t - lam2_t/rho2``,
+    ``w_t = o_t - c + lam3_t/rho3``: block-tridiagonal in time. Its slacks
+    ``eps_t = a_t - W h_{t-1} - u_t`` and ``del_t = h_t - D_t a_t - v_t`` enter the states only
+    through ``eta_t = D_t eps_t + del_t``: ``h_t = D_t W h_{t-1} + D_t u_t + v_t + eta_t``.
+    Minimising over the split of each ``eta_t`` (elementwise:
+    ``eps = rho2 d eta / (rho1 + rho2 d^2)``) leaves a linear-quadratic control problem
+
+    .. math::
+        \min_\eta \sum_t \tfrac12 \eta_t^\top K_t \eta_t
+        + \sum_{t\in S}\tfrac{\rho_3}{2}|V h_t(\eta) - w_t|^2, \qquad
+        K_t = \mathrm{diag}\frac{\rho_1\rho_2}{\rho_1 + \rho_2 d_t^2},
+
+    whose Hessian ``K + rho3 L^T P^T V^T V P L`` (``L`` the lower block-triangular map
+    ``eta -> h``) is ``K`` plus a term of rank ``<= C |S|``. Conjugate gradients preconditioned
+    by ``K`` (per sample, from the current point) are therefore exact after ``C |S| + 1``
+    iterations in exact arithmetic, whatever ``T``; each iteration is one forward scan
+    (``L p``) and one backward scan (``L^T``) of ``[N, H] x [H, H]`` products.
+
+    Returns:
+      ``(a, h)``, both ``[N, T, H]``: the minimiser of ``Q`` (after ``cg_steps`` iterations).
+    """
+    f = activation_fn(cfg.activation)
+    rho1, rho2, rho3 = rho
+    W = params["W"]
+    a0, h0 = aux.a, aux.h
+    d = activation_slope(a0, cfg)
+    u = input_projection(params["U"], inputs) + params["b"] - duals.lam1 / rho1
+    v = f(a0) - d * a0 - duals.lam2 / rho2
+    w = aux.o - params["c"] + duals.lam3 / rho3
+    kappa = rho1 * rho2 / (rho1 + rho2 * d**2)
+    # the current point's injection: h(eta0) = h0, so no forward pass is needed to start
+    eta0 = d * (a0 - shift_right(h0) @ W.T - u) + (h0 - d * a0 - v)
+
+    d_tm, k_tm, w_tm = _time_major(d), _time_major(kappa), _time_major(w)
+
+    def hess(p):  # (K + rho3 L^T P^T V^T V P L) p, and L p
+        q = _linear_forward(W, d_tm, p)
+        return k_tm * p + _linear_backward(W, d_tm, _output_adjoint(params, q, 0.0 * w_tm,
+                                                                    rho3, cfg)), q
+
+    def dot(x, y):  # per sample
+        return jnp.sum(x * y, axis=(0, 2))
+
+    x, y = _time_major(eta0), _time_major(h0)
+    r = -(k_tm * x + _linear_backward(W, d_tm, _output_adjoint(params, y, w_tm, rho3, cfg)))
+    z = r / k_tm
+    rz = dot(r, z)
+
+    def cg(carry, _):
+        x, y, r, p, rz = carry
+        hp, lp = hess(p)
+        php = dot(p, hp)
+        alpha = jnp.where(php > 0, rz / jnp.where(php > 0, php, 1.0), 0.0)[:, None]
+        x, y, r = x + alpha * p, y + alpha * lp, r - alpha * hp
+        z = r / k_tm
+        rz_new = dot(r, z)
+        beta = jnp.where(rz > 0, rz_new / jnp.where(rz > 0, rz, 1.0), 0.0)[:, None]
+        return (x, y, r, z + beta * p, rz_new), None
+
+    (x, y, _, _, _), _ = jax.lax.scan(cg, (x, y, r, z, rz), None, length=cfg.cg_steps)
+    eta, h = _time_major(x), _time_major(y)
+    eps = rho2 * d * eta / (rho1 + rho2 * d**2)
+    a = shift_right(h) @ W.T + u + eps
+    return a, h
+
+
+def coupled_objective(params, a, h, duals: Duals, rho: Penalties, u, w, cfg: ADMMConfig):
+    """The (a, h) part of the augmented Lagrangian, per sample ``[N]`` (``u``, ``w`` as in
+    :func:`coupled_linearised_solve`)."""
+    f = activation_fn(cfg.activation)
+    c1 = a - shift_right(h) @ params["W"].T - u
+    c2 = h - f(a) + duals.lam2 / rho.rho2
+    c3 = readout_states(h, cfg) @ params["V"].T - w
+    return 0.5 * sum(rh * jnp.sum(ci**2, axis=(1, 2))
+                     for rh, ci in ((rho.rho1, c1), (rho.rho2, c2), (rho.rho3, c3)))
+
+
+def sweep_coupled(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: jax.Array,
+                  cfg: ADMMConfig) -> Auxiliaries:
+    r"""The time-coupled (a, h) block: all ``a_t, h_t`` of a sample at once, so one ADMM
+    iteration carries the loss signal through all ``T`` steps.
+
+    With ``W, U, b, V, c``, ``o`` and the multipliers fixed, the augmented Lagrangian's (a, h)
+    part couples every step with its neighbours (C1: ``a_t`` with ``h_{t-1}``; C2: ``a_t``
+    with ``h_t``; C3: ``h_t``, ``t in S``, with ``o_t``). One Gauss-Newton step:
+
+    1. the minimiser ``(a*, h*)`` of the subproblem with ``f`` linearised at the current ``a``
+       (:func:`coupled_linearised_solve`: conjugate gradients in the reduced variables);
+    2. a backtracked step on the *true* subproblem, per sample (it is separable over samples):
+       ``(a, h) + s ((a*, h*) - (a, h))`` with the largest ``s in {1, 1/2, ..., 1/128}`` that
+       does not increase it, else ``s = 0``. The Gauss-Newton model has the true value and
+       gradient at the current point and is convex, so the direction descends and a small
+       enough ``s`` exists (in exact arithmetic);
+    3. the elementwise a-block (:func:`solve_a`, all steps at once) given the new ``h``.
+
+    No step increases the augmented Lagrangian. Cost per sample: ``(2 cg_steps + 3) T``
+    products ``[H] x [H, H]`` (forward and backward scans, and ``W h_{t-1}``), against one
+    backward sweep's ``2 T``.
+    """
+    f = activation_fn(cfg.activation)
+    W = params["W"]
+    a_lin, h_lin = coupled_linearised_solve(params, aux, duals, rho, inputs, cfg)
+    u = input_projection(params["U"], inputs) + params["b"] - duals.lam1 / rho.rho1
+    w = aux.o - params["c"] + duals.lam3 / rho.rho3
+    da, dh = a_lin - aux.a, h_lin - aux.h
+    # along the segment C1 and C3 are affine in s: only f(a) is re-evaluated per candidate
+    c1_0 = aux.a - shift_right(aux.h) @ W.T - u
+    dc1 = da - shift_right(dh) @ W.T
+    c3_0 = readout_states(aux.h, cfg) @ params["V"].T - w
+    dc3 = readout_states(dh, cfg) @ params["V"].T
+    off2 = duals.lam2 / rho.rho2
+
+    def value(s):
+        c2 = aux.h + s * dh - f(aux.a + s * da) + off2
+        return 0.5 * (rho.rho1 * jnp.sum((c1_0 + s * dc1) ** 2, axis=(1, 2))
+                      + rho.rho2 * jnp.sum(c2**2, axis=(1, 2))
+                      + rho.rho3 * jnp.sum((c3_0 + s * dc3) ** 2, axis=(1, 2)))
+
+    base = value(0.0)
+
+    # backtracking per sample; the loop stops as soon as every sample has a step (usually
+    # after the first candidate, s = 1), so the typical cost is one evaluation of f
+    def cond(carry):
+        j, chosen = carry
+        return (j < _COUPLED_BACKTRACKS) & jnp.any(chosen < 0)
+
+    def body(carry):
+        j, chosen = carry
+        s = 0.5**j.astype(base.dtype)
+        ok = (chosen < 0) & (value(s) <= base)
+        return j + 1, jnp.where(ok, s, chosen)
+
+    _, chosen = jax.lax.while_loop(cond, body, (0, -jnp.ones_like(base)))
+    s = jnp.maximum(chosen, 0.0)[:, None, None]
+    aux = aux._replace(a=aux.a + s * da, h=aux.h + s * dh)
+    if not cfg.coupled_polish:
+        return aux
     return aux._replace(a=a_block(params, aux, duals, rho, inputs, cfg))
 
 
