@@ -85,7 +85,6 @@ def admmirnn(
     newton_steps: int = 8,
     a_steps: int = 4,
     cg_steps: int = 3,
-    coupled_polish: bool = True,
 ) -> optax.GradientTransformationExtraArgs:
     r"""ADMMiRNN: train an Elman RNN by ADMM on its unfolded form; no backpropagation.
 
@@ -195,7 +194,7 @@ def admmirnn(
     cfg = ADMMConfig(activation=activation, many_to_many=many_to_many, loss=loss,
                      weight_decay=float(weight_decay), prox=float(prox),
                      newton_steps=int(newton_steps), a_steps=int(a_steps), sweep=sweep,
-                     cg_steps=int(cg_steps), coupled_polish=bool(coupled_polish))
+                     cg_steps=int(cg_steps))
     sweep_fn = {"coupled": blocks.sweep_coupled, "backward": blocks.sweep_backward,
                 "parallel": blocks.sweep_parallel}[sweep]
 

@@ -621,10 +621,7 @@ def sweep_coupled(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs
 
     _, chosen = jax.lax.while_loop(cond, body, (0, -jnp.ones_like(base)))
     s = jnp.maximum(chosen, 0.0)[:, None, None]
-    aux = aux._replace(a=aux.a + s * da, h=aux.h + s * dh)
-    if not cfg.coupled_polish:
-        return aux
-    return aux._replace(a=a_block(params, aux, duals, rho, inputs, cfg))
+    return aux._replace(a=aux.a + s * da, h=aux.h + s * dh)
 
 
 # ----------------------------------------------------------------------------- duals

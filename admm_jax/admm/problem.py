@@ -43,7 +43,6 @@ class ADMMConfig:
     a_steps: int = 4
     sweep: str = "backward"
     cg_steps: int = 3
-    coupled_polish: bool = True
 
 
 class Auxiliaries(NamedTuple):
