@@ -108,7 +108,7 @@ def test_admm_factory_and_update_name_the_bad_argument():
         ({"sweeps": -2}, r"sweeps: expected a positive int, got -2"),
         ({"prox": -0.1}, r"prox: expected a finite number >= 0, got -0.1"),
         ({"rho_max": float("nan")}, r"rho_max: expected a finite number > 0, got nan"),
-        ({"sweep": "forward"}, r"sweep: expected one of \('backward', 'parallel'\), "
+        ({"sweep": "forward"}, r"sweep: expected one of \('coupled', 'backward', 'parallel'\), "
                                r"got 'forward'"),
         ({"loss": "hinge"}, r"loss: expected one of \('cross_entropy', 'mse'\), got 'hinge'"),
     ]:

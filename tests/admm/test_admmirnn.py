@@ -158,7 +158,7 @@ def test_options_train(kwargs):
         first = float(state.diagnostics.loss) if first is None else first
     assert float(state.diagnostics.loss) < first
     if kwargs.get("rho_schedule") == "geometric":
-        np.testing.assert_allclose(float(state.rho.rho3), 1.0 * 1.05**8, rtol=1e-6)
+        np.testing.assert_allclose(float(state.rho.rho3), 0.1 * 1.05**8, rtol=1e-6)  # rho3 = 0.1
 
 
 def test_token_inputs_train():
