@@ -116,7 +116,7 @@ def test_admm_factory_and_update_name_the_bad_argument():
             admmirnn(**kw)
     x, y = data(16)
     params = nnx.state(model(), nnx.Param)
-    tx = admmirnn(num_samples=16, seq_len=5)
+    tx = admmirnn(num_samples=16, seq_len=5, sweep="backward")  # per-sample state
     state = tx.init(params)
     with pytest.raises(ValueError, match=r"inputs: expected \[N, T, 3\] \(U is \(8, 3\)\), "
                                          r"got shape \(16, 5\)"):

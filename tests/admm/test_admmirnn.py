@@ -275,8 +275,8 @@ def test_coupled_iteration_is_the_documented_block_sequence():
     updates, state = jax.jit(tx.update)(None, state, params, inputs=x[:10], targets=y[:10],
                                         indices=jnp.arange(10))
     p = dict(split_params(params)[0])
-    cfg = ADMMConfig(weight_decay=0.0, sweep="coupled", cg_steps=3)
-    rho = Penalties(*(jnp.asarray(r) for r in (0.2, 10.0, 0.1)))
+    cfg = ADMMConfig(weight_decay=0.0, prox=0.03, sweep="coupled", cg_steps=6)  # the defaults
+    rho = Penalties(*(jnp.asarray(r) for r in (0.5, 10.0, 0.1)))
     tr = elman_trace(p, x[:10])
     aux = Auxiliaries(tr.a, tr.h, tr.o)
     du = Duals(jnp.zeros_like(tr.a), jnp.zeros_like(tr.h), jnp.zeros_like(tr.o))
@@ -291,17 +291,15 @@ def test_coupled_iteration_is_the_documented_block_sequence():
         assert float(jnp.abs(p2[k] - p[k]).max()) > 0  # every parameter moves
 
 
-def test_coupled_default_learns_the_recurrent_weights_in_one_call():
-    """The point of the coupled block: the first call already moves W along -dLoss/dW
-    (the backward sweep's first call, attenuated by <= 1/4 per step, barely does)."""
+def test_coupled_default_moves_the_recurrent_weights_downhill_in_one_call():
+    """The first call already moves W along -dLoss/dW (the block's residual targets are,
+    linearised, the back-propagated adjoints), and the loss falls."""
     model, x, y = toy(n=64, t=8)
     params = nnx.state(model, nnx.Param)
     grads = jax.grad(loss_of)(params, x, y)
-    cosines = {}
-    for sweep in ("coupled", "backward"):
-        tx = admm_jax.admmirnn(sweep=sweep)
-        updates, _ = jax.jit(tx.update)(None, tx.init(params), params, inputs=x, targets=y)
-        u, g = updates["W"][...].ravel(), -grads["W"][...].ravel()
-        cosines[sweep] = float(u @ g / jnp.linalg.norm(u) / jnp.linalg.norm(g))
-    assert cosines["coupled"] > 0.5
-    assert cosines["coupled"] > cosines["backward"] + 0.2
+    tx = admm_jax.admmirnn()
+    updates, _ = jax.jit(tx.update)(None, tx.init(params), params, inputs=x, targets=y)
+    u, g = updates["W"][...].ravel(), -grads["W"][...].ravel()
+    assert float(u @ g / jnp.linalg.norm(u) / jnp.linalg.norm(g)) > 0.5
+    assert float(loss_of(optax.apply_updates(params, updates), x, y)) < float(
+        loss_of(params, x, y))
