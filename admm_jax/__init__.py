@@ -41,6 +41,7 @@ from admm_jax.models import (
     lstm_scan,
     sample_detach_mask,
 )
+from admm_jax.nonfinite import reject_nonfinite
 from admm_jax.optim import (
     NovoGradState,
     RandomBasesState,
@@ -91,6 +92,7 @@ __all__ = [
     "optimizers",
     "random_bases",
     "random_bases_vector",
+    "reject_nonfinite",
     "replicate",
     "sample_detach_mask",
     "scale_by_novograd",

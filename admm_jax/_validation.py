@@ -9,6 +9,7 @@ never inside a jitted step.
 from __future__ import annotations
 
 import math
+import weakref
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,41 +23,114 @@ def _describe(v: Any) -> str:
     return repr(v)
 
 
-def positive_int(name: str, v: Any, *, allow_none: bool = False) -> None:
-    """``v`` is an int ``>= 1`` (bools are rejected)."""
+def _is_tracer(v: Any) -> bool:
+    return isinstance(v, jax.core.Tracer)
+
+
+def scalar(name: str, v: Any, what: str) -> float | None:
+    """The value of a real scalar hyperparameter: a Python or numpy number, or a 0-d array.
+
+    Returns ``None`` for a traced scalar (e.g. under ``optax.inject_hyperparams`` inside
+    ``jit``): its value is checked when concrete only. Bools, strings, non-scalar arrays raise
+    a ``ValueError`` naming ``name`` and ``what`` was expected.
+    """
+    if isinstance(v, bool | np.bool_):
+        raise ValueError(f"{name}: expected {what}, got {v!r}")
+    if isinstance(v, int | float | np.integer | np.floating):
+        return float(v)
+    if hasattr(v, "shape") and hasattr(v, "dtype"):
+        if np.shape(v) == () and np.issubdtype(np.dtype(v.dtype), np.number) and not \
+                np.issubdtype(np.dtype(v.dtype), np.complexfloating):
+            return None if _is_tracer(v) else float(v)
+    raise ValueError(f"{name}: expected {what}, got {v!r}")
+
+
+def positive_int(name: str, v: Any, *, allow_none: bool = False) -> int | None:
+    """``v`` is an int ``>= 1`` (a Python or numpy int or a concrete 0-d integer array; bools
+    are rejected); returns it as a Python int."""
     if v is None and allow_none:
-        return
+        return None
+    if _is_tracer(v):
+        raise TypeError(f"{name}: expected a concrete positive int, got a traced value (it sets "
+                        "array shapes; with optax.inject_hyperparams list it in static_args)")
+    if hasattr(v, "shape") and hasattr(v, "dtype") and np.shape(v) == () and \
+            np.issubdtype(np.dtype(v.dtype), np.integer):
+        v = int(v)
     if not isinstance(v, int | np.integer) or isinstance(v, bool | np.bool_) or v < 1:
         raise ValueError(f"{name}: expected a positive int{' or None' if allow_none else ''}, "
                          f"got {v!r}")
+    return int(v)
+
+
+def nonnegative_int(name: str, v: Any) -> int:
+    """``v`` is an int ``>= 0`` (bools rejected); returns it as a Python int."""
+    if not isinstance(v, int | np.integer) or isinstance(v, bool | np.bool_) or v < 0:
+        raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
+    return int(v)
 
 
 def positive_number(name: str, v: Any, *, allow_none: bool = False) -> None:
-    """``v`` is a finite real number ``> 0``."""
+    """``v`` is a finite real number ``> 0`` (checked when concrete)."""
     if v is None and allow_none:
         return
-    ok = (isinstance(v, int | float | np.integer | np.floating)
-          and not isinstance(v, bool | np.bool_) and math.isfinite(v) and v > 0)
-    if not ok:
-        raise ValueError(f"{name}: expected a finite number > 0{' or None' if allow_none else ''}"
-                         f", got {v!r}")
+    what = f"a finite number > 0{' or None' if allow_none else ''}"
+    f = scalar(name, v, what)
+    if f is not None and not (math.isfinite(f) and f > 0):
+        raise ValueError(f"{name}: expected {what}, got {v!r}")
 
 
 def nonnegative_number(name: str, v: Any) -> None:
-    """``v`` is a finite real number ``>= 0``."""
-    ok = (isinstance(v, int | float | np.integer | np.floating)
-          and not isinstance(v, bool | np.bool_) and math.isfinite(v) and v >= 0)
-    if not ok:
+    """``v`` is a finite real number ``>= 0`` (checked when concrete)."""
+    f = scalar(name, v, "a finite number >= 0")
+    if f is not None and not (math.isfinite(f) and f >= 0):
         raise ValueError(f"{name}: expected a finite number >= 0, got {v!r}")
 
 
 def learning_rate(name: str, v: Any) -> None:
-    """A learning rate: a finite number ``> 0`` or a schedule (a callable)."""
+    """A learning rate: a finite number ``> 0`` (also a 0-d array) or a schedule (callable)."""
     if callable(v):
         return
-    if hasattr(v, "shape") and np.shape(v) == () and not isinstance(v, jax.core.Tracer):
-        v = float(v)
-    positive_number(name, v)
+    f = scalar(name, v, "a finite number > 0 (or an optax schedule)")
+    if f is not None and not (math.isfinite(f) and f > 0):
+        raise ValueError(f"{name}: expected a finite number > 0, got {v!r} (or pass an optax "
+                         "schedule)")
+
+
+def token_ids(name: str, ids: Any, vocab: int) -> None:
+    """Integer token ids in ``[0, vocab)``; checked when ``ids`` is concrete (not under
+    ``jit``), a no-op for float inputs."""
+    if _is_tracer(ids):
+        return
+    a = np.asarray(ids)
+    if not np.issubdtype(a.dtype, np.integer) or not a.size:
+        return
+    lo, hi = int(a.min()), int(a.max())
+    if lo < 0 or hi >= vocab:
+        bad = int(((a < 0) | (a >= vocab)).sum())
+        raise ValueError(f"{name}: expected token ids in [0, {vocab}) (the vocabulary of the "
+                         f"model), got {bad} outside it (values in [{lo}, {hi}])")
+
+
+def indices(name: str, idx: Any, n: int, size: int | None = None) -> np.ndarray | None:
+    """Distinct sample positions in ``[0, n)``, 1-D integers (``size`` of them when given).
+
+    Checked when ``idx`` is concrete; returns the numpy array, or ``None`` for a traced one.
+    """
+    if _is_tracer(idx):
+        return None
+    a = np.asarray(idx)
+    if a.ndim != 1 or not np.issubdtype(a.dtype, np.integer) or (size is not None
+                                                                 and a.size != size):
+        want = "1-D int array" if size is None else f"int array of shape ({size},)"
+        raise ValueError(f"{name}: expected a {want}, got {a.dtype}{a.shape}")
+    if a.size and (a.min() < 0 or a.max() >= n):
+        raise ValueError(f"{name}: expected positions in [0, {n}), got values in "
+                         f"[{a.min()}, {a.max()}]")
+    vals, counts = np.unique(a, return_counts=True)
+    if vals.size != a.size:
+        raise ValueError(f"{name}: expected distinct positions (each sample once per batch), "
+                         f"got {a.size - vals.size} repeated, e.g. {int(vals[counts > 1][0])}")
+    return a
 
 
 def one_of(name: str, v: Any, valid: Iterable[str]) -> None:
@@ -115,3 +189,22 @@ def same_structure(name: str, got: Any, want: Any, *, what: str = "the model") -
 def _dtype(x: Any):
     d = getattr(x, "dtype", None)
     return np.asarray(x).dtype if d is None else d
+
+
+_MODEL_OPTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def register_model_options(tx: Any, **options: Any) -> Any:
+    """Record the model options (``activation``, ``many_to_many``, ``loss``) a transformation
+    was built for, so that :func:`admm_jax.train.fit` and :func:`admm_jax.adapt_flax_rnn` can
+    check them against the model; returns ``tx``."""
+    _MODEL_OPTIONS[tx.update] = dict(options)
+    return tx
+
+
+def model_options(tx: Any) -> dict[str, Any] | None:
+    """The options recorded by :func:`register_model_options` for ``tx`` (else ``None``)."""
+    try:
+        return _MODEL_OPTIONS.get(tx.update)
+    except (AttributeError, TypeError):
+        return None

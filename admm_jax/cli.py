@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import pathlib
 import sys
@@ -21,17 +22,53 @@ DEFAULT_OPTIMIZERS = "admmirnn,adam,rmsprop,sgd"
 
 
 def _positive_int(s: str) -> int:
-    v = int(s)
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
     if v < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {s}")
     return v
 
 
-def _positive_float(s: str) -> float:
-    v = float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {s}")
+def _nonnegative_int(s: str) -> int:
+    try:
+        v = int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s}")
     return v
+
+
+def _finite_float(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {s!r}") from None
+    if not math.isfinite(v):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {s}")
+    return v
+
+
+def _positive_float(s: str) -> float:
+    v = _finite_float(s)
+    if not v > 0:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {s}")
+    return v
+
+
+def _json_safe(v):
+    """Non-finite floats as ``None``: the printed JSON stays strict."""
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+class _Parser(argparse.ArgumentParser):
+    """Errors as ONE line, ``admm-jax train: error: --flag: ...``, exit status 2 (the usage
+    is in ``--help``)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _task_help() -> str:
@@ -71,14 +108,14 @@ def _common(p: argparse.ArgumentParser) -> None:
                    help="hidden units of the Elman RNN (default 64)")
     g.add_argument("--batch-size", type=_positive_int, default=64,
                    help="samples per iteration, the same for every optimizer (default 64)")
-    g.add_argument("--seed", type=int, default=0,
+    g.add_argument("--seed", type=_nonnegative_int, default=0,
                    help="seed of the weights, the batch order and the synthetic data (default 0)")
     g.add_argument("--eval-batch-size", type=_positive_int, default=500,
                    help="samples per evaluation forward pass (default 500)")
     g.add_argument("--clip-norm", type=_positive_float, default=None,
                    help="clip gradients to this global norm (gradient optimizers only; "
                         "default: no clipping)")
-    g.add_argument("--p-detach", type=float, default=None,
+    g.add_argument("--p-detach", type=_finite_float, default=None,
                    help="h-detach probability in [0, 1] for gradient training (compare: adds a "
                         "NAME+hdetachP run for every gradient optimizer; default: none)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -88,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     from admm_jax import optimizers
 
     opt_names = ", ".join(optimizers.names())
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="admm-jax",
         description="Train Elman RNNs with ADMMiRNN and gradient optimizers and compare them.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -116,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--lr", default="",
                    help="learning rates as NAME=VALUE,... (e.g. adam=3e-3,sgd=0.05); others "
                         "use the registry default")
-    c.add_argument("--target", type=float, default=None,
+    c.add_argument("--target", type=_finite_float, default=None,
                    help="metric value whose first reaching is timed (default per task: "
                         "accuracy 0.9 row/pixel-MNIST, 0.8 imdb, 0.5 copying/text; MSE 0.05 "
                         "adding)")
@@ -140,7 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="learning rate (gradient optimizers; default: the registry's)")
     t.add_argument("--epochs", type=_positive_int, default=None,
                    help="epochs (default 1 when no other stopping rule is given)")
-    t.add_argument("--iterations", type=_positive_int, default=None, help="iterations")
+    t.add_argument("--iterations", type=_positive_int, default=None,
+                   help="iterations in all: with --resume, the total of the whole run (like "
+                        "--epochs and --budget-seconds)")
     t.add_argument("--budget-seconds", type=_positive_float, default=None,
                    help="training seconds (compilation and evaluation excluded)")
     t.add_argument("--eval-every", type=_positive_int, default=None,
@@ -157,8 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--on-divergence", choices=("raise", "stop", "increase_rho"),
                    default="raise",
                    help="on a NaN/inf step: raise (exit 3, last good checkpoint kept), stop "
-                        "(save the last good state and exit 0) or increase_rho (admmirnn: "
-                        "retry with 10x the penalties, up to 3 times); default raise")
+                        "(save the last good state and the history, say so, exit 0) or "
+                        "increase_rho (admmirnn: retry with 10x the penalties, up to 3 "
+                        "times); default raise")
     t.add_argument("--out", default="admm_jax_results",
                    help="folder for train_<task>_<optimizer>.json (default admm_jax_results)")
 
@@ -167,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _parse_lrs(parser, s: str) -> dict[str, float]:
+def _parse_lrs(parser, s: str, names: Sequence[str]) -> dict[str, float]:
+    """``NAME=VALUE,...``: every name one of ``names`` (the optimizers being run) that takes a
+    learning rate, every value a finite number > 0."""
     from admm_jax import optimizers
 
     out = {}
@@ -177,9 +219,17 @@ def _parse_lrs(parser, s: str) -> dict[str, float]:
             parser.error(f"--lr: expected NAME=VALUE, got {item!r}")
         try:
             optimizers.entry(name)
-            out[optimizers.canonical_name(name)] = float(value)
         except ValueError as e:
             parser.error(f"--lr: {e}")
+        key = optimizers.canonical_name(name)
+        if key not in names:
+            parser.error(f"--lr: {key} is not among --optimizers ({', '.join(names)})")
+        if optimizers.default_learning_rate(key) is None:
+            parser.error(f"--lr: {key} takes no learning rate")
+        try:
+            out[key] = _positive_float(value)
+        except argparse.ArgumentTypeError as e:
+            parser.error(f"--lr: {key}: {e}")
     return out
 
 
@@ -232,7 +282,8 @@ def _compare(parser, args) -> int:
             optimizers.entry(n)
         except ValueError as e:
             parser.error(f"--optimizers: {e}")
-    lrs = _parse_lrs(parser, args.lr)
+    names = [optimizers.canonical_name(n) for n in names]
+    lrs = _parse_lrs(parser, args.lr, names)
     budget = args.budget_seconds
     if budget is None and args.iterations is None:
         budget = 20.0
@@ -246,11 +297,15 @@ def _compare(parser, args) -> int:
           f"Elman RNN H={args.hidden}; batch {args.batch_size}; budget per optimizer: "
           f"{budget_text} (compilation and evaluation excluded); seed {args.seed}", flush=True)
     t0 = time.perf_counter()
-    rows, histories = compare.compare(
-        task, names, budget_seconds=budget, iterations=args.iterations,
-        batch_size=args.batch_size, hidden=args.hidden, seed=args.seed, learning_rates=lrs,
-        target=target, eval_points=args.eval_points, eval_batch_size=args.eval_batch_size,
-        clip_norm=args.clip_norm, p_detach=args.p_detach, progress=not args.no_progress)
+    try:
+        rows, histories = compare.compare(
+            task, names, budget_seconds=budget, iterations=args.iterations,
+            batch_size=args.batch_size, hidden=args.hidden, seed=args.seed,
+            learning_rates=lrs, target=target, eval_points=args.eval_points,
+            eval_batch_size=args.eval_batch_size, clip_norm=args.clip_norm,
+            p_detach=args.p_detach, progress=not args.no_progress)
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
     table = compare.format_table(rows, task, target)
     out = pathlib.Path(args.out)
     stem = f"compare_{task.name}"
@@ -285,7 +340,10 @@ def _train(parser, args) -> int:
     task = _load_task(parser, args)
     _check_admm_memory(parser, task, [name], args.hidden)
     kw = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
-    tx = task.optimizer(name, clip_norm=args.clip_norm, **kw)
+    try:
+        tx = task.optimizer(name, clip_norm=args.clip_norm, **kw)
+    except (ValueError, TypeError) as e:
+        parser.error(str(e))
     model = task.model(args.hidden, seed=args.seed)
     epochs = args.epochs
     if epochs is None and args.iterations is None and args.budget_seconds is None:
@@ -330,19 +388,26 @@ def _train(parser, args) -> int:
             kept = (f"; last good checkpoint (iteration {steps[-1]}) kept in "
                     f"{args.checkpoint_dir}" if steps else "; no checkpoint was written")
         parser.exit(3, f"admm-jax: error: {e}{kept}\n")
-    except ValueError as e:
+    except (ValueError, TypeError) as e:
         parser.error(str(e))
     h.meta.update(optimizer=name, task=task.name, hidden=args.hidden, p_detach=args.p_detach,
                   learning_rate=kw.get("learning_rate", optimizers.default_learning_rate(name)))
     path = h.save(pathlib.Path(args.out) / f"train_{task.name}_{name}.json")
     column = "accuracy" if task.metric is not None else "loss"
-    print(json.dumps({
+    summary = {
         "iterations": h.meta["iterations"], "train_seconds": round(h.meta["train_seconds"], 2),
         "compile_seconds": round(h.meta["compile_seconds"], 2),
         f"final_test_{task.metric_name}": h.last("evals", column),
-    }))
+    }
+    if "diverged_at" in h.meta:
+        summary["diverged_at"] = h.meta["diverged_at"]
+    print(json.dumps({k: _json_safe(v) for k, v in summary.items()}, allow_nan=False))
     print(f"history: {path}" + (f"\ncheckpoint: {args.checkpoint_dir}"
                                 if args.checkpoint_dir else ""))
+    if "diverged_at" in h.meta:  # --on-divergence stop: a clean end, but never a silent one
+        print(f"admm-jax: warning: training diverged at iteration {h.meta['diverged_at']}; "
+              f"stopped with the last good weights (iteration {h.meta['iterations']}), saved "
+              "as above", file=sys.stderr)
     return 0
 
 

@@ -22,6 +22,7 @@ import optax
 
 from admm_jax import _validation as V
 from admm_jax.admm import ADMMiRNNState, ADMMPreconditionedState, admm_preconditioned, admmirnn
+from admm_jax.nonfinite import reject_nonfinite
 from admm_jax.optim import novograd, random_bases
 
 
@@ -110,7 +111,8 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
       **kwargs: passed to the factory.
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs``.
+      An ``optax.GradientTransformationExtraArgs`` that rejects a non-finite step (zero
+      update, state unchanged: :func:`admm_jax.reject_nonfinite`).
 
     Raises:
       ValueError: unknown name (the message lists the valid ones).
@@ -139,7 +141,9 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
         lr = kwargs.pop("learning_rate", e.learning_rate)
         V.learning_rate("learning_rate", lr)
         tx = e.factory(lr, **kwargs)
-    return optax.with_extra_args_support(tx)
+    # one rule for all: a non-finite step is not applied (zero update, state unchanged);
+    # a no-op for admmirnn and admm_preconditioned, which apply it themselves
+    return reject_nonfinite(tx)
 
 
 _BATCH_STATES = (ADMMiRNNState, ADMMPreconditionedState)

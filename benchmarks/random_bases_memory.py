@@ -59,14 +59,15 @@ def main() -> None:
     whole = temp_bytes(materialised, g)
     rows = []
     for block in (int(b) for b in args.blocks.split(",")):
-        tx = scale_by_random_bases(d, seed=0, block_size=block)
+        tx = scale_by_random_bases(d, seed=0, block_size=block, distribution="normal",
+                                   rng="threefry")
         t = temp_bytes(tx.update, g, tx.init(g))
         rows.append({"block_size": block, "temp_mb": t / 1e6,
                      "block_mb": block * size * 4 / 1e6, "vs_materialised": t / whole})
 
     timing = {}
     for rng in ("threefry", "hash"):
-        tx = scale_by_random_bases(d, seed=0, block_size=50, rng=rng)
+        tx = scale_by_random_bases(d, seed=0, block_size=50, rng=rng, distribution="normal")
         timing[rng] = seconds_per_call(tx.update, g, tx.init(g), reps=args.reps)
 
     print(f"D = {size}, d = {d}; whole basis = {basis_mb:.1f} MB of float32; materialised "

@@ -43,6 +43,10 @@ def parse():
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--dim", type=int, default=250, help="RBD subspace dimension")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rbd-distributions", default="hadamard,rademacher",
+                    help="RBD bases to time (hadamard: the default, O(D log D) per basis; "
+                         "rademacher: i.i.d. bit-packed signs, O(dim D))")
+    ap.add_argument("--skip-admm", action="store_true", help="time only RBD and SGD")
     ap.add_argument("--out", default=None,
                     help="JSON path (default results/scaling_<platform>.json)")
     return ap.parse_args()
@@ -110,20 +114,14 @@ def main() -> None:
         xs, ys = shard_batch((x, y), mesh)
         ps = replicate(params, mesh)
 
-        tx = admm_jax.admmirnn(num_samples=n, seq_len=T)
-        st = shard_admm_state(tx.init(params), mesh)
-        admm_step = jax.jit(lambda p, s, xb, yb, tx=tx: tx.update(None, s, p, inputs=xb,
-                                                                  targets=yb))
-        admm_c = admm_step.lower(ps, st, xs, ys).compile()
-        t_admm = timed(admm_step, ps, st, xs, ys)
-
-        rbd = admm_jax.random_bases(1.0, args.dim, seed=0, rng="hash", axis_name="data",
-                                    axis_size=k)
-
-        def rbd_local(p, s, xb, yb, rbd=rbd):
-            g = jax.grad(loss)(jax.lax.pcast(p, "data", to="varying"), xb, yb)
-            u, s = rbd.update(g, s, p)
-            return optax.apply_updates(p, u), s
+        timings = []
+        if not args.skip_admm:
+            tx = admm_jax.admmirnn(num_samples=n, seq_len=T)
+            st = shard_admm_state(tx.init(params), mesh)
+            admm_step = jax.jit(lambda p, s, xb, yb, tx=tx: tx.update(None, s, p, inputs=xb,
+                                                                      targets=yb))
+            admm_c = admm_step.lower(ps, st, xs, ys).compile()
+            timings.append(("admm", timed(admm_step, ps, st, xs, ys), admm_c))
 
         def data_parallel(local, state, mesh=mesh, ps=ps, xs=xs, ys=ys):
             """(compiled step, median seconds) of ``local`` on batch shards, state replicated."""
@@ -133,7 +131,17 @@ def main() -> None:
             state = replicate(state, mesh)
             return step.lower(ps, state, xs, ys).compile(), timed(step, ps, state, xs, ys)
 
-        rbd_c, t_rbd = data_parallel(rbd_local, rbd.init(params))
+        for dist in args.rbd_distributions.split(","):
+            rbd = admm_jax.random_bases(1.0, args.dim, seed=0, distribution=dist,
+                                        axis_name="data", axis_size=k)
+
+            def rbd_local(p, s, xb, yb, rbd=rbd):
+                g = jax.grad(loss)(jax.lax.pcast(p, "data", to="varying"), xb, yb)
+                u, s = rbd.update(g, s, p)
+                return optax.apply_updates(p, u), s
+
+            rbd_c, t_rbd = data_parallel(rbd_local, rbd.init(params))
+            timings.append((f"rbd:{dist}", t_rbd, rbd_c))
 
         sgd = optax.sgd(0.1)
 
@@ -144,9 +152,9 @@ def main() -> None:
             return optax.apply_updates(p, u), s
 
         sgd_c, t_sgd = data_parallel(sgd_local, sgd.init(params))
+        timings.append(("sgd", t_sgd, sgd_c))
 
-        for name, t, c in (("admm", t_admm, admm_c), ("rbd", t_rbd, rbd_c),
-                           ("sgd", t_sgd, sgd_c)):
+        for name, t, c in timings:
             stats = collective_stats(c)
             rows.append({"method": name, "devices": k, "seconds": t, "collectives": stats,
                          "bytes": sum(v["bytes"] for v in stats.values()),
@@ -155,11 +163,11 @@ def main() -> None:
 
     print(f"\nstrong scaling on {platform} ({len(devices)} devices: {devices[0].device_kind}), "
           f"{source}, N={n}, H={h}, D_params={n_params}, RBD dim={args.dim}")
-    print(f"{'method':6s} {'devices':>7s} {'time/call':>10s} {'speed-up':>8s} {'collectives':>11s}"
+    print(f"{'method':16s} {'devices':>7s} {'time/call':>10s} {'speed-up':>8s} {'collectives':>11s}"
           f" {'bytes/device':>13s}")
     base = {r["method"]: r["seconds"] for r in rows if r["devices"] == counts[0]}
     for r in rows:
-        print(f"{r['method']:6s} {r['devices']:7d} {r['seconds'] * 1e3:8.1f}ms "
+        print(f"{r['method']:16s} {r['devices']:7d} {r['seconds'] * 1e3:8.1f}ms "
               f"{base[r['method']] / r['seconds']:7.2f}x {r['ops']:11d} {r['bytes']:13,d}")
     print(f"RBD sends dim x devices = {args.dim} x k floats per step; a gradient all-reduce "
           f"D = {n_params} floats ({4 * n_params:,d} bytes)")

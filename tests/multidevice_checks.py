@@ -138,7 +138,7 @@ def admm_checks():
     return out
 
 
-def rbd_checks():
+def rbd_checks(distribution="hadamard"):
     mesh = data_mesh()
     workers = len(jax.devices())
     k = jax.random.split(jax.random.key(1), 4)
@@ -150,7 +150,7 @@ def rbd_checks():
     def loss(p, x):
         return jnp.mean((jnp.tanh(x @ p["W"].T + p["b"]) @ p["V"].T - 1.0) ** 2)
 
-    common = dict(seed=3, compartments="leaf", block_size=4)
+    common = dict(seed=3, compartments="leaf", block_size=4, distribution=distribution)
     tx = admm_jax.random_bases(lr, dim, axis_name="data", axis_size=workers, **common)
 
     def local_step(p, s, xb):
@@ -197,5 +197,6 @@ def rbd_checks():
 
 
 if __name__ == "__main__":
-    checks = {"admm": admm_checks, "rbd": rbd_checks}
+    checks = {"admm": admm_checks, "rbd": rbd_checks,
+              "rbd_rademacher": lambda: rbd_checks("rademacher")}
     print(json.dumps(checks[sys.argv[1]]()))

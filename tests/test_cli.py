@@ -154,3 +154,75 @@ def test_train_divergence_exits_cleanly_and_keeps_the_checkpoint(tmp_path):
     h = json.loads((tmp_path / "out" / "train_adding_sgd.json").read_text())
     assert h["meta"]["diverged_at"] == int(m.group(1))
     assert checkpoint_steps(tmp_path / "ck2")[-1] == int(m.group(1)) - 1
+
+
+# ----------------------------------------------------------------- issue 19: bad flags
+
+ADDING = ["--task", "adding", "--seq-len", "5", "--num-train", "64", "--num-test", "32",
+          "--hidden", "4", "--batch-size", "16", "--no-progress"]
+
+BAD_FLAGS = [
+    (["train", "--learning-rate", "inf"], "--learning-rate"),
+    (["train", "--learning-rate", "-1"], "--learning-rate"),
+    (["train", "--learning-rate", "nan"], "--learning-rate"),
+    (["train", "--seed", "-1"], "--seed"),
+    (["train", "--seed", "x"], "--seed"),
+    (["train", "--hidden", "0"], "--hidden"),
+    (["train", "--batch-size", "abc"], "--batch-size"),
+    (["train", "--optimizer", "lbfgs"], "--optimizer"),
+    (["train", "--optimizer", "admmirnn", "--learning-rate", "0.1"], "--learning-rate"),
+    (["train", "--resume"], "--resume"),
+    (["train", "--task", "nope"], "--task"),
+    (["train", "--p-detach", "2"], "--p-detach"),
+    (["train", "--p-detach", "nan"], "--p-detach"),
+    (["train", "--on-divergence", "explode"], "--on-divergence"),
+    (["train", "--on-divergence", "increase_rho", "--optimizer", "adam"], "--on-divergence"),
+    (["train", "--checkpoint-every", "3"], "--checkpoint-every"),
+    (["compare", "--lr", "adam=-1"], "--lr"),
+    (["compare", "--lr", "adam=inf"], "--lr"),
+    (["compare", "--lr", "adam=abc"], "--lr"),
+    (["compare", "--lr", "adam"], "--lr"),
+    (["compare", "--lr", "admmirnn=0.1"], "--lr"),
+    (["compare", "--lr", "novograd=0.1", "--optimizers", "adam,sgd"], "--lr"),
+    (["compare", "--optimizers", "adam,lbfgs"], "--optimizers"),
+    (["compare", "--optimizers", ","], "--optimizers"),
+    (["compare", "--target", "inf"], "--target"),
+    (["compare", "--budget-seconds", "0"], "--budget-seconds"),
+    (["compare", "--iterations", "-3"], "--iterations"),
+]
+
+
+@pytest.mark.parametrize("argv, flag", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
+def test_bad_flag_exits_2_with_one_line_naming_it(argv, flag, capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        # the bad flag last: it overrides ADDING's value of the same flag
+        cli.main([argv[0], *ADDING, *argv[1:], "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert e.value.code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert flag in lines[0] and "error" in lines[0], err
+    assert "Traceback" not in err
+
+
+def test_on_divergence_stop_says_so_and_prints_strict_json(capsys, tmp_path):
+    rc = cli.main(["train", *ADDING, "--optimizer", "sgd", "--learning-rate", "1e30",
+                   "--iterations", "8", "--on-divergence", "stop", "--out", str(tmp_path)])
+    out, err = capsys.readouterr()
+    assert rc == 0  # "stop" is the clean end (test_train_divergence_exits_cleanly_...)
+    assert "warning: training diverged at iteration" in err and "Traceback" not in err
+    line = next(x for x in out.splitlines() if x.startswith("{"))
+
+    def reject(c):
+        raise AssertionError(f"non-strict JSON constant {c}")
+
+    summary = json.loads(line, parse_constant=reject)
+    assert summary["diverged_at"] >= 1
+
+
+def test_resumed_iterations_are_the_total(capsys, tmp_path):
+    ck = ["--checkpoint-dir", str(tmp_path / "ck"), "--out", str(tmp_path)]
+    assert cli.main(["train", *ADDING, "--iterations", "4", *ck]) == 0
+    assert cli.main(["train", *ADDING, "--iterations", "10", "--resume", *ck]) == 0
+    lines = [x for x in capsys.readouterr().out.splitlines() if x.startswith("{")]
+    assert [json.loads(x)["iterations"] for x in lines] == [4, 10]

@@ -77,8 +77,9 @@ def test_sharded_admmirnn_equals_unsharded_and_all_reduces_only_the_grams():
     assert hd["param_rel"] < 1e-9 and hd["dual_rel"] < 1e-9, hd
 
 
-def test_sharded_random_bases_identical_on_devices_and_equal_to_simulated_workers():
-    r = run_checks("rbd")
+@pytest.mark.parametrize("which", ["rbd", "rbd_rademacher"])  # SRHT (default), i.i.d. signs
+def test_sharded_random_bases_identical_on_devices_and_equal_to_simulated_workers(which):
+    r = run_checks(which)
     assert r["devices"] == 8 and r["n_copies"] == 8
     assert r["identical_on_devices"]  # every device's own parameters, bit for bit
     assert r["moved"] > 1e-2

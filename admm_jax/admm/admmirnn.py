@@ -7,6 +7,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from admm_jax import _validation as V
@@ -25,6 +26,7 @@ from admm_jax.admm.problem import (
     residuals,
 )
 from admm_jax.models.elman import ACTIVATIONS, elman_trace
+from admm_jax.nonfinite import mark_guarded
 
 RHO_SCHEDULES = ("fixed", "geometric", "balance")
 AUXILIARY_MODES = ("reset", "persist")
@@ -191,7 +193,10 @@ def admmirnn(
       targets, indices=None)``: ``inputs [B, T, D]`` floats or ``[B, T]`` token ids,
       ``targets [B]`` / ``[B, T]`` classes (or reals with ``loss="mse"``), ``indices [B]`` the
       samples' positions in the training set (default ``arange(B)``, which requires
-      ``B == num_samples``).
+      ``B == num_samples``): distinct, in ``[0, num_samples)``; concrete ones are checked
+      (``ValueError``), traced ones that are not reject the iteration (nothing is written).
+      Float hyperparameters may be 0-d arrays or injected (``optax.inject_hyperparams``); the
+      integer ones set shapes and loop lengths and must stay static (``static_args``).
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -213,12 +218,15 @@ def admmirnn(
       Approach", ECML-PKDD 2020; Boyd et al., "Distributed Optimization and Statistical
       Learning via the Alternating Direction Method of Multipliers", 2011.
     """
-    rhos = (rho,) * 3 if isinstance(rho, int | float) else tuple(rho)
+    rhos = (rho,) * 3 if np.ndim(rho) == 0 else tuple(rho)
+    num_samples = V.positive_int("num_samples", num_samples, allow_none=True)
+    seq_len = V.positive_int("seq_len", seq_len, allow_none=True)
+    sweeps = V.positive_int("sweeps", sweeps)
     _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweeps, sweep, auxiliaries,
                    rho_schedule, rho_growth, rho_max, activation, loss, newton_steps, a_steps)
-    V.positive_int("cg_steps", cg_steps)
+    cg_steps = V.positive_int("cg_steps", cg_steps)
     cfg = ADMMConfig(activation=activation, many_to_many=many_to_many, loss=loss,
-                     weight_decay=float(weight_decay), prox=float(prox),
+                     weight_decay=_static(weight_decay), prox=_static(prox),
                      newton_steps=int(newton_steps), a_steps=int(a_steps), sweep=sweep,
                      cg_steps=int(cg_steps))
     # per-sample multipliers carried across visits: the backward/parallel sweeps need them
@@ -287,6 +295,12 @@ def admmirnn(
         if indices.shape != (batch,) or not jnp.issubdtype(indices.dtype, jnp.integer):
             raise ValueError(f"indices: expected int array of shape ({batch},), got "
                              f"{indices.dtype}{tuple(indices.shape)}")
+        valid = jnp.asarray(True)
+        if not whole and per_sample:
+            # concrete: a ValueError now; traced (under jit): the iteration is rejected below
+            n_store = state.duals.lam1.shape[0]
+            V.indices("indices", indices, n_store, batch)
+            valid = _valid_indices(indices, n_store)
 
         trace = elman_trace(p, inputs, activation=activation, many_to_many=many_to_many)
         aux = Auxiliaries(trace.a, trace.h, trace.o)
@@ -315,6 +329,7 @@ def admmirnn(
         # multipliers and auxiliaries keep their old values; batch-sized selects only) and
         # reported by diagnostics.loss = NaN, so a caller retries or stops from a good state
         ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in (*p_new.values(), *diag)]))
+        ok = ok & valid  # out-of-range or repeated indices (traced): rejected, nothing written
         diag = diag._replace(loss=jnp.where(ok, diag.loss, jnp.nan))
 
         def keep(new, old):
@@ -341,7 +356,22 @@ def admmirnn(
         delta = {k: keep(p_new[k] - p[k], 0).astype(p_orig[k].dtype) for k in p}
         return merge_like(delta, treedef, names), new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    mark_guarded(tx)  # its own non-finite rule, on the batch's rows (see above)
+    return V.register_model_options(tx, activation=activation, many_to_many=many_to_many,
+                                    loss=loss, name="admmirnn")
+
+
+def _static(v):
+    """A concrete scalar hyperparameter as a float; a traced one (``inject_hyperparams``) as
+    is."""
+    return v if isinstance(v, jax.core.Tracer) else float(v)
+
+
+def _valid_indices(indices, n):
+    """Traced check: every index in ``[0, n)`` and none repeated (one sort of the batch)."""
+    s = jnp.sort(indices)
+    return (s[0] >= 0) & (s[-1] < n) & jnp.all(s[1:] != s[:-1])
 
 
 def _take(store, indices, whole):
@@ -403,20 +433,24 @@ def _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweeps, sweep
     V.positive_int("sweeps", sweeps)
     V.positive_int("newton_steps", newton_steps)
     V.positive_int("a_steps", a_steps)
-    if len(rhos) != 3 or not all(isinstance(r, int | float) and not isinstance(r, bool)
-                                 and math.isfinite(r) and r > 0 for r in rhos):
+    if len(rhos) != 3:
         raise ValueError(f"rho: expected a positive number or three positive numbers, got {rhos}")
+    for r in rhos:
+        f = V.scalar("rho", r, "a positive number or three positive numbers")
+        if f is not None and not (math.isfinite(f) and f > 0):
+            raise ValueError(f"rho: expected a positive number or three positive numbers, got "
+                             f"{rhos}")
     V.nonnegative_number("prox", prox)
     V.nonnegative_number("weight_decay", weight_decay)
     V.positive_number("rho_growth", rho_growth)
-    if not rho_growth >= 1.0:
+    growth = V.scalar("rho_growth", rho_growth, "a number >= 1")
+    if growth is not None and not growth >= 1:
         raise ValueError(f"rho_growth: expected a number >= 1, got {rho_growth!r}")
     V.positive_number("rho_max", rho_max)
     for name, v, valid in (("sweep", sweep, SWEEPS), ("auxiliaries", auxiliaries, AUXILIARY_MODES),
                            ("rho_schedule", rho_schedule, RHO_SCHEDULES),
                            ("activation", activation, ACTIVATIONS), ("loss", loss, LOSSES)):
-        if v not in valid:
-            raise ValueError(f"{name}: expected one of {valid}, got {v!r}")
+        V.one_of(name, v, valid)
     if (num_samples is None) != (seq_len is None):
         raise ValueError("num_samples, seq_len: per-sample state is [num_samples, seq_len, H]; "
                          f"give both or neither (got {num_samples}, {seq_len})")
@@ -455,7 +489,14 @@ def _check_batch(p, inputs, targets, cfg: ADMMConfig):
     if not token and (inputs.ndim != 3 or inputs.shape[-1] != d):
         raise ValueError(f"inputs: expected [N, T, {d}] (U is {p['U'].shape}), "
                          f"got shape {inputs.shape}")
-    if not token:
+    if 0 in inputs.shape:
+        raise ValueError(f"inputs: expected at least one sample of at least one step, got shape "
+                         f"{tuple(inputs.shape)}")
+    if token:
+        # concrete ids are checked here; under jit an id outside [0, vocab) gives a NaN
+        # projection (admm_jax.models.elman.input_projection), so the step is rejected
+        V.token_ids("inputs", inputs, d)
+    else:
         inputs = inputs.astype(p["U"].dtype)
     n, t = inputs.shape[:2]
     c = p["V"].shape[0]

@@ -111,7 +111,7 @@ def _armijo(objective, x, step, slope):
     elementwise = f0.shape == x.shape
     expand = (lambda s: s) if elementwise else (lambda s: s[..., None])
     chosen = jnp.zeros_like(f0)
-    for s in _LINE_SEARCH[::-1]:  # smallest first, so the largest passing step wins
+    for s in _LINE_SEARCH[::-1].astype(x.dtype):  # smallest first: the largest passing wins
         ok = objective(x + s * step) <= f0 + _ARMIJO * s * slope
         chosen = jnp.where(ok, s, chosen)
     return x + expand(chosen) * step

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -9,12 +10,14 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from admm_jax import _validation as checks
 from admm_jax.admm import blocks
-from admm_jax.admm.admmirnn import _check_batch
+from admm_jax.admm.admmirnn import _check_batch, _static
 from admm_jax.admm.params import merge_like, path_names, split_params
 from admm_jax.admm.problem import LOSSES, ADMMConfig, data_loss, readout_states
 from admm_jax.models.elman import ACTIVATIONS, elman_trace
 from admm_jax.models.lstm import HIDDEN_KERNELS, INPUT_KERNELS, lstm_scan
+from admm_jax.nonfinite import reject_nonfinite
 
 ScalarOrSchedule = float | Callable[[jax.Array], jax.Array]
 RISE = 1.1  # adaptive damping: "the loss is rising" when its fast average > RISE * slow one
@@ -166,6 +169,11 @@ def admm_preconditioned(
     ``(D+H+1)^2`` Gram preconditions all ``4H`` columns, with targets ``-eta dL/dz_t`` from taps
     on ``z_t`` (:func:`lstm_adjoints`); the readout as above.
 
+    A step whose update or new state is not finite (a NaN in the batch, an overflow) is not
+    applied: zero update, state unchanged, ``count`` included (:func:`admm_jax.reject_nonfinite`).
+    Hyperparameters may be Python or numpy numbers or 0-d arrays, and may be injected by
+    ``optax.inject_hyperparams``.
+
     This is not ADMM (it back-propagates); it is the ADMM weight subproblem used as a
     preconditioner. Like :func:`admm_jax.admmirnn` it ignores the gradient argument and needs
     the batch: ``update(grads, state, params, *, inputs, targets)``.
@@ -215,7 +223,7 @@ def admm_preconditioned(
     """
     _check_options(learning_rate, readout_learning_rate, prox, weight_decay, activation, loss)
     cfg = ADMMConfig(activation=activation, many_to_many=many_to_many, loss=loss,
-                     weight_decay=float(weight_decay), prox=float(prox))
+                     weight_decay=_static(weight_decay), prox=_static(prox))
 
     def init_fn(params) -> ADMMPreconditionedState:
         lstm = _lstm_leaves(params)
@@ -231,6 +239,10 @@ def admm_preconditioned(
     def update_fn(updates, state: ADMMPreconditionedState, params=None, *, inputs=None,
                   targets=None, **extra_args: Any):
         del updates, extra_args
+        if inputs is None or targets is None or params is None:
+            raise ValueError("inputs, targets: admm_preconditioned.update needs the batch and "
+                             "the parameters: tx.update(grads, state, params, inputs=x, "
+                             "targets=y)")
         lstm = _lstm_leaves(params)
         if lstm is None:
             p_orig, treedef, names = split_params(params)
@@ -302,7 +314,11 @@ def admm_preconditioned(
         leaves = [out[n].astype(lstm[0][n].dtype) for n in names]
         return jax.tree_util.tree_unflatten(treedef, leaves), new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    # a step with a non-finite update or state is rejected (zero update, state unchanged), as
+    # for every optimizer (admm_jax.reject_nonfinite)
+    tx = reject_nonfinite(optax.GradientTransformationExtraArgs(init_fn, update_fn))
+    return checks.register_model_options(tx, activation=activation, many_to_many=many_to_many,
+                                         loss=loss, name="admm_preconditioned")
 
 
 def _value(v: ScalarOrSchedule, count: jax.Array):
@@ -312,14 +328,15 @@ def _value(v: ScalarOrSchedule, count: jax.Array):
 def _check_options(learning_rate, readout_learning_rate, prox, weight_decay, activation, loss):
     for name, v in (("learning_rate", learning_rate),
                     ("readout_learning_rate", readout_learning_rate)):
-        if not callable(v) and (not isinstance(v, int | float) or isinstance(v, bool)
-                                or not v > 0):
-            raise ValueError(f"{name}: expected a positive number or an optax schedule, "
-                             f"got {v!r}")
+        if callable(v):
+            continue
+        f = checks.scalar(name, v, "a positive number or an optax schedule")
+        if f is not None and not (math.isfinite(f) and f > 0):
+            raise ValueError(f"{name}: expected a positive number (finite) or an optax "
+                             f"schedule, got {v!r}")
     for name, v in (("prox", prox), ("weight_decay", weight_decay)):
-        if not isinstance(v, int | float) or isinstance(v, bool) or not v >= 0:
+        f = checks.scalar(name, v, "a number >= 0")
+        if f is not None and not (math.isfinite(f) and f >= 0):
             raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
-    if activation not in ACTIVATIONS:
-        raise ValueError(f"activation: expected one of {ACTIVATIONS}, got {activation!r}")
-    if loss not in LOSSES:
-        raise ValueError(f"loss: expected one of {LOSSES}, got {loss!r}")
+    checks.one_of("activation", activation, ACTIVATIONS)
+    checks.one_of("loss", loss, LOSSES)

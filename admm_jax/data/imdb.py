@@ -13,7 +13,7 @@ from typing import NamedTuple
 import numpy as np
 
 from admm_jax.data import _sources as src
-from admm_jax.data.splits import parse_split
+from admm_jax.data.splits import check_slice, parse_split
 
 SPLITS = ("train", "test")
 TFDS_NAME = "imdb_reviews/plain_text"
@@ -171,6 +171,7 @@ def imdb_texts(
     name, sl = parse_split(split, SPLITS)
     data = _read(_locate(data_dir, download, source))
     texts, labels = data[name]
+    check_slice(split, sl, len(labels))
     return [t.decode("utf-8") for t in texts[sl]], labels[sl].astype(np.int32)
 
 
@@ -280,7 +281,7 @@ def imdb(
     lookup[top] = np.arange(2, 2 + len(top), dtype=np.int32)
     offsets = arrays[f"{name}_offsets"]
     n = len(offsets) - 1
-    rows = np.arange(n)[sl]
+    rows = np.arange(n)[check_slice(split, sl, n)]
     lo, hi = (rows[0], rows[-1] + 1) if len(rows) else (0, 0)
     sub_offsets = offsets[lo : hi + 1]
     flat = lookup[arrays[f"{name}_tokens"][sub_offsets[0] : sub_offsets[-1]]]

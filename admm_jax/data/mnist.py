@@ -10,7 +10,7 @@ import pathlib
 import numpy as np
 
 from admm_jax.data import _sources as src
-from admm_jax.data.splits import parse_split
+from admm_jax.data.splits import check_slice, parse_split
 
 SPLITS = ("train", "test")
 LAYOUTS = ("rows", "pixels", "permuted")
@@ -192,10 +192,14 @@ def mnist(
     """
     if layout not in LAYOUTS:
         raise ValueError(f"layout: expected one of {LAYOUTS}, got {layout!r}")
+    if not isinstance(permutation_seed, int | np.integer) or isinstance(permutation_seed, bool) \
+            or permutation_seed < 0:
+        raise ValueError(f"permutation_seed: expected an int >= 0, got {permutation_seed!r}")
     name, sl = parse_split(split, SPLITS)
     images, labels = load_uint8(
         name, data_dir=data_dir, download=download, source=source, cache=cache
     )
+    check_slice(split, sl, len(labels))
     images, labels = images[sl], labels[sl]
     x = np.empty(images.shape, np.float32)
     np.divide(images, np.float32(255), out=x, dtype=np.float32)

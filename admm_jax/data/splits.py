@@ -26,6 +26,27 @@ def parse_split(split: str, names: tuple[str, ...]) -> tuple[str, slice]:
     return m["name"], slice(start, stop)
 
 
+def check_slice(split: str, sl: slice, n: int) -> slice:
+    """``sl`` (from :func:`parse_split`) checked against the split's ``n`` samples: both ends in
+    ``[-n, n]`` and a nonempty, forward range. Returns ``sl``.
+
+    >>> check_slice("train[:50000]", slice(None, 50000), 60000)
+    slice(None, 50000, None)
+    >>> check_slice("train[:70000]", slice(None, 70000), 60000)
+    Traceback (most recent call last):
+    ...
+    ValueError: split: 'train[:70000]' asks for samples up to 70000, but the split has 60000
+    """
+    for end in (sl.start, sl.stop):
+        if end is not None and not -n <= end <= n:
+            raise ValueError(f"split: {split!r} asks for samples up to {end}, but the split "
+                             f"has {n}")
+    if not len(range(n)[sl]):
+        raise ValueError(f"split: {split!r} selects no samples (the split has {n}; start must "
+                         "come before stop)")
+    return sl
+
+
 def validation_split(
     n: int, n_valid: int, *, seed: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import pathlib
+import re
 from typing import NamedTuple
 
 import numpy as np
@@ -21,6 +22,18 @@ class CharText(NamedTuple):
     vocab: tuple[str, ...]
 
 
+_SUFFIX = re.compile(r"\.[A-Za-z0-9]{1,8}$")
+
+
+def _looks_like_path(s: str) -> bool:
+    """A one-line string that names an existing file, ends in a file suffix (``.txt``) or
+    holds a path separator."""
+    if "\n" in s or not s or len(s) >= 4096:
+        return False
+    return (os.path.isfile(s) or bool(_SUFFIX.search(s)) or "/" in s
+            or (os.sep != "/" and os.sep in s))
+
+
 def text(
     path_or_string: str | os.PathLike,
     *,
@@ -36,8 +49,9 @@ def text(
     whose target fits in the text (a short tail is dropped).
 
     Args:
-      path_or_string: a ``pathlib.Path`` (or a string naming an existing file) to read, else
-        the text itself.
+      path_or_string: a ``pathlib.Path``, or a one-line string that names a file, ends in a
+        file suffix (``.txt``) or contains a path separator, is read as a file (a missing
+        one raises ``FileNotFoundError``); any other string is the text itself.
       seq_len: window length ``T`` >= 1.
       stride: distance between window starts; ``seq_len`` (non-overlapping) when ``None``.
       encoding: file encoding.
@@ -56,16 +70,25 @@ def text(
     if not (isinstance(stride, int | np.integer) and stride >= 1):
         raise ValueError(f"stride: expected a positive integer or None, got {stride!r}")
     if isinstance(path_or_string, os.PathLike) or (
-        isinstance(path_or_string, str)
-        and "\n" not in path_or_string
-        and len(path_or_string) < 4096
-        and os.path.isfile(path_or_string)
-    ):
-        s = pathlib.Path(path_or_string).read_text(encoding=encoding)
+            isinstance(path_or_string, str) and _looks_like_path(path_or_string)):
+        path = pathlib.Path(path_or_string)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"path_or_string: no such file {os.fspath(path)!r} (a string without a newline "
+                "that names a file, ends in a file suffix such as .txt or contains a path "
+                "separator is read as a path; pass text with a newline, or a Path, to be "
+                "explicit)")
+        try:
+            s = path.read_text(encoding=encoding)
+        except UnicodeDecodeError as e:
+            raise ValueError(f"path_or_string: {os.fspath(path)!r} is not {encoding} text "
+                             f"(byte {e.start}: {e.reason}); pass encoding= or a text "
+                             "file") from None
     elif isinstance(path_or_string, str):
         s = path_or_string
     else:
-        raise TypeError(f"path_or_string: expected a str or a path, got {type(path_or_string)}")
+        raise TypeError(f"path_or_string: expected a str or a path, got "
+                        f"{type(path_or_string).__name__}")
     if len(s) < seq_len + 1:
         raise ValueError(f"path_or_string: text of {len(s)} characters, need >= seq_len + 1")
     codes = np.frombuffer(s.encode("utf-32-le"), np.uint32)

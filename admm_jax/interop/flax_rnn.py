@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from admm_jax import _validation as V
 from admm_jax.admm.params import path_names
 
 INPUT_LAYERS = ("dense_i", "i")  # nnx.SimpleCell, linen.SimpleCell
@@ -191,7 +192,7 @@ def elman_to_flax(elman: Mapping[str, jax.Array], like: Any, *, residual: bool =
 
 
 def adapt_flax_rnn(
-    inner: optax.GradientTransformation, *, residual: bool = False
+    inner: optax.GradientTransformation, module: Any = None, *, residual: bool | None = None
 ) -> optax.GradientTransformationExtraArgs:
     """Run ``inner`` (e.g. :func:`admm_jax.admmirnn`) on a Flax SimpleCell RNN's parameters.
 
@@ -206,9 +207,19 @@ def adapt_flax_rnn(
     for ``head(rnn(x))``) from a zero initial carry, with the cell's activation passed to
     ``admmirnn(activation=...)`` (see :func:`flax_cell_options`).
 
+    The parameters alone do not say how the cell computes: pass the RNN as ``module`` and it
+    is checked when the adapter is built (:func:`flax_cell_options`): a reverse or time-major
+    RNN, a cell other than ``SimpleCell`` or an activation other than tanh/relu raise a
+    ``ValueError``, and so does an activation other than the one ``inner`` was built with
+    (``admmirnn(activation=...)``); ``residual`` is then read from the cell.
+    :func:`admm_jax.train.fit` makes the same checks on the model it is given.
+
     Args:
       inner: the transformation to run on Elman parameters.
-      residual: the cell was built with ``residual=True``.
+      module: the Flax RNN being trained (``nnx.RNN``, ``nnx.SimpleCell`` or their Linen
+        versions), checked as above; ``None`` skips the checks.
+      residual: the cell was built with ``residual=True`` (default: read from ``module``,
+        else ``False``).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; ``update(grads, state, params, **extra)``
@@ -226,7 +237,7 @@ def adapt_flax_rnn(
       ...     def __call__(self, x):
       ...         return self.head(self.rnn(x)[:, -1])
       >>> model = Model(nnx.Rngs(0))
-      >>> tx = admm_jax.adapt_flax_rnn(admm_jax.admmirnn(num_samples=16, seq_len=5))
+      >>> tx = admm_jax.adapt_flax_rnn(admm_jax.admmirnn(num_samples=16, seq_len=5), model.rnn)
       >>> optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
       >>> x = jax.random.normal(jax.random.key(1), (16, 5, 3))
       >>> y = (x[:, :, 0].sum(1) > 0).astype(jnp.int32)
@@ -234,6 +245,22 @@ def adapt_flax_rnn(
       >>> int(optimizer.opt_state.count[...])
       1
     """
+    if not (hasattr(inner, "init") and hasattr(inner, "update")):
+        raise TypeError(f"inner: expected an optax GradientTransformation, got "
+                        f"{type(inner).__name__}")
+    opts = V.model_options(inner)
+    if module is not None:
+        cell = flax_cell_options(module)
+        if residual is not None and bool(residual) != cell.residual:
+            raise ValueError(f"residual: {residual} given, but the cell has residual="
+                             f"{cell.residual}")
+        residual = cell.residual
+        if opts is not None and opts.get("activation", cell.activation) != cell.activation:
+            raise ValueError(f"module: the cell computes {cell.activation}, but "
+                             f"{opts.get('name', 'inner')} was built with activation="
+                             f"{opts['activation']!r}; build it with "
+                             f"activation={cell.activation!r}")
+    residual = bool(residual)
     inner = optax.with_extra_args_support(inner)
 
     def init_fn(params):
@@ -252,7 +279,8 @@ def adapt_flax_rnn(
         delta, state = inner.update(grads, state, elman, **extra_args)
         return _from_elman(delta, layout, leaves, shift=False), state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    return tx if opts is None else V.register_model_options(tx, **opts)
 
 
 _GRID = np.linspace(-3.0, 3.0, 13, dtype=np.float32)

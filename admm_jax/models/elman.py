@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from admm_jax import _validation
 from admm_jax.models.hdetach import check_p_detach, resolve_detach_mask
 
 ACTIVATIONS = ("tanh", "relu")
@@ -45,10 +46,15 @@ def input_projection(U: jax.Array, inputs: jax.Array) -> jax.Array:
     """``U x_t`` for every sample and step, ``[N, T, H]``.
 
     Token ids ``[N, T]`` are one-hot vectors, so ``U x_t`` is the column ``U[:, id]`` (a gather,
-    never a dense ``vocab``-wide product).
+    never a dense ``vocab``-wide product). An id outside ``[0, vocab)`` raises a
+    ``ValueError`` when the ids are concrete; under ``jit`` its projection is NaN (a negative
+    id does not wrap around), so the loss is NaN and every optimizer rejects the step.
     """
     if is_token_input(inputs):
-        return jnp.take(U.T, inputs, axis=0)
+        vocab = U.shape[1]
+        _validation.token_ids("inputs", inputs, vocab)
+        ids = jnp.where(inputs < 0, vocab, inputs)
+        return jnp.take(U.T, ids, axis=0, mode="fill", fill_value=jnp.nan)
     return jnp.einsum("ntd,hd->nth", inputs, U)
 
 

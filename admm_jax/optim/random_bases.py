@@ -12,7 +12,7 @@ import optax
 
 from admm_jax.optim._groups import GroupSpec, leaf_groups
 
-DISTRIBUTIONS = ("normal", "uniform", "rademacher")
+DISTRIBUTIONS = ("hadamard", "rademacher", "normal", "uniform")
 RNGS = ("threefry", "hash")
 Sampler = Callable[[jax.Array, jax.Array, int, Any], jax.Array]
 _SQRT3 = math.sqrt(3.0)
@@ -59,42 +59,71 @@ def _fmix32(x: jax.Array) -> jax.Array:
     return x ^ (x >> 16)
 
 
-def hash_bits(key: jax.Array, size: int) -> jax.Array:
-    """``size`` pseudo-random uint32 from a counter hash keyed by ``key``'s two words.
+def _hash_words(key: jax.Array, index: jax.Array, n_words: int) -> jax.Array:
+    """``[len(index), n_words]`` uint32: word ``w`` of basis vector ``j``, ``j`` in ``index``.
 
-    ``fmix32(fmix32(i * golden + k0) ^ k1)`` for element ``i``: two rounds of MurmurHash3's
-    finaliser, ~40x cheaper than threefry on CPU (where RBD's time is the RNG); statistically
-    adequate for random projections (zero mean, unit variance and the sqrt(d/D) cosine are
-    tested), not a cryptographic or general-purpose generator.
+    ``fmix32(fmix32(a_w ^ b_j))``, ``a_w = fmix32(w * golden + k0)`` (shared by all rows)
+    and ``b_j = fmix32(j * c + k1)``: a 2-D counter hash, so a row never depends on the
+    block it is generated in, and no counter wraps for ``dim * D < 2^64``.
     """
     k = jax.random.key_data(key).reshape(-1)
-    i = jnp.arange(size, dtype=jnp.uint32)
-    return _fmix32(_fmix32(i * jnp.uint32(0x9E3779B9) + k[0]) ^ k[-1])
+    a = _fmix32(jnp.arange(n_words, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9) + k[0])
+    b = _fmix32(index.astype(jnp.uint32) * jnp.uint32(0x85EBCA77) + k[-1])
+    return _fmix32(_fmix32(a[None, :] ^ b[:, None]))
 
 
-def _bits_to_unit(bits: jax.Array, dtype: Any) -> jax.Array:
-    """uint32 -> float in [-1, 1) with 24 random bits (exact in float32)."""
-    u = (bits >> 8).astype(jnp.float32) * (2.0 ** -24)  # [0, 1)
-    return (2.0 * u - 1.0).astype(dtype)
+def _unpack_signs(words: jax.Array, size: int, dtype: Any) -> jax.Array:
+    """Bit-packed Rademacher: ``[B, W]`` uint32 -> ``[B, size]`` signs in ``dtype``.
+
+    Bit ``k`` of word ``w`` is entry ``k * W + w`` (bit-major: each of the 32 static masks
+    acts on a contiguous run of words, one fused select per entry); ``+1`` for a 0 bit,
+    ``-1`` for a 1 bit.
+    """
+    one, minus = jnp.asarray(1, dtype), jnp.asarray(-1, dtype)
+    parts = [jnp.where((words & jnp.uint32(1 << k)) == 0, one, minus) for k in range(32)]
+    return jnp.concatenate(parts, axis=1)[:, :size]
 
 
-def _sample_hash(distribution: str, key: jax.Array, size: int, dtype: Any) -> jax.Array:
-    bits = hash_bits(key, size)
+def _halves(words: jax.Array) -> jax.Array:
+    """``[B, W]`` uint32 -> ``[B, 2W]`` float32 uniforms ``(h + 1/2) / 2^16`` in (0, 1), from
+    the high (entries ``0..W-1``) and low (entries ``W..2W-1``) 16-bit halves."""
+    h = jnp.concatenate([words >> 16, words & jnp.uint32(0xFFFF)], axis=1)
+    return (h.astype(jnp.float32) + 0.5) * (2.0 ** -16)
+
+
+def _normal16(words: jax.Array, size: int, dtype: Any) -> jax.Array:
+    """Normals by the inverse CDF of 16-bit uniforms, two per word.
+
+    ``z = sqrt(2) erfinv(2u - 1)`` on the symmetric grid ``u = (h + 1/2) / 2^16``: exactly
+    zero-mean, ``|z| <= 4.3`` (normal mass beyond: 2e-5), variance ``1 - 3e-4``.
+    """
+    u = _halves(words)
+    return (math.sqrt(2.0) * jax.lax.erf_inv(2.0 * u - 1.0))[:, :size].astype(dtype)
+
+
+def _uniform16(words: jax.Array, size: int, dtype: Any) -> jax.Array:
+    """Uniform on ``(-sqrt 3, sqrt 3)`` from 16-bit uniforms, two per word."""
+    return ((2.0 * _halves(words) - 1.0) * _SQRT3)[:, :size].astype(dtype)
+
+
+_PER_WORD = {"rademacher": 32, "normal": 2, "uniform": 2}
+
+
+def _hash_block(distribution: str, key: jax.Array, index: jax.Array, size: int,
+                dtype: Any) -> jax.Array:
+    """Raw rows ``index`` (``[B, size]``, mean 0, variance 1) from the packed counter hash."""
+    per = _PER_WORD[distribution]
+    words = _hash_words(key, index, -(-size // per))
     if distribution == "rademacher":
-        return jnp.where(bits >> 31 == 0, 1.0, -1.0).astype(dtype)
-    u = _bits_to_unit(bits, jnp.float32)
-    if distribution == "uniform":
-        return (u * _SQRT3).astype(dtype)
-    # normal: inverse CDF on (-1, 1), as jax.random.normal does
-    u = jnp.maximum(u, jnp.nextafter(jnp.float32(-1.0), jnp.float32(0.0)))
-    return (math.sqrt(2.0) * jax.lax.erf_inv(u)).astype(dtype)
+        return _unpack_signs(words, size, dtype)
+    if distribution == "normal":
+        return _normal16(words, size, dtype)
+    return _uniform16(words, size, dtype)
 
 
 def _sample(distribution: str | Sampler, key: jax.Array, index: jax.Array, size: int,
-            dtype: Any, rng: str = "threefry") -> jax.Array:
-    """One raw basis vector: ``size`` i.i.d. entries with mean 0 and variance 1."""
-    if rng == "hash" and isinstance(distribution, str):
-        return _sample_hash(distribution, key, size, dtype)
+            dtype: Any) -> jax.Array:
+    """One raw threefry basis vector: ``size`` i.i.d. entries with mean 0 and variance 1."""
     if distribution == "normal":
         return jax.random.normal(key, (size,), dtype)
     if distribution == "uniform":  # U(-sqrt 3, sqrt 3): variance 1
@@ -110,26 +139,112 @@ def _step_key(base: jax.Array, compartment: int, step: Any, worker: Any) -> jax.
 
 
 def basis_block(distribution: str | Sampler, step_key: jax.Array, index: jax.Array, size: int,
-                dtype: Any, rng: str = "threefry") -> jax.Array:
+                dtype: Any, rng: str = "hash") -> jax.Array:
     """Rows ``index`` of a compartment's basis, ``[len(index), size]``, normalised by 1/sqrt(size).
 
-    Vector ``j`` is drawn from ``fold_in(step_key, j)``, so it does not depend on the block
-    it is generated in (the block size changes memory, never the maths).
+    Row ``j`` depends only on ``(step_key, j)``, never on the block it is generated in (the
+    block size changes memory, never the maths): with ``rng="threefry"`` it is drawn from
+    ``fold_in(step_key, j)``; with ``rng="hash"`` from the 2-D counter hash
+    (:func:`_hash_words`), bit-packed (32 Rademacher signs or 2 normals/uniforms per word);
+    ``"hadamard"`` rows are ``s * H[r_j]`` (see :func:`scale_by_random_bases`).
     """
-    keys = jax.vmap(jax.random.fold_in, (None, 0))(step_key, index)
-    raw = jax.vmap(lambda k, j: _sample(distribution, k, j, size, dtype, rng))(keys, index)
+    if distribution == "hadamard":
+        raw = _hadamard_rows(step_key, index, size, dtype)
+    elif rng == "hash" and isinstance(distribution, str):
+        raw = _hash_block(distribution, step_key, index, size, dtype)
+    else:
+        keys = jax.vmap(jax.random.fold_in, (None, 0))(step_key, index)
+        raw = jax.vmap(lambda k, j: _sample(distribution, k, j, size, dtype))(keys, index)
     return raw * jnp.asarray(1.0 / math.sqrt(size), dtype)
 
 
+# --- structured basis: subsampled randomised Hadamard transform --------------------------
+
+_SIGN_ROW = 0xFFFFFFFF  # hash row of the Hadamard signs (basis rows are 0 .. dim-1)
+
+
+def _pow2(size: int) -> int:
+    return 1 << max(0, (size - 1).bit_length())
+
+
+def _hadamard_signs(step_key: jax.Array, size: int, dtype: Any) -> jax.Array:
+    words = _hash_words(step_key, jnp.asarray([_SIGN_ROW], jnp.uint32), -(-size // 32))
+    return _unpack_signs(words, size, dtype)[0]
+
+
+def _hadamard_row_ids(step_key: jax.Array, index: jax.Array, n: int) -> jax.Array:
+    """Row ``r_j`` of ``H_n`` used by basis vector ``j``: uniform on ``0..n-1``, with
+    replacement (so ``E[E E^T] = (d/D) I`` exactly, as for i.i.d. bases)."""
+    w = _hash_words(step_key, index, 1)[:, 0]
+    return (w & jnp.uint32(n - 1)).astype(jnp.int32)
+
+
+def _hadamard_rows(step_key: jax.Array, index: jax.Array, size: int, dtype: Any) -> jax.Array:
+    """``[B, size]`` raw rows ``s_i H[r_j, i]``, ``H[r, i] = (-1)^popcount(r & i)`` (for tests
+    and inspection; the optimizer applies them with the fast transform)."""
+    r = _hadamard_row_ids(step_key, index, _pow2(size)).astype(jnp.uint32)
+    i = jnp.arange(size, dtype=jnp.uint32)
+    parity = jax.lax.population_count(r[:, None] & i[None, :]) & jnp.uint32(1)
+    return (1.0 - 2.0 * parity.astype(dtype)) * _hadamard_signs(step_key, size, dtype)
+
+
+def _fwht(x: jax.Array, chunk_bits: int = 4) -> jax.Array:
+    """Unnormalised Walsh-Hadamard transform ``H_n x`` (Sylvester order) of ``x [n]``, ``n = 2^k``.
+
+    ``H_n`` is the Kronecker product of small dense ``H_{2^b}`` (``b <= chunk_bits``), one per
+    group of index bits: each pass multiplies the top group by ``H_{2^b}`` and moves it to the
+    bottom (``X^T H``), so after all groups the order is restored; ``n * sum(2^b)``
+    multiply-adds, exact for the +-1 entries (4-bit groups measured fastest on CPU).
+    """
+    n = x.shape[0]
+    k = n.bit_length() - 1
+    sizes = [chunk_bits] * (k // chunk_bits) + ([k % chunk_bits] if k % chunk_bits else [])
+    hi = jax.lax.Precision.HIGHEST
+    for b in sizes:
+        h = jnp.asarray(_sylvester(b), x.dtype)
+        x = jnp.dot(x.reshape(1 << b, -1).T, h, precision=hi).reshape(n)
+    return x
+
+
+def _sylvester(bits: int) -> Any:
+    import numpy as np
+
+    r = np.arange(1 << bits)
+    parity = np.vectorize(lambda v: bin(v).count("1") & 1)(r[:, None] & r[None, :])
+    return 1.0 - 2.0 * parity
+
+
+def _hadamard_project(g: jax.Array, step_key: jax.Array, dim: int) -> jax.Array:
+    size = g.shape[0]
+    n = _pow2(size)
+    s = _hadamard_signs(step_key, size, g.dtype)
+    hg = _fwht(jnp.zeros(n, g.dtype).at[:size].set(s * g))
+    r = _hadamard_row_ids(step_key, jnp.arange(dim), n)
+    return hg[r] * jnp.asarray(1.0 / math.sqrt(size), g.dtype)
+
+
+def _hadamard_reconstruct(c: jax.Array, step_key: jax.Array, size: int) -> jax.Array:
+    n = _pow2(size)
+    r = _hadamard_row_ids(step_key, jnp.arange(c.shape[0]), n)
+    z = _fwht(jnp.zeros(n, c.dtype).at[r].add(c))
+    s = _hadamard_signs(step_key, size, c.dtype)
+    return s * z[:size] * jnp.asarray(1.0 / math.sqrt(size), c.dtype)
+
+
+# --- block-by-block projection ------------------------------------------------------------
+
 def project_and_reconstruct(g: jax.Array, step_key: jax.Array, dim: int, block_size: int,
                             distribution: str | Sampler,
-                            rng: str = "threefry") -> tuple[jax.Array, jax.Array]:
+                            rng: str = "hash") -> tuple[jax.Array, jax.Array]:
     """``(E E^T g, E^T g)`` for one flat compartment gradient ``g [D]``, block by block.
 
     One pass: block ``b`` of ``B`` basis vectors is generated, its coordinates
     ``c_b = E_b^T g`` computed and ``E_b c_b`` accumulated, so the peak extra memory is one
-    ``[B, D]`` block, never the ``[dim, D]`` basis.
+    ``[B, D]`` block, never the ``[dim, D]`` basis. ``"hadamard"``: two fast transforms.
     """
+    if distribution == "hadamard":
+        c = _hadamard_project(g, step_key, dim)
+        return _hadamard_reconstruct(c, step_key, g.shape[0]), c
     size = g.shape[0]
     block = min(block_size, dim)
     n_blocks = -(-dim // block)
@@ -149,8 +264,10 @@ def project_and_reconstruct(g: jax.Array, step_key: jax.Array, dim: int, block_s
 
 
 def project(g: jax.Array, step_key: jax.Array, dim: int, block_size: int,
-            distribution: str | Sampler, rng: str = "threefry") -> jax.Array:
+            distribution: str | Sampler, rng: str = "hash") -> jax.Array:
     """The coordinates ``E^T g [dim]`` of a flat compartment gradient ``g [D]``, block by block."""
+    if distribution == "hadamard":
+        return _hadamard_project(g, step_key, dim)
     size = g.shape[0]
     block = min(block_size, dim)
     n_blocks = -(-dim // block)
@@ -165,10 +282,12 @@ def project(g: jax.Array, step_key: jax.Array, dim: int, block_size: int,
 
 
 def reconstruct(c: jax.Array, step_key: jax.Array, size: int, block_size: int,
-                distribution: str | Sampler, rng: str = "threefry") -> jax.Array:
+                distribution: str | Sampler, rng: str = "hash") -> jax.Array:
     """``E c [size]``: the step a basis ``E`` (regenerated from ``step_key``) and its
     coordinates ``c [dim]`` give, block by block (what a worker does with another's
     coordinates)."""
+    if distribution == "hadamard":
+        return _hadamard_reconstruct(c, step_key, size)
     dim = c.shape[0]
     block = min(block_size, dim)
     n_blocks = -(-dim // block)
@@ -208,11 +327,11 @@ def scale_by_random_bases(
     dim: int | Sequence[int],
     *,
     seed: int | jax.Array,
-    distribution: str | Sampler = "normal",
+    distribution: str | Sampler = "hadamard",
     compartments: GroupSpec = "model",
     redraw: bool = True,
-    block_size: int = 50,
-    rng: str = "threefry",
+    block_size: int = 25,
+    rng: str = "hash",
     axis_name: str | None = None,
     axis_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -225,29 +344,46 @@ def scale_by_random_bases(
         \qquad c_k = E_k^\top g_k,\qquad \hat g_k = E_k c_k
 
     so :math:`\mathbb E[E_k E_k^\top] = (d_k/D_k) I` and every basis vector has norm
-    :math:`\approx 1` (the paper's normalisation, ``N(0, 1)/sqrt(D)``). For a Gaussian basis
-    :math:`\cos(\hat g, g) \approx \sqrt{d_k/D_k}`. Basis vector :math:`j` is regenerated from
-    ``fold_in(fold_in(fold_in(fold_in(key(seed), k), step), worker), j)`` (``worker`` only when
-    given) in blocks of ``block_size`` vectors and never stored whole.
+    :math:`\approx 1` (the paper's normalisation, ``N(0, 1)/sqrt(D)``). For i.i.d. bases
+    :math:`\cos(\hat g, g) \approx \sqrt{d_k/D_k}`. Basis vector :math:`j` depends only on
+    ``(seed, k, step, worker, j)`` (``worker`` only when given); it is regenerated in blocks
+    of ``block_size`` vectors inside the projection and never stored whole.
+
+    The DEFAULT basis is ``"hadamard"``, a STRUCTURED basis, not the paper's i.i.d.
+    Gaussian: the subsampled randomised Hadamard transform,
+    :math:`e_j = s \odot H_{r_j,:D} / \sqrt{D}`, with random signs :math:`s` (per step,
+    worker and compartment) and rows :math:`r_j` drawn uniformly (with replacement) from the
+    Sylvester Hadamard matrix of size :math:`2^{\lceil \log_2 D \rceil}`. Both projections
+    are then fast Walsh-Hadamard transforms, :math:`O(D \log D)` work and :math:`O(D)`
+    memory instead of :math:`O(dD)` for an i.i.d. basis, whose generation dominates the step
+    on a CPU (measured step costs against SGD: docs/random_bases.md). Entries are
+    :math:`\pm 1/\sqrt D`, zero-mean, :math:`\mathbb E[E E^\top] = (d/D) I` and
+    :math:`\mathbb E\|E^\top g\|^2 = (d/D)\|g\|^2` as for i.i.d. bases, and the cosine is
+    :math:`\approx\sqrt{d/D}` (tested); but the vectors of one step are not independent
+    (:math:`e_j \odot e_{j'}` is a Hadamard row: pairs are uncorrelated on average, nearly
+    orthogonal). ``distribution="normal"`` gives the paper's Gaussian basis, ``"rademacher"``
+    i.i.d. signs (bit-packed: 32 per hash word).
 
     Args:
       dim: subspace dimension PER compartment: an int (every compartment gets ``dim``
         directions) or a sequence, one per compartment (to split a total budget).
       seed: an int or a PRNG key; the trajectory is a deterministic function of it.
-      distribution: ``"normal"``, ``"uniform"`` (on :math:`\pm\sqrt 3`) or ``"rademacher"``
-        (all zero-mean, unit variance before the :math:`1/\sqrt{D_k}`), or a callable
+      distribution: ``"hadamard"`` (default, structured, see above); ``"rademacher"``,
+        ``"normal"`` (the paper's) or ``"uniform"`` (on :math:`\pm\sqrt 3`), all i.i.d.,
+        zero-mean, unit variance before the :math:`1/\sqrt{D_k}`; or a callable
         ``(key, index, size, dtype) -> [size]`` returning raw vector ``index``.
       compartments: ``"model"`` (one basis for all parameters, default), ``"leaf"`` (one per
         leaf), a label pytree (prefix of the parameters) or a function ``params -> labels``.
         Compartments get independent bases, numbered in order of their first leaf.
       redraw: draw a fresh basis every step (RBD). ``False`` keeps the step-0 basis for ever
         (fixed projection descent, FPD; the gradient is still taken at the current weights).
-      block_size: basis vectors generated at once; peak extra memory is
-        ``block_size * D_k`` numbers (~4 such buffers measured: bits, floats, transform).
-      rng: how a vector's entries are drawn from its key: ``"threefry"`` (``jax.random``,
-        default) or ``"hash"`` (a keyed counter hash, :func:`hash_bits`; ~20x faster RBD
-        steps on CPU, where threefry dominates the step). Ignored by a callable
-        ``distribution``.
+      block_size: basis vectors generated at once; peak extra memory is a few
+        ``block_size * D_k`` buffers (ignored by ``"hadamard"``, which needs ``O(D_k)``).
+      rng: how the i.i.d. entries are drawn: ``"hash"`` (default: a keyed 2-D counter hash,
+        bit-packed: 32 signs or two 16-bit uniforms/normals per 32-bit word) or
+        ``"threefry"`` (``jax.random``, one key per vector via ``fold_in``; slower where
+        generation dominates, as on a CPU). Ignored by a
+        callable ``distribution`` and by ``"hadamard"`` (signs and rows come from the hash).
       axis_name: data-parallel mode, for ``update`` called inside ``jax.shard_map`` (or any
         context binding this mesh axis) with each device's LOCAL gradient. Device ``w``
         (``lax.axis_index``) draws its own basis :math:`E^{(w)}` from
@@ -375,11 +511,11 @@ def random_bases(
     dim: int | Sequence[int],
     *,
     seed: int | jax.Array,
-    distribution: str | Sampler = "normal",
+    distribution: str | Sampler = "hadamard",
     compartments: GroupSpec = "model",
     redraw: bool = True,
-    block_size: int = 50,
-    rng: str = "threefry",
+    block_size: int = 25,
+    rng: str = "hash",
     axis_name: str | None = None,
     axis_size: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
@@ -400,11 +536,12 @@ def random_bases(
         784-128-10 MNIST MLP at ``dim=250``, batch 32).
       dim: directions per compartment (int) or one per compartment (sequence).
       seed: int or PRNG key.
-      distribution: ``"normal"``, ``"uniform"``, ``"rademacher"`` or a callable.
+      distribution: ``"hadamard"`` (default: structured, fastest), ``"rademacher"``
+        (bit-packed i.i.d. signs), ``"normal"`` (the paper's), ``"uniform"`` or a callable.
       compartments: ``"model"``, ``"leaf"``, a label pytree or a function.
       redraw: ``True`` for RBD, ``False`` for FPD.
       block_size: basis vectors generated at once (memory ``block_size * D``).
-      rng: ``"threefry"`` (``jax.random``) or ``"hash"`` (fast counter hash).
+      rng: ``"hash"`` (default, packed counter hash) or ``"threefry"`` (``jax.random``).
       axis_name, axis_size: data-parallel RBD inside ``jax.shard_map``: each device draws its
         own basis and only the coordinates are all-gathered (see
         :func:`scale_by_random_bases`).
@@ -445,9 +582,9 @@ def random_bases_vector(
     step: int = 0,
     compartment: int = 0,
     worker: int | None = None,
-    distribution: str | Sampler = "normal",
+    distribution: str | Sampler = "hadamard",
     compartments: GroupSpec = "model",
-    rng: str = "threefry",
+    rng: str = "hash",
 ) -> Any:
     """Basis vector ``index`` of ``compartment`` at ``step``, as a pytree shaped like ``params``.
 

@@ -264,13 +264,19 @@ def load_checkpoint(directory: str | os.PathLike, params: Any, opt_state: Any, *
             saved = {k: (tuple(v[0]), v[1]) for k, v in meta["arrays"].items()}
             wanted = {k: (tuple(v.shape), str(v.dtype)) for k, v in target.items()}
             if saved != wanted:
-                k = sorted(set(saved) ^ set(wanted)) or sorted(
-                    k for k in saved if saved[k] != wanted[k])
-                what = {"p": "params", "o": "opt_state"}[k[0][0]]
+                # blame the parameters first: an optimizer state mismatch usually follows
+                # from theirs (Adam's moments have the parameters' shapes)
+                k = sorted((set(saved) ^ set(wanted))
+                           | {k for k in saved if saved.get(k) != wanted.get(k)},
+                           key=lambda k: (k[0] != "p", k))
+                what, tree = {"p": ("params", params), "o": ("opt_state", opt_state)}[k[0][0]]
+                path = jax.tree_util.keystr(
+                    jax.tree_util.tree_flatten_with_path(tree)[0][int(k[0][1:])][0])
+                path = path.removesuffix(".value")  # nnx.Variable's own field
                 raise ValueError(
-                    f"params, opt_state: the checkpoint does not match the templates: "
-                    f"{what} leaf {int(k[0][1:])} saved as {saved.get(k[0])}, the template "
-                    f"has {wanted.get(k[0])} (another model or optimizer)")
+                    f"params, opt_state: the checkpoint does not match the templates: {what} "
+                    f"leaf {path} saved as {saved.get(k[0])}, the template has "
+                    f"{wanted.get(k[0])} (another model or optimizer)")
             try:
                 state = mgr.restore(s, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(target))).state

@@ -277,6 +277,59 @@ def _replace_rho(opt_state: Any, factor: float) -> tuple[Any, list[float]]:
     return out, new_rho
 
 
+def _find_multisteps(opt_state: Any) -> bool:
+    leaves = jax.tree_util.tree_leaves(opt_state,
+                                       is_leaf=lambda x: isinstance(x, optax.MultiStepsState))
+    return any(isinstance(x, optax.MultiStepsState) for x in leaves)
+
+
+def _check_model_state(model: nnx.Module) -> None:
+    """A model holding RNG streams (``nnx.Rngs`` state, e.g. ``nnx.RNN``'s default
+    ``rngs=True``) cannot be trained by ``fit``, which keeps non-parameter state constant."""
+    rng = jax.tree_util.tree_leaves(nnx.state(model, nnx.RngState))
+    if rng:
+        raise ValueError(
+            f"model: {type(model).__name__} holds RNG state (nnx.Rngs streams, e.g. nnx.RNN's "
+            "default rngs=True), which fit keeps constant between steps; build it without "
+            "(nnx.RNN(cell, rngs=False), called with initial_carry=zeros) or train it in an "
+            "nnx.jit loop")
+
+
+def _check_model_options(model: nnx.Module, optimizer: Any) -> None:
+    """The activation and readout an ADMM-type optimizer was built for match the model."""
+    opts = V.model_options(optimizer)
+    if opts is None:
+        return
+    from admm_jax.interop.flax_rnn import flax_cell_options
+    from admm_jax.models.elman import ElmanRNN
+
+    tx_name = opts.get("name", "the optimizer")
+    if isinstance(model, ElmanRNN):
+        got = {"activation": model.activation, "many_to_many": model.many_to_many}
+    else:
+        mods = [m for _, m in nnx.iter_modules(model)]
+        rnns = ([m for m in mods if isinstance(m, nnx.RNN)]
+                 or [m for m in mods if isinstance(m, nnx.SimpleCell)])
+        if len(rnns) != 1:
+            return
+        got = {"activation": flax_cell_options(rnns[0]).activation}
+    for k, v in got.items():
+        if k in opts and opts[k] != v:
+            raise ValueError(f"optimizer: {tx_name} was built with {k}={opts[k]!r}, but the "
+                             f"model has {k}={v!r}; build it with {tx_name}({k}={v!r})")
+
+
+def _model_vocab(model: nnx.Module) -> int | None:
+    """The token vocabulary of ``model``: an ElmanRNN's input size, or the size of its single
+    ``nnx.Embed``; ``None`` when it has none (float inputs, or unknown)."""
+    from admm_jax.models.elman import ElmanRNN
+
+    if isinstance(model, ElmanRNN):
+        return int(model.U[...].shape[1])
+    embeds = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.Embed)]
+    return int(embeds[0].num_embeddings) if len(embeds) == 1 else None
+
+
 def fit(
     model: nnx.Module,
     optimizer: optax.GradientTransformation,
@@ -328,7 +381,9 @@ def fit(
     ``history.meta``.
 
     Training stops at the first of ``epochs``, ``iterations``, ``budget_seconds`` (at least one
-    is required) or a callback setting ``loop.stop``.
+    is required) or a callback setting ``loop.stop``. All three count the whole run: a run
+    resumed with ``history=`` stops at the same total epoch, iteration or training time as
+    the uninterrupted run (``iterations=10`` after 4 done runs 6 more).
 
     Robustness: arguments and data are checked before anything is compiled (see Raises); every
     step also returns a finite flag, read with the step's metrics (no extra host sync), and a
@@ -346,7 +401,8 @@ def fit(
       train_data, eval_data: ``(inputs, targets)`` arrays with the same leading size.
       loss: ``"cross_entropy"``, ``"mse"`` or ``f(outputs, targets) -> [B]`` per-sample losses.
       metric: ``"accuracy"``, ``None`` or ``f(outputs, targets) -> [B]``.
-      epochs, iterations, budget_seconds: stopping rules (any combination).
+      epochs, iterations, budget_seconds: stopping rules (any combination), totals over the
+        whole run including the steps recorded in ``history``.
       batch_size: samples per step. seed: shuffling seed (and the base of per-step keys).
       eval_every, eval_every_seconds: evaluation period in steps or training seconds.
       eval_batch_size: samples per evaluation forward pass.
@@ -392,7 +448,10 @@ def fit(
         policy names; data of mismatched sizes, non-finite values, labels out of range, or
         inputs/targets that do not fit the model; ``batch_size`` out of range; ``opt_state``
         that does not match ``optimizer.init`` of the model's parameters; an ADMMiRNN built
-        for another ``num_samples``.
+        for another ``num_samples``; token ids outside the model's vocabulary; an
+        ``admmirnn``/``admm_preconditioned`` built for another activation or readout than
+        the model's (or a Flax RNN it cannot train); a model holding RNG streams;
+        ``optax.MultiSteps`` around an optimizer that takes the batch.
       TypeError: a model that is not an ``nnx.Module``, an optimizer without ``init``/``update``,
         data that is not a pair of numeric arrays.
       DivergenceError: a non-finite step with ``on_divergence="raise"`` (or retries exhausted).
@@ -434,8 +493,13 @@ def fit(
     if not jax.tree_util.tree_leaves(params):
         raise ValueError("model: has no nnx.Param to train")
     apply = _apply_fn(graphdef, rest)
+    _check_model_state(model)
+    _check_model_options(model, optimizer)
+    vocab = _model_vocab(model)
     for name, xy in (("train_data", (x_train, y_train)), ("eval_data", eval_xy)):
         if xy is not None:
+            if validate and vocab is not None:
+                V.token_ids(f"{name} inputs", xy[0], vocab)
             _check_against_model(name, *xy, apply, params, {}, loss_fn, loss, metric_fn,
                                  validate)
     if opt_state is not None:
@@ -446,6 +510,10 @@ def fit(
         opt_state = optimizer.init(params)
     opt_state = _distinct_buffers(opt_state)
     use_gradients = needs_gradients(opt_state)
+    if not use_gradients and _find_multisteps(opt_state):
+        raise ValueError("optimizer: optax.MultiSteps accumulates gradients, but this optimizer "
+                         "takes the batch instead of gradients (admmirnn, admm_preconditioned); "
+                         "use a larger batch_size instead of MultiSteps")
     a_state = admm_state(opt_state)
     if a_state is not None and a_state.duals.lam1.shape[0] not in (0, len(x_train)):
         raise ValueError(f"optimizer: admmirnn was built with num_samples="
@@ -470,7 +538,8 @@ def fit(
 
     history = History() if history is None else history
     done = len(history.steps.get("iteration", []))
-    total = iterations
+    # iterations, like epochs and budget_seconds, counts the whole run, resumed parts included
+    total = None if iterations is None else max(iterations - done, 0)
     if total is None and epochs is not None:
         total = max(epochs * it.steps_per_epoch - done, 0)
     loop = Loop(history=history, iteration=done, epoch=it.position[0], position=it.position,
@@ -514,13 +583,12 @@ def fit(
     epoch_rows: list[dict[str, float]] = [
         {k: history.steps[k][i] for k in history.steps}
         for i, e in enumerate(history.steps.get("epoch", [])) if e == it.position[0]]
-    steps_this_run = 0
     rho_increases = 0
     batches = iter(it)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
         while not loop.stop:
-            if iterations is not None and steps_this_run >= iterations:
+            if iterations is not None and loop.iteration >= iterations:
                 break
             if budget_seconds is not None and loop.train_seconds >= budget_seconds:
                 break
@@ -566,7 +634,6 @@ def fit(
                 break
             seconds = time.perf_counter() - t
             loop.iteration += 1
-            steps_this_run += 1
             loop.train_seconds += seconds
             loop.position = it.position
             row = {"iteration": loop.iteration, "epoch": batch.epoch, "seconds": seconds,

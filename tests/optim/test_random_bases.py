@@ -7,9 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from admm_jax import RandomBasesState, random_bases, random_bases_vector, scale_by_random_bases
-from admm_jax.optim.random_bases import basis_block
+from admm_jax.optim.random_bases import _fwht, _step_key, _sylvester, basis_block
 
 
 def make_params():
@@ -31,8 +33,9 @@ def flat(tree):
     return jnp.concatenate([jnp.ravel(x) for x in jax.tree.leaves(tree)])
 
 
-@pytest.mark.parametrize("rng", ["threefry", "hash"])
-@pytest.mark.parametrize("distribution", ["normal", "uniform", "rademacher"])
+@pytest.mark.parametrize(("distribution", "rng"), [
+    (dist, rng) for dist in ("normal", "uniform", "rademacher") for rng in ("threefry", "hash")
+] + [("hadamard", "hash")])
 def test_entries_are_zero_mean_unit_variance(distribution, rng):
     n, rows = 200_000, 4
     key = jax.random.key(7)
@@ -65,7 +68,7 @@ def projection_samples(distribution, d, size, n_samples, rng):
 
 @pytest.mark.parametrize(("distribution", "rng"), [
     ("normal", "threefry"), ("uniform", "threefry"), ("rademacher", "threefry"),
-    ("normal", "hash"), ("rademacher", "hash")])
+    ("normal", "hash"), ("uniform", "hash"), ("rademacher", "hash"), ("hadamard", "hash")])
 def test_cosine_with_true_gradient_is_sqrt_d_over_D(distribution, rng):
     d, size, n = 100, 20_000, 32
     cos, ratio = projection_samples(distribution, d, size, n, rng)
@@ -115,12 +118,15 @@ def test_full_dimension_orthonormal_basis_reproduces_sgd(compartments, block_siz
     np.testing.assert_allclose(flat(p_rbd), flat(p_sgd), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize(("compartments", "worker", "rng"), [
-    ("model", None, "threefry"), ("leaf", None, "threefry"), ("model", 3, "threefry"),
-    ("leaf", 3, "hash")])
-def test_coordinates_equal_jvp_oracle(compartments, worker, rng):
+@pytest.mark.parametrize(("compartments", "worker", "rng", "distribution"), [
+    ("model", None, "threefry", "normal"), ("leaf", None, "threefry", "normal"),
+    ("model", 3, "threefry", "rademacher"), ("leaf", 3, "hash", "rademacher"),
+    ("model", None, "hash", "normal"), ("leaf", 2, "hash", "uniform"),
+    ("model", 1, "hash", "hadamard"), ("leaf", None, "hash", "hadamard")])
+def test_coordinates_equal_jvp_oracle(compartments, worker, rng, distribution):
     params = make_params()
-    tx = scale_by_random_bases(6, seed=11, compartments=compartments, block_size=4, rng=rng)
+    tx = scale_by_random_bases(6, seed=11, compartments=compartments, block_size=4, rng=rng,
+                               distribution=distribution)
     state = tx.init(params)
     update = jax.jit(tx.update)
     kw = {} if worker is None else {"worker": worker}
@@ -131,7 +137,8 @@ def test_coordinates_equal_jvp_oracle(compartments, worker, rng):
     for k, coords in enumerate(state.coordinates):
         for j in range(3):
             e = random_bases_vector(params, j, seed=11, step=step, compartment=k,
-                                    worker=worker, compartments=compartments, rng=rng)
+                                    worker=worker, compartments=compartments, rng=rng,
+                                    distribution=distribution)
             _, want = jax.jvp(loss_fn, (params,), (e,))
             np.testing.assert_allclose(coords[j], want, rtol=1e-5, atol=1e-6)
 
@@ -242,12 +249,15 @@ def test_peak_memory_is_one_block_not_the_whole_basis():
     whole = temp_bytes(materialised, g)
     assert whole > d * size * 4
     for block in (10, 50):
-        tx = scale_by_random_bases(d, seed=0, block_size=block)
+        tx = scale_by_random_bases(d, seed=0, block_size=block, distribution="rademacher")
         t = temp_bytes(tx.update, g, tx.init(g))
         # Measured ~4 block-sized buffers (the RNG's uint32 bits, the float block and its
         # transform) plus O(D): linear in block_size, independent of dim.
         assert t < 5 * block * size * 4 + 8 * size * 4
         assert t < 2 * block / d * whole
+    # the structured (default) basis: two length-2^17 transforms, O(D), independent of dim
+    tx = scale_by_random_bases(d, seed=0, distribution="hadamard")
+    assert temp_bytes(tx.update, g, tx.init(g)) < 12 * 2 ** 17 * 4
 
 
 def test_data_parallel_options_are_checked():
@@ -287,3 +297,76 @@ def test_one_device_data_parallel_equals_plain_worker_zero():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
     for a, b in zip(s.coordinates, sp.coordinates, strict=True):
         np.testing.assert_allclose(a[0], b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("distribution", "rng"), [
+    ("rademacher", "hash"), ("normal", "hash"), ("hadamard", "hash"),
+    ("rademacher", "threefry"), ("normal", "threefry")])
+def test_bases_independent_across_steps_workers_compartments(distribution, rng):
+    """Row j of the basis for (compartment, step, worker) is uncorrelated with row j (and
+    row j+1) of every other (compartment, step, worker), and rows do not repeat."""
+    n = 100_000
+    base = jax.random.key(5)
+    keys = [_step_key(base, k, s, w) for k in (0, 1) for s in (0, 1, 2) for w in (None, 0, 1)]
+    rows = np.concatenate([np.asarray(basis_block(distribution, key, jnp.arange(2), n,
+                                                  jnp.float32, rng), np.float64)
+                           for key in keys]) * math.sqrt(n)
+    corr = np.corrcoef(rows)
+    off = np.abs(corr - np.eye(len(rows)))
+    # independent +-1 / normal entries: |corr| ~ N(0, 1/n); 5 sd over 630 pairs
+    assert off.max() < 5.5 / math.sqrt(n)
+
+
+@pytest.mark.parametrize("chunk_bits", [1, 2, 4])
+@pytest.mark.parametrize("log_n", [0, 1, 3, 6])
+def test_fast_hadamard_transform_equals_dense_matrix(log_n, chunk_bits):
+    x = np.random.default_rng(log_n).standard_normal(1 << log_n)
+    h = _sylvester(log_n)  # H[r, i] = (-1)^popcount(r & i)
+    r = np.arange(1 << log_n)
+    want = np.array([[(-1) ** bin(a & b).count("1") for b in r] for a in r], np.float64)
+    np.testing.assert_array_equal(h, want)
+    got = _fwht(jnp.asarray(x, jnp.float32), chunk_bits)
+    np.testing.assert_allclose(np.asarray(got), want @ x, rtol=1e-5, atol=1e-5)
+
+
+def test_hadamard_rows_are_signed_hadamard_rows():
+    n, rows = 1000, 6
+    e = np.round(np.asarray(basis_block("hadamard", jax.random.key(2), jnp.arange(rows), n,
+                                        jnp.float32)) * math.sqrt(n))
+    assert set(np.unique(e)) == {-1.0, 1.0}
+    # e_j * e_0 = H[r_j] * H[r_0] = H[r_j xor r_0]: the random signs cancel
+    prod = e * e[0]
+    full = _sylvester(10)[:, :n]
+    for j in range(rows):
+        assert any(np.array_equal(prod[j], full[v]) for v in range(1024))
+
+
+def test_update_compiles_once():
+    params = make_params()
+    for dist in ("rademacher", "hadamard"):
+        tx = random_bases(0.1, 5, seed=0, distribution=dist)
+        update = jax.jit(tx.update)
+        state = tx.init(params)
+        for _ in range(4):
+            _, state = update(grad_fn(params), state)
+        assert update._cache_size() == 1
+
+
+@settings(max_examples=12, deadline=None)
+@given(shapes=st.lists(st.lists(st.integers(1, 6), min_size=0, max_size=3), min_size=1,
+                       max_size=3),
+       dim=st.integers(1, 9), block=st.integers(1, 5),
+       dist=st.sampled_from(["rademacher", "normal", "uniform", "hadamard"]),
+       compartments=st.sampled_from(["model", "leaf"]))
+def test_shapes_and_dtypes_are_kept(shapes, dim, block, dist, compartments):
+    dtypes = [jnp.float32, jnp.bfloat16, jnp.float16]
+    params = {f"p{i}": jnp.ones(s, dtypes[i % 3]) for i, s in enumerate(shapes)}
+    tx = random_bases(0.1, dim, seed=0, distribution=dist, block_size=block,
+                      compartments=compartments)
+    state = tx.init(params)
+    u, state = jax.jit(tx.update)(params, state)
+    for k in params:
+        assert u[k].shape == params[k].shape and u[k].dtype == params[k].dtype
+        assert bool(jnp.all(jnp.isfinite(u[k].astype(jnp.float32))))
+    for c in state[0].coordinates:
+        assert c.shape == (dim,) and c.dtype == jnp.float32

@@ -1,0 +1,44 @@
+"""Smoke tests of the random-bases benchmarks (Table 1 runner on real data, step cost)."""
+
+import importlib.util
+import json
+import pathlib
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
+
+def load(name):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def test_table1_runner_writes_curves_and_resumes(tmp_path, data_dir):
+    bench = load("random_bases")
+    out = tmp_path / "rb.json"
+    args = ["--data-dir", str(data_dir), "--smoke", "--seeds", "0,1", "--out", str(out)]
+    result = bench.main(args)
+    assert set(result["runs"]) == {f"{m}/{s}" for m in ("rbd", "fpd", "sgd") for s in (0, 1)}
+    for r in result["runs"].values():
+        assert [c["epoch"] for c in r["curve"]] == [1, 2]
+        assert all(0.0 <= c["val_acc"] <= 100.0 for c in r["curve"])
+        assert r["curve"][-1]["seconds"] >= r["curve"][0]["seconds"] > 0
+    assert json.loads(out.read_text())["runs"] == json.loads(json.dumps(result["runs"]))
+    assert out.with_suffix(".png").stat().st_size > 10_000
+    # resume: nothing left to do at the same budget, the curves are kept unchanged
+    again = bench.main(args + ["--resume"])
+    assert again["runs"] == json.loads(json.dumps(result["runs"]))
+
+
+def test_step_cost_benchmark_reports_ratios(tmp_path):
+    bench = load("random_bases_speed")
+    result = bench.main(["--smoke", "--out", str(tmp_path / "s.json")])
+    ratios = result["ratio_to_sgd_median"]
+    assert ratios["sgd"] == 1.0
+    assert "rbd defaults" in ratios and "rbd hadamard (SRHT)" in ratios
+    assert all(r > 0 for r in ratios.values())
+    assert json.loads((tmp_path / "s.json").read_text())["floor"]["basis_entries"] == 250 * 101770
+    assert (tmp_path / "s.png").stat().st_size > 10_000
