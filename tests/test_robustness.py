@@ -304,7 +304,8 @@ def test_8_scalar_arrays_and_inject_hyperparams():
     admm_jax.admmirnn(rho=(np.float32(10), jnp.asarray(10.0), 1))
     for factory, kw in ((admm_jax.admm_preconditioned, {"learning_rate": 0.1}),
                         (admm_jax.admmirnn, {})):
-        static = ("sweeps", "newton_steps", "a_steps") if factory is admm_jax.admmirnn else ()
+        static = (("sweeps", "newton_steps", "a_steps", "cg_steps") if factory is admm_jax.admmirnn
+                  else ())
         tx = optax.inject_hyperparams(factory, static_args=static)(**kw)
         state = tx.init(params)
         u, state = jax.jit(lambda s, p, tx=tx: tx.update(None, s, p, inputs=x, targets=y))(
