@@ -62,9 +62,10 @@ def run_admm(args, xtr, ytr, xte, yte, log):
     n = len(xtr)
     model = admm_jax.ElmanRNN(28, args.hidden, 10, rngs=nnx.Rngs(args.seed))
     params = nnx.state(model, nnx.Param)
-    tx = admm_jax.admmirnn(num_samples=n, seq_len=28, rho=tuple(args.rho), prox=args.prox,
+    per_sample = dict(num_samples=n, seq_len=28) if args.multipliers == "per-sample" else {}
+    tx = admm_jax.admmirnn(**per_sample, rho=tuple(args.rho), prox=args.prox,
                            weight_decay=args.weight_decay, sweeps=args.sweeps,
-                           sweep=args.sweep)
+                           sweep=args.sweep, cg_steps=args.cg_steps)
     state = tx.init(params)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
@@ -198,11 +199,16 @@ def main(argv=None):
     ap.add_argument("--budget-seconds", type=float, default=900.0,
                     help="ADMMiRNN training budget (evaluation excluded)")
     ap.add_argument("--max-epochs", type=int, default=10_000)
-    ap.add_argument("--rho", type=float, nargs=3, default=(10.0, 10.0, 1.0))
-    ap.add_argument("--prox", type=float, default=0.1)
-    ap.add_argument("--weight-decay", type=float, default=1.0)
+    # defaults: admmirnn's (the coupled block); the backward sweep was run with
+    # --sweep backward --rho 10 10 1 --prox 0.1 --weight-decay 1 --multipliers per-sample
+    ap.add_argument("--rho", type=float, nargs=3, default=(0.5, 10.0, 0.1))
+    ap.add_argument("--prox", type=float, default=0.03)
+    ap.add_argument("--weight-decay", type=float, default=0.0)
     ap.add_argument("--sweeps", type=int, default=1)
-    ap.add_argument("--sweep", default="backward", choices=("backward", "parallel"))
+    ap.add_argument("--sweep", default="coupled", choices=("coupled", "backward", "parallel"))
+    ap.add_argument("--cg-steps", type=int, default=6)
+    ap.add_argument("--multipliers", default="batch", choices=("per-sample", "batch"),
+                    help="per-sample multipliers kept across epochs, or zero at every batch")
     ap.add_argument("--adam-epochs", type=int, default=5)
     ap.add_argument("--adam-lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)

@@ -8,7 +8,8 @@ in ``benchmarks/results/admm_search.md`` was produced with it, e.g.
     python benchmarks/admm_search.py --order o,sweep,uwb,vc --duals 123 --epochs 8 --tag base
     python benchmarks/admm_search.py --order o,vc --duals "" --epochs 2 --tag readout_only
 
-Tokens of ``--order``: ``o``, ``sweep`` (backward in time), ``par`` (all steps at once),
+Tokens of ``--order``: ``o``, ``coupled`` (the time-coupled (a, h) block), ``sweep``
+(backward in time), ``par`` (all steps at once),
 ``uwb``, ``vc``, ``dual`` (an extra multiplier step), ``reset`` (auxiliaries back to the
 forward pass). ``--duals``: the families that carry multipliers (a subset of ``123``).
 ``--alpha``/``--alpha-v``: over-relaxation of the (U, W, b) / (V, c) blocks (a convex
@@ -52,6 +53,9 @@ def main(argv=None):
     ap.add_argument("--order", default="o,sweep,uwb,vc")
     ap.add_argument("--duals", default="123")
     ap.add_argument("--sweeps", type=int, default=1)
+    ap.add_argument("--cg-steps", type=int, default=3, help="CG iterations of 'coupled'")
+    ap.add_argument("--batch-duals", action="store_true",
+                    help="multipliers start from zero at every batch (not kept per sample)")
     ap.add_argument("--alpha", type=float, default=1.0)
     ap.add_argument("--alpha-v", type=float, default=1.0)
     ap.add_argument("--init", choices=("normal", "uniform"), default="normal",
@@ -70,7 +74,7 @@ def main(argv=None):
         bound = 1 / np.sqrt(128)
         for k, name in zip(keys, ("U", "W", "V"), strict=True):
             p[name] = jax.random.uniform(k, p[name].shape, minval=-bound, maxval=bound)
-    cfg = ADMMConfig(prox=a.prox, weight_decay=a.wd)
+    cfg = ADMMConfig(prox=a.prox, weight_decay=a.wd, cg_steps=a.cg_steps)
     rho = Penalties(*(jnp.float32(r) for r in a.rho))
     n = a.n
     store = Duals(jnp.zeros((n, 28, 128)), jnp.zeros((n, 28, 128)), jnp.zeros((n, 1, 10)))
@@ -83,13 +87,15 @@ def main(argv=None):
     def step(p, store, x, y, idx):
         tr = elman_trace(p, x)
         aux = Auxiliaries(tr.a, tr.h, tr.o)
-        du = Duals(*(lam[idx] for lam in store))
+        du = Duals(*(jnp.zeros_like(lam[idx]) if a.batch_duals else lam[idx] for lam in store))
         for _ in range(a.sweeps):
             for b in order:
                 if b == "o":
                     aux = aux._replace(o=blocks.o_block(p, aux, du, rho, y, cfg))
                 elif b == "sweep":
                     aux = blocks.sweep_backward(p, aux, du, rho, x, cfg)
+                elif b == "coupled":
+                    aux = blocks.sweep_coupled(p, aux, du, rho, x, cfg)
                 elif b == "par":
                     aux = blocks.sweep_parallel(p, aux, du, rho, x, cfg)
                 elif b == "uwb":

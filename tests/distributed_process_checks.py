@@ -59,7 +59,8 @@ def admm_check(activation, loss):
     x = rng.normal(size=(N, T, D))
     y = ((x[:, :, 0].sum(1) > 0).astype(np.int32) if loss == "cross_entropy"
          else np.stack([x[:, :, 0].sum(1), x[:, :, 1].mean(1)], -1))
-    tx = admm_jax.admmirnn(num_samples=N, seq_len=T, activation=activation, loss=loss)
+    tx = admm_jax.admmirnn(num_samples=N, seq_len=T, activation=activation, loss=loss,
+                           sweep="backward")  # per-sample multipliers, sharded
 
     def step(p, s, xb, yb):
         u, s = tx.update(None, s, p, inputs=xb, targets=yb)

@@ -78,7 +78,7 @@ def admm_checks():
     out = {"devices": len(jax.devices())}
     for name, kw in (("exact", dict(activation="relu", loss="mse")), ("default", {})):
         params, x, y = problem(**kw)
-        tx = admm_jax.admmirnn(num_samples=N, seq_len=T, **kw)
+        tx = admm_jax.admmirnn(sweep="backward", num_samples=N, seq_len=T, **kw)
         p1, s1, _ = run_admm(tx, params, x, y, 3)
         p8, s8, compiled = run_admm(tx, params, x, y, 3, mesh)
         rev = jnp.arange(N)[::-1]  # the same problem, samples in reverse order, one device
@@ -93,12 +93,12 @@ def admm_checks():
         }
     # three sweeps in one call: one Gram all-reduce per iteration
     params, x, y = problem()
-    tx3 = admm_jax.admmirnn(num_samples=N, seq_len=T, sweeps=3)
+    tx3 = admm_jax.admmirnn(sweep="backward", num_samples=N, seq_len=T, sweeps=3)
     _, _, compiled3 = run_admm(tx3, params, x, y, 1, mesh)
     out["sweeps3_collectives"] = [c._asdict() for c in collectives(compiled3)]
     # token inputs (segment sums for the input Gram)
     params, x, y = problem(tokens=True)
-    tx = admm_jax.admmirnn(num_samples=N, seq_len=T)
+    tx = admm_jax.admmirnn(sweep="backward", num_samples=N, seq_len=T)
     p1, _, _ = run_admm(tx, params, x, y, 1)
     p8, _, ctok = run_admm(tx, params, x, y, 1, mesh)
     out["tokens"] = {"param_rel": rel(p1, p8),
@@ -109,8 +109,8 @@ def admm_checks():
     batch = 16
     order = np.random.default_rng(0).permutation(N)
     batches = [order[i:i + batch] for i in range(0, N, batch)] * 2  # two epochs
-    tx_dev = admm_jax.admmirnn(num_samples=N, seq_len=T, **kw)
-    tx_host = admm_jax.admmirnn(num_samples=batch, seq_len=T, **kw)
+    tx_dev = admm_jax.admmirnn(sweep="backward", num_samples=N, seq_len=T, **kw)
+    tx_host = admm_jax.admmirnn(sweep="backward", num_samples=batch, seq_len=T, **kw)
 
     def make_step(tx):
         @jax.jit

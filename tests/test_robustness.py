@@ -208,7 +208,7 @@ def test_4_text_missing_or_binary_file(tmp_path):
 ])
 def test_5_bad_indices_are_rejected(idx, match):
     params = nnx.state(model(), nnx.Param)
-    tx = admm_jax.admmirnn(num_samples=N, seq_len=T)
+    tx = admm_jax.admmirnn(num_samples=N, seq_len=T, sweep="backward")  # per-sample state
     x, y = batch()
     with pytest.raises(ValueError, match=match):
         tx.update(None, tx.init(params), params, inputs=x, targets=y, indices=np.asarray(idx))
@@ -220,7 +220,7 @@ _JIT_CACHE = {}
 def _jitted_admm():
     if not _JIT_CACHE:
         params = nnx.state(model(), nnx.Param)
-        tx = admm_jax.admmirnn(num_samples=N, seq_len=T)
+        tx = admm_jax.admmirnn(num_samples=N, seq_len=T, sweep="backward")  # per-sample state
         step = jax.jit(lambda p, s, x, y, i: tx.update(None, s, p, inputs=x, targets=y,
                                                        indices=i))
         _JIT_CACHE.update(params=params, state=tx.init(params), step=step)
@@ -304,7 +304,8 @@ def test_8_scalar_arrays_and_inject_hyperparams():
     admm_jax.admmirnn(rho=(np.float32(10), jnp.asarray(10.0), 1))
     for factory, kw in ((admm_jax.admm_preconditioned, {"learning_rate": 0.1}),
                         (admm_jax.admmirnn, {})):
-        static = ("sweeps", "newton_steps", "a_steps") if factory is admm_jax.admmirnn else ()
+        static = (("sweeps", "newton_steps", "a_steps", "cg_steps") if factory is admm_jax.admmirnn
+                  else ())
         tx = optax.inject_hyperparams(factory, static_args=static)(**kw)
         state = tx.init(params)
         u, state = jax.jit(lambda s, p, tx=tx: tx.update(None, s, p, inputs=x, targets=y))(

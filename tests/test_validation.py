@@ -108,7 +108,7 @@ def test_admm_factory_and_update_name_the_bad_argument():
         ({"sweeps": -2}, r"sweeps: expected a positive int, got -2"),
         ({"prox": -0.1}, r"prox: expected a finite number >= 0, got -0.1"),
         ({"rho_max": float("nan")}, r"rho_max: expected a finite number > 0, got nan"),
-        ({"sweep": "forward"}, r"sweep: expected one of \('backward', 'parallel'\), "
+        ({"sweep": "forward"}, r"sweep: expected one of \('coupled', 'backward', 'parallel'\), "
                                r"got 'forward'"),
         ({"loss": "hinge"}, r"loss: expected one of \('cross_entropy', 'mse'\), got 'hinge'"),
     ]:
@@ -116,7 +116,7 @@ def test_admm_factory_and_update_name_the_bad_argument():
             admmirnn(**kw)
     x, y = data(16)
     params = nnx.state(model(), nnx.Param)
-    tx = admmirnn(num_samples=16, seq_len=5)
+    tx = admmirnn(num_samples=16, seq_len=5, sweep="backward")  # per-sample state
     state = tx.init(params)
     with pytest.raises(ValueError, match=r"inputs: expected \[N, T, 3\] \(U is \(8, 3\)\), "
                                          r"got shape \(16, 5\)"):

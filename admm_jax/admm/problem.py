@@ -27,8 +27,11 @@ class ADMMConfig:
         ``lam = mu * trace(G) / dim(G)``, ``G`` the block's Gram matrix (0 disables it).
       newton_steps: Newton iterations of the o-block (cross entropy).
       a_steps: safeguarded Gauss-Newton iterations of the a-block (tanh).
-      sweep: ``"backward"`` (h_T, a_T, h_{T-1}, ... in one scan) or ``"parallel"``
-        (all h_t at once, then all a_t at once).
+      sweep: ``"coupled"`` (all ``(a_t, h_t)`` jointly: one Gauss-Newton step solved by
+        conjugate gradients over time, :func:`admm_jax.admm.blocks.sweep_coupled`),
+        ``"backward"`` (h_T, a_T, h_{T-1}, ... in one scan) or ``"parallel"`` (all h_t at
+        once, then all a_t at once).
+      cg_steps: conjugate-gradient iterations of the ``"coupled"`` block.
     """
 
     activation: str = "tanh"
@@ -39,6 +42,7 @@ class ADMMConfig:
     newton_steps: int = 8
     a_steps: int = 4
     sweep: str = "backward"
+    cg_steps: int = 3
 
 
 class Auxiliaries(NamedTuple):

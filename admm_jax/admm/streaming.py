@@ -46,11 +46,13 @@ WORKING_SET_FACTOR = 8.0  # k above, measured by benchmarks/admm_memory.py (floa
 class HostDuals:
     r"""Per-sample ADMMiRNN multipliers held in host memory, moved per batch.
 
-    Use with an :func:`~admm_jax.admmirnn` whose state is sized for ONE batch
-    (``num_samples=batch_size``) and called without ``indices``: the state then holds exactly
-    the batch's multipliers, which :meth:`load` puts in and :meth:`save` takes out::
+    For the sweeps that keep per-sample multipliers (``sweep="backward"`` or ``"parallel"``;
+    the default ``"coupled"`` keeps none). Use with an :func:`~admm_jax.admmirnn` whose state
+    is sized for ONE batch (``num_samples=batch_size``) and called without ``indices``: the
+    state then holds exactly the batch's multipliers, which :meth:`load` puts in and
+    :meth:`save` takes out::
 
-        tx = admm_jax.admmirnn(num_samples=batch_size, seq_len=T)
+        tx = admm_jax.admmirnn(num_samples=batch_size, seq_len=T, sweep="backward")
         store = HostDuals.like(params, num_samples=N, seq_len=T)
         for batch in batches:                      # fixed batch size (drop the remainder)
             state = store.load(state, batch.indices)

@@ -45,7 +45,7 @@ def test_minibatch_of_all_samples_equals_full_batch_admm_on_the_first_call():
     o-blocks choose between candidates by comparing objective values, which fixes iterates
     only to ~sqrt(eps): a reordering of the samples alone then moves results by ~1e-8.)"""
     params, x, y = toy("relu")
-    kw = dict(activation="relu", loss="mse", sweeps=3)
+    kw = dict(activation="relu", loss="mse", sweeps=3, sweep="backward")
     full = admm_jax.admmirnn(num_samples=N, seq_len=T, auxiliaries="persist", **kw)
     mini = admm_jax.admmirnn(num_samples=N, seq_len=T, **kw)
     step_full, step_mini = make_step(full), make_step(mini)
@@ -83,7 +83,7 @@ def test_host_duals_gather_scatter_and_checks():
     with pytest.raises(ValueError, match="hidden"):
         HostDuals(5, 3, 0, 4)
     params, _, _ = toy()
-    state = admm_jax.admmirnn(num_samples=4, seq_len=T).init(params)
+    state = admm_jax.admmirnn(num_samples=4, seq_len=T, sweep="backward").init(params)
     with pytest.raises(ValueError, match="state"):
         HostDuals.like(params, N, T).load(state, np.arange(3))
 
@@ -95,7 +95,7 @@ def test_memory_formula_matches_xla_memory_analysis():
     model = admm_jax.ElmanRNN(d, h, c, rngs=nnx.Rngs(0), dtype=jnp.float32)
     params = nnx.state(model, nnx.Param)
     for state_n, batch, host in ((n, n, False), (b, b, True)):
-        tx = admm_jax.admmirnn(num_samples=state_n, seq_len=t)
+        tx = admm_jax.admmirnn(num_samples=state_n, seq_len=t, sweep="backward")
         state = jax.eval_shape(tx.init, params)
         x = jax.ShapeDtypeStruct((batch, t, d), jnp.float32)
         y = jax.ShapeDtypeStruct((batch,), jnp.int32)

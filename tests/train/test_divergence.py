@@ -86,7 +86,7 @@ def test_nan_in_the_data_is_refused_before_training(tmp_path):
 def test_admm_rejects_a_non_finite_iteration():
     x, y = tiny_data(16)
     params = nnx.state(ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0)), nnx.Param)
-    tx = admmirnn(num_samples=16, seq_len=5)
+    tx = admmirnn(num_samples=16, seq_len=5, sweep="backward")  # per-sample multipliers
     update = jax.jit(lambda s, p, xx: tx.update(None, s, p, inputs=xx, targets=y))
     s0 = tx.init(params)
     _, s1 = update(s0, params, x)  # one good iteration: multipliers become nonzero
@@ -137,7 +137,8 @@ def test_increase_rho_retries_from_the_last_good_state():
     bad = x.copy()
     bad[:, 0, 0] = np.nan
     with pytest.raises(DivergenceError, match="after 3 increases of rho") as e:
-        fit(ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0)), admmirnn(**kw), (bad, y), iterations=2,
+        fit(ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0)), admmirnn(rho=(10.0, 10.0, 1.0), **kw), (bad, y),
+            iterations=2,
             batch_size=16, on_divergence="increase_rho", validate=False)
     assert e.value.iteration == 1 and e.value.last_good is None
     assert [r["rho"][0] for r in e.value.history.meta["rho_increases"]] == [100.0, 1e3, 1e4]
