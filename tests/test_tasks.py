@@ -55,7 +55,7 @@ def test_rechunk_pixels_keeps_the_pixel_order():
 
 def test_admm_optimizer_gets_the_task_settings():
     t = tasks.load("copying", num_train=8, num_test=4, seq_len=2)
-    tx = t.optimizer("admmirnn")
+    tx = t.optimizer("admmirnn", sweep="backward")  # the sweep that keeps per-sample state
     s = admm_state(tx.init(nnx.state(t.model(4), nnx.Param)))
     assert s.duals.lam2.shape == (8, 22, 4) and s.duals.lam3.shape == (8, 22, 9)
 

@@ -40,6 +40,7 @@ def text(
     seq_len: int,
     stride: int | None = None,
     encoding: str = "utf-8",
+    kind: str = "auto",
 ) -> CharText:
     r"""Character vocabulary and next-character ``(inputs, targets)`` windows.
 
@@ -55,6 +56,8 @@ def text(
       seq_len: window length ``T`` >= 1.
       stride: distance between window starts; ``seq_len`` (non-overlapping) when ``None``.
       encoding: file encoding.
+      kind: ``"auto"`` (the rule above), ``"text"`` (``path_or_string`` is the text itself,
+        whatever it looks like) or ``"path"`` (it names a file).
 
     Returns:
       :class:`CharText` ``(inputs [N, T] int32, targets [N, T] int32, vocab)``; decode with
@@ -69,15 +72,19 @@ def text(
     stride = seq_len if stride is None else stride
     if not (isinstance(stride, int | np.integer) and stride >= 1):
         raise ValueError(f"stride: expected a positive integer or None, got {stride!r}")
-    if isinstance(path_or_string, os.PathLike) or (
-            isinstance(path_or_string, str) and _looks_like_path(path_or_string)):
+    if kind not in ("auto", "text", "path"):
+        raise ValueError(f"kind: expected one of ('auto', 'text', 'path'), got {kind!r}")
+    if kind == "text" and not isinstance(path_or_string, str):
+        raise TypeError(f"path_or_string: kind='text' needs a str, got "
+                        f"{type(path_or_string).__name__}")
+    if kind == "path" or (kind == "auto" and (isinstance(path_or_string, os.PathLike) or (
+            isinstance(path_or_string, str) and _looks_like_path(path_or_string)))):
         path = pathlib.Path(path_or_string)
         if not path.is_file():
             raise FileNotFoundError(
                 f"path_or_string: no such file {os.fspath(path)!r} (a string without a newline "
                 "that names a file, ends in a file suffix such as .txt or contains a path "
-                "separator is read as a path; pass text with a newline, or a Path, to be "
-                "explicit)")
+                "separator is read as a path; pass kind='text' or kind='path' to be explicit)")
         try:
             s = path.read_text(encoding=encoding)
         except UnicodeDecodeError as e:

@@ -18,9 +18,9 @@ from admm_jax.data import decode_ids, text
 def test_windows_are_next_character_pairs(s, seq_len, stride):
     if len(s) < seq_len + 1:
         with pytest.raises(ValueError, match="seq_len"):
-            text(s, seq_len=seq_len)
+            text(s, seq_len=seq_len, kind="text")
         return
-    d = text(s, seq_len=seq_len, stride=stride)
+    d = text(s, seq_len=seq_len, stride=stride, kind="text")  # any string, even "0/"
     assert d.vocab == tuple(sorted(set(s)))
     want_x = [s[k : k + seq_len] for k in range(0, len(s) - seq_len, stride)]
     want_y = [s[k + 1 : k + 1 + seq_len] for k in range(0, len(s) - seq_len, stride)]
@@ -46,3 +46,15 @@ def test_bad_arguments():
         text("abc", seq_len=0)
     with pytest.raises(TypeError, match="path_or_string"):
         text(123, seq_len=2)
+
+
+def test_kind_makes_the_reading_explicit(tmp_path):
+    f = tmp_path / "corpus"  # no suffix, no separator in the name: "auto" would read "corpus"
+    f.write_text("abcabc")
+    assert text(str(f), seq_len=2, kind="path").vocab == ("a", "b", "c")
+    with pytest.raises(FileNotFoundError, match="path_or_string"):
+        text("corpus", seq_len=2, kind="path")
+    d = text("/no/such/file.txt", seq_len=2, kind="text")  # the characters of the string
+    assert d.vocab == tuple(sorted(set("/no/such/file.txt")))
+    with pytest.raises(ValueError, match="kind"):
+        text("abc", seq_len=1, kind="file")

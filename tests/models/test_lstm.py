@@ -240,7 +240,11 @@ def test_shapes_and_many_to_one_is_last_step(n, t, d, h, c, many_to_many):
     assert out.shape == ((n, t, c) if many_to_many else (n, c))
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     both = jax.jit(lambda p, x: (lstm_apply(p, x, many_to_many=True)[:, -1], lstm_apply(p, x)))
-    np.testing.assert_allclose(*both(params, x), rtol=1e-6)
+    # the same maths through readouts of different shapes ([n, t, h] vs [n, h] matmuls):
+    # float32 rounding differs per element, so compare norm-wise (an entry near 0 can differ
+    # by a few ulps of the outputs' scale, far more than 1e-6 of itself)
+    last, one = (np.asarray(v) for v in both(params, x))
+    assert np.linalg.norm(last - one) <= 1e-6 * np.linalg.norm(one), (last, one)
 
 
 def test_bad_input_raises_clear_errors():

@@ -58,7 +58,8 @@ def test_round_trip_keeps_structure_dtypes_and_typed_keys(tmp_path):
     """A state with NamedTuples, bfloat16, int, bool, empty arrays and a typed PRNG key."""
     x, y = tiny_data(32)
     model = ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0))
-    tx = optimizers.get("admmirnn", num_samples=32, seq_len=5, auxiliaries="persist")
+    tx = optimizers.get("admmirnn", num_samples=32, seq_len=5, auxiliaries="persist",
+                        sweep="backward")
     params = nnx.state(model, nnx.Param)
     state = (tx.init(params), {"key": jax.random.key(3), "half": jnp.ones(3, jnp.bfloat16)})
 
