@@ -127,14 +127,14 @@ def main() -> None:
             compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*ex).compile()
             compile_s = time.perf_counter() - t
             p_, s_ = jax.tree_util.tree_map(jnp.copy, params), state
-            p_, s_, m = compiled(p_, s_, *ex[2:])  # warm-up
+            p_, s_, m, _ = compiled(p_, s_, *ex[2:])  # warm-up (the 4th output: finite flag)
             jax.block_until_ready(m)
             runs[name] = {"compiled": compiled, "p": p_, "s": s_, "times": [], "flops": flops,
                           "compile_seconds": compile_s}
         for _ in range(args.repeats):  # alternate the methods: same machine load for both
             for r in runs.values():
                 t = time.perf_counter()
-                r["p"], r["s"], m = r["compiled"](r["p"], r["s"], *ex[2:])
+                r["p"], r["s"], m, _ = r["compiled"](r["p"], r["s"], *ex[2:])
                 jax.block_until_ready(m)
                 r["times"].append(time.perf_counter() - t)
         row = {"T": T, "pixels_per_step": 784 // T}
