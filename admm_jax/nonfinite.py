@@ -64,7 +64,7 @@ def reject_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTrans
       An ``optax.GradientTransformationExtraArgs`` with ``inner``'s state; ``update`` forwards
       extra keyword arguments (``inputs=``, ``targets=``, ...) to ``inner``.
 
-    Example:
+    Examples:
       >>> import jax.numpy as jnp, optax
       >>> tx = reject_nonfinite(optax.adam(0.1))
       >>> params = {"w": jnp.ones(2)}

@@ -582,7 +582,7 @@ def coupled_linearised_solve(params, aux: Auxiliaries, duals: Duals, rho: Penalt
     Returns:
       ``(a, h)``, both ``[N, T, H]``: the minimiser of ``Q`` after ``cg_steps`` iterations.
 
-    Example:
+    Examples:
       >>> from admm_jax.admm.problem import Penalties
       >>> k = jax.random.split(jax.random.key(0), 4)
       >>> p = {"U": jax.random.normal(k[0], (4, 2)), "W": 0.5 * jnp.eye(4), "b": jnp.zeros(4),
@@ -677,7 +677,7 @@ def sweep_coupled(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs
     Returns:
       The auxiliaries with the new ``a, h`` (``o`` unchanged).
 
-    Example:
+    Examples:
       >>> from admm_jax.admm.problem import Penalties, augmented_lagrangian
       >>> from admm_jax.models.elman import elman_trace
       >>> k = jax.random.split(jax.random.key(0), 4)

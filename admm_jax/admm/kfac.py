@@ -195,7 +195,7 @@ def admm_kfac(
       An ``optax.GradientTransformationExtraArgs`` whose ``update(grads, state, params, *,
       inputs, targets)`` returns the step.
 
-    Example:
+    Examples:
       >>> import jax, jax.numpy as jnp, optax
       >>> from flax import nnx
       >>> import admm_jax
@@ -219,16 +219,12 @@ def admm_kfac(
     _check_options(learning_rate, 1.0, prox, weight_decay, activation, loss)
     if not isinstance(ema, int | float) or isinstance(ema, bool) or not 0 <= ema < 1:
         raise ValueError(f"ema: expected a number in [0, 1), got {ema!r}")
-    if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 0:
-        raise ValueError(f"warmup_steps: expected an int >= 0, got {warmup_steps!r}")
+    checks.nonnegative_int("warmup_steps", warmup_steps)
     if not isinstance(refresh_every, int) or isinstance(refresh_every, bool) \
             or refresh_every < 1:
         raise ValueError(f"refresh_every: expected an int >= 1, got {refresh_every!r}")
-    if fisher not in FISHERS:
-        raise ValueError(f"fisher: expected one of {FISHERS}, got {fisher!r}")
-    if output_factor not in OUTPUT_FACTORS:
-        raise ValueError(f"output_factor: expected one of {OUTPUT_FACTORS}, "
-                         f"got {output_factor!r}")
+    checks.one_of("fisher", fisher, FISHERS)
+    checks.one_of("output_factor", output_factor, OUTPUT_FACTORS)
     cfg = ADMMConfig(activation=activation, many_to_many=many_to_many, loss=loss,
                      weight_decay=0.0, prox=float(prox))
 
