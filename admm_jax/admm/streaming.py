@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from admm_jax import _validation as checks
 from admm_jax.admm.params import split_params
 from admm_jax.admm.problem import Duals
 
@@ -101,14 +102,9 @@ class HostDuals:
         return self.lam1.nbytes + self.lam2.nbytes + self.lam3.nbytes
 
     def _check(self, indices) -> np.ndarray:
-        idx = np.asarray(indices)
-        if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"indices: expected a 1-D int array, got {idx.dtype}{idx.shape}")
-        n = self.lam1.shape[0]
-        if idx.size and (idx.min() < 0 or idx.max() >= n):
-            raise ValueError(f"indices: expected positions in [0, {n}), got "
-                             f"[{idx.min()}, {idx.max()}]")
-        return idx
+        # the same rule as admmirnn's indices=: distinct positions in [0, N), 1-D ints (a
+        # repeated index would lose all but one of its rows' updates in scatter)
+        return checks.indices("indices", np.asarray(indices), self.lam1.shape[0])
 
     def gather(self, indices, sharding: jax.sharding.Sharding | None = None) -> Duals:
         """The batch's multipliers as device arrays (placed with ``sharding`` if given)."""

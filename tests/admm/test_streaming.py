@@ -78,6 +78,8 @@ def test_host_duals_gather_scatter_and_checks():
         store.gather(np.array([5]))
     with pytest.raises(ValueError, match="indices"):
         store.gather(np.array([[0]]))
+    with pytest.raises(ValueError, match="indices: expected distinct"):
+        store.scatter(np.array([1, 1]), new)  # one of the two rows would be lost
     with pytest.raises(ValueError, match="duals"):
         store.scatter(np.array([0]), new)
     with pytest.raises(ValueError, match="hidden"):
