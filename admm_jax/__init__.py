@@ -10,9 +10,11 @@ from admm_jax.admm import (
     ADMMiRNNState,
     ADMMKFACState,
     ADMMPreconditionedState,
+    IncreaseRhoState,
     admm_kfac,
     admm_preconditioned,
     admmirnn,
+    increase_rho_on_divergence,
 )
 from admm_jax.admm.streaming import HostDuals, admm_memory_bytes
 from admm_jax.distributed import (
@@ -69,6 +71,7 @@ __all__ = [
     "FlaxCellOptions",
     "History",
     "HostDuals",
+    "IncreaseRhoState",
     "LSTM",
     "NovoGradState",
     "RandomBasesState",
@@ -89,6 +92,7 @@ __all__ = [
     "elman_to_flax",
     "elman_trace",
     "fit",
+    "increase_rho_on_divergence",
     "flax_cell_options",
     "lstm_apply",
     "lstm_scan",

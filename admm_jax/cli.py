@@ -197,8 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
                    default="raise",
                    help="on a NaN/inf step: raise (exit 3, last good checkpoint kept), stop "
                         "(save the last good state and the history, say so, exit 0) or "
-                        "increase_rho (admmirnn: retry with 10x the penalties, up to 3 "
-                        "times); default raise")
+                        "increase_rho (methods with penalties, admmirnn: retry the step with 10x "
+                        "the penalties, up to 3 times, then raise); default raise")
     t.add_argument("--out", default="admm_jax_results",
                    help="folder for train_<task>_<optimizer>.json (default admm_jax_results)")
 
@@ -260,13 +260,11 @@ def _load_task(parser, args):
     return task
 
 
-def _check_admm_memory(parser, task, names, hidden) -> None:
-    from admm_jax import optimizers
-
-    if "admmirnn" in [optimizers.canonical_name(n) for n in names]:
-        gib = task.admm_state_bytes(hidden) / 2**30
+def _check_state_memory(parser, task, names, hidden) -> None:
+    for name in names:
+        gib = task.state_bytes(name, hidden) / 2**30
         if gib > 4:
-            parser.error(f"admmirnn would keep {gib:.1f} GiB of per-sample multipliers "
+            parser.error(f"{name} would keep {gib:.1f} GiB of per-sample state "
                          f"({len(task.train[0])} samples x T={task.seq_len} x H={hidden}); "
                          "use --train-subset or a smaller --hidden")
 
@@ -288,7 +286,7 @@ def _compare(parser, args) -> int:
     if budget is None and args.iterations is None:
         budget = 20.0
     task = _load_task(parser, args)
-    _check_admm_memory(parser, task, names, args.hidden)
+    _check_state_memory(parser, task, names, args.hidden)
     target = task.target if args.target is None else args.target
     budget_text = f"{budget:g} s of training" if budget else f"{args.iterations} iterations"
     if args.clip_norm:
@@ -326,7 +324,15 @@ def _compare(parser, args) -> int:
 
 def _train(parser, args) -> int:
     from admm_jax import optimizers
-    from admm_jax.train import Checkpoint, DivergenceError, checkpoint_steps, fit, load_checkpoint
+    from admm_jax.train import (
+        Checkpoint,
+        DivergenceError,
+        Evaluation,
+        Restored,
+        checkpoint_steps,
+        fit,
+        load_checkpoint,
+    )
 
     try:
         name = optimizers.canonical_name(args.optimizer)
@@ -338,7 +344,7 @@ def _train(parser, args) -> int:
     if args.learning_rate is not None and optimizers.default_learning_rate(name) is None:
         parser.error(f"--learning-rate: {name} takes no learning rate")
     task = _load_task(parser, args)
-    _check_admm_memory(parser, task, [name], args.hidden)
+    _check_state_memory(parser, task, [name], args.hidden)
     kw = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
     try:
         tx = task.optimizer(name, clip_norm=args.clip_norm, **kw)
@@ -351,8 +357,13 @@ def _train(parser, args) -> int:
     resume = {}
     if args.checkpoint_every and not args.checkpoint_dir:
         parser.error("--checkpoint-every: needs --checkpoint-dir")
-    if args.on_divergence == "increase_rho" and name != "admmirnn":
-        parser.error("--on-divergence: increase_rho applies to admmirnn only")
+    if args.on_divergence == "increase_rho":
+        retry = optimizers.entry(name).retry
+        if retry is None:
+            able = ", ".join(n for n in optimizers.names() if optimizers.entry(n).retry)
+            parser.error(f"--on-divergence: increase_rho needs an optimizer with penalties to "
+                         f"increase ({able}), not {name}")
+        tx = retry(tx)
     if args.resume:
         from flax import nnx
 
@@ -365,7 +376,7 @@ def _train(parser, args) -> int:
         except ValueError as e:
             parser.error(f"--resume: {e}")
         nnx.update(model, params)
-        resume = {"opt_state": opt_state, "start": start, "history": history}
+        resume = {"resume": Restored(None, opt_state, start, history)}
         print(f"resuming at epoch {start[0]}, step {start[1]} "
               f"(iteration {len(history.steps.get('iteration', []))})")
     callbacks = ([Checkpoint(args.checkpoint_dir, every_steps=args.checkpoint_every)]
@@ -375,12 +386,13 @@ def _train(parser, args) -> int:
     print(f"task: {task.info}; optimizer {name}; train {len(task.train[0])} / test "
           f"{len(task.test[0])} samples", flush=True)
     try:
-        h = fit(model, tx, task.train, eval_data=task.test, **task.fit_kwargs(), epochs=epochs,
+        h = fit(model, tx, task.train, **task.fit_kwargs(), epochs=epochs,
                 iterations=args.iterations, budget_seconds=args.budget_seconds,
-                batch_size=args.batch_size, seed=args.seed, eval_every=args.eval_every,
-                eval_batch_size=args.eval_batch_size, callbacks=callbacks,
-                progress=False if args.no_progress else name,
-                on_divergence=args.on_divergence, **resume)
+                batch_size=args.batch_size, seed=args.seed,
+                evaluation=Evaluation(task.test, every=args.eval_every,
+                                      batch_size=args.eval_batch_size),
+                callbacks=callbacks, progress=False if args.no_progress else name,
+                on_divergence="stop" if args.on_divergence == "stop" else "raise", **resume)
     except DivergenceError as e:
         kept = ""
         if args.checkpoint_dir:

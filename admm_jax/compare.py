@@ -12,7 +12,7 @@ from typing import Any
 
 from admm_jax import optimizers
 from admm_jax.tasks import Task
-from admm_jax.train import History, fit
+from admm_jax.train import Evaluation, History, fit
 
 
 def time_to_target(history: History, column: str, target: float,
@@ -96,13 +96,13 @@ def compare(
         kw = {} if lr is None else {"learning_rate": lr}
         tx = task.optimizer(name, clip_norm=clip_norm, **kw)
         model = task.model(hidden, seed=seed)
-        every = {"eval_every_seconds": budget_seconds / eval_points} if budget_seconds else {
-            "eval_every": max(1, iterations // eval_points)}
+        every = {"every_seconds": budget_seconds / eval_points} if budget_seconds else {
+            "every": max(1, iterations // eval_points)}
         hd = {} if p is None else {"model_kwargs": {"p_detach": p}, "step_key": True}
-        h = fit(model, tx, task.train, eval_data=task.test, **task.fit_kwargs(),
+        h = fit(model, tx, task.train, **task.fit_kwargs(),
                 budget_seconds=budget_seconds, iterations=iterations, batch_size=batch_size,
-                seed=seed, eval_batch_size=eval_batch_size, progress=label if progress else False,
-                on_divergence="stop", **every, **hd)
+                seed=seed, progress=label if progress else False, on_divergence="stop",
+                evaluation=Evaluation(task.test, batch_size=eval_batch_size, **every), **hd)
         h.meta.update(optimizer=name, learning_rate=lr, task=task.name, hidden=hidden,
                       clip_norm=None if optimizers.takes_batch(name) else clip_norm, p_detach=p)
         histories[label] = h

@@ -1,15 +1,28 @@
 """Every optimizer by name: ``admm_jax.optimizers.get("adam", learning_rate=1e-3)``.
 
 The gradient optimizers come from optax itself (``sgd``, ``momentum``, ``adam``, ``rmsprop``,
-``adagrad``) or from :mod:`admm_jax.optim` (``novograd``, ``random_bases``); ``admmirnn`` is
-:func:`admm_jax.admmirnn`. Every entry returns an ``optax.GradientTransformationExtraArgs``.
+``adagrad``) or from :mod:`admm_jax.optim` (``novograd``, ``random_bases``); the methods that
+take the batch come from :mod:`admm_jax.admm`. Every entry returns an
+``optax.GradientTransformationExtraArgs``.
 
-Whether a transformation needs gradients is read from its *state*
-(:func:`needs_gradients`): a state holding an :class:`admm_jax.ADMMiRNNState`, an
-:class:`admm_jax.ADMMPreconditionedState` or an :class:`admm_jax.ADMMKFACState` anywhere (also
-inside ``optax.chain``) belongs to a method that takes the batch instead of gradients
-(``update(None, state, params, inputs=x, targets=y)``). Reading the state rather than a
-registry flag makes the rule hold for any transformation a user composes, registered or not.
+The state speaks for the method. :func:`admm_jax.train.fit` (and any loop) asks the state, never
+the method's name:
+
+* ``takes_batch``: a state class with the class attribute ``takes_batch = True`` anywhere in the
+  state (also inside ``optax.chain`` or a wrapper) belongs to a method that takes the batch
+  instead of gradients, ``update(None, state, params, inputs=x, targets=y, indices=i)``
+  (:func:`needs_gradients`).
+* ``diagnostics``: a node with a ``diagnostics`` NamedTuple of scalars reports the method's
+  per-step figures; :func:`diagnostics` collects them, ``fit`` logs every field and treats a
+  non-finite one as a failed step.
+* ``keeps_itself``: a state class with ``keeps_itself = True`` leaves itself unchanged when a
+  step fails (ADMMiRNN's per-sample multipliers), so a loop need not restore it (a select
+  over ``O(num_samples)`` floats per step).
+
+A registry :class:`Entry` adds what only a name can know: the default learning rate, the
+task-derived arguments (:attr:`Entry.task_kwargs`), the per-sample memory a task will need
+(:attr:`Entry.state_bytes`) and an optional retry-on-divergence wrapper
+(:attr:`Entry.on_divergence`).
 """
 
 from __future__ import annotations
@@ -18,9 +31,10 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
+import numpy as np
 import optax
 
-from admm_jax import _validation as V
+from admm_jax import _validation as checks
 from admm_jax.admm import (
     ADMMiRNNState,
     ADMMKFACState,
@@ -28,7 +42,9 @@ from admm_jax.admm import (
     admm_kfac,
     admm_preconditioned,
     admmirnn,
+    increase_rho_on_divergence,
 )
+from admm_jax.admm.streaming import admm_memory_bytes
 from admm_jax.nonfinite import reject_nonfinite
 from admm_jax.optim import novograd, random_bases
 
@@ -38,13 +54,42 @@ class Entry(NamedTuple):
 
     factory: ``(**kwargs) -> GradientTransformationExtraArgs``; learning_rate: its default
     learning rate (``None``: the factory takes none); description: one line for ``--help``;
-    takes_batch: ``update`` takes the batch (``inputs=``, ``targets=``) and no gradients.
+    state: the class of its state (whose ``takes_batch`` attribute :func:`takes_batch` reads;
+    ``None`` for optax's states); task_kwargs: ``task -> dict`` of arguments a task fills in
+    (:meth:`admm_jax.tasks.Task.optimizer`), from its ``loss``, ``many_to_many``, ``train``,
+    ``seq_len``; state_bytes: ``(task, hidden) -> int``, the per-sample state it keeps for a
+    task (checked by the CLI before training); retry: ``tx -> tx``, a wrapper that retries a
+    failed step (``admm-jax train --on-divergence increase_rho``).
     """
 
     factory: Callable[..., optax.GradientTransformationExtraArgs]
     learning_rate: float | None
     description: str
-    takes_batch: bool = False
+    state: type | None = None
+    task_kwargs: Callable[[Any], dict[str, Any]] | None = None
+    state_bytes: Callable[[Any, int], int] | None = None
+    retry: Callable[[Any], Any] | None = None
+
+
+def _model_kwargs(task: Any) -> dict[str, Any]:
+    """What a method that solves for the model's blocks must know of the task."""
+    return {"loss": task.loss, "many_to_many": task.many_to_many}
+
+
+def _admmirnn_kwargs(task: Any) -> dict[str, Any]:
+    # per-sample multipliers: their count and the unfolded length
+    return {**_model_kwargs(task), "num_samples": len(task.train[0]), "seq_len": task.seq_len}
+
+
+def _kfac_kwargs(task: Any) -> dict[str, Any]:
+    token = np.issubdtype(np.asarray(task.train[0][:1]).dtype, np.integer)
+    return {**_model_kwargs(task), "token_inputs": bool(token)}  # its factors' layout
+
+
+def _admmirnn_bytes(task: Any, hidden: int) -> int:
+    return admm_memory_bytes(len(task.train[0]), task.seq_len, hidden, task.out_features,
+                             input_dim=task.in_features,
+                             many_to_many=task.many_to_many)["per_sample_state"]
 
 
 def _random_bases(learning_rate: float, dim: int = 250, *, seed: int = 0,
@@ -59,13 +104,15 @@ def _momentum(learning_rate: float, momentum: float = 0.9,
 
 _REGISTRY: dict[str, Entry] = {
     "admmirnn": Entry(admmirnn, None, "ADMMiRNN: ADMM on the unfolded Elman RNN, no gradients",
-                      takes_batch=True),
+                      ADMMiRNNState, _admmirnn_kwargs, _admmirnn_bytes,
+                      increase_rho_on_divergence),
     "admm_preconditioned": Entry(admm_preconditioned, 0.1, "ADMMiRNN's weight blocks fed with "
                                  "back-propagated adjoints: a time-shared K-FAC-like step "
-                                 "(admm_jax.admm_preconditioned)", takes_batch=True),
+                                 "(admm_jax.admm_preconditioned)", ADMMPreconditionedState,
+                                 _model_kwargs),
     "admm_kfac": Entry(admm_kfac, 0.3, "ADMMiRNN's weight blocks with a matrix penalty: a "
                        "time-shared two-sided K-FAC step for RNNs (admm_jax.admm_kfac)",
-                       takes_batch=True),
+                       ADMMKFACState, _kfac_kwargs),
     "sgd": Entry(optax.sgd, 0.1, "plain SGD (optax.sgd)"),
     "momentum": Entry(_momentum, 0.05, "SGD with heavy-ball momentum 0.9 (optax.sgd)"),
     "adam": Entry(optax.adam, 1e-3, "Adam (optax.adam)"),
@@ -149,44 +196,87 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
         tx = e.factory(**kwargs)
     else:
         lr = kwargs.pop("learning_rate", e.learning_rate)
-        V.learning_rate("learning_rate", lr)
+        checks.learning_rate("learning_rate", lr)
         tx = e.factory(lr, **kwargs)
     # one rule for all: a non-finite step is not applied (zero update, state unchanged);
     # a no-op for admmirnn and admm_preconditioned, which apply it themselves
     return reject_nonfinite(tx)
 
 
-_BATCH_STATES = (ADMMiRNNState, ADMMPreconditionedState, ADMMKFACState)
-
-
 def takes_batch(name: str) -> bool:
-    """Whether the optimizer registered as ``name`` takes the batch instead of gradients."""
-    return entry(name).takes_batch
+    """Whether the optimizer registered as ``name`` takes the batch instead of gradients (read
+    from its state class, as :func:`needs_gradients` reads it from a state)."""
+    return bool(getattr(entry(name).state, "takes_batch", False))
 
 
-def _find_state(opt_state: Any, types):
-    """The first state of one of ``types`` anywhere in ``opt_state``, else ``None``."""
-    leaves = jax.tree_util.tree_leaves(opt_state, is_leaf=lambda x: isinstance(x, types))
-    return next((x for x in leaves if isinstance(x, types)), None)
+def _nodes(opt_state: Any, has) -> list[Any]:
+    """The nodes of ``opt_state`` for which ``has(node)`` holds, outermost first."""
+    leaves = jax.tree_util.tree_leaves(opt_state, is_leaf=has)
+    return [x for x in leaves if has(x)]
+
+
+def _takes_batch(x: Any) -> bool:
+    return getattr(type(x), "takes_batch", False) is True
+
+
+def _keeps_itself(x: Any) -> bool:
+    return getattr(type(x), "keeps_itself", False) is True
+
+
+def _has_diagnostics(x: Any) -> bool:
+    return isinstance(x, tuple) and hasattr(x, "diagnostics")
 
 
 def needs_gradients(opt_state: Any) -> bool:
-    """False when ``opt_state`` holds an :class:`admm_jax.ADMMiRNNState` or an
-    :class:`admm_jax.ADMMPreconditionedState` or :class:`admm_jax.ADMMKFACState` (at any
-    depth)."""
-    return _find_state(opt_state, _BATCH_STATES) is None
+    """False when a state class in ``opt_state`` (at any depth) says ``takes_batch = True``.
+
+    Examples:
+      >>> from flax import nnx
+      >>> from admm_jax import ElmanRNN, admmirnn, optimizers
+      >>> params = nnx.state(ElmanRNN(2, 4, 1, rngs=nnx.Rngs(0)), nnx.Param)
+      >>> optimizers.needs_gradients(optimizers.get("adam").init(params))
+      True
+      >>> optimizers.needs_gradients(admmirnn().init(params))
+      False
+    """
+    return not _nodes(opt_state, _takes_batch)
 
 
-def preconditioned_state(opt_state: Any) -> ADMMPreconditionedState | ADMMKFACState | None:
-    """The first :class:`admm_jax.ADMMPreconditionedState` or :class:`admm_jax.ADMMKFACState`
-    inside ``opt_state``, else ``None``."""
-    return _find_state(opt_state, (ADMMPreconditionedState, ADMMKFACState))
+def keeps_itself(opt_state: Any) -> bool:
+    """True when a state class in ``opt_state`` says ``keeps_itself = True``: the method leaves
+    its state unchanged when a step fails, so a loop need not restore the old one."""
+    return bool(_nodes(opt_state, _keeps_itself))
+
+
+def diagnostics(opt_state: Any) -> dict[str, jax.Array]:
+    """Every field of every ``diagnostics`` NamedTuple in ``opt_state``, by name (the outermost
+    node wins a name that two report).
+
+    Examples:
+      >>> from flax import nnx
+      >>> from admm_jax import ElmanRNN, admmirnn, optimizers
+      >>> params = nnx.state(ElmanRNN(2, 4, 1, rngs=nnx.Rngs(0)), nnx.Param)
+      >>> sorted(optimizers.diagnostics(admmirnn().init(params)))
+      ['dual_residual', 'lagrangian', 'loss', 'r1', 'r2', 'r3']
+      >>> optimizers.diagnostics(optimizers.get("adam").init(params))
+      {}
+    """
+    out: dict[str, jax.Array] = {}
+    for node in _nodes(opt_state, _has_diagnostics):
+        for k, v in node.diagnostics._asdict().items():
+            out.setdefault(k, v)
+        # a wrapper's state reports its figures and holds the inner method's state
+        inner = tuple(getattr(node, f) for f in node._fields if f != "diagnostics")
+        for k, v in diagnostics(inner).items():
+            out.setdefault(k, v)
+    return out
 
 
 def admm_state(opt_state: Any) -> ADMMiRNNState | None:
     """The first :class:`admm_jax.ADMMiRNNState` inside ``opt_state``, else ``None``."""
-    return _find_state(opt_state, ADMMiRNNState)
+    found = _nodes(opt_state, lambda x: isinstance(x, ADMMiRNNState))
+    return found[0] if found else None
 
 
-__all__ = ["Entry", "admm_state", "canonical_name", "default_learning_rate", "entry", "get",
-           "names", "needs_gradients", "preconditioned_state", "takes_batch"]
+__all__ = ["Entry", "admm_state", "canonical_name", "default_learning_rate", "diagnostics",
+           "entry", "get", "keeps_itself", "names", "needs_gradients", "takes_batch"]

@@ -71,31 +71,25 @@ class Task:
 
     def optimizer(self, name: str, *, clip_norm: float | None = None,
                   **kwargs: Any) -> optax.GradientTransformationExtraArgs:
-        """``optimizers.get(name, **kwargs)``; for the methods that take the batch
-        (``admmirnn``, ``admm_preconditioned``, ``admm_kfac``) the task's ``loss`` and
-        ``many_to_many`` (for ``admmirnn`` its ``num_samples`` and ``seq_len``, for
-        ``admm_kfac`` ``token_inputs``) are filled in. ``clip_norm`` clips
-        the gradients' global norm first (``optax.clip_by_global_norm``; gradient optimizers
-        only: the others take no gradients)."""
-        if optimizers.takes_batch(name):
-            kwargs = {"loss": self.loss, "many_to_many": self.many_to_many, **kwargs}
-            if optimizers.canonical_name(name) == "admmirnn":
-                kwargs = {"num_samples": len(self.train[0]), "seq_len": self.seq_len, **kwargs}
-            if optimizers.canonical_name(name) == "admm_kfac":  # its factors' layout
-                token = np.issubdtype(np.asarray(self.train[0][:1]).dtype, np.integer)
-                kwargs = {"token_inputs": bool(token), **kwargs}
-            return optimizers.get(name, **kwargs)
+        """``optimizers.get(name, **kwargs)`` with what the method must know of the task filled
+        in (its registry entry's ``task_kwargs``: for the methods that take the batch the
+        task's ``loss`` and ``many_to_many``, and the like). ``clip_norm`` clips the gradients'
+        global norm first (``optax.clip_by_global_norm``; gradient optimizers only: the others
+        take no gradients)."""
+        e = optimizers.entry(name)
+        if e.task_kwargs is not None:
+            kwargs = {**e.task_kwargs(self), **kwargs}
         tx = optimizers.get(name, **kwargs)
-        if clip_norm is None:
+        if clip_norm is None or optimizers.takes_batch(name):
             return tx
         return optax.with_extra_args_support(
             optax.chain(optax.clip_by_global_norm(clip_norm), tx))
 
-    def admm_state_bytes(self, hidden: int) -> int:
-        """Bytes of ADMMiRNN's per-sample multipliers for this training set (float32)."""
-        n, t = len(self.train[0]), self.seq_len
-        out_steps = t if self.many_to_many else 1
-        return 4 * n * (2 * t * hidden + out_steps * self.out_features)
+    def state_bytes(self, name: str, hidden: int) -> int:
+        """Bytes of per-sample state the optimizer ``name`` keeps for this training set (0 for
+        one that keeps none), from its registry entry's ``state_bytes``."""
+        e = optimizers.entry(name)
+        return 0 if e.state_bytes is None else int(e.state_bytes(self, hidden))
 
     def fit_kwargs(self) -> dict[str, Any]:
         """``loss=`` and ``metric=`` for :func:`admm_jax.train.fit`."""

@@ -110,19 +110,20 @@ class Run:
         self.per_epoch = len(self.x) // self.batch_size
         self._losses: list = []
         self._perm = None
-        method, tx = self.method, self.tx
+        tx = self.tx
+        batch = not admm_jax.optimizers.needs_gradients(self.state)  # the state decides
 
         def loss_fn(p, xb, yb):
             o = admm_jax.elman_apply({k: p[k][...] for k in p}, xb)
             return optax.softmax_cross_entropy_with_integer_labels(o, yb).mean()
 
         def step(p, s, xb, yb, idx):
-            if method == "adam":
+            if batch:  # the method's own forward pass reports the batch loss
+                u, s = tx.update(None, s, p, inputs=xb, targets=yb, indices=idx)
+                loss = admm_jax.optimizers.diagnostics(s)["loss"]
+            else:
                 loss, g = jax.value_and_grad(loss_fn)(p, xb, yb)
                 u, s = tx.update(g, s, p)
-            else:
-                u, s = tx.update(None, s, p, inputs=xb, targets=yb, indices=idx)
-                loss = s.loss if method == "admm_preconditioned" else s.diagnostics.loss
             return optax.apply_updates(p, u), s, loss
 
         b = self.batch_size

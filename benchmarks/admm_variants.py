@@ -24,7 +24,7 @@ import pathlib
 import sys
 
 from admm_jax import tasks
-from admm_jax.train import fit
+from admm_jax.train import Evaluation, fit
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -37,10 +37,11 @@ def run_variant(task, spec: dict, args) -> dict:
         kw["rho"] = tuple(kw["rho"])
     tx = task.optimizer(name, clip_norm=clip, **kw)
     model = task.model(args.hidden, seed=args.seed)
-    h = fit(model, tx, task.train, eval_data=task.test, **task.fit_kwargs(),
+    h = fit(model, tx, task.train, **task.fit_kwargs(),
             budget_seconds=args.budget_seconds, batch_size=args.batch_size, seed=args.seed,
-            eval_batch_size=500, progress=False, on_divergence="stop",
-            eval_every_seconds=args.budget_seconds / args.eval_points)
+            progress=False, on_divergence="stop",
+            evaluation=Evaluation(task.test,
+                                  every_seconds=args.budget_seconds / args.eval_points))
     key = task.metric_name
     col = "accuracy" if task.metric is not None else "loss"
     return {"variant": spec, "metric": key, "iterations": int(h.meta["iterations"]),

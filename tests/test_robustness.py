@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 import admm_jax
 from admm_jax import LSTM, ElmanRNN, _validation, optimizers
 from admm_jax.models.elman import input_projection
-from admm_jax.train import Checkpoint, fit, load_checkpoint
+from admm_jax.train import Checkpoint, Restored, fit, load_checkpoint
 
 N, T, D, H, C = 8, 4, 3, 4, 2
 
@@ -69,13 +69,12 @@ def test_1_iterations_count_the_whole_run_on_resume(tmp_path):
     tx = optimizers.get("adam")
     r = load_checkpoint(tmp_path, params, tx.init(params))
     nnx.update(resumed, r.params)
-    h = fit(resumed, tx, (x, y), iterations=10, batch_size=8, opt_state=r.opt_state,
-            start=r.position, history=r.history)
+    h = fit(resumed, tx, (x, y), iterations=10, batch_size=8, resume=r)
     assert h.meta["iterations"] == 10 == len(h.steps["loss"])
     assert h.steps["loss"] == h_full.steps["loss"]
     assert same(nnx.state(resumed, nnx.Param), nnx.state(full, nnx.Param))
     # already past the total: nothing more is run
-    h2 = fit(resumed, tx, (x, y), iterations=3, batch_size=8, history=h)
+    h2 = fit(resumed, tx, (x, y), iterations=3, batch_size=8, resume=Restored(history=h))
     assert h2.meta["iterations"] == 10
 
 

@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from admm_jax import DivergenceError, ElmanRNN, _validation, admmirnn, optimizers
-from admm_jax.train import fit
+from admm_jax.train import Evaluation, Restored, fit
 
 
 def data(n=32, t=5, d=3, seed=0):
@@ -53,14 +53,14 @@ ADAM = optimizers.get("adam")
     # non-finite values
     (lambda x, y: (np.where(np.arange(5)[None, :, None] == 1, np.nan, x), y), {},
      r"train_data inputs: expected finite values, got 96 NaN/inf \(first at index \(0, 1, 0\)"),
-    (lambda x, y: (x, y), {"eval_data": (np.full((4, 5, 3), np.inf, np.float32),
-                                         np.zeros(4, np.int32))},
-     r"eval_data inputs: expected finite values, got 60 NaN/inf"),
+    (lambda x, y: (x, y), {"evaluation": (np.full((4, 5, 3), np.inf, np.float32),
+                                          np.zeros(4, np.int32))},
+     r"evaluation.data inputs: expected finite values, got 60 NaN/inf"),
     # non-positive counts, unknown option strings
     (lambda x, y: (x, y), {"iterations": 0}, r"iterations: expected a positive int or None, "
                                              r"got 0"),
-    (lambda x, y: (x, y), {"eval_batch_size": -1}, r"eval_batch_size: expected a positive int, "
-                                                   r"got -1"),
+    (lambda x, y: (x, y), {"evaluation": Evaluation(data(), batch_size=-1)},
+     r"evaluation.batch_size: expected a positive int, got -1"),
     (lambda x, y: (x, y), {"budget_seconds": float("nan")},
      r"budget_seconds: expected a finite number > 0 or None, got nan"),
     (lambda x, y: (x, y), {"batch_size": 0}, r"batch_size: expected an integer in \[1, 32\], "
@@ -69,13 +69,14 @@ ADAM = optimizers.get("adam")
                                              r" or a callable, got 'hinge'"),
     (lambda x, y: (x, y), {"metric": "f1"}, r"metric: expected one of \('accuracy',\)"),
     (lambda x, y: (x, y), {"on_divergence": "skip"},
-     r"on_divergence: expected one of \('raise', 'stop', 'increase_rho'\), got 'skip'"),
+     r"on_divergence: expected one of \('raise', 'stop'\), got 'skip'"),
     # an optimizer state of another model
-    (lambda x, y: (x, y), {"opt_state": ADAM.init(nnx.state(model(h=9), nnx.Param))},
+    (lambda x, y: (x, y), {"resume": Restored(opt_state=ADAM.init(nnx.state(model(h=9),
+                                                                              nnx.Param)))},
      r"opt_state: leaf .* does not match optimizer.init\(params\) of this model: expected "
      r"float32\(8, 3\), got float32\(9, 3\)"),
-    (lambda x, y: (x, y), {"opt_state": optimizers.get("sgd").init(
-        nnx.state(model(), nnx.Param))}, r"opt_state: does not match optimizer.init"),
+    (lambda x, y: (x, y), {"resume": Restored(opt_state=optimizers.get("sgd").init(
+        nnx.state(model(), nnx.Param)))}, r"opt_state: does not match optimizer.init"),
 ])
 def test_fit_names_the_bad_argument(make, kw, pattern):
     x, y = make(*data())

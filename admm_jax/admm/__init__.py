@@ -13,6 +13,11 @@ from admm_jax.admm.problem import (
     augmented_lagrangian,
     residuals,
 )
+from admm_jax.admm.retry import (
+    IncreaseRhoDiagnostics,
+    IncreaseRhoState,
+    increase_rho_on_divergence,
+)
 
 __all__ = [
     "ADMMConfig",
@@ -22,6 +27,8 @@ __all__ = [
     "ADMMPreconditionedState",
     "Auxiliaries",
     "Duals",
+    "IncreaseRhoDiagnostics",
+    "IncreaseRhoState",
     "Penalties",
     "Residuals",
     "admm_kfac",
@@ -29,5 +36,6 @@ __all__ = [
     "admmirnn",
     "augmented_lagrangian",
     "blocks",
+    "increase_rho_on_divergence",
     "residuals",
 ]

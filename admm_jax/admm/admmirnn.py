@@ -68,6 +68,9 @@ class ADMMiRNNState(NamedTuple):
     count: jax.Array
     diagnostics: ADMMDiagnostics
 
+    takes_batch = True  # update(None, state, params, inputs=x, targets=y, indices=i)
+    keeps_itself = True  # a rejected iteration leaves the per-sample state as it was
+
 
 def admmirnn(
     num_samples: int | None = None,
@@ -159,9 +162,9 @@ def admmirnn(
     Divergence guard: an iteration that produces a non-finite weight, residual or Lagrangian is
     rejected: ``update`` returns zero updates and leaves the penalties, the batch's multipliers
     and auxiliaries and ``count`` as they were, and sets ``diagnostics.loss`` to NaN (the other
-    diagnostics show the failed iteration). :func:`admm_jax.train.fit` then raises
-    :class:`admm_jax.DivergenceError` or, with ``on_divergence="increase_rho"``, retries the
-    batch with larger penalties.
+    diagnostics show the failed iteration). :func:`admm_jax.train.fit` then stops or raises
+    :class:`admm_jax.DivergenceError`; wrapped in :func:`admm_jax.increase_rho_on_divergence`,
+    the iteration is first retried with larger penalties.
 
     Args:
       num_samples: size of the training set, for per-sample multipliers (backward and
@@ -359,7 +362,8 @@ def admmirnn(
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
     mark_guarded(tx)  # its own non-finite rule, on the batch's rows (see above)
     return V.register_model_options(tx, activation=activation, many_to_many=many_to_many,
-                                    loss=loss, name="admmirnn")
+                                    loss=loss, name="admmirnn",
+                                    num_samples=num_samples if per_sample else None)
 
 
 def _static(v):

@@ -12,6 +12,7 @@ from admm_jax import _validation as checks
 from admm_jax.admm import blocks
 from admm_jax.admm.params import split_params
 from admm_jax.admm.preconditioned import (
+    PreconditionedDiagnostics,
     ScalarOrSchedule,
     _check_options,
     _lstm_leaves,
@@ -50,6 +51,14 @@ class ADMMKFACState(NamedTuple):
     factors: dict
     inverses: dict
     inverse_prox: jax.Array
+
+    takes_batch = True  # update(None, state, params, inputs=x, targets=y): no gradients
+
+    @property
+    def diagnostics(self) -> PreconditionedDiagnostics:
+        """The step's figures (read by :func:`admm_jax.optimizers.diagnostics`)."""
+        return PreconditionedDiagnostics(self.loss, jnp.linalg.norm(self.step_norm),
+                                         self.damping)
 
 
 def kfac_adjoints(p, cell, inputs, targets, cfg: ADMMConfig, key=None):

@@ -24,6 +24,19 @@ RISE = 1.1  # adaptive damping: "the loss is rising" when its fast average > RIS
 MAX_DAMPING = 1e6
 
 
+class PreconditionedDiagnostics(NamedTuple):
+    """Per-step figures of :func:`admm_preconditioned` and :func:`admm_kfac`.
+
+    loss: the mean loss of the last batch before its step (from the forward pass the step
+    makes anyway); step_norm: ``|delta theta|`` of the last step over all weights; damping:
+    the adaptive damping factor ``d >= 1`` on ``prox``.
+    """
+
+    loss: jax.Array
+    step_norm: jax.Array
+    damping: jax.Array
+
+
 class ADMMPreconditionedState(NamedTuple):
     """State of :func:`admm_preconditioned`.
 
@@ -41,6 +54,14 @@ class ADMMPreconditionedState(NamedTuple):
     loss_fast: jax.Array
     loss_slow: jax.Array
     loss_var: jax.Array
+
+    takes_batch = True  # update(None, state, params, inputs=x, targets=y): no gradients
+
+    @property
+    def diagnostics(self) -> PreconditionedDiagnostics:
+        """The step's figures (read by :func:`admm_jax.optimizers.diagnostics`)."""
+        return PreconditionedDiagnostics(self.loss, jnp.linalg.norm(self.step_norm),
+                                         self.damping)
 
 
 def adjoints(params, inputs: jax.Array, targets: jax.Array, cfg: ADMMConfig):

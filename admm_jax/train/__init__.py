@@ -1,15 +1,16 @@
 """Training: one loop for every optimizer, its history, callbacks and losses."""
 
 from admm_jax.train import losses
-from admm_jax.train.callbacks import Callback, ProgressBar, Schedule
+from admm_jax.train.callbacks import Callback, Loop, ProgressBar, Schedule
 from admm_jax.train.checkpoint import Checkpoint, Restored, checkpoint_steps, load_checkpoint
-from admm_jax.train.fit import DivergenceError, Loop, evaluate, fit, make_train_step
+from admm_jax.train.fit import DivergenceError, Evaluation, evaluate, fit, make_train_step
 from admm_jax.train.history import History
 
 __all__ = [
     "Callback",
     "Checkpoint",
     "DivergenceError",
+    "Evaluation",
     "History",
     "Loop",
     "ProgressBar",

@@ -1,18 +1,64 @@
-"""Hooks into :func:`admm_jax.train.fit`: a progress bar, annealing (checkpoints:
-:mod:`admm_jax.train.checkpoint`)."""
+"""Hooks into :func:`admm_jax.train.fit`: the loop state they see, a progress bar, a
+model-argument schedule (checkpoints: :mod:`admm_jax.train.checkpoint`)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:  # pragma: no cover
-    from admm_jax.train.fit import Loop
+import jax
+import jax.numpy as jnp
+
+from admm_jax.train.history import History
+
+
+@dataclasses.dataclass
+class Loop:
+    """The state of a :func:`admm_jax.train.fit` run, as callbacks see it.
+
+    Attributes:
+      history: the run's :class:`admm_jax.train.History` so far.
+      iteration: steps done (a resumed run counts its earlier steps).
+      epoch: the epoch the next batch comes from.
+      position: ``(epoch, step)`` where the next batch comes from (what a checkpoint stores).
+      train_seconds: seconds spent in training steps (compilation and evaluation excluded).
+      params: the current weights (an ``nnx.State`` of the model's ``nnx.Param``).
+      opt_state: the current optimizer state.
+      model_kwargs: traced scalars passed to the model; change them with
+        :meth:`set_model_kwarg` (same shape and dtype, so no recompilation).
+      total_iterations: the steps this call will run, when known (``iterations`` or
+        ``epochs``); ``None`` for a time budget only.
+      budget_seconds: the training-seconds budget, or ``None``.
+      metric_name: the evaluation column a callback should watch (``"accuracy"``, or
+        ``"loss"`` without a metric).
+      stop: set it to True to end the run after the current step.
+    """
+
+    history: History
+    iteration: int
+    epoch: int
+    position: tuple[int, int]
+    train_seconds: float
+    params: Any
+    opt_state: Any
+    model_kwargs: dict[str, jax.Array]
+    total_iterations: int | None
+    budget_seconds: float | None
+    metric_name: str
+    stop: bool = False
+
+    def set_model_kwarg(self, name: str, value: Any) -> None:
+        """Change a traced model argument (same shape and dtype, so no recompilation)."""
+        if name not in self.model_kwargs:
+            raise KeyError(f"name: {name!r} is not one of model_kwargs {sorted(self.model_kwargs)}")
+        old = self.model_kwargs[name]
+        self.model_kwargs[name] = jnp.asarray(value, old.dtype).reshape(old.shape)
 
 
 class Callback:
-    """Base class: override any hook. ``loop`` is the :class:`admm_jax.train.Loop` of the run.
+    """Base class: override any hook. ``loop`` is the :class:`Loop` of the run.
 
     A hook may set ``loop.stop = True`` to end training, or change the *values* of
     ``loop.model_kwargs`` (traced scalars, so no recompilation; keys are fixed).

@@ -5,18 +5,15 @@ from __future__ import annotations
 import os
 import pathlib
 import warnings
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from admm_jax import _validation as V
-from admm_jax.train.callbacks import Callback
+from admm_jax import _validation as checks
+from admm_jax.train.callbacks import Callback, Loop
 from admm_jax.train.history import History
-
-if TYPE_CHECKING:  # pragma: no cover
-    from admm_jax.train.fit import Loop
 
 FORMAT = "admm_jax.checkpoint/1"
 
@@ -55,9 +52,9 @@ def _flat(tree: Any, prefix: str) -> tuple[dict[str, Any], list[str | None], int
 class Checkpoint(Callback):
     """Save the whole state of a :func:`fit` run with orbax-checkpoint, atomically.
 
-    A checkpoint holds the weights, the full optimizer state (for ADMMiRNN the per-sample
-    multipliers and auxiliaries, the penalties ``rho`` and the iteration count; typed PRNG keys
-    as their raw key data), the data iterator's position ``(epoch, step)``, the iteration and
+    A checkpoint holds the weights, the full optimizer state (whatever it holds, per-sample
+    state and counters included; typed PRNG keys as their raw key data), the data
+    iterator's position ``(epoch, step)``, the iteration and
     the :class:`History`. It is written after every epoch, every ``every_steps`` steps (if
     given) and at the end of training, as ``directory/<iteration>/``. orbax writes each one
     into a temporary folder and renames it when complete, so a crash during a write leaves the
@@ -76,8 +73,8 @@ class Checkpoint(Callback):
 
     def __init__(self, directory: str | os.PathLike, *, every_steps: int | None = None,
                  max_to_keep: int | None = 2):
-        V.positive_int("every_steps", every_steps, allow_none=True)
-        V.positive_int("max_to_keep", max_to_keep, allow_none=True)
+        checks.positive_int("every_steps", every_steps, allow_none=True)
+        checks.positive_int("max_to_keep", max_to_keep, allow_none=True)
         self.directory = pathlib.Path(directory)
         self.every_steps = every_steps
         self.max_to_keep = max_to_keep
@@ -137,13 +134,19 @@ class Checkpoint(Callback):
 
 
 class Restored(NamedTuple):
-    """What :func:`load_checkpoint` read: pass ``opt_state``, ``start=position`` and
-    ``history`` to :func:`fit` after ``nnx.update(model, params)``."""
+    """Where a run resumes: what :func:`load_checkpoint` read, passed as ``fit(...,
+    resume=restored)``.
 
-    params: Any
-    opt_state: Any
-    position: tuple[int, int]
-    history: History
+    params: the weights (``fit`` loads them into the model; ``None`` keeps the model's);
+    opt_state: the optimizer state (``None``: ``optimizer.init``); position: ``(epoch, step)``
+    of the next batch; history: the run so far (``None``: a new one; its steps count towards
+    ``iterations``, ``epochs`` and ``budget_seconds``).
+    """
+
+    params: Any = None
+    opt_state: Any = None
+    position: tuple[int, int] = (0, 0)
+    history: History | None = None
 
 
 def checkpoint_steps(directory: str | os.PathLike) -> list[int]:
@@ -164,7 +167,7 @@ def _unflat(name: str, prefix: str, arrays: dict[str, Any], template: Any):
     for i, t in enumerate(leaves):
         a = arrays.get(f"{prefix}{i:05d}")
         if a is None:  # empty arrays are not saved
-            a = jnp.zeros(np.shape(t), V._dtype(t))
+            a = jnp.zeros(np.shape(t), checks._dtype(t))
         if _is_key(t):
             a = jax.random.wrap_key_data(jnp.asarray(a), impl=jax.random.key_impl(t))
         else:
@@ -182,7 +185,7 @@ def _abstract(tree: Any, prefix: str) -> tuple[dict[str, Any], int]:
     for i, x in enumerate(leaves):
         if np.size(x):
             s = jax.eval_shape(jax.random.key_data, x) if _is_key(x) else x
-            out[f"{prefix}{i:05d}"] = jax.ShapeDtypeStruct(tuple(np.shape(s)), V._dtype(s))
+            out[f"{prefix}{i:05d}"] = jax.ShapeDtypeStruct(tuple(np.shape(s)), checks._dtype(s))
     return out, len(leaves)
 
 
@@ -224,9 +227,8 @@ def load_checkpoint(directory: str | os.PathLike, params: Any, opt_state: Any, *
       >>> r = load_checkpoint(d, params, tx.init(params))
       >>> r.position, len(r.history.steps["iteration"])
       ((1, 2), 6)
-      >>> nnx.update(model, r.params)
       >>> h = fit(model, tx, (x, y[:, None]), loss="mse", metric=None, epochs=2, batch_size=8,
-      ...         opt_state=r.opt_state, start=r.position, history=r.history)
+      ...         resume=r)
       >>> h.steps["iteration"][-1]
       8
     """
@@ -286,7 +288,7 @@ def load_checkpoint(directory: str | os.PathLike, params: Any, opt_state: Any, *
             if errors:
                 warnings.warn(f"checkpoint: could not read {errors}; using iteration {s}",
                               RuntimeWarning, stacklevel=2)
-            V.same_structure("params, opt_state", dict(state), target, what="the templates")
+            checks.same_structure("params, opt_state", dict(state), target, what="the templates")
             p = _unflat("params", "p", state, params)
             o = _unflat("opt_state", "o", state, opt_state)
             epoch, st = meta["position"]

@@ -1,4 +1,4 @@
-"""One training loop for gradient optimizers and ADMMiRNN alike."""
+"""One training loop for every optimizer: it asks the optimizer's state, never its name."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import math
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -14,15 +14,30 @@ import numpy as np
 import optax
 from flax import nnx
 
-from admm_jax import _validation as V
-from admm_jax.admm import ADMMiRNNState
+from admm_jax import _validation as checks
 from admm_jax.data import BatchIterator
-from admm_jax.optimizers import admm_state, needs_gradients, preconditioned_state
+from admm_jax.optimizers import diagnostics, keeps_itself, needs_gradients
 from admm_jax.train import losses
-from admm_jax.train.callbacks import Callback, ProgressBar
+from admm_jax.train.callbacks import Callback, Loop, ProgressBar
+from admm_jax.train.checkpoint import Restored
 from admm_jax.train.history import History
 
-DIVERGENCE_POLICIES = ("raise", "stop", "increase_rho")
+DIVERGENCE_POLICIES = ("raise", "stop")
+
+
+class Evaluation(NamedTuple):
+    """When and on what :func:`fit` evaluates.
+
+    data: ``(inputs, targets)`` evaluated with a plain forward pass (no training); every:
+    evaluate every ``every`` iterations; every_seconds: every ``every_seconds`` training
+    seconds (with neither: at the end of each epoch); batch_size: rows per evaluation chunk.
+    The run is also evaluated before the first step and after the last.
+    """
+
+    data: tuple[np.ndarray, np.ndarray]
+    every: int | None = None
+    every_seconds: float | None = None
+    batch_size: int = 500
 
 
 class DivergenceError(FloatingPointError):
@@ -48,28 +63,6 @@ class DivergenceError(FloatingPointError):
             "last good weights and no checkpoint was written after the last good step.")
 
 
-class Loop:
-    """The state of a :func:`fit` run, as callbacks see it.
-
-    Attributes: ``history``; ``iteration`` (steps done); ``epoch``; ``position`` ``(epoch,
-    step)`` where the next batch comes from; ``train_seconds`` (training steps only);
-    ``params``, ``opt_state`` (current); ``model_kwargs`` (traced scalars passed to the model,
-    change them with :meth:`set_model_kwarg`); ``stop`` (set True to end the run);
-    ``total_iterations``, ``budget_seconds``; ``metric_name``.
-    """
-
-    def __init__(self, **kw: Any):
-        self.__dict__.update(kw)
-        self.stop = False
-
-    def set_model_kwarg(self, name: str, value: Any) -> None:
-        """Change a traced model argument (same shape and dtype, so no recompilation)."""
-        if name not in self.model_kwargs:
-            raise KeyError(f"name: {name!r} is not one of model_kwargs {sorted(self.model_kwargs)}")
-        old = self.model_kwargs[name]
-        self.model_kwargs[name] = jnp.asarray(value, old.dtype).reshape(old.shape)
-
-
 def _apply_fn(graphdef, rest):
     def apply(params, inputs, kwargs, key):
         model = nnx.merge(graphdef, params, rest)
@@ -82,24 +75,26 @@ def _apply_fn(graphdef, rest):
 
 
 def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, metric_fn, *,
-                    use_gradients: bool, step_key: bool):
+                    use_gradients: bool, step_key: bool, restore_state: bool = True):
     """The (unjitted) training step ``(params, opt_state, x, y, indices, kwargs, key, it) ->
     (params, opt_state, metrics, ok)``.
-
-    ``ok`` is False when the loss, a metric, the gradient norm or ADMM residuals, or a new weight
-    is not finite; the step is then not applied (the old weights, and for gradient optimizers
-    the old optimizer state, are returned; ADMMiRNN rejects such an iteration itself).
 
     With ``use_gradients`` the loss is differentiated (``jax.value_and_grad``) and
     ``tx.update(grads, state, params)`` is called; without, only a forward pass of the current
     weights is made (for the batch loss and metric) and ``tx.update(None, state, params,
     inputs=x, targets=y, indices=indices)`` computes the step, so no backward pass is ever
-    traced.
+    traced. ``metrics`` holds the loss, the metric, ``grad_norm`` (with gradients) and every
+    field of the new state's ``diagnostics`` (:func:`admm_jax.optimizers.diagnostics`) that
+    the step did not already name.
+
+    ``ok`` is False when the loss, the metric, the gradient norm, a diagnostic or a new weight
+    is not finite; the step is then not applied: the old weights are returned, and the old
+    optimizer state unless ``restore_state`` is False (for a state that keeps itself, see
+    :func:`admm_jax.optimizers.keeps_itself`).
     """
     apply = _apply_fn(graphdef, rest)
 
     def step(params, opt_state, x, y, indices, kwargs, key, iteration):
-        old_opt_state = opt_state
         k = jax.random.fold_in(key, iteration) if step_key else None
         if use_gradients:
             def objective(p):
@@ -108,39 +103,26 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, m
 
             (loss, out), grads = jax.value_and_grad(objective, has_aux=True)(params)
             updates, new_opt_state = tx.update(grads, opt_state, params)
-            extra = {"grad_norm": optax.tree.norm(grads)}
+            metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         else:
             out = apply(params, x, kwargs, None)
-            loss = loss_fn(out, y).mean()
             updates, new_opt_state = tx.update(None, opt_state, params, inputs=x, targets=y,
                                                indices=indices)
-            d = admm_state(new_opt_state)
-            extra = {} if d is None else {
-                "r1": d.diagnostics.r1, "r2": d.diagnostics.r2, "r3": d.diagnostics.r3,
-                "dual_residual": d.diagnostics.dual_residual,
-                "lagrangian": d.diagnostics.lagrangian,
-            }
-            pc = preconditioned_state(new_opt_state)
-            if pc is not None:
-                extra["step_norm"] = jnp.linalg.norm(pc.step_norm)
-        new_params = optax.apply_updates(params, updates)
-        metrics = {"loss": loss, **extra}
+            metrics = {"loss": loss_fn(out, y).mean()}
         if metric_fn is not None:
             metrics["accuracy"] = metric_fn(out, y).mean()
-        checks = [*metrics.values(), *jax.tree_util.tree_leaves(new_params)]
-        admm = None if use_gradients else admm_state(new_opt_state)
-        if admm is not None:
-            checks.append(admm.diagnostics.loss)  # NaN: iteration rejected
-        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in checks]))
+        reported = diagnostics(new_opt_state)
+        metrics.update({n: v for n, v in reported.items() if n not in metrics})
+        new_params = optax.apply_updates(params, updates)
+        values = [*metrics.values(), *reported.values(), *jax.tree_util.tree_leaves(new_params)]
+        ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in values]))
 
         def keep(new, old):
             return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
 
-        if admm is None:  # params-sized state: keeping the old one costs one select
-            opt_state = keep(new_opt_state, old_opt_state)
-        else:  # ADMMiRNN rejects a non-finite iteration itself, on the batch's rows only
-            opt_state = new_opt_state
-        return keep(new_params, params), opt_state, metrics, ok
+        if restore_state:  # a params-sized state: keeping the old one costs one select
+            new_opt_state = keep(new_opt_state, opt_state)
+        return keep(new_params, params), new_opt_state, metrics, ok
 
     return step
 
@@ -210,7 +192,7 @@ def _check_data(name: str, data: Any, validate: bool) -> tuple[np.ndarray, np.nd
         if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_):
             raise TypeError(f"{name}: expected numeric {part}, got dtype {a.dtype}")
         if validate:
-            V.finite(f"{name} {part}", a)
+            checks.finite(f"{name} {part}", a)
     return x, y
 
 
@@ -230,7 +212,7 @@ def _check_against_model(name, x, y, apply, params, kwargs, loss_fn, loss, metri
             raise ValueError(f"{name}: cross_entropy needs integer class targets of shape {want} "
                              f"for model outputs {tuple(out.shape)[1:]}, got {y.dtype}{y.shape}")
         if validate:
-            V.labels(f"{name} targets", y, int(out.shape[-1]))
+            checks.labels(f"{name} targets", y, int(out.shape[-1]))
     elif loss == "mse" or loss_fn is losses.mse:
         if int(np.prod(y.shape[1:])) != int(np.prod(out.shape[1:])):
             raise ValueError(f"{name}: mse needs {tuple(out.shape[1:])} real targets per sample "
@@ -262,21 +244,6 @@ def _distinct_buffers(tree: Any) -> Any:
     return jax.tree_util.tree_map(once, tree)
 
 
-def _replace_rho(opt_state: Any, factor: float) -> tuple[Any, list[float]]:
-    """``opt_state`` with every ADMMiRNN penalty multiplied by ``factor``; the new penalties."""
-    new_rho: list[float] = []
-
-    def bump(x):
-        if isinstance(x, ADMMiRNNState):
-            rho = type(x.rho)(*(r * factor for r in x.rho))
-            new_rho.extend(float(r) for r in rho)
-            return x._replace(rho=rho)
-        return x
-
-    out = jax.tree_util.tree_map(bump, opt_state, is_leaf=lambda x: isinstance(x, ADMMiRNNState))
-    return out, new_rho
-
-
 def _find_multisteps(opt_state: Any) -> bool:
     leaves = jax.tree_util.tree_leaves(opt_state,
                                        is_leaf=lambda x: isinstance(x, optax.MultiStepsState))
@@ -295,15 +262,21 @@ def _check_model_state(model: nnx.Module) -> None:
             "nnx.jit loop")
 
 
-def _check_model_options(model: nnx.Module, optimizer: Any) -> None:
-    """The activation and readout an ADMM-type optimizer was built for match the model."""
-    opts = V.model_options(optimizer)
+def _check_model_options(model: nnx.Module, optimizer: Any, num_samples: int) -> None:
+    """What the optimizer says it was built for (:func:`admm_jax._validation.model_options`:
+    the activation, the readout, the training-set size of a per-sample state) matches the
+    model and the data."""
+    opts = checks.model_options(optimizer)
     if opts is None:
         return
+    tx_name = opts.get("name", "the optimizer")
+    n = opts.get("num_samples")
+    if n is not None and n != num_samples:
+        raise ValueError(f"optimizer: {tx_name} was built with num_samples={n}, but train_data "
+                         f"has {num_samples} samples")
     from admm_jax.interop.flax_rnn import flax_cell_options
     from admm_jax.models.elman import ElmanRNN
 
-    tx_name = opts.get("name", "the optimizer")
     if isinstance(model, ElmanRNN):
         got = {"activation": model.activation, "many_to_many": model.many_to_many}
     else:
@@ -335,7 +308,6 @@ def fit(
     optimizer: optax.GradientTransformation,
     train_data: tuple[np.ndarray, np.ndarray],
     *,
-    eval_data: tuple[np.ndarray, np.ndarray] | None = None,
     loss: str | losses.PerSample = "cross_entropy",
     metric: str | losses.PerSample | None = "accuracy",
     epochs: int | None = None,
@@ -343,87 +315,79 @@ def fit(
     budget_seconds: float | None = None,
     batch_size: int = 32,
     seed: int = 0,
-    eval_every: int | None = None,
-    eval_every_seconds: float | None = None,
-    eval_batch_size: int = 500,
+    evaluation: Evaluation | tuple[np.ndarray, np.ndarray] | None = None,
     callbacks: Sequence[Callback] = (),
     model_kwargs: dict[str, Any] | None = None,
     step_key: bool = False,
     progress: bool | str = False,
-    opt_state: Any = None,
-    start: tuple[int, int] = (0, 0),
-    history: History | None = None,
+    resume: Restored | None = None,
     on_divergence: str = "raise",
-    rho_increase: float = 10.0,
-    max_rho_increases: int = 3,
     validate: bool = True,
 ) -> History:
     r"""Train ``model`` in place with ``optimizer`` on ``train_data``; return the :class:`History`.
 
     Each step takes a mini-batch ``(x, y, indices)`` (:class:`admm_jax.data.BatchIterator`,
     reshuffled every epoch from ``seed``; a short last batch is dropped) and runs one jitted,
-    ahead-of-time compiled step that donates the weights and the optimizer state (ADMMiRNN's
-    per-sample multipliers are updated in place, not copied). The step is chosen once from the
-    optimizer's state (:func:`admm_jax.optimizers.needs_gradients`):
+    ahead-of-time compiled step that donates the weights and the optimizer state. The loop knows
+    no method: the step is chosen once from the optimizer's state
+    (:func:`admm_jax.optimizers.needs_gradients`):
 
     * gradient optimizers: ``loss, g = value_and_grad(mean loss)(params)``, then
       ``tx.update(g, state, params)``;
-    * ADMMiRNN (an ``ADMMiRNNState`` anywhere in the state, also inside ``optax.chain``): a
-      forward pass gives the batch loss, then ``tx.update(None, state, params, inputs=x,
-      targets=y, indices=indices)``; no gradient is computed.
+    * a method that takes the batch (its state says ``takes_batch``, also inside
+      ``optax.chain``): a forward pass gives the batch loss, then ``tx.update(None, state,
+      params, inputs=x, targets=y, indices=indices)``; no gradient is computed.
 
     Every step records the batch ``loss`` and ``accuracy`` of the weights before the update,
-    its ``seconds``, the training ``time`` so far, and ``grad_norm`` or the ADMM residuals
-    (``r1, r2, r3, dual_residual, lagrangian``). Evaluation (a plain forward pass, no
-    ``key``/``model_kwargs``) runs before training, every ``eval_every`` steps or
-    ``eval_every_seconds`` of training time (default: every epoch) and at the end. Compile and
-    evaluation time are excluded from ``time`` and from ``budget_seconds`` and stored in
-    ``history.meta``.
+    its ``seconds``, the training ``time`` so far, ``grad_norm`` (gradient optimizers) and every
+    field the method reports in its state's ``diagnostics``
+    (:func:`admm_jax.optimizers.diagnostics`). Evaluation (a plain forward pass, no
+    ``key``/``model_kwargs``) runs before training, as :class:`Evaluation` says (default: every
+    epoch) and at the end. Compile and evaluation time are excluded from ``time`` and from
+    ``budget_seconds`` and stored in ``history.meta``.
 
     Training stops at the first of ``epochs``, ``iterations``, ``budget_seconds`` (at least one
     is required) or a callback setting ``loop.stop``. All three count the whole run: a run
-    resumed with ``history=`` stops at the same total epoch, iteration or training time as
+    resumed with ``resume=`` stops at the same total epoch, iteration or training time as
     the uninterrupted run (``iterations=10`` after 4 done runs 6 more).
 
     Robustness: arguments and data are checked before anything is compiled (see Raises); every
     step also returns a finite flag, read with the step's metrics (no extra host sync), and a
     non-finite step is never applied, recorded or checkpointed (``on_divergence``). With a
-    :class:`admm_jax.train.Checkpoint` callback, ``load_checkpoint`` + ``opt_state=``,
-    ``start=``, ``history=`` resume a run; the resumed run is bitwise the uninterrupted one on
-    the same machine (the batch order depends only on ``(seed, epoch)``, per-step keys on
-    ``(seed, iteration)``).
+    :class:`admm_jax.train.Checkpoint` callback, ``resume=load_checkpoint(...)`` resumes a run;
+    the resumed run is bitwise the uninterrupted one on the same machine (the batch order
+    depends only on ``(seed, epoch)``, per-step keys on ``(seed, iteration)``).
 
     Args:
       model: an ``nnx.Module`` called as ``model(x, **model_kwargs[, key=k])``; updated in
         place. Its ``nnx.Param`` s are trained.
-      optimizer: any optax transformation (e.g. :func:`admm_jax.optimizers.get`); ADMMiRNN
-        must be built with ``num_samples=len(train_data[0])``.
-      train_data, eval_data: ``(inputs, targets)`` arrays with the same leading size.
+      optimizer: any optax transformation (e.g. :func:`admm_jax.optimizers.get`). One that
+        keeps per-sample state must be built for ``len(train_data[0])`` samples.
+      train_data: ``(inputs, targets)`` arrays with the same leading size.
       loss: ``"cross_entropy"``, ``"mse"`` or ``f(outputs, targets) -> [B]`` per-sample losses.
       metric: ``"accuracy"``, ``None`` or ``f(outputs, targets) -> [B]``.
       epochs, iterations, budget_seconds: stopping rules (any combination), totals over the
-        whole run including the steps recorded in ``history``.
+        whole run including the steps recorded in the resumed history.
       batch_size: samples per step. seed: shuffling seed (and the base of per-step keys).
-      eval_every, eval_every_seconds: evaluation period in steps or training seconds.
-      eval_batch_size: samples per evaluation forward pass.
-      callbacks: :class:`admm_jax.train.Callback` s.
+      evaluation: an :class:`Evaluation` (data and period), or just the ``(inputs, targets)``
+        to evaluate every epoch; ``None``: no evaluation.
+      callbacks: :class:`admm_jax.train.Callback` s; they see the :class:`Loop`.
       model_kwargs: extra model arguments passed as traced scalars (e.g. ``{"p_detach":
         0.25}``); callbacks may change their values between steps without recompiling.
       step_key: pass ``key=fold_in(key(seed), iteration)`` to the model in training steps
         (models that draw randomness, such as h-detach).
       progress: show a tqdm progress bar (a string is used as its label).
-      opt_state: resume from this optimizer state (default ``optimizer.init(params)``).
-      start: ``(epoch, step)`` to resume from. history: a history to append to.
-      on_divergence: what a non-finite step does (the loss, a metric, the gradient norm, an
-        ADMM residual or a new weight is NaN/inf; such a step is never applied, never recorded
+      resume: a :class:`admm_jax.train.Restored` (from :func:`admm_jax.train.load_checkpoint`,
+        or built by hand): the weights, optimizer state, ``(epoch, step)`` position and
+        history to continue from.
+      on_divergence: what a non-finite step does (the loss, a metric, the gradient norm, a
+        diagnostic or a new weight is NaN/inf; such a step is never applied, never recorded
         in the steps table and never checkpointed). ``"raise"`` (default): set the model to the
         last good weights and raise :class:`DivergenceError` (iteration, bad and last good
         metrics). ``"stop"``: the same, but return the history with ``meta["diverged_at"]``
         and ``meta["divergence_metrics"]`` (non-finite values as ``"nan"``/``"inf"``) instead
-        of raising. ``"increase_rho"`` (ADMMiRNN
-        only): multiply the penalties ``rho`` by ``rho_increase`` and retry the same batch from
-        the last good state, at most ``max_rho_increases`` times in a row, then raise; each
-        increase is logged in ``meta["rho_increases"]``.
+        of raising. A method that can retry a failed step does so inside its own update (a
+        wrapper such as :func:`admm_jax.increase_rho_on_divergence`).
       validate: check the data's values before training (finite inputs and targets, class
         labels in range): one pass over the arrays on the host, none in the jitted step.
 
@@ -435,26 +399,28 @@ def fit(
       >>> import numpy as np, optax
       >>> from flax import nnx
       >>> from admm_jax import ElmanRNN, data, optimizers
-      >>> from admm_jax.train import fit
+      >>> from admm_jax.train import Evaluation, fit
       >>> x, y = data.adding(8, 64, seed=0)
       >>> model = ElmanRNN(2, 8, 1, rngs=nnx.Rngs(0))
       >>> h = fit(model, optimizers.get("adam", learning_rate=1e-2), (x, y[:, None]),
-      ...         loss="mse", metric=None, iterations=20, batch_size=16)
-      >>> len(h.steps["loss"]), h.meta["uses_gradients"]
-      (20, True)
+      ...         loss="mse", metric=None, iterations=20, batch_size=16,
+      ...         evaluation=Evaluation((x, y[:, None]), every=10))
+      >>> len(h.steps["loss"]), h.evals["iteration"], h.meta["uses_gradients"]
+      (20, [0, 10, 20], True)
 
     Raises:
       ValueError: no stopping rule; non-positive counts or budgets; unknown loss, metric or
         policy names; data of mismatched sizes, non-finite values, labels out of range, or
-        inputs/targets that do not fit the model; ``batch_size`` out of range; ``opt_state``
-        that does not match ``optimizer.init`` of the model's parameters; an ADMMiRNN built
-        for another ``num_samples``; token ids outside the model's vocabulary; an
-        ``admmirnn``/``admm_preconditioned`` built for another activation or readout than
-        the model's (or a Flax RNN it cannot train); a model holding RNG streams;
-        ``optax.MultiSteps`` around an optimizer that takes the batch.
+        inputs/targets that do not fit the model; ``batch_size`` out of range; an ``opt_state``
+        to resume that does not match ``optimizer.init`` of the model's parameters; an
+        optimizer built for another number of samples, activation or readout than the data
+        and the model (or a Flax RNN it cannot train); token ids outside the model's
+        vocabulary; a model holding RNG streams; ``optax.MultiSteps`` around an optimizer that
+        takes the batch.
       TypeError: a model that is not an ``nnx.Module``, an optimizer without ``init``/``update``,
-        data that is not a pair of numeric arrays.
-      DivergenceError: a non-finite step with ``on_divergence="raise"`` (or retries exhausted).
+        data that is not a pair of numeric arrays, an ``evaluation`` or ``resume`` of the wrong
+        type.
+      DivergenceError: a non-finite step with ``on_divergence="raise"``.
     """
     if not isinstance(model, nnx.Module):
         raise TypeError(f"model: expected an nnx.Module, got {type(model).__name__}")
@@ -463,48 +429,41 @@ def fit(
                         f"{type(optimizer).__name__}")
     if epochs is None and iterations is None and budget_seconds is None:
         raise ValueError("epochs, iterations, budget_seconds: give at least one stopping rule")
-    for name, v in (("epochs", epochs), ("iterations", iterations), ("eval_every", eval_every)):
-        V.positive_int(name, v, allow_none=True)
-    V.positive_int("eval_batch_size", eval_batch_size)
-    V.positive_int("max_rho_increases", max_rho_increases)
-    for name, v in (("budget_seconds", budget_seconds),
-                    ("eval_every_seconds", eval_every_seconds)):
-        V.positive_number(name, v, allow_none=True)
-    V.one_of("on_divergence", on_divergence, DIVERGENCE_POLICIES)
-    V.positive_number("rho_increase", rho_increase)
-    if not rho_increase > 1:
-        raise ValueError(f"rho_increase: expected a number > 1, got {rho_increase!r}")
+    for name, v in (("epochs", epochs), ("iterations", iterations)):
+        checks.positive_int(name, v, allow_none=True)
+    checks.positive_number("budget_seconds", budget_seconds, allow_none=True)
+    checks.one_of("on_divergence", on_divergence, DIVERGENCE_POLICIES)
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
         raise TypeError(f"seed: expected an int, got {seed!r}")
-    if not (isinstance(start, tuple | list) and len(start) == 2
-            and all(isinstance(v, int | np.integer) for v in start)):
-        raise TypeError(f"start: expected a pair of ints (epoch, step), got {start!r}")
-    if history is not None and not isinstance(history, History):
-        raise TypeError(f"history: expected a History, got {type(history).__name__}")
+    ev = _check_evaluation(evaluation, validate)
+    resume = _check_resume(resume)
     x_train, y_train = _check_data("train_data", train_data, validate)
-    eval_xy = None if eval_data is None else _check_data("eval_data", eval_data, validate)
     loss_fn = losses.resolve("loss", loss, losses.LOSSES)
     metric_fn = losses.resolve("metric", metric, losses.METRICS)
     metric_name = "accuracy" if metric_fn is not None else "loss"
 
     it = BatchIterator(x_train, y_train, batch_size=batch_size, seed=seed, epochs=epochs,
-                       start=start)
+                       start=resume.position)
+    if resume.params is not None:
+        nnx.update(model, resume.params)
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     if not jax.tree_util.tree_leaves(params):
         raise ValueError("model: has no nnx.Param to train")
     apply = _apply_fn(graphdef, rest)
     _check_model_state(model)
-    _check_model_options(model, optimizer)
+    _check_model_options(model, optimizer, len(x_train))
     vocab = _model_vocab(model)
-    for name, xy in (("train_data", (x_train, y_train)), ("eval_data", eval_xy)):
+    for name, xy in (("train_data", (x_train, y_train)),
+                     ("evaluation.data", None if ev is None else ev.data)):
         if xy is not None:
             if validate and vocab is not None:
-                V.token_ids(f"{name} inputs", xy[0], vocab)
+                checks.token_ids(f"{name} inputs", xy[0], vocab)
             _check_against_model(name, *xy, apply, params, {}, loss_fn, loss, metric_fn,
                                  validate)
+    opt_state = resume.opt_state
     if opt_state is not None:
-        V.same_structure("opt_state", opt_state, jax.eval_shape(optimizer.init, params),
-                         what="optimizer.init(params) of this model")
+        checks.same_structure("resume.opt_state", opt_state, jax.eval_shape(optimizer.init, params),
+                              what="optimizer.init(params) of this model")
     params = jax.tree_util.tree_map(jnp.copy, params)  # donated below; keep the model's own
     if opt_state is None:
         opt_state = optimizer.init(params)
@@ -512,31 +471,24 @@ def fit(
     use_gradients = needs_gradients(opt_state)
     if not use_gradients and _find_multisteps(opt_state):
         raise ValueError("optimizer: optax.MultiSteps accumulates gradients, but this optimizer "
-                         "takes the batch instead of gradients (admmirnn, admm_preconditioned); "
-                         "use a larger batch_size instead of MultiSteps")
-    a_state = admm_state(opt_state)
-    if a_state is not None and a_state.duals.lam1.shape[0] not in (0, len(x_train)):
-        raise ValueError(f"optimizer: admmirnn was built with num_samples="
-                         f"{a_state.duals.lam1.shape[0]}, but train_data has {len(x_train)} "
-                         "samples")
-    if on_divergence == "increase_rho" and a_state is None:
-        raise ValueError("on_divergence: 'increase_rho' changes ADMMiRNN's penalties; the "
-                         "optimizer holds no ADMMiRNNState (use 'raise' or 'stop')")
+                         "takes the batch instead of gradients; use a larger batch_size "
+                         "instead of MultiSteps")
     kwargs = {k: jnp.asarray(v, jnp.result_type(float) if isinstance(v, float) else None)
               for k, v in (model_kwargs or {}).items()}
     base_key = jax.random.key(seed)
 
     step = make_train_step(graphdef, rest, optimizer, loss_fn, metric_fn,
-                           use_gradients=use_gradients, step_key=step_key)
+                           use_gradients=use_gradients, step_key=step_key,
+                           restore_state=not keeps_itself(opt_state))
     b0 = it.epoch_indices(it.position[0])[0][0]
     example = (params, opt_state, jnp.asarray(x_train[b0]), jnp.asarray(y_train[b0]),
                jnp.asarray(b0), kwargs, base_key, jnp.asarray(0, jnp.int32))
     t0 = time.perf_counter()
     compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*example).compile()
     compile_seconds = time.perf_counter() - t0
-    eval_chunk = None if eval_xy is None else make_eval_fn(graphdef, rest, loss_fn, metric_fn)
+    eval_chunk = None if ev is None else make_eval_fn(graphdef, rest, loss_fn, metric_fn)
 
-    history = History() if history is None else history
+    history = History() if resume.history is None else resume.history
     done = len(history.steps.get("iteration", []))
     # iterations, like epochs and budget_seconds, counts the whole run, resumed parts included
     total = None if iterations is None else max(iterations - done, 0)
@@ -550,7 +502,7 @@ def fit(
         compile_seconds=history.meta.get("compile_seconds", 0.0) + compile_seconds,
         uses_gradients=use_gradients, batch_size=int(batch_size), seed=int(seed),
         num_samples=len(x_train), steps_per_epoch=it.steps_per_epoch,
-        eval_samples=0 if eval_xy is None else len(eval_xy[0]),
+        eval_samples=0 if ev is None else len(ev.data[0]),
     )
     eval_seconds = [history.meta.get("eval_seconds", 0.0)]
     cbs = list(callbacks)
@@ -561,7 +513,7 @@ def fit(
         if eval_chunk is None:
             return
         t = time.perf_counter()
-        r = _evaluate(eval_chunk, loop.params, eval_xy, eval_batch_size)
+        r = _evaluate(eval_chunk, loop.params, ev.data, ev.batch_size)
         eval_seconds[0] += time.perf_counter() - t
         row = {"iteration": loop.iteration, "epoch": loop.epoch, "time": loop.train_seconds, **r}
         history.append("evals", **row)
@@ -573,6 +525,12 @@ def fit(
             return None
         return {k: col[-1] for k, col in history.steps.items()}
 
+    def finish():
+        history.meta["eval_seconds"] = eval_seconds[0]
+        history.meta["iterations"] = loop.iteration
+        history.meta["train_seconds"] = loop.train_seconds
+        nnx.update(model, loop.params)
+
     for cb in cbs:
         cb.on_train_begin(loop)
     if not history.evals:
@@ -580,10 +538,10 @@ def fit(
     # a resumed run continues the evaluation period and the epoch means where they were
     last_eval_it = history.last("evals", "iteration", loop.iteration)
     last_eval_t = history.last("evals", "time", loop.train_seconds)
+    every_epoch = ev is not None and ev.every is None and ev.every_seconds is None
     epoch_rows: list[dict[str, float]] = [
         {k: history.steps[k][i] for k in history.steps}
         for i, e in enumerate(history.steps.get("epoch", [])) if e == it.position[0]]
-    rho_increases = 0
     batches = iter(it)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
@@ -596,42 +554,23 @@ def fit(
             batch = next(batches, None)
             if batch is None:
                 break
-            while True:
-                loop.params, loop.opt_state, m, ok = compiled(
-                    loop.params, loop.opt_state, jnp.asarray(batch.data[0]),
-                    jnp.asarray(batch.data[1]), jnp.asarray(batch.indices), loop.model_kwargs,
-                    base_key, jnp.asarray(loop.iteration, jnp.int32))
-                m, ok = jax.device_get((m, ok))
-                m = {k: float(v) for k, v in m.items()}
-                if ok:
-                    rho_increases = 0
-                    break
-                # the step was not applied: loop.params / opt_state are the last good ones
-                if on_divergence == "increase_rho" and rho_increases < max_rho_increases:
-                    rho_increases += 1
-                    loop.opt_state, rho = _replace_rho(loop.opt_state, rho_increase)
-                    history.meta.setdefault("rho_increases", []).append(
-                        {"iteration": loop.iteration + 1, "rho": rho})
-                    continue
+            loop.params, loop.opt_state, m, ok = compiled(
+                loop.params, loop.opt_state, jnp.asarray(batch.data[0]),
+                jnp.asarray(batch.data[1]), jnp.asarray(batch.indices), loop.model_kwargs,
+                base_key, jnp.asarray(loop.iteration, jnp.int32))
+            m, ok = jax.device_get((m, ok))
+            m = {k: float(v) for k, v in m.items()}
+            if not ok:  # not applied: loop.params / opt_state are the last good ones
                 history.meta["diverged_at"] = loop.iteration + 1
                 history.meta["divergence_metrics"] = {  # JSON-safe: "nan", "inf"
                     k: v if math.isfinite(v) else str(v) for k, v in m.items()}
-                history.meta["iterations"] = loop.iteration
-                history.meta["train_seconds"] = loop.train_seconds
-                history.meta["eval_seconds"] = eval_seconds[0]
-                nnx.update(model, loop.params)
-                err = DivergenceError(
-                    loop.iteration + 1, m, last_good_row(), history,
-                    "" if not rho_increases else
-                    f" after {rho_increases} increases of rho (now {rho})")
+                finish()
+                err = DivergenceError(loop.iteration + 1, m, last_good_row(), history)
                 for cb in cbs:
                     cb.on_divergence(loop, err)
                 if on_divergence == "stop":
-                    loop.stop = True
                     break
                 raise err
-            if loop.stop:
-                break
             seconds = time.perf_counter() - t
             loop.iteration += 1
             loop.train_seconds += seconds
@@ -643,19 +582,19 @@ def fit(
             if it.position[0] != batch.epoch:  # epoch finished
                 erow = {"epoch": batch.epoch, "iteration": loop.iteration,
                         "time": loop.train_seconds,
-                        **{k: float(np.mean([r[k] for r in epoch_rows]))
-                           for k in m}}
+                        **{k: float(np.mean([r[k] for r in epoch_rows])) for k in m}}
                 epoch_rows = []
                 history.append("epochs", **erow)
                 loop.epoch = it.position[0]
-                if eval_every is None and eval_every_seconds is None:
+                if every_epoch:
                     run_eval()
                     last_eval_it, last_eval_t = loop.iteration, loop.train_seconds
                 for cb in cbs:
                     cb.on_epoch_end(loop, erow)
-            due = ((eval_every is not None and loop.iteration - last_eval_it >= eval_every)
-                   or (eval_every_seconds is not None
-                       and loop.train_seconds - last_eval_t >= eval_every_seconds))
+            due = ev is not None and (
+                (ev.every is not None and loop.iteration - last_eval_it >= ev.every)
+                or (ev.every_seconds is not None
+                    and loop.train_seconds - last_eval_t >= ev.every_seconds))
             if due:
                 run_eval()
                 last_eval_it, last_eval_t = loop.iteration, loop.train_seconds
@@ -664,10 +603,39 @@ def fit(
                 cb.on_step_end(loop, row)
         if history.last("evals", "iteration", None) != loop.iteration:
             run_eval()
-    history.meta["eval_seconds"] = eval_seconds[0]
-    history.meta["iterations"] = loop.iteration
-    history.meta["train_seconds"] = loop.train_seconds
-    nnx.update(model, loop.params)
+    finish()
     for cb in cbs:
         cb.on_train_end(loop)
     return history
+
+
+def _check_evaluation(evaluation: Any, validate: bool) -> Evaluation | None:
+    """``evaluation`` as an :class:`Evaluation` with checked data and periods."""
+    if evaluation is None:
+        return None
+    if not isinstance(evaluation, Evaluation):
+        if isinstance(evaluation, tuple | list) and len(evaluation) == 2:
+            evaluation = Evaluation(tuple(evaluation))
+        else:
+            raise TypeError(f"evaluation: expected an Evaluation or a pair (inputs, targets), "
+                            f"got {type(evaluation).__name__}")
+    checks.positive_int("evaluation.every", evaluation.every, allow_none=True)
+    checks.positive_number("evaluation.every_seconds", evaluation.every_seconds, allow_none=True)
+    checks.positive_int("evaluation.batch_size", evaluation.batch_size)
+    return evaluation._replace(data=_check_data("evaluation.data", evaluation.data, validate))
+
+
+def _check_resume(resume: Any) -> Restored:
+    if resume is None:
+        return Restored()
+    if not isinstance(resume, Restored):
+        raise TypeError(f"resume: expected a Restored (load_checkpoint's result), got "
+                        f"{type(resume).__name__}")
+    start = resume.position
+    if not (isinstance(start, tuple | list) and len(start) == 2
+            and all(isinstance(v, int | np.integer) for v in start)):
+        raise TypeError(f"resume.position: expected a pair of ints (epoch, step), got {start!r}")
+    if resume.history is not None and not isinstance(resume.history, History):
+        raise TypeError(f"resume.history: expected a History, got "
+                        f"{type(resume.history).__name__}")
+    return resume._replace(position=tuple(int(v) for v in start))

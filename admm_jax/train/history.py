@@ -29,8 +29,8 @@ class History:
 
     steps: one row per training step (``iteration``, ``epoch``, ``seconds`` of that step,
       ``time`` = training seconds so far, ``loss`` and ``accuracy`` of the batch before the
-      update, and ``grad_norm`` or the ADMM residuals ``r1, r2, r3, dual_residual,
-      lagrangian``).
+      update, ``grad_norm`` for gradient optimizers, and whatever the method reports in its
+      state's ``diagnostics``).
     epochs: one row per finished epoch (means over its steps).
     evals: one row per evaluation (``iteration``, ``epoch``, ``time``, ``loss``, ``accuracy``
       on the evaluation data, by a plain forward pass).

@@ -134,7 +134,7 @@ def test_same_seed_same_run_in_process():
     for _ in range(2):
         m = ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0))
         h = fit(m, optax.with_extra_args_support(optax.adam(1e-2)), (x, y), epochs=2,
-                batch_size=16, eval_data=(x, y))
+                batch_size=16, evaluation=(x, y))
         runs.append((nnx.state(m, nnx.Param), h))
     assert_trees_identical(runs[0][0], runs[1][0])
     for table in ("steps", "evals"):

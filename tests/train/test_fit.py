@@ -13,7 +13,9 @@ from admm_jax import ElmanRNN, optimizers
 from admm_jax.train import (
     Callback,
     Checkpoint,
+    Evaluation,
     History,
+    Restored,
     Schedule,
     evaluate,
     fit,
@@ -76,7 +78,7 @@ def test_admm_path_never_differentiates(monkeypatch):
 def test_budget_seconds_excludes_compilation_and_stops():
     x, y = tiny_data(256)
     model = ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0))
-    h = fit(model, optimizers.get("adam"), (x, y), eval_data=(x, y), budget_seconds=0.5,
+    h = fit(model, optimizers.get("adam"), (x, y), evaluation=(x, y), budget_seconds=0.5,
             batch_size=16)
     t = h.steps["time"]
     assert t[-1] >= 0.5 and t[-2] < 0.5
@@ -88,7 +90,7 @@ def test_budget_seconds_excludes_compilation_and_stops():
 def test_epochs_and_evaluation_schedule():
     x, y = tiny_data(64)
     model = ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0))
-    h = fit(model, optimizers.get("adam"), (x, y), eval_data=(x[:10], y[:10]), epochs=3,
+    h = fit(model, optimizers.get("adam"), (x, y), evaluation=(x[:10], y[:10]), epochs=3,
             batch_size=16)
     assert h.meta["iterations"] == 12 and h.epochs["epoch"] == [0, 1, 2]
     assert h.evals["iteration"] == [0, 4, 8, 12]
@@ -96,7 +98,7 @@ def test_epochs_and_evaluation_schedule():
     assert h.evals["loss"][-1] == pytest.approx(evaluate(model, (x[:10], y[:10]))["loss"],
                                                 rel=1e-5)
     h2 = fit(ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0)), optimizers.get("adam"), (x, y),
-             eval_data=(x, y), iterations=10, eval_every=3, batch_size=16)
+             evaluation=Evaluation((x, y), every=3), iterations=10, batch_size=16)
     assert h2.evals["iteration"] == [0, 3, 6, 9, 10]
 
 
@@ -166,8 +168,8 @@ def test_checkpoint_resume_equals_an_uninterrupted_run(tmp_path, name):
     params, opt_state, start, history = load_checkpoint(tmp_path, params, tx.init(params))
     nnx.update(resumed, params)
     assert start == (1, 0)
-    h = fit(resumed, tx, (x, y), epochs=2, batch_size=16, opt_state=opt_state, start=start,
-            history=history)
+    h = fit(resumed, tx, (x, y), epochs=2, batch_size=16,
+            resume=Restored(None, opt_state, start, history))
     assert h.meta["iterations"] == 8 and h.steps["iteration"] == list(range(1, 9))
     for k in ("U", "W", "b", "V", "c"):
         np.testing.assert_allclose(getattr(resumed, k)[...], getattr(straight, k)[...],

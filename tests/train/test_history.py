@@ -49,7 +49,7 @@ def test_fit_history_saves_and_loads(tmp_path):
     x = rng.normal(size=(32, 4, 2)).astype(np.float32)
     y = (x[:, :, 0].sum(1) > 0).astype(np.int32)
     h = fit(ElmanRNN(2, 4, 2, rngs=nnx.Rngs(0)), optimizers.get("adam"), (x, y),
-            eval_data=(x, y), epochs=2, batch_size=8)
+            evaluation=(x, y), epochs=2, batch_size=8)
     p = h.save(tmp_path / "sub" / "h.json")
     assert json.loads(p.read_text())["meta"]["iterations"] == 8  # strict JSON
     back = History.load(p)
