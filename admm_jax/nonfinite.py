@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from admm_jax import _validation as V
+from admm_jax import _validation as checks
 
 _GUARDED: weakref.WeakSet = weakref.WeakSet()  # update functions that already apply the rule
 
@@ -92,8 +92,8 @@ def reject_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTrans
 
     _GUARDED.add(update_fn)
     tx = optax.GradientTransformationExtraArgs(inner.init, update_fn)
-    options = V.model_options(inner)
-    return tx if options is None else V.register_model_options(tx, **options)
+    options = checks.model_options(inner)
+    return tx if options is None else checks.register_model_options(tx, **options)
 
 
 def mark_guarded(tx: optax.GradientTransformation) -> optax.GradientTransformation:

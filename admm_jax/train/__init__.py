@@ -1,7 +1,7 @@
 """Training: one loop for every optimizer, its history, callbacks and losses."""
 
 from admm_jax.train import losses
-from admm_jax.train.callbacks import Callback, Loop, ProgressBar, Schedule
+from admm_jax.train.callbacks import Callback, Loop, ModelKwargSchedule, ProgressBar
 from admm_jax.train.checkpoint import Checkpoint, Restored, checkpoint_steps, load_checkpoint
 from admm_jax.train.fit import DivergenceError, Evaluation, evaluate, fit, make_train_step
 from admm_jax.train.history import History
@@ -15,7 +15,7 @@ __all__ = [
     "Loop",
     "ProgressBar",
     "Restored",
-    "Schedule",
+    "ModelKwargSchedule",
     "checkpoint_steps",
     "evaluate",
     "fit",

@@ -125,12 +125,23 @@ class ProgressBar(Callback):
         self.on_train_end(loop)
 
 
-class Schedule(Callback):
+class ModelKwargSchedule(Callback):
     """Set ``loop.model_kwargs[name] = fn(epoch)`` at the start of each epoch.
 
-    E.g. annealing h-detach: ``Schedule("p_detach", lambda e: max(0.0, 0.5 - 0.1 * e))`` with
-    ``fit(..., model_kwargs={"p_detach": 0.5})``. The value is a traced scalar of the jitted
-    step, so changing it never recompiles.
+    A schedule of a *model* argument (optax schedules cover the optimizer's hyperparameters).
+    The value is a traced scalar of the jitted step, so changing it never recompiles.
+
+    Args:
+      name: a key of ``fit``'s ``model_kwargs`` (it must be given an initial value there).
+      fn: ``epoch -> value``.
+
+    Examples:
+      >>> from admm_jax.train import ModelKwargSchedule
+      >>> anneal = ModelKwargSchedule("p_detach", lambda e: max(0.0, 0.5 - 0.1 * e))
+      >>> # fit(model, tx, data, epochs=5, model_kwargs={"p_detach": 0.5}, step_key=True,
+      >>> #     callbacks=[anneal])
+      >>> anneal.fn(2)
+      0.3
     """
 
     def __init__(self, name: str, fn: Callable[[int], float]):

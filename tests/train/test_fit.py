@@ -15,8 +15,8 @@ from admm_jax.train import (
     Checkpoint,
     Evaluation,
     History,
+    ModelKwargSchedule,
     Restored,
-    Schedule,
     evaluate,
     fit,
     load_checkpoint,
@@ -137,7 +137,7 @@ def test_model_kwargs_change_between_epochs_without_recompiling():
 
     h = fit(model, optimizers.get("adam"), (x, y), epochs=2, batch_size=16,
             model_kwargs={"scale": 1.0}, step_key=True,
-            callbacks=[Schedule("scale", lambda e: 1.0 if e == 0 else 0.0), Count()])
+            callbacks=[ModelKwargSchedule("scale", lambda e: 1.0 if e == 0 else 0.0), Count()])
     loss = np.array(h.steps["loss"])
     epoch = np.array(h.steps["epoch"])
     assert np.all(np.abs(loss[epoch == 1] - math.log(2)) < 1e-6)  # zero logits
@@ -150,7 +150,7 @@ def test_schedule_needs_an_initial_value():
     x, y = tiny_data(32)
     with pytest.raises(ValueError, match="p_detach"):
         fit(ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0)), optimizers.get("adam"), (x, y), iterations=1,
-            callbacks=[Schedule("p_detach", lambda e: 0.1)])
+            callbacks=[ModelKwargSchedule("p_detach", lambda e: 0.1)])
 
 
 @pytest.mark.parametrize("name", ["adam", pytest.param("admmirnn", marks=pytest.mark.slow)])
