@@ -120,7 +120,8 @@ class Run:
         def step(p, s, xb, yb, idx):
             if batch:  # the method's own forward pass reports the batch loss
                 u, s = tx.update(None, s, p, inputs=xb, targets=yb, indices=idx)
-                loss = admm_jax.optimizers.diagnostics(s)["loss"]
+                d = admm_jax.optimizers.diagnostics(s)
+                loss = d["batch_loss"] if "batch_loss" in d else d["loss"]
             else:
                 loss, g = jax.value_and_grad(loss_fn)(p, xb, yb)
                 u, s = tx.update(g, s, p)

@@ -20,6 +20,7 @@ from admm_jax.admm.preconditioned import (
     as_blocks,
     damping_update,
     from_blocks,
+    mean_batch_loss,
 )
 from admm_jax.admm.problem import ADMMConfig, data_loss, readout_states, shift_right
 from admm_jax.models.elman import elman_trace
@@ -284,7 +285,7 @@ def admm_kfac(
         loss_sum, h, g_a, g_o, f_a, o = kfac_adjoints(p, unpack.cell, inputs, targets, cfg, key)
         n, t = inputs.shape[:2]
         z, classes = g_a.shape[-1], g_o.shape[-1]
-        loss_now = loss_sum / n / g_o.shape[1]
+        loss_now = mean_batch_loss(loss_sum, g_o, cfg)
         fast, slow, var, damping = damping_update(state, loss_now, adaptive_damping)
 
         # this batch's factors and gradients (mean loss), blocks' row layout

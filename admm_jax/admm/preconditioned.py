@@ -27,12 +27,14 @@ MAX_DAMPING = 1e6
 class PreconditionedDiagnostics(NamedTuple):
     """Per-step figures of :func:`admm_preconditioned` and :func:`admm_kfac`.
 
-    loss: the mean loss of the last batch before its step (from the forward pass the step
-    makes anyway); step_norm: ``|delta theta|`` of the last step over all weights; damping:
-    the adaptive damping factor ``d >= 1`` on ``prox``.
+    batch_loss: the mean loss of the last batch before its step, from the forward pass the step
+    makes anyway, as :mod:`admm_jax.train.losses` defines it (mean over samples and steps; for
+    ``mse`` also over outputs, without a 1/2), so a training loop can record it instead of
+    running a forward pass of its own; step_norm: ``|delta theta|`` of the last step over all
+    weights; damping: the adaptive damping factor ``d >= 1`` on ``prox``.
     """
 
-    loss: jax.Array
+    batch_loss: jax.Array
     step_norm: jax.Array
     damping: jax.Array
 
@@ -41,10 +43,11 @@ class ADMMPreconditionedState(NamedTuple):
     """State of :func:`admm_preconditioned`.
 
     count: steps done. loss: mean loss of the last batch *before* its step (from the forward
-    pass the step makes anyway). step_norm: ``|delta theta|`` of the last step for each weight
-    group, ``[(U, W, b), (V, c)]``. damping: the factor ``d >= 1`` on ``prox`` (adaptive
-    damping). loss_fast, loss_slow, loss_var: the running averages of the batch loss it
-    compares, and the slow one's running variance.
+    pass the step makes anyway), as :mod:`admm_jax.train.losses` defines it. step_norm:
+    ``|delta theta|`` of the last step for each weight group, ``[(U, W, b), (V, c)]``.
+    damping: the factor ``d >= 1`` on ``prox`` (adaptive damping). loss_fast, loss_slow,
+    loss_var: the running averages of the batch loss it compares, and the slow one's running
+    variance.
     """
 
     count: jax.Array
@@ -272,7 +275,7 @@ def admm_preconditioned(
             loss_sum, h, g_a, g_o = lstm_adjoints(unpack.cell, (p["V"], p["c"]), inputs,
                                                   targets, cfg)
         compute = p["W"].dtype
-        loss_now = loss_sum / g_o.shape[0] / g_o.shape[1]
+        loss_now = mean_batch_loss(loss_sum, g_o, cfg)
         fast, slow, var, damping = damping_update(state, loss_now, adaptive_damping)
         mu = prox * damping
         eta = jnp.asarray(_value(learning_rate, state.count), compute)
@@ -359,6 +362,16 @@ def from_blocks(delta, unpack: Unpacked):
         out[("cell", kh, "bias")] = delta["b"][rows]
     leaves = [out[n].astype(unpack.dtypes[n]) for n in unpack.names]
     return jax.tree_util.tree_unflatten(unpack.treedef, leaves)
+
+
+def mean_batch_loss(loss_sum: jax.Array, g_o: jax.Array, cfg: ADMMConfig) -> jax.Array:
+    """The summed loss ``sum_n sum_t loss(o_nt, y_nt)`` of a batch (``g_o [N, |S|, C]``) as the
+    mean :mod:`admm_jax.train.losses` reports: over samples and steps, and for ``mse``
+    (``1/2 |o - y|^2`` here) over the ``C`` outputs without the 1/2."""
+    n, steps, classes = g_o.shape
+    if cfg.loss == "mse":
+        return 2.0 * loss_sum / (n * steps * classes)
+    return loss_sum / (n * steps)
 
 
 def damping_update(state, loss_now, adaptive: bool):

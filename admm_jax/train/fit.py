@@ -75,7 +75,8 @@ def _apply_fn(graphdef, rest):
 
 
 def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, metric_fn, *,
-                    use_gradients: bool, step_key: bool, restore_state: bool = True):
+                    use_gradients: bool, step_key: bool, restore_state: bool = True,
+                    method_loss: bool = False):
     """The (unjitted) training step ``(params, opt_state, x, y, indices, kwargs, key, it) ->
     (params, opt_state, metrics, ok)``.
 
@@ -83,9 +84,11 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, m
     ``tx.update(grads, state, params)`` is called; without, only a forward pass of the current
     weights is made (for the batch loss and metric) and ``tx.update(None, state, params,
     inputs=x, targets=y, indices=indices)`` computes the step, so no backward pass is ever
-    traced. ``metrics`` holds the loss, the metric, ``grad_norm`` (with gradients) and every
-    field of the new state's ``diagnostics`` (:func:`admm_jax.optimizers.diagnostics`) that
-    the step did not already name.
+    traced. With ``method_loss`` (a method that reports ``batch_loss``, the batch's loss before
+    its step under ``loss_fn``, in its diagnostics) not even that: the step records the
+    method's ``batch_loss`` as ``loss`` and no training metric. ``metrics`` holds the loss, the
+    metric, ``grad_norm`` (with gradients) and every field of the new state's ``diagnostics``
+    (:func:`admm_jax.optimizers.diagnostics`) that the step did not already name.
 
     ``ok`` is False when the loss, the metric, the gradient norm, a diagnostic or a new weight
     is not finite; the step is then not applied: the old weights are returned, and the old
@@ -105,13 +108,16 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, m
             updates, new_opt_state = tx.update(grads, opt_state, params)
             metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         else:
-            out = apply(params, x, kwargs, None)
+            out = None if method_loss else apply(params, x, kwargs, None)
             updates, new_opt_state = tx.update(None, opt_state, params, inputs=x, targets=y,
                                                indices=indices)
-            metrics = {"loss": loss_fn(out, y).mean()}
-        if metric_fn is not None:
+            metrics = {"loss": (diagnostics(new_opt_state).pop("batch_loss") if method_loss
+                                else loss_fn(out, y).mean())}
+        if metric_fn is not None and out is not None:
             metrics["accuracy"] = metric_fn(out, y).mean()
         reported = diagnostics(new_opt_state)
+        if method_loss:
+            reported.pop("batch_loss")
         metrics.update({n: v for n, v in reported.items() if n not in metrics})
         new_params = optax.apply_updates(params, updates)
         values = [*metrics.values(), *reported.values(), *jax.tree_util.tree_leaves(new_params)]
@@ -477,9 +483,13 @@ def fit(
               for k, v in (model_kwargs or {}).items()}
     base_key = jax.random.key(seed)
 
+    # a method that reports the batch's loss under fit's own loss saves the forward pass
+    method_loss = (not use_gradients and "batch_loss" in diagnostics(opt_state)
+                   and isinstance(loss, str) and checks.model_options(optimizer) is not None
+                   and checks.model_options(optimizer).get("loss") == loss)
     step = make_train_step(graphdef, rest, optimizer, loss_fn, metric_fn,
                            use_gradients=use_gradients, step_key=step_key,
-                           restore_state=not keeps_itself(opt_state))
+                           restore_state=not keeps_itself(opt_state), method_loss=method_loss)
     b0 = it.epoch_indices(it.position[0])[0][0]
     example = (params, opt_state, jnp.asarray(x_train[b0]), jnp.asarray(y_train[b0]),
                jnp.asarray(b0), kwargs, base_key, jnp.asarray(0, jnp.int32))

@@ -217,3 +217,22 @@ def test_h_detach_reaches_the_model():
         first_grad[p] = h.steps["grad_norm"][0]
     # same weights and batch; p = 1 blocks every h_{t-1} -> W path, so the gradient differs
     assert first_grad[0.0] != pytest.approx(first_grad[1.0], rel=1e-4)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "mse"])
+def test_a_method_reporting_its_batch_loss_saves_the_forward_pass(loss):
+    x, y = tiny_data(32)
+    if loss == "mse":
+        y = np.eye(2, dtype=np.float32)[y]
+    model = ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0))
+    before = evaluate(model, (x, y), loss=loss, metric=None)["loss"]
+    h = fit(model, optimizers.get("admm_kfac", loss=loss), (x, y), loss=loss, iterations=1,
+            batch_size=32)
+    # the method's own forward pass, reported under fit's loss: the loss before the step
+    assert h.steps["loss"][0] == pytest.approx(before, rel=1e-5)
+    assert "accuracy" not in h.steps and "batch_loss" not in h.steps
+    # a loss other than the one the method was built with: fit runs its own forward pass
+    h = fit(ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0)), optimizers.get("admm_kfac", loss=loss),
+            (x, y), loss=losses.LOSSES[loss], metric=None, iterations=1, batch_size=32)
+    assert h.steps["loss"][0] == pytest.approx(before, rel=1e-5)
+    assert "batch_loss" in h.steps
