@@ -35,6 +35,7 @@ def summarize(name: str, history: History, task: Task, target: float) -> dict[st
     return {
         "optimizer": name,
         "learning_rate": history.meta.get("learning_rate"),
+        "decay_steps": history.meta.get("decay_steps"),
         "iterations": history.meta.get("iterations", 0),
         "train_seconds": history.meta.get("train_seconds", 0.0),
         "compile_seconds": history.meta.get("compile_seconds", 0.0),
@@ -73,7 +74,10 @@ def compare(
     ``eval_points`` times, evenly over the budget. ``clip_norm`` clips every gradient
     optimizer's gradients to that global norm. With ``p_detach``, every gradient optimizer
     also runs with h-detach (``model(x, p_detach=p, key=k)`` in training steps; label
-    ``NAME+hdetachP``), so the table holds both, with and without.
+    ``NAME+hdetachP``), so the table holds both, with and without. With an ``iterations``
+    budget, an optimizer whose factory takes ``decay_steps`` (a default that knows the run's
+    length, e.g. :func:`admm_jax.admm_kfac`'s cosine decay) gets ``decay_steps=iterations``;
+    the others run as they are (optax's ``adam`` has a constant rate).
 
     Returns:
       ``(rows, histories)``: one :func:`summarize` row and one :class:`History` per optimizer.
@@ -94,6 +98,8 @@ def compare(
         label = name if p is None else f"{name}+hdetach{p:g}"
         lr = lrs.get(name, optimizers.default_learning_rate(name))
         kw = {} if lr is None else {"learning_rate": lr}
+        if iterations is not None and optimizers.accepts(name, "decay_steps"):
+            kw["decay_steps"] = iterations
         tx = task.optimizer(name, clip_norm=clip_norm, **kw)
         model = task.model(hidden, seed=seed)
         every = {"every_seconds": budget_seconds / eval_points} if budget_seconds else {
@@ -103,7 +109,8 @@ def compare(
                 budget_seconds=budget_seconds, iterations=iterations, batch_size=batch_size,
                 seed=seed, progress=label if progress else False, on_divergence="stop",
                 evaluation=Evaluation(task.test, batch_size=eval_batch_size, **every), **hd)
-        h.meta.update(optimizer=name, learning_rate=lr, task=task.name, hidden=hidden,
+        h.meta.update(optimizer=name, learning_rate=lr, decay_steps=kw.get("decay_steps"),
+                      task=task.name, hidden=hidden,
                       clip_norm=None if optimizers.takes_batch(name) else clip_norm, p_detach=p)
         histories[label] = h
         rows.append(summarize(label, h, task, target))
@@ -138,7 +145,8 @@ def format_table(rows: Sequence[dict[str, Any]], task: Task, target: float) -> s
         hit = r["seconds_to_target"]
         cells = [
             r["optimizer"] + (f" (diverged at {r['diverged_at']})" if r["diverged_at"] else ""),
-            _fmt(r["learning_rate"], "g"), str(r["iterations"]),
+            _fmt(r["learning_rate"], "g") + (", cosine" if r.get("decay_steps") else ""),
+            str(r["iterations"]),
             _fmt(r[f"final_test_{m}"], ".4f"), _fmt(r[f"best_test_{m}"], ".4f"),
             "not reached" if hit is None else f"{hit:.1f} (it {r['iterations_to_target']})",
             _fmt(1e3 * r["seconds_per_iteration"], ".2f"),

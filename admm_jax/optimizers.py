@@ -27,6 +27,7 @@ task-derived arguments (:attr:`Entry.task_kwargs`), the per-sample memory a task
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -203,6 +204,17 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
     return reject_nonfinite(tx)
 
 
+def accepts(name: str, argument: str) -> bool:
+    """Whether the factory of the optimizer registered as ``name`` takes ``argument``.
+
+    Examples:
+      >>> from admm_jax import optimizers
+      >>> optimizers.accepts("admm_kfac", "decay_steps"), optimizers.accepts("adam", "decay_steps")
+      (True, False)
+    """
+    return argument in inspect.signature(entry(name).factory).parameters
+
+
 def takes_batch(name: str) -> bool:
     """Whether the optimizer registered as ``name`` takes the batch instead of gradients (read
     from its state class, as :func:`needs_gradients` reads it from a state)."""
@@ -278,5 +290,6 @@ def admm_state(opt_state: Any) -> ADMMiRNNState | None:
     return found[0] if found else None
 
 
-__all__ = ["Entry", "admm_state", "canonical_name", "default_learning_rate", "diagnostics",
-           "entry", "get", "keeps_itself", "names", "needs_gradients", "takes_batch"]
+__all__ = ["Entry", "accepts", "admm_state", "canonical_name", "default_learning_rate",
+           "diagnostics", "entry", "get", "keeps_itself", "names", "needs_gradients",
+           "takes_batch"]

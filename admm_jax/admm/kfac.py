@@ -114,6 +114,7 @@ def admm_kfac(
     *,
     prox: float = 0.1,
     warmup_steps: int = 200,
+    decay_steps: int | None = None,
     ema: float = 0.95,
     refresh_every: int = 10,
     fisher: str = "empirical",
@@ -189,6 +190,10 @@ def admm_kfac(
       warmup_steps: the learning rate ramps up linearly over the first ``warmup_steps``
         steps (``eta (k+1)/warmup_steps``; it multiplies a schedule), while the factors'
         running averages are young. ``0``: none.
+      decay_steps: the length of the run, when known: the learning rate then decays to 0 by a
+        cosine over ``decay_steps`` steps (``eta (1 + cos(pi k / decay_steps)) / 2``; it
+        multiplies a schedule and the warmup). ``None``: no decay. ``admm-jax compare`` passes
+        its ``--iterations`` here.
       prox: ``mu``, the damping of each factor relative to its mean eigenvalue.
       ema: weight of the old factors in the running averages, in ``[0, 1)``.
       refresh_every: steps between refreshes of the damped inverses (``>= 1``).
@@ -230,6 +235,7 @@ def admm_kfac(
     if not isinstance(ema, int | float) or isinstance(ema, bool) or not 0 <= ema < 1:
         raise ValueError(f"ema: expected a number in [0, 1), got {ema!r}")
     checks.nonnegative_int("warmup_steps", warmup_steps)
+    checks.positive_int("decay_steps", decay_steps, allow_none=True)
     if not isinstance(refresh_every, int) or isinstance(refresh_every, bool) \
             or refresh_every < 1:
         raise ValueError(f"refresh_every: expected an int >= 1, got {refresh_every!r}")
@@ -323,6 +329,9 @@ def admm_kfac(
         eta = jnp.asarray(_value(learning_rate, state.count), compute)
         if warmup_steps:
             eta = eta * jnp.minimum(1.0, (state.count + 1.0) / warmup_steps).astype(compute)
+        if decay_steps is not None:
+            done = jnp.minimum(state.count, decay_steps).astype(compute) / decay_steps
+            eta = eta * 0.5 * (1.0 + jnp.cos(jnp.pi * done))
 
         def refresh(f):
             return {k: blocks.damped_inverse(f[k], mu, normalize_output and k[0] == "S")

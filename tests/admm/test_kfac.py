@@ -171,6 +171,23 @@ def test_warmup_scales_the_step_linearly_then_stops():
             np.testing.assert_allclose(upd[k], factor * ref[k], rtol=1e-12, atol=1e-15)
 
 
+def test_decay_steps_scales_the_step_by_a_cosine_to_zero():
+    cfg, tokens, params, inputs, targets = _problem("dense", seed=2)
+    tx0 = _tx(cfg, tokens, adaptive_damping=False, refresh_every=1)
+    state0 = tx0.init(params)
+    for count, factor in ((0, 1.0), (4, 0.5), (6, 0.5 * (1 + np.cos(np.pi * 0.75))), (8, 0.0),
+                          (11, 0.0)):
+        tx = _tx(cfg, tokens, adaptive_damping=False, decay_steps=8, refresh_every=1)
+        state = state0._replace(count=jnp.asarray(count, jnp.int32))
+        upd, _ = tx.update(None, state, params, inputs=inputs, targets=targets)
+        ref, _ = tx0.update(None, state, params, inputs=inputs, targets=targets)
+        for k in upd:
+            assert np.all(np.isfinite(ref[k])) and np.any(ref[k] != 0)
+            np.testing.assert_allclose(upd[k], factor * ref[k], rtol=1e-12, atol=1e-15)
+    with pytest.raises(ValueError, match="decay_steps: expected a positive int or None"):
+        admm_jax.admm_kfac(decay_steps=0)
+
+
 def test_kron_step_with_identity_factors_is_a_scaled_gradient():
     g = jax.random.normal(jax.random.key(0), (5, 3))
     out = blocks.kron_step(g, blocks.damped_inverse(jnp.eye(5), 0.5),
