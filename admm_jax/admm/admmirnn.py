@@ -12,7 +12,6 @@ import optax
 
 from admm_jax import _validation as V
 from admm_jax.admm import blocks
-from admm_jax.admm.params import merge_like, split_params
 from admm_jax.admm.problem import (
     LOSSES,
     ADMMConfig,
@@ -20,11 +19,14 @@ from admm_jax.admm.problem import (
     Duals,
     Penalties,
     Residuals,
+    check_batch,
+    config_number,
     constraint_sides,
     data_loss,
     lagrangian_from_residuals,
     residuals,
 )
+from admm_jax.layouts import merge_elman, split_elman
 from admm_jax.models.elman import ACTIVATIONS, elman_trace
 from admm_jax.nonfinite import mark_guarded
 
@@ -226,7 +228,7 @@ def admmirnn(
                    rho_schedule, rho_growth, rho_max, activation, loss, newton_steps, a_steps)
     cg_steps = V.positive_int("cg_steps", cg_steps)
     cfg = ADMMConfig(activation=activation, many_to_many=many_to_many, loss=loss,
-                     weight_decay=_static(weight_decay), prox=_static(prox),
+                     weight_decay=config_number(weight_decay), prox=config_number(prox),
                      newton_steps=int(newton_steps), a_steps=int(a_steps), sweep=sweep,
                      cg_steps=int(cg_steps))
     # per-sample multipliers carried across visits: the backward/parallel sweeps need them
@@ -237,7 +239,7 @@ def admmirnn(
                 "parallel": blocks.sweep_parallel}[sweep]
 
     def init_fn(params) -> ADMMiRNNState:
-        p, _, _ = split_params(params)
+        p, _, _ = split_elman(params)
         dtype = p["W"].dtype
         hidden, classes = p["W"].shape[0], p["V"].shape[0]
         n_dual = num_samples if per_sample else 0
@@ -267,11 +269,11 @@ def admmirnn(
     def update_fn(updates, state: ADMMiRNNState, params=None, *, inputs=None, targets=None,
                   indices=None, **extra_args: Any):
         del updates, extra_args
-        p_orig, treedef, names = split_params(params)
+        p_orig, treedef, names = split_elman(params)
         # the solves need at least float32 (no bfloat16 Cholesky); updates go back in p's dtype
         compute = jnp.promote_types(p_orig["W"].dtype, jnp.float32)
         p = {k: v.astype(compute) for k, v in p_orig.items()}
-        inputs, targets = _check_batch(p, inputs, targets, cfg)
+        inputs, targets = check_batch(p, inputs, targets, cfg)
         hidden, classes = p["W"].shape[0], p["V"].shape[0]
         if (state.duals.lam1.shape[2:] != (hidden,)
                 or state.duals.lam3.shape[2:] != (classes,)):
@@ -354,18 +356,12 @@ def admmirnn(
                 seen=_put(state.seen, indices,
                           keep(True, _take(state.seen, indices, whole)), whole))
         delta = {k: keep(p_new[k] - p[k], 0).astype(p_orig[k].dtype) for k in p}
-        return merge_like(delta, treedef, names), new_state
+        return merge_elman(delta, treedef, names), new_state
 
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
     mark_guarded(tx)  # its own non-finite rule, on the batch's rows (see above)
     return V.register_model_options(tx, activation=activation, many_to_many=many_to_many,
                                     loss=loss, name="admmirnn")
-
-
-def _static(v):
-    """A concrete scalar hyperparameter as a float; a traced one (``inject_hyperparams``) as
-    is."""
-    return v if isinstance(v, jax.core.Tracer) else float(v)
 
 
 def _valid_indices(indices, n):
@@ -460,54 +456,3 @@ def _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweeps, sweep
     if auxiliaries == "persist" and num_samples is None:
         raise ValueError("auxiliaries: 'persist' stores per-sample auxiliaries; give num_samples "
                          "and seq_len")
-
-
-def _check_param_shapes(p) -> None:
-    """``U [H, D], W [H, H], b [H], V [C, H], c [C]`` (at trace time)."""
-    if p["U"].ndim != 2 or p["V"].ndim != 2:
-        raise ValueError(f"params: expected U [H, D] and V [C, H], got U {p['U'].shape} and "
-                         f"V {p['V'].shape}")
-    h, c = p["U"].shape[0], p["V"].shape[0]
-    want = {"W": (h, h), "b": (h,), "V": (c, h), "c": (c,)}
-    for k, shape in want.items():
-        if tuple(p[k].shape) != shape:
-            raise ValueError(f"params: {k} should be {shape} for U of shape {p['U'].shape} and "
-                             f"V of shape {p['V'].shape}, got {tuple(p[k].shape)}")
-
-
-def _check_batch(p, inputs, targets, cfg: ADMMConfig):
-    """Shape checks of ``inputs``/``targets`` against the parameters (at trace time)."""
-    if inputs is None or targets is None:
-        raise ValueError("inputs, targets: admmirnn.update needs the batch: "
-                         "tx.update(grads, state, params, inputs=x, targets=y)")
-    _check_param_shapes(p)
-    inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
-    d = p["U"].shape[1]
-    token = jnp.issubdtype(inputs.dtype, jnp.integer)
-    if token and inputs.ndim != 2:
-        raise ValueError(f"inputs: token ids must be [N, T], got shape {inputs.shape}")
-    if not token and (inputs.ndim != 3 or inputs.shape[-1] != d):
-        raise ValueError(f"inputs: expected [N, T, {d}] (U is {p['U'].shape}), "
-                         f"got shape {inputs.shape}")
-    if 0 in inputs.shape:
-        raise ValueError(f"inputs: expected at least one sample of at least one step, got shape "
-                         f"{tuple(inputs.shape)}")
-    if token:
-        # concrete ids are checked here; under jit an id outside [0, vocab) gives a NaN
-        # projection (admm_jax.models.elman.input_projection), so the step is rejected
-        V.token_ids("inputs", inputs, d)
-    else:
-        inputs = inputs.astype(p["U"].dtype)
-    n, t = inputs.shape[:2]
-    c = p["V"].shape[0]
-    if cfg.loss == "cross_entropy":
-        want = (n, t) if cfg.many_to_many else (n,)
-        if targets.shape != want or not jnp.issubdtype(targets.dtype, jnp.integer):
-            raise ValueError(f"targets: expected integer classes of shape {want}, "
-                             f"got {targets.dtype}{targets.shape}")
-    else:
-        want = (n, t, c) if cfg.many_to_many else (n, c)
-        if targets.shape != want:
-            raise ValueError(f"targets: expected reals of shape {want}, got {targets.shape}")
-        targets = targets.astype(p["V"].dtype)
-    return inputs, targets

@@ -8,6 +8,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from admm_jax import _validation as checks
+from admm_jax.layouts import check_elman_shapes
 from admm_jax.models.elman import activation_fn, input_projection
 
 LOSSES = ("cross_entropy", "mse")
@@ -43,6 +45,18 @@ class ADMMConfig:
     a_steps: int = 4
     sweep: str = "backward"
     cg_steps: int = 3
+
+
+def config_number(v):
+    """A hyperparameter for :class:`ADMMConfig`: a concrete scalar as a ``float``, a traced one
+    (``optax.inject_hyperparams`` inside ``jit``) as is.
+
+    Examples:
+      >>> import numpy as np
+      >>> config_number(np.float32(0.5))
+      0.5
+    """
+    return v if isinstance(v, jax.core.Tracer) else float(v)
 
 
 class Auxiliaries(NamedTuple):
@@ -161,3 +175,66 @@ def lagrangian_from_residuals(params, o, r: Residuals, duals: Duals, rho: Penalt
             value += sum(0.5 * (w[k] if isinstance(w, dict) else w)
                          * jnp.sum((params[k] - prox_anchor[k]) ** 2) for k in keys)
     return value
+
+
+def check_batch(p, inputs, targets, cfg: ADMMConfig):
+    """Check a batch against the Elman parameters and the problem (safe at trace time).
+
+    Args:
+      p: the Elman parameters ``{U, W, b, V, c}`` (checked by
+        :func:`admm_jax.layouts.check_elman_shapes`).
+      inputs: ``[N, T, D]`` floats or ``[N, T]`` token ids below ``D``.
+      targets: integer classes ``[N]`` (``[N, T]`` many-to-many) for cross entropy, reals
+        ``[N, C]`` (``[N, T, C]``) for ``"mse"``.
+      cfg: the problem (``loss``, ``many_to_many``).
+
+    Returns:
+      ``(inputs, targets)`` as arrays, float inputs in ``U``'s dtype and real targets in
+      ``V``'s.
+
+    Raises:
+      ValueError: naming the argument and the shape or dtype expected; concrete token ids
+        outside ``[0, D)`` too (traced ones give a NaN projection, and the step is rejected).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> p = {"U": jnp.ones((4, 3)), "W": jnp.ones((4, 4)), "b": jnp.ones(4),
+      ...      "V": jnp.ones((2, 4)), "c": jnp.ones(2)}
+      >>> x, y = check_batch(p, jnp.zeros((5, 7, 3)), jnp.zeros(5, int), ADMMConfig())
+      >>> x.shape, y.shape
+      ((5, 7, 3), (5,))
+    """
+    if inputs is None or targets is None:
+        raise ValueError("inputs, targets: admmirnn.update needs the batch: "
+                         "tx.update(grads, state, params, inputs=x, targets=y)")
+    check_elman_shapes(p)
+    inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
+    d = p["U"].shape[1]
+    token = jnp.issubdtype(inputs.dtype, jnp.integer)
+    if token and inputs.ndim != 2:
+        raise ValueError(f"inputs: token ids must be [N, T], got shape {inputs.shape}")
+    if not token and (inputs.ndim != 3 or inputs.shape[-1] != d):
+        raise ValueError(f"inputs: expected [N, T, {d}] (U is {p['U'].shape}), "
+                         f"got shape {inputs.shape}")
+    if 0 in inputs.shape:
+        raise ValueError(f"inputs: expected at least one sample of at least one step, got shape "
+                         f"{tuple(inputs.shape)}")
+    if token:
+        # concrete ids are checked here; under jit an id outside [0, vocab) gives a NaN
+        # projection (admm_jax.models.elman.input_projection), so the step is rejected
+        checks.token_ids("inputs", inputs, d)
+    else:
+        inputs = inputs.astype(p["U"].dtype)
+    n, t = inputs.shape[:2]
+    c = p["V"].shape[0]
+    if cfg.loss == "cross_entropy":
+        want = (n, t) if cfg.many_to_many else (n,)
+        if targets.shape != want or not jnp.issubdtype(targets.dtype, jnp.integer):
+            raise ValueError(f"targets: expected integer classes of shape {want}, "
+                             f"got {targets.dtype}{targets.shape}")
+    else:
+        want = (n, t, c) if cfg.many_to_many else (n, c)
+        if targets.shape != want:
+            raise ValueError(f"targets: expected reals of shape {want}, got {targets.shape}")
+        targets = targets.astype(p["V"].dtype)
+    return inputs, targets

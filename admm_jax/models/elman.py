@@ -10,10 +10,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from admm_jax import _validation
+from admm_jax.layouts import ELMAN_NAMES
 from admm_jax.models.hdetach import check_p_detach, resolve_detach_mask
 
 ACTIVATIONS = ("tanh", "relu")
-PARAM_NAMES = ("U", "W", "b", "V", "c")
 
 
 def activation_fn(name: str):
@@ -92,7 +92,7 @@ def elman_trace(
       An :class:`ElmanTrace` with ``a, h [N, T, H]`` and ``o [N, |S|, C]``.
     """
     f = activation_fn(activation)
-    U, W, b, V, c = (params[k] for k in PARAM_NAMES)
+    U, W, b, V, c = (params[k] for k in ELMAN_NAMES)
     ux = input_projection(U, inputs) + b  # [N, T, H]
     if a_tap is not None:
         ux = ux + a_tap
@@ -218,7 +218,7 @@ class ElmanRNN(nnx.Module):
 
     def params_dict(self) -> dict[str, jax.Array]:
         """The parameters as a plain dict ``{"U", "W", "b", "V", "c"}`` of arrays."""
-        return {k: getattr(self, k)[...] for k in PARAM_NAMES}
+        return {k: getattr(self, k)[...] for k in ELMAN_NAMES}
 
     def __call__(
         self,
