@@ -10,10 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from admm_jax import _validation as V
+from admm_jax import _validation as checks
 from admm_jax.admm import blocks
 from admm_jax.admm.problem import (
-    LOSSES,
+    SUMMED_LOSSES,
     ADMMConfig,
     Auxiliaries,
     Duals,
@@ -221,12 +221,12 @@ def admmirnn(
       Learning via the Alternating Direction Method of Multipliers", 2011.
     """
     rhos = (rho,) * 3 if np.ndim(rho) == 0 else tuple(rho)
-    num_samples = V.positive_int("num_samples", num_samples, allow_none=True)
-    seq_len = V.positive_int("seq_len", seq_len, allow_none=True)
-    sweeps = V.positive_int("sweeps", sweeps)
+    num_samples = checks.positive_int("num_samples", num_samples, allow_none=True)
+    seq_len = checks.positive_int("seq_len", seq_len, allow_none=True)
+    sweeps = checks.positive_int("sweeps", sweeps)
     _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweeps, sweep, auxiliaries,
                    rho_schedule, rho_growth, rho_max, activation, loss, newton_steps, a_steps)
-    cg_steps = V.positive_int("cg_steps", cg_steps)
+    cg_steps = checks.positive_int("cg_steps", cg_steps)
     cfg = ADMMConfig(activation=activation, many_to_many=many_to_many, loss=loss,
                      weight_decay=config_number(weight_decay), prox=config_number(prox),
                      newton_steps=int(newton_steps), a_steps=int(a_steps), sweep=sweep,
@@ -301,7 +301,7 @@ def admmirnn(
         if not whole and per_sample:
             # concrete: a ValueError now; traced (under jit): the iteration is rejected below
             n_store = state.duals.lam1.shape[0]
-            V.indices("indices", indices, n_store, batch)
+            checks.indices("indices", indices, n_store, batch)
             valid = _valid_indices(indices, n_store)
 
         trace = elman_trace(p, inputs, activation=activation, many_to_many=many_to_many)
@@ -360,7 +360,7 @@ def admmirnn(
 
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
     mark_guarded(tx)  # its own non-finite rule, on the batch's rows (see above)
-    return V.register_model_options(tx, activation=activation, many_to_many=many_to_many,
+    return checks.register_model_options(tx, activation=activation, many_to_many=many_to_many,
                                     loss=loss, name="admmirnn")
 
 
@@ -424,29 +424,29 @@ def _iteration(p, aux, duals, rho, inputs, targets, cfg, sweep_fn, rho_schedule,
 
 def _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweeps, sweep, auxiliaries,
                    rho_schedule, rho_growth, rho_max, activation, loss, newton_steps, a_steps):
-    V.positive_int("num_samples", num_samples, allow_none=True)
-    V.positive_int("seq_len", seq_len, allow_none=True)
-    V.positive_int("sweeps", sweeps)
-    V.positive_int("newton_steps", newton_steps)
-    V.positive_int("a_steps", a_steps)
+    checks.positive_int("num_samples", num_samples, allow_none=True)
+    checks.positive_int("seq_len", seq_len, allow_none=True)
+    checks.positive_int("sweeps", sweeps)
+    checks.positive_int("newton_steps", newton_steps)
+    checks.positive_int("a_steps", a_steps)
     if len(rhos) != 3:
         raise ValueError(f"rho: expected a positive number or three positive numbers, got {rhos}")
     for r in rhos:
-        f = V.scalar("rho", r, "a positive number or three positive numbers")
+        f = checks.scalar("rho", r, "a positive number or three positive numbers")
         if f is not None and not (math.isfinite(f) and f > 0):
             raise ValueError(f"rho: expected a positive number or three positive numbers, got "
                              f"{rhos}")
-    V.nonnegative_number("prox", prox)
-    V.nonnegative_number("weight_decay", weight_decay)
-    V.positive_number("rho_growth", rho_growth)
-    growth = V.scalar("rho_growth", rho_growth, "a number >= 1")
+    checks.nonnegative_number("prox", prox)
+    checks.nonnegative_number("weight_decay", weight_decay)
+    checks.positive_number("rho_growth", rho_growth)
+    growth = checks.scalar("rho_growth", rho_growth, "a number >= 1")
     if growth is not None and not growth >= 1:
         raise ValueError(f"rho_growth: expected a number >= 1, got {rho_growth!r}")
-    V.positive_number("rho_max", rho_max)
+    checks.positive_number("rho_max", rho_max)
     for name, v, valid in (("sweep", sweep, SWEEPS), ("auxiliaries", auxiliaries, AUXILIARY_MODES),
                            ("rho_schedule", rho_schedule, RHO_SCHEDULES),
-                           ("activation", activation, ACTIVATIONS), ("loss", loss, LOSSES)):
-        V.one_of(name, v, valid)
+                           ("activation", activation, ACTIVATIONS), ("loss", loss, SUMMED_LOSSES)):
+        checks.one_of(name, v, valid)
     if (num_samples is None) != (seq_len is None):
         raise ValueError("num_samples, seq_len: per-sample state is [num_samples, seq_len, H]; "
                          f"give both or neither (got {num_samples}, {seq_len})")

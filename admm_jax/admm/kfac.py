@@ -126,8 +126,8 @@ def admm_kfac(
     ``g_t = dL_n/da_t`` gives the block's solution (:func:`admm_jax.admm.blocks.kron_step`)
 
     .. math::
-        \Delta\Theta = -\eta\,(A + \lambda_A I)^{-1}\,\nabla_\Theta \bar L\,
-        (S + \lambda_S I)^{-1},\qquad
+        \Delta\Theta = -\eta\,(A + \kappa_A I)^{-1}\,\nabla_\Theta \bar L\,
+        (S + \kappa_S I)^{-1},\qquad
         A = \tfrac1N\sum_{n,t}\phi_{n,t}\phi_{n,t}^\top,\quad
         S = \tfrac1{NT}\sum_{n,t} g_{n,t} g_{n,t}^\top,
 
@@ -142,13 +142,13 @@ def admm_kfac(
       gradient needs). ``"sampled"``: ``g`` from labels sampled from the model (one more
       backward cotangent, batched with the first), and the readout's ``S`` the exact
       ``E[diag(p) - p p^T]`` (cross entropy) or ``I`` (MSE).
-    * Factorisation: the damped inverses ``(A + lambda_A I)^-1``, ``(S + lambda_S I)^-1``
+    * Factorisation: the damped inverses ``(A + kappa_A I)^-1``, ``(S + kappa_S I)^-1``
       (Cholesky, :func:`admm_jax.admm.blocks.damped_inverse`) are refreshed every
       ``refresh_every`` steps, and whenever the adaptive damping moved, inside ``jit``
       (``lax.cond``, no recompilation); the step between refreshes is two matrix products
       per block. (``jnp.linalg.eigh`` was tried first: XLA's CPU eigh took ~0.25 s per
       ``157 x 157`` factor on 2 cores, 10x an Adam step even amortised over 10 steps.)
-    * Damping: factored Tikhonov, ``lambda_A = mu tr(A)/dim``, ``lambda_S = mu tr(S)/dim``
+    * Damping: factored Tikhonov, ``kappa_A = mu tr(A)/dim``, ``kappa_S = mu tr(S)/dim``
       (``mu = prox * d``): the ``pi``-rescaled damping of K-FAC with ``gamma = mu^2 m_A m_S``
       (``m`` the mean eigenvalues). ``d`` is :func:`admm_jax.admm_preconditioned`'s adaptive
       factor (doubles while the loss rises beyond noise, decays by 0.97 to 1). With

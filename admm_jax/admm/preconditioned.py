@@ -13,7 +13,7 @@ import optax
 from admm_jax import _validation as checks
 from admm_jax.admm import blocks
 from admm_jax.admm.problem import (
-    LOSSES,
+    SUMMED_LOSSES,
     ADMMConfig,
     check_batch,
     config_number,
@@ -123,13 +123,13 @@ def admm_preconditioned(
     ``g_a = dL/da_t``, ``g_o = dL/do`` (:func:`adjoints`). The block's solution is then
 
     .. math::
-        \Delta\theta = -\eta\,(\hat G + \lambda I)^{-1}\,\nabla_\theta \bar L, \qquad
+        \Delta\theta = -\eta\,(\hat G + \kappa I)^{-1}\,\nabla_\theta \bar L, \qquad
         \hat G = \tfrac{1}{N}\sum_{n,t}\phi_{n,t}\phi_{n,t}^\top, \quad
-        \lambda = \mu\,\mathrm{tr}(\hat G)/\dim\hat G,
+        \kappa = \mu\,\mathrm{tr}(\hat G)/\dim\hat G,
 
     with ``L̄`` the mean loss of the batch: a gradient step preconditioned by the input
     covariance shared over time steps (a one-sided, time-shared K-FAC), invariant to the
-    batch size. ``mu -> inf`` gives gradient descent with step ``eta / lambda``; ``mu = 0``
+    batch size. ``mu -> inf`` gives gradient descent with step ``eta / kappa``; ``mu = 0``
     is the unregularised Gauss-Newton-like step (ill-posed on small batches).
 
     Safeguard, ``adaptive_damping`` (Levenberg-Marquardt style, driven by the observed
@@ -176,7 +176,7 @@ def admm_preconditioned(
         :func:`admm_jax.admmirnn`); a proximal decay: each step pulls a weight toward 0 with
         weight ``beta`` against the data's ``rho * G`` and the damping. With token inputs
         that makes it an embedding regulariser: a row whose token is absent from the batch
-        shrinks by ``beta / (beta + lam_x)`` per step (``lam_x = mu rho`` x mean token count;
+        shrinks by ``beta / (beta + kappa_x)`` per step (``kappa_x = mu rho`` x mean token count;
         IMDb at the defaults, ``beta = 0.3``: about 6%). ``0.3`` with a cosine decay of both
         learning rates was the validation choice on IMDb; on row-MNIST it cost 0.4-0.8 points
         of validation accuracy and ``0`` was chosen (README).
@@ -337,4 +337,4 @@ def check_options(learning_rate, readout_learning_rate, prox, weight_decay, acti
         if f is not None and not (math.isfinite(f) and f >= 0):
             raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
     checks.one_of("activation", activation, ACTIVATIONS)
-    checks.one_of("loss", loss, LOSSES)
+    checks.one_of("loss", loss, SUMMED_LOSSES)

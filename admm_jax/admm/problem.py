@@ -12,8 +12,6 @@ from admm_jax import _validation as checks
 from admm_jax.layouts import check_elman_shapes
 from admm_jax.models.elman import activation_fn, input_projection
 
-LOSSES = ("cross_entropy", "mse")
-
 
 @dataclasses.dataclass(frozen=True)
 class ADMMConfig:
@@ -23,10 +21,13 @@ class ADMMConfig:
       activation: ``"tanh"`` or ``"relu"``.
       many_to_many: targets at every step (``S = 1..T``) instead of the last (``S = {T}``).
       loss: ``"cross_entropy"`` (integer class targets) or ``"mse"`` (real targets,
-        ``1/2 |o - y|^2``).
+        ``1/2 |o - y|^2`` summed, :func:`half_sum_of_squares`; not the mean).
       weight_decay: ``beta`` on ``|U|^2 + |W|^2 + |V|^2`` (biases are not decayed).
-      prox: ``mu``: each weight block adds ``lam/2 |theta - theta_prev|^2`` with
-        ``lam = mu * trace(G) / dim(G)``, ``G`` the block's Gram matrix (0 disables it).
+      prox: ``mu``: each weight block adds the proximal term
+        ``kappa/2 |theta - theta_prev|^2`` with ``kappa = mu * rho * trace(G) / dim(G)``, ``G``
+        the block's Gram matrix and ``rho`` its penalty (``rho1`` for ``(U, W, b)``, ``rho3``
+        for ``(V, c)``); 0 disables it. (``kappa``, not ``lam``: ``lam1..lam3`` are the
+        multipliers.)
       newton_steps: Newton iterations of the o-block (cross entropy).
       a_steps: safeguarded Gauss-Newton iterations of the a-block (tanh).
       sweep: ``"coupled"`` (all ``(a_t, h_t)`` jointly: one Gauss-Newton step solved by
@@ -114,17 +115,74 @@ def residuals(params, aux: Auxiliaries, inputs: jax.Array, cfg: ADMMConfig) -> R
                        zip(aux, constraint_sides(params, aux, inputs, cfg), strict=True)))
 
 
-def data_loss(o: jax.Array, targets: jax.Array, cfg: ADMMConfig) -> jax.Array:
-    """Summed loss ``sum_n sum_{t in S} loss(o_{n,t}, y_{n,t})``.
+def summed_cross_entropy(o: jax.Array, y: jax.Array) -> jax.Array:
+    r"""Cross entropy summed over samples and steps: ``-sum log softmax(o)[y]``.
 
-    ``targets`` are ``[N]`` or ``[N, T]`` integer classes (cross entropy) or ``[N, C]`` /
-    ``[N, T, C]`` reals (mse); they are aligned with ``o [N, |S|, C]``.
+    .. math::
+        \ell = -\sum_{n,t} \log \mathrm{softmax}(o_{n,t})_{y_{n,t}}
+
+    Args:
+      o: logits ``[N, |S|, C]``.
+      y: integer classes ``[N, |S|]``.
+
+    Returns:
+      The scalar sum (not a mean: the ADMM subproblems weigh it against the penalties).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> round(float(summed_cross_entropy(jnp.zeros((2, 1, 4)), jnp.zeros((2, 1), int))), 4)
+      2.7726
     """
-    y = targets_as_steps(targets, cfg)
-    if cfg.loss == "cross_entropy":
-        logp = jax.nn.log_softmax(o, axis=-1)
-        return -jnp.sum(jnp.take_along_axis(logp, y[..., None], axis=-1))
+    logp = jax.nn.log_softmax(o, axis=-1)
+    return -jnp.sum(jnp.take_along_axis(logp, y[..., None], axis=-1))
+
+
+def half_sum_of_squares(o: jax.Array, y: jax.Array) -> jax.Array:
+    r"""Half the summed squared error, ``1/2 sum |o - y|^2``: what ``loss="mse"`` means here.
+
+    .. math::
+        \ell = \tfrac12 \sum_{n,t} |o_{n,t} - y_{n,t}|^2
+
+    Not :func:`admm_jax.train.losses.mse`, the per-sample *mean* of the squares without the
+    1/2 that the training loop reports: the ADMM subproblems need the sum (weighed against the
+    penalties), and the 1/2 makes the o-block's solution ``(y + rho3 z)/(1 + rho3)`` exact.
+
+    Args:
+      o: outputs ``[N, |S|, C]``.
+      y: real targets of the same shape.
+
+    Returns:
+      The scalar ``1/2 sum (o - y)^2``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> float(half_sum_of_squares(jnp.ones((2, 1, 3)), jnp.zeros((2, 1, 3))))
+      3.0
+    """
     return 0.5 * jnp.sum((o - y) ** 2)
+
+
+SUMMED_LOSSES = {"cross_entropy": summed_cross_entropy, "mse": half_sum_of_squares}
+"""The ``loss=`` options of the ADMM methods and the summed loss each stands for; not the
+per-sample means of :data:`admm_jax.train.losses.LOSSES`."""
+
+
+def data_loss(o: jax.Array, targets: jax.Array, cfg: ADMMConfig) -> jax.Array:
+    """Summed loss ``sum_n sum_{t in S} loss(o_{n,t}, y_{n,t})`` (:data:`SUMMED_LOSSES`).
+
+    ``"cross_entropy"``: :func:`summed_cross_entropy`; ``"mse"``: :func:`half_sum_of_squares`,
+    ``1/2`` the summed squares (not the mean).
+
+    Args:
+      o: outputs ``[N, |S|, C]``.
+      targets: ``[N]`` or ``[N, T]`` integer classes (cross entropy) or ``[N, C]`` /
+        ``[N, T, C]`` reals (``"mse"``), aligned with ``o``.
+      cfg: the problem (``loss``, ``many_to_many``).
+
+    Returns:
+      The scalar summed loss.
+    """
+    return SUMMED_LOSSES[cfg.loss](o, targets_as_steps(targets, cfg))
 
 
 def targets_as_steps(targets: jax.Array, cfg: ADMMConfig) -> jax.Array:
@@ -152,9 +210,9 @@ def augmented_lagrangian(
             + \sum_i \tfrac{\rho_i}{2}|r_i + \lambda_i/\rho_i|^2 - \tfrac{1}{2\rho_i}|\lambda_i|^2
 
     When ``prox_anchor`` (the weights at the start of the iteration) and ``prox_weights``
-    (``{"UWb": lam, "Vc": lam}``, a ``lam`` may be a dict by parameter) are given, the proximal
-    terms of the weight blocks are added:
-    this is the function the proximal weight blocks minimise exactly.
+    (``{"UWb": kappa, "Vc": kappa}``, the blocks' proximal weights; a ``kappa`` may be a dict
+    by parameter) are given, the proximal terms ``kappa/2 |theta - theta_prev|^2`` of the
+    weight blocks are added: this is the function the proximal weight blocks minimise exactly.
     """
     return lagrangian_from_residuals(
         params, aux.o, residuals(params, aux, inputs, cfg), duals, rho, targets, cfg,
