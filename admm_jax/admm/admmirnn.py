@@ -131,30 +131,22 @@ def admmirnn(
     (backward sweep): mini-batches with the multipliers in host memory,
     :class:`admm_jax.HostDuals`.
 
-    Defaults, chosen by experiment on the adding task and row-MNIST
-    (``benchmarks/results/admm_search.md``, ``docs/admmirnn.md``):
+    Defaults (chosen by experiment on the adding task and row-MNIST; the figures and the
+    commands that measured them: ``docs/admmirnn.md``, "How the defaults were chosen"):
 
-    * ``sweep="coupled"``: on row-MNIST (10k images, batch 128) 0.82-0.84 test accuracy after
-      3 epochs against the backward sweep's 0.63 after 2 and 0.705 after 8; on the adding task
-      test MSE ~0.01 in 10-20 s where the backward sweep stays at the predict-the-mean 0.17.
-    * multipliers within one call (``sweep="coupled"``): ``num_samples``/``seq_len`` are
-      accepted and ignored. Per-sample multipliers carried across epochs re-apply a stale
-      adjoint on every visit; on the adding task that diverged (MSE 0.07 -> 0.6 in 10 s).
-      The backward and parallel sweeps need them (``num_samples`` + ``indices=``): there they
-      act as lagged adjoints, carrying the signal one more step back per visit.
+    * ``sweep="coupled"``, with its multipliers within one call: ``num_samples``/``seq_len``
+      are accepted and ignored. Per-sample multipliers carried across epochs would re-apply a
+      stale adjoint on every visit. The backward and parallel sweeps need them
+      (``num_samples`` + ``indices=``): there they act as lagged adjoints, carrying the
+      signal one more step back per visit.
     * ``rho = (rho1, rho2, rho3) = (0.5, 10, 0.1)``: linearised, the block's C1 residuals are
-      ``(rho3/rho1)`` times the back-propagated ``-dL/da_t`` of the o-block's quadratic
-      (cosine 0.98 at initialisation on the adding task), so ``rho3/rho1`` acts as a learning
-      rate and ``rho2 >> rho1`` puts the correction on the pre-activations (which the weights
-      can fit) rather than on C2. The backward sweep's tuned values were ``(10, 10, 1)``.
-    * ``weight_decay = 0``: 1.0 (the backward sweep's value) pinned the adding task at the mean
-      (MSE 0.17) and 0.1 drifted back up to 0.15.
-    * ``prox = 0.03``: the weight blocks' proximal weight ``lam = prox * rho * trace(G)/dim(G)``
-      (0.1 for the backward sweep): row-MNIST 0.839 against 0.821 with 0.1 after 3 epochs;
-      level on the adding task (0.0106 against 0.0097 after 10 s).
-    * ``cg_steps = 6``: row-MNIST after 3 epochs 0.839 against 0.826 with 3 (rho
-      ``(0.2, 10, 0.1)``), and 0.795 with 2 against 0.821 with 3 (``(0.5, 10, 0.1)``);
-      capped at ``C |S| + 1``, where the block is exact (2 for the adding task).
+      ``(rho3/rho1)`` times the back-propagated ``-dL/da_t`` of the o-block's quadratic, so
+      ``rho3/rho1`` acts as a learning rate, and ``rho2 >> rho1`` puts the correction on the
+      pre-activations (which the weights can fit) rather than on C2. The backward sweep's
+      values are ``(10, 10, 1)``, with ``prox=0.1`` and ``weight_decay=1.0``.
+    * ``weight_decay = 0`` and ``prox = 0.03``: the weight blocks' proximal weight is
+      ``kappa = prox * rho * trace(G)/dim(G)``.
+    * ``cg_steps = 6``, capped at ``C |S| + 1``, where the block is exact.
     * ``auxiliaries="reset"``: each call starts the auxiliaries from a forward pass of the
       current weights. ``"persist"`` (backward or parallel sweep only) keeps them per sample.
 

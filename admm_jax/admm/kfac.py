@@ -146,16 +146,15 @@ def admm_kfac(
       (Cholesky, :func:`admm_jax.admm.blocks.damped_inverse`) are refreshed every
       ``refresh_every`` steps, and whenever the adaptive damping moved, inside ``jit``
       (``lax.cond``, no recompilation); the step between refreshes is two matrix products
-      per block. (``jnp.linalg.eigh`` was tried first: XLA's CPU eigh took ~0.25 s per
-      ``157 x 157`` factor on 2 cores, 10x an Adam step even amortised over 10 steps.)
+      per block (Cholesky rather than ``jnp.linalg.eigh``: why, in
+      ``docs/admm_preconditioned.md``).
     * Damping: factored Tikhonov, ``kappa_A = mu tr(A)/dim``, ``kappa_S = mu tr(S)/dim``
       (``mu = prox * d``): the ``pi``-rescaled damping of K-FAC with ``gamma = mu^2 m_A m_S``
       (``m`` the mean eigenvalues). ``d`` is :func:`admm_jax.admm_preconditioned`'s adaptive
       factor (doubles while the loss rises beyond noise, decays by 0.97 to 1). With
       ``normalize_output`` (default) ``S`` enters as ``S / m_S``: the output side shapes the
       step, ``eta`` keeps :func:`admm_jax.admm_preconditioned`'s scale (without it the
-      empirical ``S`` is tiny and ``eta`` must shrink with it; ``0.001-0.3`` diverged or
-      crawled on row-MNIST).
+      empirical ``S`` is tiny and ``eta`` must shrink with it).
     * Token inputs (``token_inputs=True``, ``ElmanRNN`` with ids ``[N, T]``): the input
       block of ``A`` is diagonal (token counts); its left solve goes through the ``(H+1)^2``
       Schur complement of :func:`admm_jax.admm.blocks.uwb_step` every step (the blocks'

@@ -139,18 +139,16 @@ def admm_preconditioned(
     the loss is not finite, the damping factor ``d`` doubles; otherwise it decays by ``0.97``
     per step, down to 1. The step uses ``mu * d``: larger damping shortens every step and
     turns it toward the gradient, so a run whose steps are too long damps itself back to a
-    stable regime, then returns to ``d = 1``. Chosen by experiment
-    (``python benchmarks/admm_preconditioned.py --sweep``, README): at the default learning
-    rates ``d`` stays 1 (the run is unchanged), and at 3-10x larger ones it turns divergence
-    into a working run. A cap on the step norm relative to its running average was tried
-    first and never prevented a divergence: the steps grow steadily, not in outliers.
+    stable regime, then returns to ``d = 1``. The experiment that chose this rule, and the
+    step-norm cap it replaced, are in ``docs/admm_preconditioned.md`` ("Safeguard: adaptive
+    damping").
 
     Cost per step, for ``N`` samples of ``T`` steps, ``P = D + H + 1`` features (dense inputs):
     forward ``2NT(D+H)H`` + adjoints ``2NTH^2`` + Gram ``2NTP^2`` + right side ``2NTPH`` +
     solve ``~ P^3 + 4P^2 H`` FLOPs, against ``2NTH(2D + 3H)`` for a BPTT gradient step (whose
-    weight gradients are not needed here): 1.48x at ``D=28, H=128, T=28, N=128``
-    (row-MNIST). For token inputs the Gram is never formed over the vocabulary: the solve
-    goes through an ``(H+1)^2`` Schur complement.
+    weight gradients are not needed here); the ratio at row-MNIST's sizes and the measured
+    step cost are in ``docs/admm_preconditioned.md`` ("Cost"). For token inputs the Gram is
+    never formed over the vocabulary: the solve goes through an ``(H+1)^2`` Schur complement.
 
     :class:`admm_jax.LSTM` is supported the same way: its four gates' pre-activations
     ``z_t = W_x x_t + W_h h_{t-1} + b`` are one linear map of the same features, so the same
@@ -176,10 +174,8 @@ def admm_preconditioned(
         :func:`admm_jax.admmirnn`); a proximal decay: each step pulls a weight toward 0 with
         weight ``beta`` against the data's ``rho * G`` and the damping. With token inputs
         that makes it an embedding regulariser: a row whose token is absent from the batch
-        shrinks by ``beta / (beta + kappa_x)`` per step (``kappa_x = mu rho`` x mean token count;
-        IMDb at the defaults, ``beta = 0.3``: about 6%). ``0.3`` with a cosine decay of both
-        learning rates was the validation choice on IMDb; on row-MNIST it cost 0.4-0.8 points
-        of validation accuracy and ``0`` was chosen (README).
+        shrinks by ``beta / (beta + kappa_x)`` per step (``kappa_x = mu rho`` x mean token
+        count). The values chosen on IMDb and row-MNIST: ``docs/admm_preconditioned.md``.
       adaptive_damping: raise ``prox`` while the loss rises (see above); ``False``: fixed
         ``prox``.
       activation, many_to_many, loss: must match the model, as in :func:`admm_jax.admmirnn`.

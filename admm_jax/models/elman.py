@@ -169,8 +169,8 @@ class ElmanRNN(nnx.Module):
 
     Initialisation: ``U ~ N(0, 1/D)``, ``W ~ N(0, 1/H)``, ``V ~ N(0, 1/H)``, zero biases. With
     ``W``'s spectral radius near 1 the state keeps information across a whole row-MNIST image;
-    PyTorch's ``U(-1/sqrt(H), 1/sqrt(H))`` (radius ~0.58) forgets the top rows, and a readout
-    fitted on that random RNN scored 0.62 against 0.66 here (``benchmarks/results/admm_search.md``).
+    PyTorch's ``U(-1/sqrt(H), 1/sqrt(H))`` (radius ~0.58) forgets the top rows (the comparison:
+    ``docs/admmirnn.md``, "How the defaults were chosen").
     With ``token_inputs=True`` (the model will read token ids, ``in_features`` = vocabulary
     size) ``U ~ N(0, 1)``: one-hot inputs have unit norm.
 
