@@ -4,7 +4,7 @@ ADMMiRNN (ADMM on the unfolded RNN) as an optax transformation, beside the metho
 compared with: NovoGrad, random-bases descent and h-detach LSTM training.
 """
 
-from admm_jax import data, distributed, optimizers, train
+from admm_jax import data, distributed, layouts, optimizers, train
 from admm_jax.admm import (
     ADMMDiagnostics,
     ADMMiRNNState,
@@ -94,6 +94,7 @@ __all__ = [
     "fit",
     "increase_rho_on_divergence",
     "flax_cell_options",
+    "layouts",
     "lstm_apply",
     "lstm_scan",
     "novograd",

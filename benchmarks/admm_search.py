@@ -32,9 +32,9 @@ from flax import nnx
 
 import admm_jax
 from admm_jax.admm import blocks
-from admm_jax.admm.params import split_params
 from admm_jax.admm.problem import ADMMConfig, Auxiliaries, Duals, Penalties, residuals
 from admm_jax.data import mnist
+from admm_jax.layouts import split_elman
 from admm_jax.models.elman import elman_apply, elman_trace
 
 
@@ -68,7 +68,7 @@ def main(argv=None):
     xte, yte = mnist("test", data_dir=a.data_dir)
     xtr, ytr = xtr[:a.n], ytr[:a.n]
     model = admm_jax.ElmanRNN(28, 128, 10, rngs=nnx.Rngs(a.seed))
-    p = dict(split_params(nnx.state(model, nnx.Param))[0])
+    p = dict(split_elman(nnx.state(model, nnx.Param))[0])
     if a.init == "uniform":
         keys = jax.random.split(jax.random.key(a.seed), 3)
         bound = 1 / np.sqrt(128)

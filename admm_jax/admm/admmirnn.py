@@ -10,21 +10,23 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from admm_jax import _validation as V
+from admm_jax import _validation as checks
 from admm_jax.admm import blocks
-from admm_jax.admm.params import merge_like, split_params
 from admm_jax.admm.problem import (
-    LOSSES,
+    SUMMED_LOSSES,
     ADMMConfig,
     Auxiliaries,
     Duals,
     Penalties,
     Residuals,
+    check_batch,
+    config_number,
     constraint_sides,
     data_loss,
     lagrangian_from_residuals,
     residuals,
 )
+from admm_jax.layouts import merge_elman, split_elman
 from admm_jax.models.elman import ACTIVATIONS, elman_trace
 from admm_jax.nonfinite import mark_guarded
 
@@ -132,30 +134,22 @@ def admmirnn(
     (backward sweep): mini-batches with the multipliers in host memory,
     :class:`admm_jax.HostDuals`.
 
-    Defaults, chosen by experiment on the adding task and row-MNIST
-    (``benchmarks/results/admm_search.md``, ``docs/admmirnn.md``):
+    Defaults (chosen by experiment on the adding task and row-MNIST; the figures and the
+    commands that measured them: ``docs/admmirnn.md``, "How the defaults were chosen"):
 
-    * ``sweep="coupled"``: on row-MNIST (10k images, batch 128) 0.82-0.84 test accuracy after
-      3 epochs against the backward sweep's 0.63 after 2 and 0.705 after 8; on the adding task
-      test MSE ~0.01 in 10-20 s where the backward sweep stays at the predict-the-mean 0.17.
-    * multipliers within one call (``sweep="coupled"``): ``num_samples``/``seq_len`` are
-      accepted and ignored. Per-sample multipliers carried across epochs re-apply a stale
-      adjoint on every visit; on the adding task that diverged (MSE 0.07 -> 0.6 in 10 s).
-      The backward and parallel sweeps need them (``num_samples`` + ``indices=``): there they
-      act as lagged adjoints, carrying the signal one more step back per visit.
+    * ``sweep="coupled"``, with its multipliers within one call: ``num_samples``/``seq_len``
+      are accepted and ignored. Per-sample multipliers carried across epochs would re-apply a
+      stale adjoint on every visit. The backward and parallel sweeps need them
+      (``num_samples`` + ``indices=``): there they act as lagged adjoints, carrying the
+      signal one more step back per visit.
     * ``rho = (rho1, rho2, rho3) = (0.5, 10, 0.1)``: linearised, the block's C1 residuals are
-      ``(rho3/rho1)`` times the back-propagated ``-dL/da_t`` of the o-block's quadratic
-      (cosine 0.98 at initialisation on the adding task), so ``rho3/rho1`` acts as a learning
-      rate and ``rho2 >> rho1`` puts the correction on the pre-activations (which the weights
-      can fit) rather than on C2. The backward sweep's tuned values were ``(10, 10, 1)``.
-    * ``weight_decay = 0``: 1.0 (the backward sweep's value) pinned the adding task at the mean
-      (MSE 0.17) and 0.1 drifted back up to 0.15.
-    * ``prox = 0.03``: the weight blocks' proximal weight ``lam = prox * rho * trace(G)/dim(G)``
-      (0.1 for the backward sweep): row-MNIST 0.839 against 0.821 with 0.1 after 3 epochs;
-      level on the adding task (0.0106 against 0.0097 after 10 s).
-    * ``cg_steps = 6``: row-MNIST after 3 epochs 0.839 against 0.826 with 3 (rho
-      ``(0.2, 10, 0.1)``), and 0.795 with 2 against 0.821 with 3 (``(0.5, 10, 0.1)``);
-      capped at ``C |S| + 1``, where the block is exact (2 for the adding task).
+      ``(rho3/rho1)`` times the back-propagated ``-dL/da_t`` of the o-block's quadratic, so
+      ``rho3/rho1`` acts as a learning rate, and ``rho2 >> rho1`` puts the correction on the
+      pre-activations (which the weights can fit) rather than on C2. The backward sweep's
+      values are ``(10, 10, 1)``, with ``prox=0.1`` and ``weight_decay=1.0``.
+    * ``weight_decay = 0`` and ``prox = 0.03``: the weight blocks' proximal weight is
+      ``kappa = prox * rho * trace(G)/dim(G)``.
+    * ``cg_steps = 6``, capped at ``C |S| + 1``, where the block is exact.
     * ``auxiliaries="reset"``: each call starts the auxiliaries from a forward pass of the
       current weights. ``"persist"`` (backward or parallel sweep only) keeps them per sample.
 
@@ -222,14 +216,14 @@ def admmirnn(
       Learning via the Alternating Direction Method of Multipliers", 2011.
     """
     rhos = (rho,) * 3 if np.ndim(rho) == 0 else tuple(rho)
-    num_samples = V.positive_int("num_samples", num_samples, allow_none=True)
-    seq_len = V.positive_int("seq_len", seq_len, allow_none=True)
-    sweeps = V.positive_int("sweeps", sweeps)
+    num_samples = checks.positive_int("num_samples", num_samples, allow_none=True)
+    seq_len = checks.positive_int("seq_len", seq_len, allow_none=True)
+    sweeps = checks.positive_int("sweeps", sweeps)
     _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweeps, sweep, auxiliaries,
                    rho_schedule, rho_growth, rho_max, activation, loss, newton_steps, a_steps)
-    cg_steps = V.positive_int("cg_steps", cg_steps)
+    cg_steps = checks.positive_int("cg_steps", cg_steps)
     cfg = ADMMConfig(activation=activation, many_to_many=many_to_many, loss=loss,
-                     weight_decay=_static(weight_decay), prox=_static(prox),
+                     weight_decay=config_number(weight_decay), prox=config_number(prox),
                      newton_steps=int(newton_steps), a_steps=int(a_steps), sweep=sweep,
                      cg_steps=int(cg_steps))
     # per-sample multipliers carried across visits: the backward/parallel sweeps need them
@@ -240,7 +234,7 @@ def admmirnn(
                 "parallel": blocks.sweep_parallel}[sweep]
 
     def init_fn(params) -> ADMMiRNNState:
-        p, _, _ = split_params(params)
+        p, _, _ = split_elman(params)
         dtype = p["W"].dtype
         hidden, classes = p["W"].shape[0], p["V"].shape[0]
         n_dual = num_samples if per_sample else 0
@@ -270,11 +264,11 @@ def admmirnn(
     def update_fn(updates, state: ADMMiRNNState, params=None, *, inputs=None, targets=None,
                   indices=None, **extra_args: Any):
         del updates, extra_args
-        p_orig, treedef, names = split_params(params)
+        p_orig, treedef, names = split_elman(params)
         # the solves need at least float32 (no bfloat16 Cholesky); updates go back in p's dtype
         compute = jnp.promote_types(p_orig["W"].dtype, jnp.float32)
         p = {k: v.astype(compute) for k, v in p_orig.items()}
-        inputs, targets = _check_batch(p, inputs, targets, cfg)
+        inputs, targets = check_batch(p, inputs, targets, cfg)
         hidden, classes = p["W"].shape[0], p["V"].shape[0]
         if (state.duals.lam1.shape[2:] != (hidden,)
                 or state.duals.lam3.shape[2:] != (classes,)):
@@ -302,7 +296,7 @@ def admmirnn(
         if not whole and per_sample:
             # concrete: a ValueError now; traced (under jit): the iteration is rejected below
             n_store = state.duals.lam1.shape[0]
-            V.indices("indices", indices, n_store, batch)
+            checks.indices("indices", indices, n_store, batch)
             valid = _valid_indices(indices, n_store)
 
         trace = elman_trace(p, inputs, activation=activation, many_to_many=many_to_many)
@@ -357,19 +351,13 @@ def admmirnn(
                 seen=_put(state.seen, indices,
                           keep(True, _take(state.seen, indices, whole)), whole))
         delta = {k: keep(p_new[k] - p[k], 0).astype(p_orig[k].dtype) for k in p}
-        return merge_like(delta, treedef, names), new_state
+        return merge_elman(delta, treedef, names), new_state
 
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
     mark_guarded(tx)  # its own non-finite rule, on the batch's rows (see above)
-    return V.register_model_options(tx, activation=activation, many_to_many=many_to_many,
-                                    loss=loss, name="admmirnn",
-                                    num_samples=num_samples if per_sample else None)
-
-
-def _static(v):
-    """A concrete scalar hyperparameter as a float; a traced one (``inject_hyperparams``) as
-    is."""
-    return v if isinstance(v, jax.core.Tracer) else float(v)
+    return checks.register_model_options(tx, activation=activation, many_to_many=many_to_many,
+                                         loss=loss, name="admmirnn",
+                                         num_samples=num_samples if per_sample else None)
 
 
 def _valid_indices(indices, n):
@@ -432,29 +420,29 @@ def _iteration(p, aux, duals, rho, inputs, targets, cfg, sweep_fn, rho_schedule,
 
 def _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweeps, sweep, auxiliaries,
                    rho_schedule, rho_growth, rho_max, activation, loss, newton_steps, a_steps):
-    V.positive_int("num_samples", num_samples, allow_none=True)
-    V.positive_int("seq_len", seq_len, allow_none=True)
-    V.positive_int("sweeps", sweeps)
-    V.positive_int("newton_steps", newton_steps)
-    V.positive_int("a_steps", a_steps)
+    checks.positive_int("num_samples", num_samples, allow_none=True)
+    checks.positive_int("seq_len", seq_len, allow_none=True)
+    checks.positive_int("sweeps", sweeps)
+    checks.positive_int("newton_steps", newton_steps)
+    checks.positive_int("a_steps", a_steps)
     if len(rhos) != 3:
         raise ValueError(f"rho: expected a positive number or three positive numbers, got {rhos}")
     for r in rhos:
-        f = V.scalar("rho", r, "a positive number or three positive numbers")
+        f = checks.scalar("rho", r, "a positive number or three positive numbers")
         if f is not None and not (math.isfinite(f) and f > 0):
             raise ValueError(f"rho: expected a positive number or three positive numbers, got "
                              f"{rhos}")
-    V.nonnegative_number("prox", prox)
-    V.nonnegative_number("weight_decay", weight_decay)
-    V.positive_number("rho_growth", rho_growth)
-    growth = V.scalar("rho_growth", rho_growth, "a number >= 1")
+    checks.nonnegative_number("prox", prox)
+    checks.nonnegative_number("weight_decay", weight_decay)
+    checks.positive_number("rho_growth", rho_growth)
+    growth = checks.scalar("rho_growth", rho_growth, "a number >= 1")
     if growth is not None and not growth >= 1:
         raise ValueError(f"rho_growth: expected a number >= 1, got {rho_growth!r}")
-    V.positive_number("rho_max", rho_max)
+    checks.positive_number("rho_max", rho_max)
     for name, v, valid in (("sweep", sweep, SWEEPS), ("auxiliaries", auxiliaries, AUXILIARY_MODES),
                            ("rho_schedule", rho_schedule, RHO_SCHEDULES),
-                           ("activation", activation, ACTIVATIONS), ("loss", loss, LOSSES)):
-        V.one_of(name, v, valid)
+                           ("activation", activation, ACTIVATIONS), ("loss", loss, SUMMED_LOSSES)):
+        checks.one_of(name, v, valid)
     if (num_samples is None) != (seq_len is None):
         raise ValueError("num_samples, seq_len: per-sample state is [num_samples, seq_len, H]; "
                          f"give both or neither (got {num_samples}, {seq_len})")
@@ -464,54 +452,3 @@ def _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweeps, sweep
     if auxiliaries == "persist" and num_samples is None:
         raise ValueError("auxiliaries: 'persist' stores per-sample auxiliaries; give num_samples "
                          "and seq_len")
-
-
-def _check_param_shapes(p) -> None:
-    """``U [H, D], W [H, H], b [H], V [C, H], c [C]`` (at trace time)."""
-    if p["U"].ndim != 2 or p["V"].ndim != 2:
-        raise ValueError(f"params: expected U [H, D] and V [C, H], got U {p['U'].shape} and "
-                         f"V {p['V'].shape}")
-    h, c = p["U"].shape[0], p["V"].shape[0]
-    want = {"W": (h, h), "b": (h,), "V": (c, h), "c": (c,)}
-    for k, shape in want.items():
-        if tuple(p[k].shape) != shape:
-            raise ValueError(f"params: {k} should be {shape} for U of shape {p['U'].shape} and "
-                             f"V of shape {p['V'].shape}, got {tuple(p[k].shape)}")
-
-
-def _check_batch(p, inputs, targets, cfg: ADMMConfig):
-    """Shape checks of ``inputs``/``targets`` against the parameters (at trace time)."""
-    if inputs is None or targets is None:
-        raise ValueError("inputs, targets: admmirnn.update needs the batch: "
-                         "tx.update(grads, state, params, inputs=x, targets=y)")
-    _check_param_shapes(p)
-    inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
-    d = p["U"].shape[1]
-    token = jnp.issubdtype(inputs.dtype, jnp.integer)
-    if token and inputs.ndim != 2:
-        raise ValueError(f"inputs: token ids must be [N, T], got shape {inputs.shape}")
-    if not token and (inputs.ndim != 3 or inputs.shape[-1] != d):
-        raise ValueError(f"inputs: expected [N, T, {d}] (U is {p['U'].shape}), "
-                         f"got shape {inputs.shape}")
-    if 0 in inputs.shape:
-        raise ValueError(f"inputs: expected at least one sample of at least one step, got shape "
-                         f"{tuple(inputs.shape)}")
-    if token:
-        # concrete ids are checked here; under jit an id outside [0, vocab) gives a NaN
-        # projection (admm_jax.models.elman.input_projection), so the step is rejected
-        V.token_ids("inputs", inputs, d)
-    else:
-        inputs = inputs.astype(p["U"].dtype)
-    n, t = inputs.shape[:2]
-    c = p["V"].shape[0]
-    if cfg.loss == "cross_entropy":
-        want = (n, t) if cfg.many_to_many else (n,)
-        if targets.shape != want or not jnp.issubdtype(targets.dtype, jnp.integer):
-            raise ValueError(f"targets: expected integer classes of shape {want}, "
-                             f"got {targets.dtype}{targets.shape}")
-    else:
-        want = (n, t, c) if cfg.many_to_many else (n, c)
-        if targets.shape != want:
-            raise ValueError(f"targets: expected reals of shape {want}, got {targets.shape}")
-        targets = targets.astype(p["V"].dtype)
-    return inputs, targets

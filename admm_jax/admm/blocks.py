@@ -27,8 +27,8 @@ coupled       current ``a`` (Gauss-Newton), backtracked on the true L         re
 duals         ``lam_i += rho_i r_i``                                          exact
 ============  ==============================================================  ===========
 
-The weight blocks are proximal: they add ``lam/2 |theta - theta_prev|^2`` with
-``lam = mu * rho * trace(G) / dim(G)`` (``G`` the block's Gram matrix), which keeps a
+The weight blocks are proximal: they add ``kappa/2 |theta - theta_prev|^2`` with
+``kappa = mu * rho * trace(G) / dim(G)`` (``G`` the block's Gram matrix), which keeps a
 least-squares re-solve on a mini-batch from jumping along poorly conditioned directions.
 With ``mu = 0`` they are the plain ADMM blocks. They are written as steps from the current
 weights toward *residual targets* ``R`` (:func:`uwb_step`, :func:`vc_step`): ADMMiRNN's
@@ -121,18 +121,18 @@ def _armijo(objective, x, step, slope):
 
 
 def _prox_ridge_step(gram, rhs_data, theta0, rho, decay, cfg: ADMMConfig, prox=None):
-    """The step ``D`` of ``min rho/2 |R - Phi D|^2 + beta/2 |decay * (T0 + D)|^2 + lam/2 |D|^2``.
+    """The step ``D`` of ``min rho/2 |R - Phi D|^2 + beta/2 |decay * (T0 + D)|^2 + kappa/2 |D|^2``.
 
     This is the proximal ridge least squares of targets ``Y = Phi T0 + R`` in terms of the step
-    from ``T0``: ``(rho G + diag(beta decay + lam)) D = rho Phi^T R - beta decay T0``, with
-    ``gram = G = Phi^T Phi``, ``rhs_data = Phi^T R`` and ``lam = mu * rho * trace(G) / dim``
-    (``mu = cfg.prox`` unless ``prox``, possibly traced, is given). Returns ``(D, lam)``.
+    from ``T0``: ``(rho G + diag(beta decay + kappa)) D = rho Phi^T R - beta decay T0``, with
+    ``gram = G = Phi^T Phi``, ``rhs_data = Phi^T R`` and ``kappa = mu * rho * trace(G) / dim``
+    (``mu = cfg.prox`` unless ``prox``, possibly traced, is given). Returns ``(D, kappa)``.
     """
     dim = gram.shape[0]
-    lam = (cfg.prox if prox is None else prox) * rho * jnp.trace(gram) / dim
-    system = rho * gram + jnp.diag(cfg.weight_decay * decay + lam)
+    kappa = (cfg.prox if prox is None else prox) * rho * jnp.trace(gram) / dim
+    system = rho * gram + jnp.diag(cfg.weight_decay * decay + kappa)
     step = spd_solve(system, rho * rhs_data - cfg.weight_decay * decay[:, None] * theta0)
-    return step, lam
+    return step, kappa
 
 
 def _bias_features(h: jax.Array) -> jax.Array:
@@ -152,7 +152,7 @@ def vc_step(params, h: jax.Array, resid: jax.Array, rho3, cfg: ADMMConfig, gram=
 
     .. math::
         \min_{V,c} \frac{\rho_3}{2}\sum_{n,t\in S}|R_t - \Delta V h_t - \Delta c|^2
-        + \frac{\beta}{2}|V + \Delta V|^2 + \frac{\lambda}{2}|(\Delta V, \Delta c)|^2
+        + \frac{\beta}{2}|V + \Delta V|^2 + \frac{\kappa}{2}|(\Delta V, \Delta c)|^2
 
     Args:
       resid: the residual targets ``R [N, |S|, C]``: how far each output should move.
@@ -160,16 +160,16 @@ def vc_step(params, h: jax.Array, resid: jax.Array, rho3, cfg: ADMMConfig, gram=
       prox: ``mu`` instead of ``cfg.prox`` (may be traced).
 
     Returns:
-      ``({"V": V, "c": c}, lam)``.
+      ``({"V": V, "c": c}, kappa)``.
     """
     phi = _bias_features(readout_states(h, cfg))
     gram = phi.T @ phi if gram is None else gram
     theta0 = jnp.concatenate([params["V"].T, params["c"][None]], 0)
     decay = jnp.concatenate([jnp.ones(h.shape[-1], phi.dtype), jnp.zeros(1, phi.dtype)])
-    step, lam = _prox_ridge_step(gram, phi.T @ resid.reshape(phi.shape[0], -1), theta0, rho3,
+    step, kappa = _prox_ridge_step(gram, phi.T @ resid.reshape(phi.shape[0], -1), theta0, rho3,
                                  decay, cfg, prox)
     theta = theta0 + step
-    return {"V": theta[:-1].T, "c": theta[-1]}, lam
+    return {"V": theta[:-1].T, "c": theta[-1]}, kappa
 
 
 def vc_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, cfg: ADMMConfig):
@@ -177,12 +177,12 @@ def vc_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, cfg: ADMMCo
 
     .. math::
         \min_{V,c} \frac{\rho_3}{2}\sum_{n,t\in S}|o + \lambda_3/\rho_3 - V h_t - c|^2
-        + \frac{\beta}{2}|V|^2 + \frac{\lambda}{2}|(V,c) - (V,c)_{prev}|^2
+        + \frac{\beta}{2}|V|^2 + \frac{\kappa}{2}|(V,c) - (V,c)_{prev}|^2
 
     That is :func:`vc_step` with residual targets ``o + lam3/rho3 - (V h + c)``.
 
     Returns:
-      ``({"V": V, "c": c}, lam)``.
+      ``({"V": V, "c": c}, kappa)``.
     """
     out = readout_states(aux.h, cfg) @ params["V"].T + params["c"]
     return vc_step(params, aux.h, aux.o + duals.lam3 / rho.rho3 - out, rho.rho3, cfg)
@@ -212,7 +212,7 @@ def uwb_step(params, h: jax.Array, inputs: jax.Array, resid: jax.Array, rho1,
     .. math::
         \min_{\Delta U,\Delta W,\Delta b} \frac{\rho_1}{2}\sum_{n,t}|R_t - \Delta U x_t
         - \Delta W h_{t-1} - \Delta b|^2 + \frac{\beta}{2}(|U + \Delta U|^2+|W + \Delta W|^2)
-        + \frac{\lambda}{2}|(\Delta U,\Delta W,\Delta b)|^2
+        + \frac{\kappa}{2}|(\Delta U,\Delta W,\Delta b)|^2
 
     One ``(D+H+1)^2`` Cholesky for dense inputs. For token inputs the input block of the Gram
     matrix is diagonal (token counts), and the solve goes through the ``(H+1)^2`` Schur
@@ -227,7 +227,7 @@ def uwb_step(params, h: jax.Array, inputs: jax.Array, resid: jax.Array, rho1,
       prox: ``mu`` instead of ``cfg.prox`` (may be traced).
 
     Returns:
-      ``({"U": U, "W": W, "b": b}, lam)``; ``lam`` a dict by parameter for token inputs.
+      ``({"U": U, "W": W, "b": b}, kappa)``; ``kappa`` a dict by parameter for token inputs.
     """
     outputs, hidden = params["W"].shape  # W maps h_{t-1} [H] to the pre-activations
     p = _bias_features(shift_right(h))
@@ -240,10 +240,10 @@ def uwb_step(params, h: jax.Array, inputs: jax.Array, resid: jax.Array, rho1,
         (g,) = (phi.T @ phi,) if gram is None else gram
         theta0 = jnp.concatenate([params["U"].T, theta0_p], 0)
         decay = jnp.concatenate([jnp.ones(x.shape[-1], p.dtype), decay_p])
-        step, lam = _prox_ridge_step(g, phi.T @ r, theta0, rho1, decay, cfg, prox)
+        step, kappa = _prox_ridge_step(g, phi.T @ r, theta0, rho1, decay, cfg, prox)
         theta = theta0 + step
         d = x.shape[-1]
-        return {"U": theta[:d].T, "W": theta[d:-1].T, "b": theta[-1]}, lam
+        return {"U": theta[:d].T, "W": theta[d:-1].T, "b": theta[-1]}, kappa
 
     vocab = params["U"].shape[1]
     ids = inputs.reshape(-1)
@@ -251,19 +251,19 @@ def uwb_step(params, h: jax.Array, inputs: jax.Array, resid: jax.Array, rho1,
     mu = cfg.prox if prox is None else prox
     # damping per block: trace/dim over a mostly empty one-hot block would make the (W, b)
     # block's damping vanish (10k tokens: ~1e-4 of its mean eigenvalue instead of mu)
-    lam_x = mu * rho1 * jnp.sum(counts) / jnp.maximum(jnp.sum(counts > 0), 1)
-    lam_p = mu * rho1 * jnp.trace(gram_p) / (hidden + 1)
+    kappa_x = mu * rho1 * jnp.sum(counts) / jnp.maximum(jnp.sum(counts > 0), 1)
+    kappa_p = mu * rho1 * jnp.trace(gram_p) / (hidden + 1)
     beta = cfg.weight_decay
-    dx = rho1 * counts + beta + lam_x  # diagonal of the input block
+    dx = rho1 * counts + beta + kappa_x  # diagonal of the input block
     rhs_x = rho1 * jax.ops.segment_sum(r, ids, vocab) - beta * params["U"].T
     rhs_p = rho1 * (p.T @ r) - beta * decay_p[:, None] * theta0_p
-    schur = rho1 * gram_p + jnp.diag(beta * decay_p + lam_p)
+    schur = rho1 * gram_p + jnp.diag(beta * decay_p + kappa_p)
     schur -= rho1**2 * (xt_p.T / dx) @ xt_p
     step_p = spd_solve(schur, rhs_p - rho1 * xt_p.T @ (rhs_x / dx[:, None]))
     step_x = (rhs_x - rho1 * xt_p @ step_p) / dx[:, None]
     theta_p = theta0_p + step_p
     return ({"U": params["U"] + step_x.T, "W": theta_p[:-1].T, "b": theta_p[-1]},
-            {"U": lam_x, "W": lam_p, "b": lam_p})
+            {"U": kappa_x, "W": kappa_p, "b": kappa_p})
 
 
 def uwb_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: jax.Array,
@@ -273,12 +273,12 @@ def uwb_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: ja
     .. math::
         \min_{U,W,b} \frac{\rho_1}{2}\sum_{n,t}|a_t + \lambda_{1,t}/\rho_1 - U x_t
         - W h_{t-1} - b|^2 + \frac{\beta}{2}(|U|^2+|W|^2)
-        + \frac{\lambda}{2}|(U,W,b) - (U,W,b)_{prev}|^2
+        + \frac{\kappa}{2}|(U,W,b) - (U,W,b)_{prev}|^2
 
     That is :func:`uwb_step` with residual targets ``a + lam1/rho1 - (U x + W h_prev + b)``.
 
     Returns:
-      ``({"U": U, "W": W, "b": b}, lam)``.
+      ``({"U": U, "W": W, "b": b}, kappa)``.
     """
     z1 = (input_projection(params["U"], inputs) + shift_right(aux.h) @ params["W"].T
           + params["b"])
@@ -293,29 +293,29 @@ def damped_inverse(factor: jax.Array, mu, normalize: bool = False) -> jax.Array:
     dim = factor.shape[0]
     m = jnp.maximum(jnp.trace(factor) / dim, jnp.finfo(factor.dtype).tiny)
     if normalize:
-        factor, lam = factor / m, mu
+        factor, kappa = factor / m, mu
     else:
-        lam = mu * m
-    return spd_inverse(factor + lam * jnp.eye(dim, dtype=factor.dtype))
+        kappa = mu * m
+    return spd_inverse(factor + kappa * jnp.eye(dim, dtype=factor.dtype))
 
 
 def kron_step(grad: jax.Array, inv_in: jax.Array, inv_out: jax.Array) -> jax.Array:
-    r"""The two-sided, variable-metric weight step ``(A + lam_A I)^-1 grad (S + lam_S I)^-1``.
+    r"""The two-sided, variable-metric weight step ``(A + kappa_A I)^-1 grad (S + kappa_S I)^-1``.
 
     .. math::
-        \Delta = \arg\min_D\ \tfrac12\,\mathrm{tr}\big(D^\top (A+\lambda_A I)\, D\,
-        (S+\lambda_S I)\big) - \mathrm{tr}(D^\top G)
-        = (A + \lambda_A I)^{-1}\, G\, (S + \lambda_S I)^{-1}
+        \Delta = \arg\min_D\ \tfrac12\,\mathrm{tr}\big(D^\top (A+\kappa_A I)\, D\,
+        (S+\kappa_S I)\big) - \mathrm{tr}(D^\top G)
+        = (A + \kappa_A I)^{-1}\, G\, (S + \kappa_S I)^{-1}
 
     the weight block's proximal least squares with the scalar penalty on its constraint's
     residual replaced by the metric ``S`` (and the input Gram ``A``): a solve with
-    ``(A + lam_A I) kron (S + lam_S I)``, given the damped inverses of both factors
+    ``(A + kappa_A I) kron (S + kappa_S I)``, given the damped inverses of both factors
     (:func:`damped_inverse`): two matrix products.
 
     Args:
       grad: ``G [P, Z]`` in the blocks' row layout (``[U^T; W^T; b]``, features by outputs).
-      inv_in: ``(A + lam_A I)^-1 [P, P]``.
-      inv_out: ``(S + lam_S I)^-1 [Z, Z]``.
+      inv_in: ``(A + kappa_A I)^-1 [P, P]``.
+      inv_out: ``(S + kappa_S I)^-1 [Z, Z]``.
 
     Returns:
       ``[P, Z]``.

@@ -10,19 +10,18 @@ import optax
 
 from admm_jax import _validation as checks
 from admm_jax.admm import blocks
-from admm_jax.admm.params import split_params
 from admm_jax.admm.preconditioned import (
     PreconditionedDiagnostics,
     ScalarOrSchedule,
-    _check_options,
-    _lstm_leaves,
-    _value,
     as_blocks,
+    check_options,
+    compute_dtype,
     damping_update,
-    from_blocks,
     mean_batch_loss,
+    schedule_value,
 )
 from admm_jax.admm.problem import ADMMConfig, data_loss, readout_states, shift_right
+from admm_jax.layouts import from_blocks, to_blocks, unstack_lstm_gates
 from admm_jax.models.elman import elman_trace
 from admm_jax.models.lstm import lstm_scan
 from admm_jax.nonfinite import reject_nonfinite
@@ -138,8 +137,8 @@ def admm_kfac(
     ``g_t = dL_n/da_t`` gives the block's solution (:func:`admm_jax.admm.blocks.kron_step`)
 
     .. math::
-        \Delta\Theta = -\eta\,(A + \lambda_A I)^{-1}\,\nabla_\Theta \bar L\,
-        (S + \lambda_S I)^{-1},\qquad
+        \Delta\Theta = -\eta\,(A + \kappa_A I)^{-1}\,\nabla_\Theta \bar L\,
+        (S + \kappa_S I)^{-1},\qquad
         A = \tfrac1N\sum_{n,t}\phi_{n,t}\phi_{n,t}^\top,\quad
         S = \tfrac1{NT}\sum_{n,t} g_{n,t} g_{n,t}^\top,
 
@@ -154,20 +153,19 @@ def admm_kfac(
       gradient needs). ``"sampled"``: ``g`` from labels sampled from the model (one more
       backward cotangent, batched with the first), and the readout's ``S`` the exact
       ``E[diag(p) - p p^T]`` (cross entropy) or ``I`` (MSE).
-    * Factorisation: the damped inverses ``(A + lambda_A I)^-1``, ``(S + lambda_S I)^-1``
+    * Factorisation: the damped inverses ``(A + kappa_A I)^-1``, ``(S + kappa_S I)^-1``
       (Cholesky, :func:`admm_jax.admm.blocks.damped_inverse`) are refreshed every
       ``refresh_every`` steps, and whenever the adaptive damping moved, inside ``jit``
       (``lax.cond``, no recompilation); the step between refreshes is two matrix products
-      per block. (``jnp.linalg.eigh`` was tried first: XLA's CPU eigh took ~0.25 s per
-      ``157 x 157`` factor on 2 cores, 10x an Adam step even amortised over 10 steps.)
-    * Damping: factored Tikhonov, ``lambda_A = mu tr(A)/dim``, ``lambda_S = mu tr(S)/dim``
+      per block (Cholesky rather than ``jnp.linalg.eigh``: why, in
+      ``docs/admm_preconditioned.md``).
+    * Damping: factored Tikhonov, ``kappa_A = mu tr(A)/dim``, ``kappa_S = mu tr(S)/dim``
       (``mu = prox * d``): the ``pi``-rescaled damping of K-FAC with ``gamma = mu^2 m_A m_S``
       (``m`` the mean eigenvalues). ``d`` is :func:`admm_jax.admm_preconditioned`'s adaptive
       factor (doubles while the loss rises beyond noise, decays by 0.97 to 1). With
       ``normalize_output`` (default) ``S`` enters as ``S / m_S``: the output side shapes the
       step, ``eta`` keeps :func:`admm_jax.admm_preconditioned`'s scale (without it the
-      empirical ``S`` is tiny and ``eta`` must shrink with it; ``0.001-0.3`` diverged or
-      crawled on row-MNIST).
+      empirical ``S`` is tiny and ``eta`` must shrink with it).
     * Token inputs (``token_inputs=True``, ``ElmanRNN`` with ids ``[N, T]``): the input
       block of ``A`` is diagonal (token counts); its left solve goes through the ``(H+1)^2``
       Schur complement of :func:`admm_jax.admm.blocks.uwb_step` every step (the blocks'
@@ -231,7 +229,7 @@ def admm_kfac(
       Kronecker-factored Approximate Curvature", ICML 2015; Tang et al., "ADMMiRNN", ECML-PKDD
       2020 (the weight blocks).
     """
-    _check_options(learning_rate, 1.0, prox, weight_decay, activation, loss)
+    check_options(learning_rate, 1.0, prox, weight_decay, activation, loss)
     if not isinstance(ema, int | float) or isinstance(ema, bool) or not 0 <= ema < 1:
         raise ValueError(f"ema: expected a number in [0, 1), got {ema!r}")
     checks.nonnegative_int("warmup_steps", warmup_steps)
@@ -245,19 +243,11 @@ def admm_kfac(
                      weight_decay=0.0, prox=float(prox))
 
     def shapes(params):
-        lstm = _lstm_leaves(params)
-        if lstm is None:
-            p = split_params(params)[0]
-            z, d = p["U"].shape
-            hid, classes, w = p["W"].shape[1], p["V"].shape[0], p["W"]
-        else:
-            by = lstm[0]
-            if token_inputs:
-                raise ValueError("token_inputs: supported for ElmanRNN only, got an LSTM")
-            d, hid = by[("cell", "ii", "kernel")].shape
-            z, classes, w = 4 * hid, by[("readout", "kernel")].shape[1], \
-                by[("readout", "kernel")]
-        return d, hid, z, classes, jnp.promote_types(w.dtype, jnp.float32), lstm is not None
+        p, layout = to_blocks(params)
+        if layout.lstm and token_inputs:
+            raise ValueError("token_inputs: supported for ElmanRNN only, got an LSTM")
+        (z, d), hid, classes = p["U"].shape, p["W"].shape[1], p["V"].shape[0]
+        return d, hid, z, classes, compute_dtype(layout), layout.lstm
 
     def init_fn(params) -> ADMMKFACState:
         d, hid, z, classes, dtype, _ = shapes(params)
@@ -280,7 +270,7 @@ def admm_kfac(
     def update_fn(updates, state: ADMMKFACState, params=None, *, inputs=None, targets=None,
                   **extra_args: Any):
         del updates, extra_args
-        p, unpack, inputs, targets = as_blocks(params, inputs, targets, cfg)
+        p, layout, inputs, targets = as_blocks(params, inputs, targets, cfg)
         tokens = jnp.issubdtype(inputs.dtype, jnp.integer)
         if tokens != token_inputs:
             raise ValueError(f"inputs: got {'token ids' if tokens else 'float inputs'} but "
@@ -288,7 +278,8 @@ def admm_kfac(
         compute = p["W"].dtype
         key = (jax.random.fold_in(jax.random.key(seed), state.count)
                if fisher == "sampled" else None)
-        loss_sum, h, g_a, g_o, f_a, o = kfac_adjoints(p, unpack.cell, inputs, targets, cfg, key)
+        cell = unstack_lstm_gates(p) if layout.lstm else None
+        loss_sum, h, g_a, g_o, f_a, o = kfac_adjoints(p, cell, inputs, targets, cfg, key)
         n, t = inputs.shape[:2]
         z, classes = g_a.shape[-1], g_o.shape[-1]
         loss_now = mean_batch_loss(loss_sum, g_o, cfg)
@@ -298,7 +289,7 @@ def admm_kfac(
         ga = g_a.reshape(-1, z)
         fa = ga if f_a is None else f_a.reshape(-1, z)
         s1 = fa.T @ fa / (n * t)
-        if unpack.lstm is not None and output_factor == "per_gate":
+        if layout.lstm and output_factor == "per_gate":
             gate = jnp.arange(z) // (z // 4)
             s1 = jnp.where(gate[:, None] == gate[None], s1, 0.0)
         phi3 = jnp.concatenate([readout_states(h, cfg), jnp.ones_like(g_o[..., :1])],
@@ -326,7 +317,7 @@ def admm_kfac(
                                state.factors, batch)
 
         mu = prox * damping
-        eta = jnp.asarray(_value(learning_rate, state.count), compute)
+        eta = jnp.asarray(schedule_value(learning_rate, state.count), compute)
         if warmup_steps:
             eta = eta * jnp.minimum(1.0, (state.count + 1.0) / warmup_steps).astype(compute)
         if decay_steps is not None:
@@ -373,7 +364,7 @@ def admm_kfac(
             inverse_prox=inverse_prox.astype(dtype),
         )
         delta = {k: v for g in groups for k, v in g.items()}
-        return from_blocks(delta, unpack), new_state
+        return from_blocks(delta, layout), new_state
 
     # a step with a non-finite update or state is rejected (zero update, state unchanged), as
     # for every optimizer (admm_jax.reject_nonfinite)

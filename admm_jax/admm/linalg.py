@@ -1,14 +1,14 @@
 """Dense SPD solves built from Cholesky and matrix products only.
 
-XLA's CPU triangular solve has a fixed cost of about 8 ms per call (measured with jax 0.10 on
-2 cores, whatever the matrix size: ``benchmarks/admm_speed.py`` prints it), which made the
-small ``(H+1)^2`` solves of ADMMiRNN cost more than everything else in an iteration. The
-inverse of the Cholesky factor is instead formed by recursive 2x2 blocking,
+XLA's CPU triangular solve has a fixed cost per call, whatever the matrix size, which made the
+small ``(H+1)^2`` solves of ADMMiRNN cost more than everything else in an iteration (the
+measurements: ``docs/admmirnn.md``, "Linear algebra"). The inverse of the Cholesky factor is
+instead formed by recursive 2x2 blocking,
 
     inv([[A, 0], [B, C]]) = [[inv(A), 0], [-inv(C) B inv(A), inv(C)]],
 
-which is a handful of matrix products: about 50x faster there, and as accurate for the
-well-conditioned (ridge/proximally regularised, or ``rho2 I`` + PSD) systems solved here.
+which is a handful of matrix products, and as accurate for the well-conditioned
+(ridge/proximally regularised, or ``rho2 I`` + PSD) systems solved here.
 """
 
 from __future__ import annotations

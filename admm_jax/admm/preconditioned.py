@@ -12,11 +12,17 @@ import optax
 
 from admm_jax import _validation as checks
 from admm_jax.admm import blocks
-from admm_jax.admm.admmirnn import _check_batch, _static
-from admm_jax.admm.params import merge_like, path_names, split_params
-from admm_jax.admm.problem import LOSSES, ADMMConfig, data_loss, readout_states
+from admm_jax.admm.problem import (
+    SUMMED_LOSSES,
+    ADMMConfig,
+    check_batch,
+    config_number,
+    data_loss,
+    readout_states,
+)
+from admm_jax.layouts import BlockLayout, from_blocks, to_blocks, unstack_lstm_gates
 from admm_jax.models.elman import ACTIVATIONS, elman_trace
-from admm_jax.models.lstm import HIDDEN_KERNELS, INPUT_KERNELS, lstm_scan
+from admm_jax.models.lstm import lstm_scan
 from admm_jax.nonfinite import reject_nonfinite
 
 ScalarOrSchedule = float | Callable[[jax.Array], jax.Array]
@@ -120,24 +126,6 @@ def lstm_adjoints(cell, readout, inputs: jax.Array, targets: jax.Array, cfg: ADM
     return loss, hs, g_z, g_o
 
 
-_LSTM_LEAVES = ({("cell", k, "kernel") for k in (*INPUT_KERNELS, *HIDDEN_KERNELS)}
-                | {("cell", k, "bias") for k in HIDDEN_KERNELS}
-                | {("readout", "kernel"), ("readout", "bias")})
-
-
-def _lstm_leaves(params):
-    """``{path names: leaf}`` and the tree structure when ``params`` are an LSTM's, else
-    ``None``; a tree with a ``cell`` that is not exactly :class:`admm_jax.LSTM`'s is an error."""
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    names = [path_names(path) for path, _ in leaves]
-    if not any(n[:1] == ("cell",) for n in names):
-        return None
-    if set(names) != _LSTM_LEAVES or len(names) != len(_LSTM_LEAVES):
-        raise ValueError(f"params: expected the parameters of admm_jax.LSTM (cell "
-                         f"{INPUT_KERNELS + HIDDEN_KERNELS} and readout), got leaves {names}")
-    return dict(zip(names, (leaf for _, leaf in leaves), strict=True)), treedef, names
-
-
 def admm_preconditioned(
     learning_rate: ScalarOrSchedule = 0.1,
     readout_learning_rate: ScalarOrSchedule = 1.0,
@@ -159,13 +147,13 @@ def admm_preconditioned(
     ``g_a = dL/da_t``, ``g_o = dL/do`` (:func:`adjoints`). The block's solution is then
 
     .. math::
-        \Delta\theta = -\eta\,(\hat G + \lambda I)^{-1}\,\nabla_\theta \bar L, \qquad
+        \Delta\theta = -\eta\,(\hat G + \kappa I)^{-1}\,\nabla_\theta \bar L, \qquad
         \hat G = \tfrac{1}{N}\sum_{n,t}\phi_{n,t}\phi_{n,t}^\top, \quad
-        \lambda = \mu\,\mathrm{tr}(\hat G)/\dim\hat G,
+        \kappa = \mu\,\mathrm{tr}(\hat G)/\dim\hat G,
 
     with ``L̄`` the mean loss of the batch: a gradient step preconditioned by the input
     covariance shared over time steps (a one-sided, time-shared K-FAC), invariant to the
-    batch size. ``mu -> inf`` gives gradient descent with step ``eta / lambda``; ``mu = 0``
+    batch size. ``mu -> inf`` gives gradient descent with step ``eta / kappa``; ``mu = 0``
     is the unregularised Gauss-Newton-like step (ill-posed on small batches).
 
     Safeguard, ``adaptive_damping`` (Levenberg-Marquardt style, driven by the observed
@@ -175,18 +163,16 @@ def admm_preconditioned(
     the loss is not finite, the damping factor ``d`` doubles; otherwise it decays by ``0.97``
     per step, down to 1. The step uses ``mu * d``: larger damping shortens every step and
     turns it toward the gradient, so a run whose steps are too long damps itself back to a
-    stable regime, then returns to ``d = 1``. Chosen by experiment
-    (``python benchmarks/admm_preconditioned.py --sweep``, README): at the default learning
-    rates ``d`` stays 1 (the run is unchanged), and at 3-10x larger ones it turns divergence
-    into a working run. A cap on the step norm relative to its running average was tried
-    first and never prevented a divergence: the steps grow steadily, not in outliers.
+    stable regime, then returns to ``d = 1``. The experiment that chose this rule, and the
+    step-norm cap it replaced, are in ``docs/admm_preconditioned.md`` ("Safeguard: adaptive
+    damping").
 
     Cost per step, for ``N`` samples of ``T`` steps, ``P = D + H + 1`` features (dense inputs):
     forward ``2NT(D+H)H`` + adjoints ``2NTH^2`` + Gram ``2NTP^2`` + right side ``2NTPH`` +
     solve ``~ P^3 + 4P^2 H`` FLOPs, against ``2NTH(2D + 3H)`` for a BPTT gradient step (whose
-    weight gradients are not needed here): 1.48x at ``D=28, H=128, T=28, N=128``
-    (row-MNIST). For token inputs the Gram is never formed over the vocabulary: the solve
-    goes through an ``(H+1)^2`` Schur complement.
+    weight gradients are not needed here); the ratio at row-MNIST's sizes and the measured
+    step cost are in ``docs/admm_preconditioned.md`` ("Cost"). For token inputs the Gram is
+    never formed over the vocabulary: the solve goes through an ``(H+1)^2`` Schur complement.
 
     :class:`admm_jax.LSTM` is supported the same way: its four gates' pre-activations
     ``z_t = W_x x_t + W_h h_{t-1} + b`` are one linear map of the same features, so the same
@@ -212,10 +198,8 @@ def admm_preconditioned(
         :func:`admm_jax.admmirnn`); a proximal decay: each step pulls a weight toward 0 with
         weight ``beta`` against the data's ``rho * G`` and the damping. With token inputs
         that makes it an embedding regulariser: a row whose token is absent from the batch
-        shrinks by ``beta / (beta + lam_x)`` per step (``lam_x = mu rho`` x mean token count;
-        IMDb at the defaults, ``beta = 0.3``: about 6%). ``0.3`` with a cosine decay of both
-        learning rates was the validation choice on IMDb; on row-MNIST it cost 0.4-0.8 points
-        of validation accuracy and ``0`` was chosen (README).
+        shrinks by ``beta / (beta + kappa_x)`` per step (``kappa_x = mu rho`` x mean token
+        count). The values chosen on IMDb and row-MNIST: ``docs/admm_preconditioned.md``.
       adaptive_damping: raise ``prox`` while the loss rises (see above); ``False``: fixed
         ``prox``.
       activation, many_to_many, loss: must match the model, as in :func:`admm_jax.admmirnn`.
@@ -245,14 +229,12 @@ def admm_preconditioned(
       Neural Networks with Kronecker-factored Approximate Curvature", ICML 2015 (the input
       covariance factor).
     """
-    _check_options(learning_rate, readout_learning_rate, prox, weight_decay, activation, loss)
+    check_options(learning_rate, readout_learning_rate, prox, weight_decay, activation, loss)
     cfg = ADMMConfig(activation=activation, many_to_many=many_to_many, loss=loss,
-                     weight_decay=_static(weight_decay), prox=_static(prox))
+                     weight_decay=config_number(weight_decay), prox=config_number(prox))
 
     def init_fn(params) -> ADMMPreconditionedState:
-        lstm = _lstm_leaves(params)
-        w = lstm[0][("readout", "kernel")] if lstm else split_params(params)[0]["W"]
-        dtype = jnp.promote_types(w.dtype, jnp.float32)
+        dtype = compute_dtype(to_blocks(params)[1])
         # distinct buffers for every leaf, so the state can be donated
         return ADMMPreconditionedState(
             count=jnp.zeros((), jnp.int32), loss=jnp.zeros((), dtype),
@@ -267,19 +249,19 @@ def admm_preconditioned(
             raise ValueError("inputs, targets: admm_preconditioned.update needs the batch and "
                              "the parameters: tx.update(grads, state, params, inputs=x, "
                              "targets=y)")
-        p, unpack, inputs, targets = as_blocks(params, inputs, targets, cfg)
-        if unpack.lstm is None:
+        p, layout, inputs, targets = as_blocks(params, inputs, targets, cfg)
+        if not layout.lstm:
             loss_sum, trace, g_a, g_o = adjoints(p, inputs, targets, cfg)
             h = trace.h
         else:
-            loss_sum, h, g_a, g_o = lstm_adjoints(unpack.cell, (p["V"], p["c"]), inputs,
-                                                  targets, cfg)
+            loss_sum, h, g_a, g_o = lstm_adjoints(unstack_lstm_gates(p), (p["V"], p["c"]),
+                                                  inputs, targets, cfg)
         compute = p["W"].dtype
         loss_now = mean_batch_loss(loss_sum, g_o, cfg)
         fast, slow, var, damping = damping_update(state, loss_now, adaptive_damping)
         mu = prox * damping
-        eta = jnp.asarray(_value(learning_rate, state.count), compute)
-        eta_o = jnp.asarray(_value(readout_learning_rate, state.count), compute)
+        eta = jnp.asarray(schedule_value(learning_rate, state.count), compute)
+        eta_o = jnp.asarray(schedule_value(readout_learning_rate, state.count), compute)
         uwb, _ = blocks.uwb_step(p, h, inputs, -eta * g_a, 1.0 / eta, cfg, prox=mu)
         vc, _ = blocks.vc_step(p, h, -eta_o * g_o, 1.0 / eta_o, cfg, prox=mu)
         groups = ({k: v - p[k] for k, v in uwb.items()}, {k: v - p[k] for k, v in vc.items()})
@@ -294,7 +276,7 @@ def admm_preconditioned(
             loss_var=var.astype(dtype),
         )
         delta = {k: v for g in groups for k, v in g.items()}
-        return from_blocks(delta, unpack), new_state
+        return from_blocks(delta, layout), new_state
 
     # a step with a non-finite update or state is rejected (zero update, state unchanged), as
     # for every optimizer (admm_jax.reject_nonfinite)
@@ -303,65 +285,34 @@ def admm_preconditioned(
                                          loss=loss, name="admm_preconditioned")
 
 
-class Unpacked(NamedTuple):
-    """How :func:`as_blocks` read the parameters, for :func:`from_blocks`."""
-
-    treedef: Any
-    names: list
-    dtypes: dict
-    lstm: Any  # None for ElmanRNN, else the LSTM's {path names: leaf}
-    cell: Any  # the LSTM cell in lstm_scan's layout (None for ElmanRNN)
+def compute_dtype(layout: BlockLayout):
+    """The dtype the blocks are solved in: the parameters' widest, at least float32 (no
+    bfloat16 Cholesky)."""
+    return jnp.promote_types(jnp.result_type(*layout.dtypes.values()), jnp.float32)
 
 
 def as_blocks(params, inputs, targets, cfg: ADMMConfig):
-    """The parameters as one Elman-like map in the compute dtype (float32 or wider).
+    """The parameters as one Elman-like map in the compute dtype, and the batch checked.
 
     ``ElmanRNN``: ``{U, W, b, V, c}``. :class:`admm_jax.LSTM`: the four gates stacked,
-    ``U [4H, D]``, ``W [4H, H]``, ``b [4H]`` (gates ``i, f, g, o``), and the readout ``V, c``.
-    The batch is checked against them. Returns ``(p, unpacked, inputs, targets)``.
+    ``U [4H, D]``, ``W [4H, H]``, ``b [4H]`` (gates ``i, f, g, o``), and the readout ``V, c``
+    (:func:`admm_jax.layouts.to_blocks`). The batch is checked against them
+    (:func:`admm_jax.admm.problem.check_batch`). Returns ``(p, layout, inputs, targets)``,
+    ``layout`` for :func:`admm_jax.layouts.from_blocks`.
     """
-    lstm = _lstm_leaves(params)
-    if lstm is None:
-        p_orig, treedef, names = split_params(params)
-        compute = jnp.promote_types(p_orig["W"].dtype, jnp.float32)
-        p = {k: v.astype(compute) for k, v in p_orig.items()}
-        inputs, targets = _check_batch(p, inputs, targets, cfg)
-        dtypes = {k: v.dtype for k, v in p_orig.items()}
-        return p, Unpacked(treedef, names, dtypes, None, None), inputs, targets
-    by, treedef, names = lstm
-    compute = jnp.promote_types(by[("readout", "kernel")].dtype, jnp.float32)
-    dtypes = {k: v.dtype for k, v in by.items()}
-    by = {k: v.astype(compute) for k, v in by.items()}
-    cell = {k: {"kernel": by[("cell", k, "kernel")]} for k in INPUT_KERNELS}
-    cell |= {k: {"kernel": by[("cell", k, "kernel")], "bias": by[("cell", k, "bias")]}
-             for k in HIDDEN_KERNELS}
-    p = {"U": jnp.concatenate([cell[k]["kernel"] for k in INPUT_KERNELS], 1).T,
-         "W": jnp.concatenate([cell[k]["kernel"] for k in HIDDEN_KERNELS], 1).T,
-         "b": jnp.concatenate([cell[k]["bias"] for k in HIDDEN_KERNELS]),
-         "V": by[("readout", "kernel")].T, "c": by[("readout", "bias")]}
+    p, layout = to_blocks(params)
+    compute = compute_dtype(layout)
+    p = {k: v.astype(compute) for k, v in p.items()}
+    if not layout.lstm:
+        inputs, targets = check_batch(p, inputs, targets, cfg)
+        return p, layout, inputs, targets
     if inputs is not None and jnp.issubdtype(jnp.asarray(inputs).dtype, jnp.integer):
         raise ValueError("inputs: expected float inputs [N, T, D] for LSTM (token ids only "
                          "for ElmanRNN)")
     hid = p["W"].shape[1]  # shape checks as for one gate's Elman-like map
     gate = {k: (v[:hid] if k in "UWb" else v) for k, v in p.items()}
-    inputs, targets = _check_batch(gate, inputs, targets, cfg)
-    return p, Unpacked(treedef, names, dtypes, by, cell), inputs, targets
-
-
-def from_blocks(delta, unpack: Unpacked):
-    """Steps ``{U, W, b, V, c}`` in :func:`as_blocks`' layout back as the parameters' tree."""
-    if unpack.lstm is None:
-        delta = {k: v.astype(unpack.dtypes[k]) for k, v in delta.items()}
-        return merge_like(delta, unpack.treedef, unpack.names)
-    hidden = delta["W"].shape[1]
-    out = {("readout", "kernel"): delta["V"].T, ("readout", "bias"): delta["c"]}
-    for j, (ki, kh) in enumerate(zip(INPUT_KERNELS, HIDDEN_KERNELS, strict=True)):
-        rows = slice(j * hidden, (j + 1) * hidden)
-        out[("cell", ki, "kernel")] = delta["U"][rows].T
-        out[("cell", kh, "kernel")] = delta["W"][rows].T
-        out[("cell", kh, "bias")] = delta["b"][rows]
-    leaves = [out[n].astype(unpack.dtypes[n]) for n in unpack.names]
-    return jax.tree_util.tree_unflatten(unpack.treedef, leaves)
+    inputs, targets = check_batch(gate, inputs, targets, cfg)
+    return p, layout, inputs, targets
 
 
 def mean_batch_loss(loss_sum: jax.Array, g_o: jax.Array, cfg: ADMMConfig) -> jax.Array:
@@ -395,11 +346,14 @@ def damping_update(state, loss_now, adaptive: bool):
     return fast, slow, var, damping
 
 
-def _value(v: ScalarOrSchedule, count: jax.Array):
+def schedule_value(v: ScalarOrSchedule, count: jax.Array):
+    """A hyperparameter at step ``count``: a schedule's value, or the number itself."""
     return v(count) if callable(v) else v
 
 
-def _check_options(learning_rate, readout_learning_rate, prox, weight_decay, activation, loss):
+def check_options(learning_rate, readout_learning_rate, prox, weight_decay, activation, loss):
+    """The checks shared by :func:`admm_preconditioned` and :func:`admm_jax.admm_kfac`: each
+    error names the argument and what was expected."""
     for name, v in (("learning_rate", learning_rate),
                     ("readout_learning_rate", readout_learning_rate)):
         if callable(v):
@@ -413,4 +367,4 @@ def _check_options(learning_rate, readout_learning_rate, prox, weight_decay, act
         if f is not None and not (math.isfinite(f) and f >= 0):
             raise ValueError(f"{name}: expected a number >= 0, got {v!r}")
     checks.one_of("activation", activation, ACTIVATIONS)
-    checks.one_of("loss", loss, LOSSES)
+    checks.one_of("loss", loss, SUMMED_LOSSES)

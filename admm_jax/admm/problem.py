@@ -8,9 +8,9 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from admm_jax import _validation as checks
+from admm_jax.layouts import check_elman_shapes
 from admm_jax.models.elman import activation_fn, input_projection
-
-LOSSES = ("cross_entropy", "mse")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,10 +21,13 @@ class ADMMConfig:
       activation: ``"tanh"`` or ``"relu"``.
       many_to_many: targets at every step (``S = 1..T``) instead of the last (``S = {T}``).
       loss: ``"cross_entropy"`` (integer class targets) or ``"mse"`` (real targets,
-        ``1/2 |o - y|^2``).
+        ``1/2 |o - y|^2`` summed, :func:`half_sum_of_squares`; not the mean).
       weight_decay: ``beta`` on ``|U|^2 + |W|^2 + |V|^2`` (biases are not decayed).
-      prox: ``mu``: each weight block adds ``lam/2 |theta - theta_prev|^2`` with
-        ``lam = mu * trace(G) / dim(G)``, ``G`` the block's Gram matrix (0 disables it).
+      prox: ``mu``: each weight block adds the proximal term
+        ``kappa/2 |theta - theta_prev|^2`` with ``kappa = mu * rho * trace(G) / dim(G)``, ``G``
+        the block's Gram matrix and ``rho`` its penalty (``rho1`` for ``(U, W, b)``, ``rho3``
+        for ``(V, c)``); 0 disables it. (``kappa``, not ``lam``: ``lam1..lam3`` are the
+        multipliers.)
       newton_steps: Newton iterations of the o-block (cross entropy).
       a_steps: safeguarded Gauss-Newton iterations of the a-block (tanh).
       sweep: ``"coupled"`` (all ``(a_t, h_t)`` jointly: one Gauss-Newton step solved by
@@ -43,6 +46,18 @@ class ADMMConfig:
     a_steps: int = 4
     sweep: str = "backward"
     cg_steps: int = 3
+
+
+def config_number(v):
+    """A hyperparameter for :class:`ADMMConfig`: a concrete scalar as a ``float``, a traced one
+    (``optax.inject_hyperparams`` inside ``jit``) as is.
+
+    Examples:
+      >>> import numpy as np
+      >>> config_number(np.float32(0.5))
+      0.5
+    """
+    return v if isinstance(v, jax.core.Tracer) else float(v)
 
 
 class Auxiliaries(NamedTuple):
@@ -100,17 +115,74 @@ def residuals(params, aux: Auxiliaries, inputs: jax.Array, cfg: ADMMConfig) -> R
                        zip(aux, constraint_sides(params, aux, inputs, cfg), strict=True)))
 
 
-def data_loss(o: jax.Array, targets: jax.Array, cfg: ADMMConfig) -> jax.Array:
-    """Summed loss ``sum_n sum_{t in S} loss(o_{n,t}, y_{n,t})``.
+def summed_cross_entropy(o: jax.Array, y: jax.Array) -> jax.Array:
+    r"""Cross entropy summed over samples and steps: ``-sum log softmax(o)[y]``.
 
-    ``targets`` are ``[N]`` or ``[N, T]`` integer classes (cross entropy) or ``[N, C]`` /
-    ``[N, T, C]`` reals (mse); they are aligned with ``o [N, |S|, C]``.
+    .. math::
+        \ell = -\sum_{n,t} \log \mathrm{softmax}(o_{n,t})_{y_{n,t}}
+
+    Args:
+      o: logits ``[N, |S|, C]``.
+      y: integer classes ``[N, |S|]``.
+
+    Returns:
+      The scalar sum (not a mean: the ADMM subproblems weigh it against the penalties).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> round(float(summed_cross_entropy(jnp.zeros((2, 1, 4)), jnp.zeros((2, 1), int))), 4)
+      2.7726
     """
-    y = targets_as_steps(targets, cfg)
-    if cfg.loss == "cross_entropy":
-        logp = jax.nn.log_softmax(o, axis=-1)
-        return -jnp.sum(jnp.take_along_axis(logp, y[..., None], axis=-1))
+    logp = jax.nn.log_softmax(o, axis=-1)
+    return -jnp.sum(jnp.take_along_axis(logp, y[..., None], axis=-1))
+
+
+def half_sum_of_squares(o: jax.Array, y: jax.Array) -> jax.Array:
+    r"""Half the summed squared error, ``1/2 sum |o - y|^2``: what ``loss="mse"`` means here.
+
+    .. math::
+        \ell = \tfrac12 \sum_{n,t} |o_{n,t} - y_{n,t}|^2
+
+    Not :func:`admm_jax.train.losses.mse`, the per-sample *mean* of the squares without the
+    1/2 that the training loop reports: the ADMM subproblems need the sum (weighed against the
+    penalties), and the 1/2 makes the o-block's solution ``(y + rho3 z)/(1 + rho3)`` exact.
+
+    Args:
+      o: outputs ``[N, |S|, C]``.
+      y: real targets of the same shape.
+
+    Returns:
+      The scalar ``1/2 sum (o - y)^2``.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> float(half_sum_of_squares(jnp.ones((2, 1, 3)), jnp.zeros((2, 1, 3))))
+      3.0
+    """
     return 0.5 * jnp.sum((o - y) ** 2)
+
+
+SUMMED_LOSSES = {"cross_entropy": summed_cross_entropy, "mse": half_sum_of_squares}
+"""The ``loss=`` options of the ADMM methods and the summed loss each stands for; not the
+per-sample means of :data:`admm_jax.train.losses.LOSSES`."""
+
+
+def data_loss(o: jax.Array, targets: jax.Array, cfg: ADMMConfig) -> jax.Array:
+    """Summed loss ``sum_n sum_{t in S} loss(o_{n,t}, y_{n,t})`` (:data:`SUMMED_LOSSES`).
+
+    ``"cross_entropy"``: :func:`summed_cross_entropy`; ``"mse"``: :func:`half_sum_of_squares`,
+    ``1/2`` the summed squares (not the mean).
+
+    Args:
+      o: outputs ``[N, |S|, C]``.
+      targets: ``[N]`` or ``[N, T]`` integer classes (cross entropy) or ``[N, C]`` /
+        ``[N, T, C]`` reals (``"mse"``), aligned with ``o``.
+      cfg: the problem (``loss``, ``many_to_many``).
+
+    Returns:
+      The scalar summed loss.
+    """
+    return SUMMED_LOSSES[cfg.loss](o, targets_as_steps(targets, cfg))
 
 
 def targets_as_steps(targets: jax.Array, cfg: ADMMConfig) -> jax.Array:
@@ -138,9 +210,9 @@ def augmented_lagrangian(
             + \sum_i \tfrac{\rho_i}{2}|r_i + \lambda_i/\rho_i|^2 - \tfrac{1}{2\rho_i}|\lambda_i|^2
 
     When ``prox_anchor`` (the weights at the start of the iteration) and ``prox_weights``
-    (``{"UWb": lam, "Vc": lam}``, a ``lam`` may be a dict by parameter) are given, the proximal
-    terms of the weight blocks are added:
-    this is the function the proximal weight blocks minimise exactly.
+    (``{"UWb": kappa, "Vc": kappa}``, the blocks' proximal weights; a ``kappa`` may be a dict
+    by parameter) are given, the proximal terms ``kappa/2 |theta - theta_prev|^2`` of the
+    weight blocks are added: this is the function the proximal weight blocks minimise exactly.
     """
     return lagrangian_from_residuals(
         params, aux.o, residuals(params, aux, inputs, cfg), duals, rho, targets, cfg,
@@ -161,3 +233,66 @@ def lagrangian_from_residuals(params, o, r: Residuals, duals: Duals, rho: Penalt
             value += sum(0.5 * (w[k] if isinstance(w, dict) else w)
                          * jnp.sum((params[k] - prox_anchor[k]) ** 2) for k in keys)
     return value
+
+
+def check_batch(p, inputs, targets, cfg: ADMMConfig):
+    """Check a batch against the Elman parameters and the problem (safe at trace time).
+
+    Args:
+      p: the Elman parameters ``{U, W, b, V, c}`` (checked by
+        :func:`admm_jax.layouts.check_elman_shapes`).
+      inputs: ``[N, T, D]`` floats or ``[N, T]`` token ids below ``D``.
+      targets: integer classes ``[N]`` (``[N, T]`` many-to-many) for cross entropy, reals
+        ``[N, C]`` (``[N, T, C]``) for ``"mse"``.
+      cfg: the problem (``loss``, ``many_to_many``).
+
+    Returns:
+      ``(inputs, targets)`` as arrays, float inputs in ``U``'s dtype and real targets in
+      ``V``'s.
+
+    Raises:
+      ValueError: naming the argument and the shape or dtype expected; concrete token ids
+        outside ``[0, D)`` too (traced ones give a NaN projection, and the step is rejected).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> p = {"U": jnp.ones((4, 3)), "W": jnp.ones((4, 4)), "b": jnp.ones(4),
+      ...      "V": jnp.ones((2, 4)), "c": jnp.ones(2)}
+      >>> x, y = check_batch(p, jnp.zeros((5, 7, 3)), jnp.zeros(5, int), ADMMConfig())
+      >>> x.shape, y.shape
+      ((5, 7, 3), (5,))
+    """
+    if inputs is None or targets is None:
+        raise ValueError("inputs, targets: admmirnn.update needs the batch: "
+                         "tx.update(grads, state, params, inputs=x, targets=y)")
+    check_elman_shapes(p)
+    inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
+    d = p["U"].shape[1]
+    token = jnp.issubdtype(inputs.dtype, jnp.integer)
+    if token and inputs.ndim != 2:
+        raise ValueError(f"inputs: token ids must be [N, T], got shape {inputs.shape}")
+    if not token and (inputs.ndim != 3 or inputs.shape[-1] != d):
+        raise ValueError(f"inputs: expected [N, T, {d}] (U is {p['U'].shape}), "
+                         f"got shape {inputs.shape}")
+    if 0 in inputs.shape:
+        raise ValueError(f"inputs: expected at least one sample of at least one step, got shape "
+                         f"{tuple(inputs.shape)}")
+    if token:
+        # concrete ids are checked here; under jit an id outside [0, vocab) gives a NaN
+        # projection (admm_jax.models.elman.input_projection), so the step is rejected
+        checks.token_ids("inputs", inputs, d)
+    else:
+        inputs = inputs.astype(p["U"].dtype)
+    n, t = inputs.shape[:2]
+    c = p["V"].shape[0]
+    if cfg.loss == "cross_entropy":
+        want = (n, t) if cfg.many_to_many else (n,)
+        if targets.shape != want or not jnp.issubdtype(targets.dtype, jnp.integer):
+            raise ValueError(f"targets: expected integer classes of shape {want}, "
+                             f"got {targets.dtype}{targets.shape}")
+    else:
+        want = (n, t, c) if cfg.many_to_many else (n, c)
+        if targets.shape != want:
+            raise ValueError(f"targets: expected reals of shape {want}, got {targets.shape}")
+        targets = targets.astype(p["V"].dtype)
+    return inputs, targets

@@ -38,8 +38,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from admm_jax import _validation as checks
-from admm_jax.admm.params import split_params
 from admm_jax.admm.problem import Duals
+from admm_jax.layouts import split_elman
 
 WORKING_SET_FACTOR = 8.0  # k above, measured by benchmarks/admm_memory.py (float32, row-MNIST)
 
@@ -92,7 +92,7 @@ class HostDuals:
     def like(cls, params: Any, num_samples: int, seq_len: int, *,
              many_to_many: bool = False) -> HostDuals:
         """Storage for ``params``' hidden size, classes and dtype."""
-        p, _, _ = split_params(params)
+        p, _, _ = split_elman(params)
         return cls(num_samples, seq_len, p["W"].shape[0], p["V"].shape[0],
                    many_to_many=many_to_many, dtype=np.dtype(p["W"].dtype))
 

@@ -10,10 +10,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from admm_jax import _validation
+from admm_jax.layouts import ELMAN_NAMES
 from admm_jax.models.hdetach import check_p_detach, resolve_detach_mask
 
 ACTIVATIONS = ("tanh", "relu")
-PARAM_NAMES = ("U", "W", "b", "V", "c")
 
 
 def activation_fn(name: str):
@@ -92,7 +92,7 @@ def elman_trace(
       An :class:`ElmanTrace` with ``a, h [N, T, H]`` and ``o [N, |S|, C]``.
     """
     f = activation_fn(activation)
-    U, W, b, V, c = (params[k] for k in PARAM_NAMES)
+    U, W, b, V, c = (params[k] for k in ELMAN_NAMES)
     ux = input_projection(U, inputs) + b  # [N, T, H]
     if a_tap is not None:
         ux = ux + a_tap
@@ -169,8 +169,8 @@ class ElmanRNN(nnx.Module):
 
     Initialisation: ``U ~ N(0, 1/D)``, ``W ~ N(0, 1/H)``, ``V ~ N(0, 1/H)``, zero biases. With
     ``W``'s spectral radius near 1 the state keeps information across a whole row-MNIST image;
-    PyTorch's ``U(-1/sqrt(H), 1/sqrt(H))`` (radius ~0.58) forgets the top rows, and a readout
-    fitted on that random RNN scored 0.62 against 0.66 here (``benchmarks/results/admm_search.md``).
+    PyTorch's ``U(-1/sqrt(H), 1/sqrt(H))`` (radius ~0.58) forgets the top rows (the comparison:
+    ``docs/admmirnn.md``, "How the defaults were chosen").
     With ``token_inputs=True`` (the model will read token ids, ``in_features`` = vocabulary
     size) ``U ~ N(0, 1)``: one-hot inputs have unit norm.
 
@@ -218,7 +218,7 @@ class ElmanRNN(nnx.Module):
 
     def params_dict(self) -> dict[str, jax.Array]:
         """The parameters as a plain dict ``{"U", "W", "b", "V", "c"}`` of arrays."""
-        return {k: getattr(self, k)[...] for k in PARAM_NAMES}
+        return {k: getattr(self, k)[...] for k in ELMAN_NAMES}
 
     def __call__(
         self,

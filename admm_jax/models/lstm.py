@@ -9,11 +9,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from admm_jax.layouts import stack_lstm_gates
 from admm_jax.models.hdetach import check_p_detach, resolve_detach_mask
-
-# nnx.LSTMCell's sub-layers, in the gate order [i, f, g, o] of its __call__.
-INPUT_KERNELS = ("ii", "if_", "ig", "io")
-HIDDEN_KERNELS = ("hi", "hf", "hg", "ho")
 
 
 def _check_inputs(inputs: jax.Array, in_features: int) -> None:
@@ -60,9 +57,8 @@ def lstm_scan(
     Returns:
       ``((c_T, h_T), hs)`` with ``hs [N, T, H]`` the hidden states.
     """
-    wx = jnp.concatenate([cell_params[k]["kernel"] for k in INPUT_KERNELS], axis=1)
-    wh = jnp.concatenate([cell_params[k]["kernel"] for k in HIDDEN_KERNELS], axis=1)
-    b = jnp.concatenate([cell_params[k]["bias"] for k in HIDDEN_KERNELS])
+    gates = stack_lstm_gates(cell_params)  # the gate order of nnx.LSTMCell: i, f, g, o
+    wx, wh, b = gates["U"].T, gates["W"].T, gates["b"]
     _check_inputs(inputs, wx.shape[0])
     n, t = inputs.shape[:2]
     hidden = wh.shape[0]

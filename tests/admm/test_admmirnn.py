@@ -263,8 +263,8 @@ def test_coupled_iteration_is_the_documented_block_sequence():
     time-coupled (a, h), multipliers, auxiliaries back to the forward pass, (U, W, b), (V, c);
     multipliers start from zero at every call and no per-sample state is kept."""
     from admm_jax.admm import blocks
-    from admm_jax.admm.params import split_params
     from admm_jax.admm.problem import ADMMConfig, Auxiliaries, Duals, Penalties, residuals
+    from admm_jax.layouts import split_elman
     from admm_jax.models.elman import elman_trace
 
     model, x, y = toy()
@@ -274,7 +274,7 @@ def test_coupled_iteration_is_the_documented_block_sequence():
     assert state.duals.lam1.size == 0  # num_samples accepted, no per-sample multipliers
     updates, state = jax.jit(tx.update)(None, state, params, inputs=x[:10], targets=y[:10],
                                         indices=jnp.arange(10))
-    p = dict(split_params(params)[0])
+    p = dict(split_elman(params)[0])
     cfg = ADMMConfig(weight_decay=0.0, prox=0.03, sweep="coupled", cg_steps=6)  # the defaults
     rho = Penalties(*(jnp.asarray(r) for r in (0.5, 10.0, 0.1)))
     tr = elman_trace(p, x[:10])

@@ -85,8 +85,8 @@ def test_o_block_matches_brute_force_minimiser(name):
 def test_uwb_block_exact(name, tokens):
     cfg = CONFIGS[name]
     params, aux, duals, rho, x, y = make_problem(3, cfg=cfg, tokens=tokens)
-    new, lam = blocks.uwb_block(params, aux, duals, rho, x, cfg)
-    weights = {"UWb": lam, "Vc": 0.0}
+    new, kappa = blocks.uwb_block(params, aux, duals, rho, x, cfg)
+    weights = {"UWb": kappa, "Vc": 0.0}
 
     def L(sub):
         return lagrangian({**params, **sub}, aux, duals, rho, x, y, cfg,
@@ -105,11 +105,11 @@ def test_uwb_block_exact(name, tokens):
 def test_vc_block_exact(name):
     cfg = CONFIGS[name]
     params, aux, duals, rho, x, y = make_problem(4, cfg=cfg)
-    new, lam = blocks.vc_block(params, aux, duals, rho, cfg)
+    new, kappa = blocks.vc_block(params, aux, duals, rho, cfg)
 
     def L(sub):
         return lagrangian({**params, **sub}, aux, duals, rho, x, y, cfg,
-                          prox_anchor=params, prox_weights={"UWb": 0.0, "Vc": lam})
+                          prox_anchor=params, prox_weights={"UWb": 0.0, "Vc": kappa})
 
     old = {"V": params["V"], "c": params["c"]}
     assert rel_norm(jax.grad(L)(new), jax.grad(L)(old)) < 1e-8
@@ -123,11 +123,11 @@ def test_vc_block_exact(name):
 def test_prox_weight_is_mu_rho_mean_gram_eigenvalue():
     cfg = ADMMConfig(prox=0.25)
     params, aux, duals, rho, x, y = make_problem(5, cfg=cfg)
-    _, lam = blocks.vc_block(params, aux, duals, rho, cfg)
+    _, kappa = blocks.vc_block(params, aux, duals, rho, cfg)
     hs = aux.h[:, -1]
     phi = np.c_[hs, np.ones(len(hs))]
     expected = 0.25 * float(rho.rho3) * np.trace(phi.T @ phi) / phi.shape[1]
-    np.testing.assert_allclose(lam, expected, rtol=1e-12)
+    np.testing.assert_allclose(kappa, expected, rtol=1e-12)
 
 
 # ------------------------------------------------------------------------------ h-block

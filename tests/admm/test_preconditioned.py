@@ -121,7 +121,7 @@ def test_large_damping_gives_the_negative_gradient_direction():
 
 @pytest.mark.parametrize("tokens", [False, True])
 def test_identity_gram_gives_exactly_a_scaled_gradient_step(tokens):
-    """With Gram = I the proximal step is -eta/(1 + mu) * grad (lam = mu * rho * tr(I)/dim)."""
+    """With Gram = I the proximal step is -eta/(1 + mu) * grad (kappa = mu * rho * tr(I)/dim)."""
     cfg = ADMMConfig(prox=0.25)
     params, _, _, _, inputs, targets = make_problem(5, cfg=cfg, tokens=tokens)
     eta = 0.4

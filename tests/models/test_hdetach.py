@@ -15,7 +15,7 @@ from admm_jax import (
     lstm_apply,
     sample_detach_mask,
 )
-from admm_jax.models.elman import PARAM_NAMES
+from admm_jax.layouts import ELMAN_NAMES
 
 N, T, D, H, C = 3, 6, 2, 5, 4
 
@@ -78,7 +78,7 @@ def test_diagnostic_lstm_without_recurrent_weights_has_no_h_paths():
 
 def test_elman_trace_signature_and_values_unchanged():
     model = ElmanRNN(D, H, C, rngs=nnx.Rngs(0), many_to_many=True, p_detach=0.5)
-    assert set(nnx.to_pure_dict(nnx.state(model))) == set(PARAM_NAMES)
+    assert set(nnx.to_pure_dict(nnx.state(model))) == set(ELMAN_NAMES)
     params = model.params_dict()
     x = jax.random.normal(jax.random.key(1), (N, T, D))
     h0 = jax.random.normal(jax.random.key(2), (N, H))
@@ -110,7 +110,7 @@ def test_elman_p1_gradient_equals_a_handwritten_stopped_rnn_float64():
         g_ref = jax.grad(ref)(params, mask)
         g = jax.grad(lambda p: jnp.sum(
             elman_apply(p, x, many_to_many=True, detach_mask=jnp.array(mask)) ** 2))(params)
-        for k in PARAM_NAMES:
+        for k in ELMAN_NAMES:
             np.testing.assert_allclose(g[k], g_ref[k], rtol=1e-10, atol=1e-12)
         # The module at p = 1 blocks every step.
         g_mod = nnx.grad(lambda m: jnp.sum(m(x, key=jax.random.key(0)) ** 2))(model)
