@@ -486,11 +486,10 @@ def elman_from_flax(params: Any, *, residual: bool = False) -> dict[str, jax.Arr
     Examples:
       >>> from flax import nnx
       >>> import admm_jax
-      >>> class Model(nnx.Module):
-      ...     def __init__(self, rngs):
-      ...         self.rnn = nnx.RNN(nnx.SimpleCell(3, 8, rngs=rngs))
-      ...         self.head = nnx.Linear(8, 2, rngs=rngs)
-      >>> p = admm_jax.elman_from_flax(nnx.state(Model(nnx.Rngs(0)), nnx.Param))
+      >>> rngs = nnx.Rngs(0)
+      >>> model = nnx.Dict(rnn=nnx.RNN(nnx.SimpleCell(3, 8, rngs=rngs)),
+      ...                  head=nnx.Linear(8, 2, rngs=rngs))
+      >>> p = admm_jax.elman_from_flax(nnx.state(model, nnx.Param))
       >>> {k: v.shape for k, v in p.items()}
       {'U': (8, 3), 'W': (8, 8), 'b': (8,), 'V': (2, 8), 'c': (2,)}
 
