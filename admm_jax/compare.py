@@ -96,11 +96,13 @@ def compare(
         runs += [(name, p_detach) for name in names if not optimizers.takes_batch(name)]
     for name, p in runs:
         label = name if p is None else f"{name}+hdetach{p:g}"
-        lr = lrs.get(name, optimizers.default_learning_rate(name))
+        lr = lrs.get(name)
         kw = {} if lr is None else {"learning_rate": lr}
         if iterations is not None and optimizers.accepts(name, "decay_steps"):
             kw["decay_steps"] = iterations
         tx = task.optimizer(name, clip_norm=clip_norm, **kw)
+        if lr is None:  # what the optimizer picked (its decay mode may pick another default)
+            lr = optimizers.default_learning_rate(name, decay_steps=kw.get("decay_steps"))
         model = task.model(hidden, seed=seed)
         every = {"every_seconds": budget_seconds / eval_points} if budget_seconds else {
             "every": max(1, iterations // eval_points)}

@@ -44,6 +44,7 @@ from admm_jax.admm import (
     admm_preconditioned,
     admmirnn,
     increase_rho_on_divergence,
+    kfac,
 )
 from admm_jax.admm.streaming import admm_memory_bytes
 from admm_jax.nonfinite import reject_nonfinite
@@ -60,7 +61,9 @@ class Entry(NamedTuple):
     (:meth:`admm_jax.tasks.Task.optimizer`), from its ``loss``, ``many_to_many``, ``train``,
     ``seq_len``; state_bytes: ``(task, hidden) -> int``, the per-sample state it keeps for a
     task (checked by the CLI before training); retry: ``tx -> tx``, a wrapper that retries a
-    failed step (``admm-jax train --on-divergence increase_rho``).
+    failed step (``admm-jax train --on-divergence increase_rho``); decay_learning_rate: the
+    default peak learning rate when the factory is given ``decay_steps`` (``None``: the same
+    as ``learning_rate``).
     """
 
     factory: Callable[..., optax.GradientTransformationExtraArgs]
@@ -70,6 +73,7 @@ class Entry(NamedTuple):
     task_kwargs: Callable[[Any], dict[str, Any]] | None = None
     state_bytes: Callable[[Any, int], int] | None = None
     retry: Callable[[Any], Any] | None = None
+    decay_learning_rate: float | None = None
 
 
 def _model_kwargs(task: Any) -> dict[str, Any]:
@@ -111,9 +115,10 @@ _REGISTRY: dict[str, Entry] = {
                                  "back-propagated adjoints: a time-shared K-FAC-like step "
                                  "(admm_jax.admm_preconditioned)", ADMMPreconditionedState,
                                  _model_kwargs),
-    "admm_kfac": Entry(admm_kfac, 0.3, "ADMMiRNN's weight blocks with a matrix penalty: a "
-                       "time-shared two-sided K-FAC step for RNNs (admm_jax.admm_kfac)",
-                       ADMMKFACState, _kfac_kwargs),
+    "admm_kfac": Entry(admm_kfac, kfac.LEARNING_RATE, "ADMMiRNN's weight blocks with a matrix "
+                       "penalty: a time-shared two-sided K-FAC step for RNNs (admm_jax.admm_kfac)",
+                       ADMMKFACState, _kfac_kwargs,
+                       decay_learning_rate=kfac.PEAK_LEARNING_RATE),
     "sgd": Entry(optax.sgd, 0.1, "plain SGD (optax.sgd)"),
     "momentum": Entry(_momentum, 0.05, "SGD with heavy-ball momentum 0.9 (optax.sgd)"),
     "adam": Entry(optax.adam, 1e-3, "Adam (optax.adam)"),
@@ -151,9 +156,14 @@ def entry(name: str) -> Entry:
     return _REGISTRY[key]
 
 
-def default_learning_rate(name: str) -> float | None:
-    """The learning rate :func:`get` uses when none is given (``None`` for ``admmirnn``)."""
-    return entry(name).learning_rate
+def default_learning_rate(name: str, *, decay_steps: int | None = None) -> float | None:
+    """The learning rate :func:`get` uses when none is given (``None`` for ``admmirnn``; a
+    factory whose own default is ``None`` picks it from its other arguments, as ``admm_kfac``
+    does with ``decay_steps``: ``decay_steps=`` gives its value then)."""
+    e = entry(name)
+    if decay_steps is not None and e.decay_learning_rate is not None:
+        return e.decay_learning_rate
+    return e.learning_rate
 
 
 def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
@@ -190,7 +200,10 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
       ValueError: optimizer: unknown name 'lbfgs'; expected one of admmirnn, ...
     """
     e = entry(name)
-    if e.learning_rate is None:
+    own = inspect.signature(e.factory).parameters.get("learning_rate")
+    if "learning_rate" not in kwargs and own is not None and own.default is None:
+        tx = e.factory(**kwargs)  # a factory whose default depends on its other arguments
+    elif e.learning_rate is None:
         if "learning_rate" in kwargs:
             raise TypeError(f"learning_rate: {canonical_name(name)} takes no learning rate "
                             f"(got learning_rate={kwargs['learning_rate']!r})")

@@ -81,3 +81,31 @@ def test_lazy_entries_build_and_step(name):
         u, s = tx.update(jax.grad(loss)(params), s, params)
         params = optax.apply_updates(params, u)
     assert loss(params) < before
+
+
+def test_a_factory_with_a_none_default_picks_its_learning_rate():
+    """admm_kfac's default is 0.3, or a peak of 0.5 when it knows the run's length; get()
+    leaves the choice to it, and default_learning_rate says what it picks."""
+    import numpy as np
+    from flax import nnx
+
+    from admm_jax import ElmanRNN
+
+    params = nnx.state(ElmanRNN(3, 4, 2, rngs=nnx.Rngs(0)), nnx.Param)
+    x = np.random.default_rng(0).normal(size=(8, 5, 3)).astype(np.float32)
+    y = np.arange(8) % 2
+
+    def first_step(tx):
+        u, _ = tx.update(None, tx.init(params), params, inputs=x, targets=y)
+        return jax.tree_util.tree_leaves(u)
+
+    for decay, lr in ((None, 0.3), (100, 0.5)):
+        assert optimizers.default_learning_rate("admm_kfac", decay_steps=decay) == lr
+        kw = {} if decay is None else {"decay_steps": decay}
+        picked = first_step(optimizers.get("admm_kfac", **kw))
+        explicit = first_step(optimizers.get("admm_kfac", learning_rate=lr, **kw))
+        for a, b in zip(picked, explicit, strict=True):
+            np.testing.assert_array_equal(a, b)
+    assert optimizers.accepts("admm_kfac", "decay_steps")
+    assert not optimizers.accepts("adam", "decay_steps")
+    assert optimizers.default_learning_rate("adam", decay_steps=100) == 1e-3
