@@ -85,8 +85,8 @@ def increase_rho_on_divergence(inner: optax.GradientTransformationExtraArgs,
       0
 
     References:
-      Tang, Wang, Zhu, Sun (2021), *ADMMiRNN: Training RNN with Stable Convergence via an
-      Efficient ADMM Approach*, ECML PKDD.
+      Tang, Kan, Sun, Qiao, Xiao, Lai, Li (2020), *ADMMiRNN: Training RNN with Stable
+      Convergence via an Efficient ADMM Approach*, ECML PKDD.
     """
     checks.positive_number("factor", factor)
     if not factor > 1:
