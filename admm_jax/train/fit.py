@@ -428,19 +428,7 @@ def fit(
         type.
       DivergenceError: a non-finite step with ``on_divergence="raise"``.
     """
-    if not isinstance(model, nnx.Module):
-        raise TypeError(f"model: expected an nnx.Module, got {type(model).__name__}")
-    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
-        raise TypeError(f"optimizer: expected an optax GradientTransformation, got "
-                        f"{type(optimizer).__name__}")
-    if epochs is None and iterations is None and budget_seconds is None:
-        raise ValueError("epochs, iterations, budget_seconds: give at least one stopping rule")
-    for name, v in (("epochs", epochs), ("iterations", iterations)):
-        checks.positive_int(name, v, allow_none=True)
-    checks.positive_number("budget_seconds", budget_seconds, allow_none=True)
-    checks.one_of("on_divergence", on_divergence, DIVERGENCE_POLICIES)
-    if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
-        raise TypeError(f"seed: expected an int, got {seed!r}")
+    _check_arguments(model, optimizer, epochs, iterations, budget_seconds, on_divergence, seed)
     ev = _check_evaluation(evaluation, validate)
     resume = _check_resume(resume)
     x_train, y_train = _check_data("train_data", train_data, validate)
@@ -468,7 +456,8 @@ def fit(
                                  validate)
     opt_state = resume.opt_state
     if opt_state is not None:
-        checks.same_structure("resume.opt_state", opt_state, jax.eval_shape(optimizer.init, params),
+        checks.same_structure("resume.opt_state", opt_state,
+                              jax.eval_shape(optimizer.init, params),
                               what="optimizer.init(params) of this model")
     params = jax.tree_util.tree_map(jnp.copy, params)  # donated below; keep the model's own
     if opt_state is None:
@@ -617,6 +606,23 @@ def fit(
     for cb in cbs:
         cb.on_train_end(loop)
     return history
+
+
+def _check_arguments(model, optimizer, epochs, iterations, budget_seconds, on_divergence,
+                     seed) -> None:
+    if not isinstance(model, nnx.Module):
+        raise TypeError(f"model: expected an nnx.Module, got {type(model).__name__}")
+    if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
+        raise TypeError(f"optimizer: expected an optax GradientTransformation, got "
+                        f"{type(optimizer).__name__}")
+    if epochs is None and iterations is None and budget_seconds is None:
+        raise ValueError("epochs, iterations, budget_seconds: give at least one stopping rule")
+    for name, v in (("epochs", epochs), ("iterations", iterations)):
+        checks.positive_int(name, v, allow_none=True)
+    checks.positive_number("budget_seconds", budget_seconds, allow_none=True)
+    checks.one_of("on_divergence", on_divergence, DIVERGENCE_POLICIES)
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
+        raise TypeError(f"seed: expected an int, got {seed!r}")
 
 
 def _check_evaluation(evaluation: Any, validate: bool) -> Evaluation | None:
