@@ -75,12 +75,13 @@ def _apply_fn(graphdef, rest):
 
 
 def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, metric_fn, *,
-                    use_gradients: bool, step_key: bool, restore_state: bool = True,
+                    use_gradients: bool | None = None, step_key: bool = False,
                     method_loss: bool = False):
     """The (unjitted) training step ``(params, opt_state, x, y, indices, kwargs, key, it) ->
     (params, opt_state, metrics, ok)``.
 
-    With ``use_gradients`` the loss is differentiated (``jax.value_and_grad``) and
+    ``use_gradients`` (default: read from the state, :func:`admm_jax.optimizers.needs_gradients`):
+    the loss is differentiated (``jax.value_and_grad``) and
     ``tx.update(grads, state, params)`` is called; without, only a forward pass of the current
     weights is made (for the batch loss and metric) and ``tx.update(None, state, params,
     inputs=x, targets=y, indices=indices)`` computes the step, so no backward pass is ever
@@ -92,14 +93,14 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, m
 
     ``ok`` is False when the loss, the metric, the gradient norm, a diagnostic or a new weight
     is not finite; the step is then not applied: the old weights are returned, and the old
-    optimizer state unless ``restore_state`` is False (for a state that keeps itself, see
-    :func:`admm_jax.optimizers.keeps_itself`).
+    optimizer state unless the state keeps itself (:func:`admm_jax.optimizers.keeps_itself`).
     """
     apply = _apply_fn(graphdef, rest)
 
     def step(params, opt_state, x, y, indices, kwargs, key, iteration):
         k = jax.random.fold_in(key, iteration) if step_key else None
-        if use_gradients:
+        gradients = needs_gradients(opt_state) if use_gradients is None else use_gradients
+        if gradients:
             def objective(p):
                 out = apply(p, x, kwargs, k)
                 return loss_fn(out, y).mean(), out
@@ -126,7 +127,7 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, m
         def keep(new, old):
             return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
 
-        if restore_state:  # a params-sized state: keeping the old one costs one select
+        if not keeps_itself(opt_state):  # params-sized: keeping the old one costs one select
             new_opt_state = keep(new_opt_state, opt_state)
         return keep(new_params, params), new_opt_state, metrics, ok
 
@@ -478,7 +479,7 @@ def fit(
                    and checks.model_options(optimizer).get("loss") == loss)
     step = make_train_step(graphdef, rest, optimizer, loss_fn, metric_fn,
                            use_gradients=use_gradients, step_key=step_key,
-                           restore_state=not keeps_itself(opt_state), method_loss=method_loss)
+                           method_loss=method_loss)
     b0 = it.epoch_indices(it.position[0])[0][0]
     example = (params, opt_state, jnp.asarray(x_train[b0]), jnp.asarray(y_train[b0]),
                jnp.asarray(b0), kwargs, base_key, jnp.asarray(0, jnp.int32))

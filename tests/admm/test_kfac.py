@@ -173,11 +173,12 @@ def test_warmup_scales_the_step_linearly_then_stops():
 
 def test_decay_steps_scales_the_step_by_a_cosine_to_zero():
     cfg, tokens, params, inputs, targets = _problem("dense", seed=2)
-    tx0 = _tx(cfg, tokens, adaptive_damping=False, refresh_every=1)
+    tx0 = _tx(cfg, tokens, learning_rate=0.3, adaptive_damping=False, refresh_every=1)
     state0 = tx0.init(params)
     for count, factor in ((0, 1.0), (4, 0.5), (6, 0.5 * (1 + np.cos(np.pi * 0.75))), (8, 0.0),
                           (11, 0.0)):
-        tx = _tx(cfg, tokens, adaptive_damping=False, decay_steps=8, refresh_every=1)
+        tx = _tx(cfg, tokens, learning_rate=0.3, adaptive_damping=False, decay_steps=8,
+                 refresh_every=1)
         state = state0._replace(count=jnp.asarray(count, jnp.int32))
         upd, _ = tx.update(None, state, params, inputs=inputs, targets=targets)
         ref, _ = tx0.update(None, state, params, inputs=inputs, targets=targets)
