@@ -190,10 +190,11 @@ def max_spike(chunk_loss: list[float]) -> float:
     return float(max(0.0, d.max())) if len(d) else 0.0
 
 
-def recipes(method: str, schedules, smoke: bool = False) -> list[dict]:
+def recipes(method: str, schedules, smoke: bool = False, grids=None) -> list[dict]:
     if method == "admmirnn":
         return [{}]
-    grid = GRIDS[method][:1] if smoke else GRIDS[method]
+    grid = (grids or GRIDS)[method]
+    grid = grid[:1] if smoke else grid
     return [{"learning_rate": lr, "schedule": s} for lr in grid for s in schedules]
 
 
@@ -216,7 +217,7 @@ def tune(args, res, stem, xtr, ytr, ctx) -> None:
     xa, ya, xv, yv = xtr[:-n_val], ytr[:-n_val], xtr[-n_val:], ytr[-n_val:]
     steps = int(args.epochs * (len(xa) // args.batch_size))
     for m in args.methods:
-        grid = recipes(m, args.schedules, args.smoke)
+        grid = recipes(m, args.schedules, args.smoke, args.grids)
         if m in res["recipes"]:
             continue
         if len(grid) == 1:
@@ -283,9 +284,14 @@ def summarize(res: dict) -> dict:
             "step_cost_vs_adam": float(np.mean(cost)),
         }
     adam = out["adam"]["seconds_to_target_mean"]
-    for m in methods:
-        out[m]["time_to_target_vs_adam"] = out[m]["seconds_to_target_mean"] / adam
+    for m in methods:  # None when Adam's best was its untrained start (a tiny smoke run)
+        out[m]["time_to_target_vs_adam"] = (out[m]["seconds_to_target_mean"] / adam
+                                            if adam > 0 else None)
     return out
+
+
+def _ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
 
 
 def table(res: dict) -> str:
@@ -299,7 +305,7 @@ def table(res: dict) -> str:
         lines.append(
             f"| {m} | {rec} | {r['seconds_to_target_mean']:.1f} ± "
             f"{r['seconds_to_target_std']:.1f} | {r['seeds_reaching_target']}/{len(res['seeds'])}"
-            f" | {r['time_to_target_vs_adam']:.2f} | {r['final_accuracy_mean']:.4f} ± "
+            f" | {_ratio(r['time_to_target_vs_adam'])} | {r['final_accuracy_mean']:.4f} ± "
             f"{r['final_accuracy_std']:.4f} | {r['accuracy_at_adam_time_mean']:.4f} | "
             f"{r['max_loss_spike']:.3f} | {r['step_cost_vs_adam']:.2f}x |")
     return "\n".join(lines)
@@ -334,6 +340,12 @@ def plot(res: dict, path: pathlib.Path) -> None:
     plt.close(fig)
 
 
+def _no_seeds(command: str) -> str:
+    words = command.split()
+    return " ".join(w for i, w in enumerate(words)
+                    if w != "--seeds" and (i == 0 or words[i - 1] != "--seeds"))
+
+
 def csv(kind):
     return lambda s: [kind(v) for v in s.split(",")]
 
@@ -348,6 +360,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--epochs", type=float, default=6.0, help="every method's budget")
     ap.add_argument("--seeds", type=int, default=5)
     ap.add_argument("--target", type=float, default=None)
+    ap.add_argument("--lrs", action="append", default=[], metavar="METHOD=LR,LR,...",
+                    help="replace METHOD's learning-rate grid (repeatable); every tuned "
+                         "method's grid must keep the same length")
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--evals-per-epoch", type=int, default=4)
@@ -370,6 +385,22 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--methods: expected some of {', '.join(METHODS)}, got {sorted(unknown)}")
     if unknown := set(args.schedules) - {"constant", "cosine"}:
         ap.error(f"--schedules: expected constant and/or cosine, got {sorted(unknown)}")
+    args.grids = {m: list(g) for m, g in GRIDS.items()}
+    for spec in args.lrs:
+        m, _, vals = spec.partition("=")
+        if m not in GRIDS or m == "admmirnn":
+            ap.error(f"--lrs: expected METHOD=LR,LR,... with METHOD one of "
+                     f"{', '.join(m for m in METHODS if m != 'admmirnn')}, got {spec!r}")
+        try:
+            args.grids[m] = [float(v) for v in vals.split(",")]
+        except ValueError:
+            ap.error(f"--lrs: expected positive numbers after {m}=, got {vals!r}")
+        if min(args.grids[m]) <= 0:
+            ap.error(f"--lrs: expected positive numbers after {m}=, got {vals!r}")
+    if len({len(args.grids[m]) for m in args.methods if m != "admmirnn"}) > 1:
+        ap.error("--lrs: every tuned method needs the same number of learning rates (the "
+                 "same tuning budget), got " + ", ".join(
+                     f"{m}: {len(args.grids[m])}" for m in args.methods if m != "admmirnn"))
     if args.model == "lstm" and args.task == "imdb":
         ap.error("--model lstm: row-MNIST only (admm_jax.LSTM takes float inputs)")
     if args.model == "lstm" and "admmirnn" in args.methods:
@@ -390,14 +421,17 @@ def main(argv: list[str] | None = None) -> int:
     command = "python benchmarks/time_to_target.py " + " ".join(
         f"--{k.replace('_', '-')} {v if not isinstance(v, list) else ','.join(map(str, v))}"
         for k, v in vars(args).items()
-        if k not in ("data_dir", "out", "smoke") and v is not None)
+        if k not in ("data_dir", "out", "smoke", "lrs", "grids") and v is not None) + "".join(
+        f" --lrs {m}={','.join(f'{v:g}' for v in args.grids[m])}" for m in args.methods
+        if m != "admmirnn" and args.grids[m] != list(GRIDS[m]))
     res = {"meta": {"workload": workload, "train": len(xtr), "test": len(xte),
-                    "command": command, "grids": GRIDS, "devices": str(jax.devices())},
+                    "command": command, "grids": args.grids, "devices": str(jax.devices())},
            "recipes": {}, "validation": {}, "seeds": {}, "target": args.target}
     if stem.with_suffix(".json").exists() and not args.smoke:  # resume
         old = json.loads(stem.with_suffix(".json").read_text())
-        if old.get("meta", {}).get("command") == command:
-            res = old
+        if _no_seeds(old.get("meta", {}).get("command", "")) == _no_seeds(command):
+            res = old  # same settings but --seeds: keeps the finished seeds (and runs more)
+            res["meta"]["command"] = command
             res["seeds"] = {int(k): v for k, v in res["seeds"].items()}
             print(f"resuming {stem}.json: {len(res['recipes'])} recipes, "
                   f"{len(res['seeds'])} seeds done", flush=True)
