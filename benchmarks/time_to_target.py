@@ -46,7 +46,6 @@ from admm_jax import data
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 METHODS = ("admm_kfac", "adam", "muon", "admm_preconditioned", "admmirnn")
-BATCH_METHODS = ("admm_kfac", "admm_preconditioned", "admmirnn")
 # each method's learning-rate grid (x the schedules): the same number of recipes for each
 GRIDS = {"adam": (1e-3, 3e-3), "muon": (0.02, 0.05), "admm_kfac": (0.3, 0.5),
          "admm_preconditioned": (0.1, 0.3), "admmirnn": (None,)}
@@ -119,18 +118,19 @@ class Run:
         self.rng = np.random.default_rng(self.seed)
         self.per_epoch = len(self.x) // self.batch_size
         self._perm = None
-        method, tx, apply = self.method, self.tx, self.apply
+        tx, apply = self.tx, self.apply
 
         def step(p, s, xb, yb, idx):
-            if method not in BATCH_METHODS:
+            if admm_jax.optimizers.needs_gradients(s):  # the state decides, as in fit
                 def loss_fn(p):
                     o = apply(p, xb)
                     return optax.softmax_cross_entropy_with_integer_labels(o, yb).mean()
                 loss, g = jax.value_and_grad(loss_fn)(p)
                 u, s = tx.update(g, s, p)
-            else:
+            else:  # the method's own forward pass reports the batch loss
                 u, s = tx.update(None, s, p, inputs=xb, targets=yb, indices=idx)
-                loss = s.diagnostics.loss if method == "admmirnn" else s.loss
+                d = admm_jax.optimizers.diagnostics(s)
+                loss = d["batch_loss"] if "batch_loss" in d else d["loss"]
             return optax.apply_updates(p, u), s, loss
 
         b = self.batch_size
