@@ -19,6 +19,7 @@ from admm_jax.admm.preconditioned import (
     damping_update,
     mean_batch_loss,
     schedule_value,
+    step_diagnostics,
 )
 from admm_jax.admm.problem import ADMMConfig, data_loss, readout_states, shift_right
 from admm_jax.layouts import from_blocks, to_blocks, unstack_lstm_gates
@@ -57,8 +58,7 @@ class ADMMKFACState(NamedTuple):
     @property
     def diagnostics(self) -> PreconditionedDiagnostics:
         """The step's figures (read by :func:`admm_jax.optimizers.diagnostics`)."""
-        return PreconditionedDiagnostics(self.loss, jnp.linalg.norm(self.step_norm),
-                                         self.damping)
+        return step_diagnostics(self)
 
 
 def kfac_adjoints(p, cell, inputs, targets, cfg: ADMMConfig, key=None):

@@ -69,8 +69,7 @@ class ADMMPreconditionedState(NamedTuple):
     @property
     def diagnostics(self) -> PreconditionedDiagnostics:
         """The step's figures (read by :func:`admm_jax.optimizers.diagnostics`)."""
-        return PreconditionedDiagnostics(self.loss, jnp.linalg.norm(self.step_norm),
-                                         self.damping)
+        return step_diagnostics(self)
 
 
 def adjoints(params, inputs: jax.Array, targets: jax.Array, cfg: ADMMConfig):
@@ -313,6 +312,13 @@ def as_blocks(params, inputs, targets, cfg: ADMMConfig):
     gate = {k: (v[:hid] if k in "UWb" else v) for k, v in p.items()}
     inputs, targets = check_batch(gate, inputs, targets, cfg)
     return p, layout, inputs, targets
+
+
+def step_diagnostics(state) -> PreconditionedDiagnostics:
+    """The figures of the last step of :func:`admm_preconditioned` or :func:`admm_kfac`, from
+    their shared state fields ``loss``, ``step_norm`` and ``damping``."""
+    return PreconditionedDiagnostics(state.loss, jnp.linalg.norm(state.step_norm),
+                                     state.damping)
 
 
 def mean_batch_loss(loss_sum: jax.Array, g_o: jax.Array, cfg: ADMMConfig) -> jax.Array:

@@ -107,18 +107,17 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, m
 
             (loss, out), grads = jax.value_and_grad(objective, has_aux=True)(params)
             updates, new_opt_state = tx.update(grads, opt_state, params)
+            reported = diagnostics(new_opt_state)
             metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         else:
             out = None if method_loss else apply(params, x, kwargs, None)
             updates, new_opt_state = tx.update(None, opt_state, params, inputs=x, targets=y,
                                                indices=indices)
-            metrics = {"loss": (diagnostics(new_opt_state).pop("batch_loss") if method_loss
+            reported = diagnostics(new_opt_state)
+            metrics = {"loss": (reported.pop("batch_loss") if method_loss
                                 else loss_fn(out, y).mean())}
         if metric_fn is not None and out is not None:
             metrics["accuracy"] = metric_fn(out, y).mean()
-        reported = diagnostics(new_opt_state)
-        if method_loss:
-            reported.pop("batch_loss")
         metrics.update({n: v for n, v in reported.items() if n not in metrics})
         new_params = optax.apply_updates(params, updates)
         values = [*metrics.values(), *reported.values(), *jax.tree_util.tree_leaves(new_params)]
@@ -475,8 +474,8 @@ def fit(
 
     # a method that reports the batch's loss under fit's own loss saves the forward pass
     method_loss = (not use_gradients and "batch_loss" in diagnostics(opt_state)
-                   and isinstance(loss, str) and checks.model_options(optimizer) is not None
-                   and checks.model_options(optimizer).get("loss") == loss)
+                   and isinstance(loss, str)
+                   and (checks.model_options(optimizer) or {}).get("loss") == loss)
     step = make_train_step(graphdef, rest, optimizer, loss_fn, metric_fn,
                            use_gradients=use_gradients, step_key=step_key,
                            method_loss=method_loss)
