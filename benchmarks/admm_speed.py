@@ -100,7 +100,7 @@ def main() -> None:
 
     from admm_jax import ElmanRNN, data, optimizers
     from admm_jax.tasks import rechunk_pixels
-    from admm_jax.train.fit import make_train_step
+    from admm_jax.train import make_train_step
     from admm_jax.train.losses import accuracy, cross_entropy
 
     x_all, y_all = data.mnist(f"train[:{args.batch_size}]", layout="pixels",

@@ -37,8 +37,7 @@ from flax import nnx
 
 import admm_jax
 from admm_jax import ElmanRNN
-from admm_jax.train import losses
-from admm_jax.train.fit import make_train_step
+from admm_jax.train import losses, make_train_step
 
 OPTIMIZERS = {"sgd": (optax.sgd, 0.1, 0), "adam": (optax.adam, 1e-3, 2),
               "rmsprop": (optax.rmsprop, 1e-3, 1), "novograd": (admm_jax.novograd, 0.01, 1)}

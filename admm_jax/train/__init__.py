@@ -3,8 +3,9 @@
 from admm_jax.train import losses
 from admm_jax.train.callbacks import Callback, Loop, ModelKwargSchedule, ProgressBar
 from admm_jax.train.checkpoint import Checkpoint, Restored, checkpoint_steps, load_checkpoint
-from admm_jax.train.fit import DivergenceError, Evaluation, evaluate, fit, make_train_step
+from admm_jax.train.fit import Evaluation, evaluate, fit
 from admm_jax.train.history import History
+from admm_jax.train.trainer import DivergenceError, Trainer, make_train_step
 
 __all__ = [
     "Callback",
@@ -15,6 +16,7 @@ __all__ = [
     "Loop",
     "ProgressBar",
     "Restored",
+    "Trainer",
     "ModelKwargSchedule",
     "checkpoint_steps",
     "evaluate",

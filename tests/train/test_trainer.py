@@ -1,0 +1,112 @@
+"""admm_jax.train.Trainer: a run advanced on demand is the run fit makes; runs stepped in turn
+do not disturb each other; evaluation stays out of the training time; failures are clear."""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from admm_jax import ElmanRNN, optimizers
+from admm_jax.train import DivergenceError, Trainer, fit
+
+
+def tiny_data(n=64, t=5, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(n, t, 3)).astype(np.float32)
+    y = (x[:, :, 0].sum(1) > 0).astype(np.int32)
+    return x, y
+
+
+def model():
+    return ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0))
+
+
+def weights(m):
+    return [np.asarray(v) for v in jax.tree_util.tree_leaves(nnx.state(m, nnx.Param))]
+
+
+@pytest.mark.parametrize("name", ["adam", "admm_kfac"])
+def test_chunked_run_is_fits_run(name):
+    """Steps taken 3 + 5 + 4 at a time give fit's 12 steps: same losses, same weights."""
+    x, y = tiny_data()
+    m_fit, m_trainer = model(), model()
+    h = fit(m_fit, optimizers.get(name), (x, y), iterations=12, batch_size=16)
+    t = Trainer(m_trainer, optimizers.get(name), (x, y), batch_size=16)
+    assert [t.run(k) for k in (3, 5, 4)] == [3, 5, 4]
+    t.finish()
+    assert t.history.steps["loss"] == h.steps["loss"]
+    assert t.history.epochs["loss"] == h.epochs["loss"]  # 4 steps an epoch: 3 epoch rows
+    for a, b in zip(weights(m_fit), weights(m_trainer), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert t.uses_gradients is not optimizers.takes_batch(name)
+
+
+def test_runs_stepped_in_turn_are_runs_alone():
+    """Round-robin (the benchmarks' schedule) changes no run's numbers."""
+    x, y = tiny_data()
+    alone = {}
+    for name in ("adam", "admm_kfac"):
+        t = Trainer(model(), optimizers.get(name), (x, y), batch_size=16)
+        t.run(10)
+        alone[name] = t.history.steps["loss"]
+    runs = {n: Trainer(model(), optimizers.get(n), (x, y), batch_size=16) for n in alone}
+    while any(r.loop.iteration < 10 for r in runs.values()):
+        r = min((r for r in runs.values() if r.loop.iteration < 10),
+                key=lambda r: r.loop.train_seconds)
+        r.run(min(3, 10 - r.loop.iteration))
+    for n, r in runs.items():
+        assert r.history.steps["loss"] == alone[n], n
+
+
+def test_epochs_end_the_iterator():
+    x, y = tiny_data()
+    t = Trainer(model(), optax.adam(1e-2), (x, y), batch_size=16, epochs=2)
+    assert t.run(100) == 8
+    assert t.step() == (None, None)
+    assert t.history.epochs["epoch"] == [0, 1]
+
+
+def test_evaluation_is_recorded_and_not_timed():
+    x, y = tiny_data()
+    t = Trainer(model(), optax.adam(1e-2), (x, y), batch_size=16, evaluation_data=(x, y))
+    t.run(4)
+    seconds = t.loop.train_seconds
+    row = t.evaluate()
+    assert t.loop.train_seconds == seconds and row["time"] == seconds
+    assert t.history.meta["eval_seconds"] > 0
+    assert row["iteration"] == 4 and row["epoch"] == 1
+    assert 0.0 <= row["accuracy"] <= 1.0 and math.isfinite(row["loss"])
+    other = t.evaluate((x[:10], y[:10]), batch_size=4)
+    assert t.history.evals["iteration"] == [4, 4] and other["loss"] != row["loss"]
+
+
+def test_divergence_keeps_the_last_good_weights():
+    x, y = tiny_data()
+    m = model()
+    nan_from_step_4 = optax.sgd(lambda count: jnp.where(count < 3, 0.1, jnp.nan))
+    t = Trainer(m, nan_from_step_4, (x, y), batch_size=16)
+    with pytest.raises(DivergenceError) as err:
+        t.run(20)
+    assert err.value.iteration == 4 and t.loop.iteration == 3
+    assert t.history.meta["diverged_at"] == err.value.iteration
+    assert all(np.isfinite(w).all() for w in weights(m))  # finish() wrote the last good ones
+    assert len(t.history.steps.get("loss", [])) == t.loop.iteration
+
+
+def test_bad_arguments_name_themselves():
+    x, y = tiny_data()
+    with pytest.raises(TypeError, match="model"):
+        Trainer("not a model", optax.adam(1e-2), (x, y))
+    with pytest.raises(TypeError, match="seed"):
+        Trainer(model(), optax.adam(1e-2), (x, y), seed=1.5)
+    with pytest.raises(ValueError, match="evaluation.data"):
+        Trainer(model(), optax.adam(1e-2), (x, y), evaluation_data=(x, y[:5]))
+    t = Trainer(model(), optax.adam(1e-2), (x, y), batch_size=16)
+    with pytest.raises(ValueError, match="steps"):
+        t.run(0)
+    with pytest.raises(ValueError, match="data"):
+        t.evaluate()
