@@ -38,11 +38,9 @@ import argparse
 import inspect
 import json
 import pathlib
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
@@ -50,6 +48,7 @@ from tqdm import tqdm
 
 import admm_jax
 from admm_jax import data
+from admm_jax.train import DivergenceError, Trainer
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 METHODS = ("admm_preconditioned", "adam", "admmirnn")
@@ -88,53 +87,20 @@ def make_tx(method: str, recipe: dict, steps: int, n: int, seq_len: int):
 
 @dataclass
 class Run:
-    """One method on one seed, advanced a chunk of steps at a time."""
+    """One method on one seed: fit's own run (:class:`admm_jax.train.Trainer`, its compiled
+    step, batch order and training clock), advanced a chunk of steps at a time."""
 
-    method: str
-    x: np.ndarray
-    y: np.ndarray
-    tx: optax.GradientTransformationExtraArgs
-    params: object
-    seed: int
-    batch_size: int
-    evals: list = field(default_factory=list)
-    epoch_loss: list = field(default_factory=list)
+    trainer: Trainer
     max_steps: int | None = None  # the method's budget (None: until Adam's time)
-    seconds: float = 0.0
-    steps: int = 0
     diverged: bool = False
 
-    def __post_init__(self):
-        self.state = self.tx.init(self.params)
-        self.rng = np.random.default_rng(self.seed)
-        self.per_epoch = len(self.x) // self.batch_size
-        self._losses: list = []
-        self._perm = None
-        tx = self.tx
-        batch = not admm_jax.optimizers.needs_gradients(self.state)  # the state decides
-
-        def loss_fn(p, xb, yb):
-            o = admm_jax.elman_apply({k: p[k][...] for k in p}, xb)
-            return optax.softmax_cross_entropy_with_integer_labels(o, yb).mean()
-
-        def step(p, s, xb, yb, idx):
-            if batch:  # the method's own forward pass reports the batch loss
-                u, s = tx.update(None, s, p, inputs=xb, targets=yb, indices=idx)
-                d = admm_jax.optimizers.diagnostics(s)
-                loss = d["batch_loss"] if "batch_loss" in d else d["loss"]
-            else:
-                loss, g = jax.value_and_grad(loss_fn)(p, xb, yb)
-                u, s = tx.update(g, s, p)
-            return optax.apply_updates(p, u), s, loss
-
-        b = self.batch_size
-        # compiled ahead of time, so no chunk's timing includes compilation
-        self._step = jax.jit(step, donate_argnums=(0, 1)).lower(
-            self.params, self.state, self.x[:b], self.y[:b], jnp.arange(b)).compile()
+    @property
+    def seconds(self) -> float:
+        return self.trainer.loop.train_seconds
 
     @property
-    def epoch(self) -> float:
-        return self.steps / self.per_epoch
+    def steps(self) -> int:
+        return self.trainer.loop.iteration
 
     @property
     def done(self) -> bool:
@@ -143,50 +109,34 @@ class Run:
     def chunk(self, steps: int) -> None:
         if self.max_steps is not None:
             steps = min(steps, self.max_steps - self.steps)
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            i = self.steps % self.per_epoch
-            if i == 0:
-                self._perm = self.rng.permutation(len(self.x))
-            idx = self._perm[i * self.batch_size:(i + 1) * self.batch_size]
-            self.params, self.state, loss = self._step(
-                self.params, self.state, self.x[idx], self.y[idx], jnp.asarray(idx))
-            self._losses.append(loss)
-            self.steps += 1
-            if self.steps % self.per_epoch == 0:
-                mean = float(np.mean(jax.device_get(self._losses)))
-                self.epoch_loss.append(mean)
-                self._losses = []
-                self.diverged = self.diverged or not np.isfinite(mean)
-        jax.block_until_ready(self.params)
-        self.seconds += time.perf_counter() - t0
+        try:
+            self.trainer.run(steps)
+        except DivergenceError:  # not applied: the run keeps its last good weights
+            self.diverged = True
 
-    def evaluate(self, evaluate_fn, x, y) -> None:
-        acc, loss = evaluate_fn({k: self.params[k][...] for k in self.params}, x, y)
-        self.evals.append({"epoch": self.epoch, "time": self.seconds, "accuracy": float(acc),
-                           "loss": float(loss)})
+    def evaluate(self, batch_size: int) -> dict:
+        return self.trainer.evaluate(batch_size=batch_size)
+
+    @property
+    def epoch_loss(self) -> list[float]:
+        return list(self.trainer.history.epochs.get("loss", []))
+
+    @property
+    def evals(self) -> list[dict]:
+        e, per_epoch = self.trainer.history.evals, self.trainer.steps_per_epoch
+        return [{"epoch": i / per_epoch, "time": t, "accuracy": a, "loss": lo}
+                for i, t, a, lo in zip(e["iteration"], e["time"], e["accuracy"], e["loss"],
+                                       strict=True)]
 
 
-def make_evaluate(chunk: int):
-    @jax.jit
-    def part(p, x, y):
-        o = admm_jax.elman_apply(p, x)
-        return (jnp.sum(o.argmax(-1) == y),
-                jnp.sum(optax.softmax_cross_entropy_with_integer_labels(o, y)))
-
-    def evaluate(p, x, y):
-        acc = loss = 0.0
-        for i in range(0, len(x), chunk):  # every sample; a shorter last chunk compiles once
-            a, lo = part(p, x[i:i + chunk], y[i:i + chunk])
-            acc, loss = acc + float(a), loss + float(lo)
-        return acc / len(x), loss / len(x)
-
-    return evaluate
-
-
-def new_params(in_features: int, hidden: int, classes: int, seed: int):
-    model = admm_jax.ElmanRNN(in_features, hidden, classes, rngs=nnx.Rngs(seed))
-    return nnx.state(model, nnx.Param)
+def new_run(args, method, recipe, seed, train, evaluation, in_features, classes) -> Run:
+    """``method`` with ``recipe`` on ``train``, for its budget (``None`` for admmirnn)."""
+    x, y = train
+    steps = budget(recipe, len(x) // args.batch_size)
+    tx = make_tx(method, recipe, steps, len(x), x.shape[1])
+    model = admm_jax.ElmanRNN(in_features, args.hidden, classes, rngs=nnx.Rngs(seed))
+    return Run(Trainer(model, tx, train, batch_size=args.batch_size, seed=seed,
+                       evaluation_data=evaluation), steps)
 
 
 def max_spike(epoch_loss: list[float]) -> float:
@@ -210,12 +160,11 @@ def budget(recipe: dict, per_epoch: int) -> int | None:
     return int(round(recipe["epochs"] * per_epoch)) if recipe else None
 
 
-def tune(args, xtr, ytr, in_features, classes, evaluate) -> tuple[dict, dict]:
+def tune(args, xtr, ytr, in_features, classes) -> tuple[dict, dict]:
     """Each method's recipe with the best validation accuracy at the end of its budget
     (seed 0; train on the first 90% of the training set, validate on the last 10%)."""
     n_val = len(xtr) // 10
     xa, ya, xv, yv = xtr[:-n_val], ytr[:-n_val], xtr[-n_val:], ytr[-n_val:]
-    per_epoch = len(xa) // args.batch_size
     chosen, scores = {}, {}
     for method in args.methods:
         grid = recipes(method, args)
@@ -224,14 +173,11 @@ def tune(args, xtr, ytr, in_features, classes, evaluate) -> tuple[dict, dict]:
             continue
         scores[method] = []
         for recipe in tqdm(grid, desc=f"tuning {method}", leave=False):
-            steps = budget(recipe, per_epoch)
-            tx = make_tx(method, recipe, steps, len(xa), xa.shape[1])
-            run = Run(method, xa, ya, tx, new_params(in_features, args.hidden, classes, 0), 0,
-                      args.batch_size, max_steps=steps)
-            run.chunk(steps)
-            run.evaluate(evaluate, xv, yv)
-            scores[method].append({**recipe, "validation_accuracy": run.evals[-1]["accuracy"]})
-            tqdm.write(f"{method} {recipe}: validation accuracy {run.evals[-1]['accuracy']:.4f}")
+            run = new_run(args, method, recipe, 0, (xa, ya), (xv, yv), in_features, classes)
+            run.chunk(run.max_steps)
+            acc = run.evaluate(args.eval_chunk)["accuracy"] if not run.diverged else 0.0
+            scores[method].append({**recipe, "validation_accuracy": acc})
+            tqdm.write(f"{method} {recipe}: validation accuracy {acc:.4f}")
         best = max(scores[method], key=lambda r: r["validation_accuracy"])
         chosen[method] = {k: v for k, v in best.items() if k != "validation_accuracy"}
     return chosen, scores
@@ -243,22 +189,17 @@ def eval_at(evals: list[dict], seconds: float) -> dict:
 
 
 def compare(args, xtr, ytr, xte, yte, in_features, classes) -> dict:
-    evaluate = make_evaluate(args.eval_chunk)
-    chosen, scores = tune(args, xtr, ytr, in_features, classes, evaluate)
+    chosen, scores = tune(args, xtr, ytr, in_features, classes)
     for m, recipe in chosen.items():
         if recipe:
             print(f"{m}: chosen on validation {recipe}", flush=True)
     per_epoch = len(xtr) // args.batch_size
     seeds = {}
     for seed in range(args.seeds):
-        runs = {}
-        for m in args.methods:
-            steps = budget(chosen[m], per_epoch)
-            runs[m] = Run(m, xtr, ytr, make_tx(m, chosen[m], steps, len(xtr), xtr.shape[1]),
-                          new_params(in_features, args.hidden, classes, seed), seed,
-                          args.batch_size, max_steps=steps)
+        runs = {m: new_run(args, m, chosen[m], seed, (xtr, ytr), (xte, yte), in_features,
+                           classes) for m in args.methods}
         for r in runs.values():
-            r.evaluate(evaluate, xte, yte)
+            r.evaluate(args.eval_chunk)
         adam = runs["adam"]
         chunk = max(1, per_epoch // args.evals_per_epoch)
         bar = tqdm(total=adam.max_steps, desc=f"seed {seed}", unit="adam step")
@@ -270,7 +211,7 @@ def compare(args, xtr, ytr, xte, yte, in_features, classes) -> dict:
                 break
             r = min(active, key=lambda r: r.seconds)  # the one furthest behind in time goes
             r.chunk(chunk)
-            r.evaluate(evaluate, xte, yte)
+            r.evaluate(args.eval_chunk)
             bar.update(adam.steps - bar.n)
             bar.set_postfix({m[:10]: f"{r.evals[-1]['accuracy']:.3f}" for m, r in runs.items()})
         bar.close()
@@ -356,22 +297,24 @@ def plot(task: str, res: dict, path: pathlib.Path) -> None:
 def sweep(args, xtr, ytr, xte, yte, in_features, classes) -> dict:
     """Safeguard experiment: learning rate x prox x adaptive damping, ``--sweep-epochs`` epochs
     each on the first ``--sweep-samples`` training images."""
-    evaluate = make_evaluate(args.eval_chunk)
     n = args.sweep_samples
     rows = []
     configs = [(lr, mu, adaptive) for lr in (0.1, 0.3, 1.0) for mu in (0.1, 0.01)
                for adaptive in (False, True)]
     for lr, mu, adaptive in tqdm(configs, desc="sweep"):
         tx = admm_jax.admm_preconditioned(lr, 10 * lr, prox=mu, adaptive_damping=adaptive)
-        run = Run("admm_preconditioned", xtr[:n], ytr[:n], tx,
-                  new_params(in_features, args.hidden, classes, 0), 0, args.batch_size)
-        run.chunk(args.sweep_epochs * run.per_epoch)
-        run.evaluate(evaluate, xte, yte)
+        model = admm_jax.ElmanRNN(in_features, args.hidden, classes, rngs=nnx.Rngs(0))
+        run = Run(Trainer(model, tx, (xtr[:n], ytr[:n]), batch_size=args.batch_size,
+                          evaluation_data=(xte, yte)))
+        run.chunk(args.sweep_epochs * run.trainer.steps_per_epoch)
+        run.evaluate(args.eval_chunk)
         rows.append({"learning_rate": lr, "readout_learning_rate": 10 * lr, "prox": mu,
                      "adaptive_damping": adaptive, "test_accuracy": run.evals[-1]["accuracy"],
                      "epoch_loss": run.epoch_loss,
                      "max_loss_increase": max_spike(run.epoch_loss),
-                     "final_damping": float(run.state.damping), "diverged": run.diverged})
+                     "final_damping": float(run.trainer.loop.opt_state.damping),
+                     "diverged": run.diverged,
+                     "diverged_at": run.trainer.history.meta.get("diverged_at")})
         r = rows[-1]
         tqdm.write(f"lr {lr:<4g} mu {mu:<5g} adaptive {adaptive!s:5s}: test "
                    f"{r['test_accuracy']:.4f}, epoch losses "

@@ -32,17 +32,16 @@ import argparse
 import json
 import math
 import pathlib
-import time
 from dataclasses import dataclass, field
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 
 import admm_jax
 from admm_jax import data
+from admm_jax.train import DivergenceError, Trainer
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 METHODS = ("admm_kfac", "adam", "muon", "admm_preconditioned", "admmirnn")
@@ -64,14 +63,9 @@ def load(task: str, data_dir, imdb_len: int, imdb_vocab: int):
     return tr.ids, tr.labels, te.ids, te.labels, imdb_vocab, 2
 
 
-def new_params(model: str, in_features: int, hidden: int, classes: int, seed: int):
+def new_model(model: str, in_features: int, hidden: int, classes: int, seed: int):
     cls = admm_jax.LSTM if model == "lstm" else admm_jax.ElmanRNN
-    return nnx.state(cls(in_features, hidden, classes, rngs=nnx.Rngs(seed)), nnx.Param)
-
-
-def make_apply(model: str):
-    fn = admm_jax.lstm_apply if model == "lstm" else admm_jax.elman_apply
-    return lambda p, x: fn(nnx.to_pure_dict(p), x)
+    return cls(in_features, hidden, classes, rngs=nnx.Rngs(seed))
 
 
 def make_tx(method: str, recipe: dict, steps: int, n: int, seq_len: int, tokens: bool):
@@ -96,92 +90,51 @@ def make_tx(method: str, recipe: dict, steps: int, n: int, seq_len: int, tokens:
 
 @dataclass
 class Run:
-    """One method on one seed, advanced a chunk of steps at a time."""
+    """One method on one seed: fit's own run (:class:`admm_jax.train.Trainer`, its compiled
+    step, batch order and training clock), advanced a chunk of steps at a time up to a budget."""
 
-    method: str
-    x: np.ndarray
-    y: np.ndarray
-    tx: optax.GradientTransformationExtraArgs
-    params: object
-    seed: int
-    batch_size: int
-    apply: object
+    trainer: Trainer
     max_steps: int
-    evals: list = field(default_factory=list)
     chunk_loss: list = field(default_factory=list)
-    seconds: float = 0.0
-    steps: int = 0
     diverged: bool = False
 
-    def __post_init__(self):
-        self.state = self.tx.init(self.params)
-        self.rng = np.random.default_rng(self.seed)
-        self.per_epoch = len(self.x) // self.batch_size
-        self._perm = None
-        tx, apply = self.tx, self.apply
-
-        def step(p, s, xb, yb, idx):
-            if admm_jax.optimizers.needs_gradients(s):  # the state decides, as in fit
-                def loss_fn(p):
-                    o = apply(p, xb)
-                    return optax.softmax_cross_entropy_with_integer_labels(o, yb).mean()
-                loss, g = jax.value_and_grad(loss_fn)(p)
-                u, s = tx.update(g, s, p)
-            else:  # the method's own forward pass reports the batch loss
-                u, s = tx.update(None, s, p, inputs=xb, targets=yb, indices=idx)
-                d = admm_jax.optimizers.diagnostics(s)
-                loss = d["batch_loss"] if "batch_loss" in d else d["loss"]
-            return optax.apply_updates(p, u), s, loss
-
-        b = self.batch_size
-        # compiled ahead of time: no chunk's timing includes compilation
-        self._step = jax.jit(step, donate_argnums=(0, 1)).lower(
-            self.params, self.state, self.x[:b], self.y[:b], jnp.arange(b)).compile()
+    @property
+    def seconds(self) -> float:
+        return self.trainer.loop.train_seconds
 
     @property
-    def epoch(self) -> float:
-        return self.steps / self.per_epoch
+    def steps(self) -> int:
+        return self.trainer.loop.iteration
 
     @property
     def done(self) -> bool:
         return self.diverged or self.steps >= self.max_steps
 
     def chunk(self, steps: int) -> None:
-        steps = min(steps, self.max_steps - self.steps)
-        losses = []
-        t0 = time.perf_counter()
-        for _ in range(steps):
-            i = self.steps % self.per_epoch
-            if i == 0:
-                self._perm = self.rng.permutation(len(self.x))
-            idx = self._perm[i * self.batch_size:(i + 1) * self.batch_size]
-            self.params, self.state, loss = self._step(
-                self.params, self.state, self.x[idx], self.y[idx], jnp.asarray(idx))
-            losses.append(loss)
-            self.steps += 1
-        jax.block_until_ready(self.params)
-        self.seconds += time.perf_counter() - t0
-        mean = float(np.mean(jax.device_get(losses)))
-        self.chunk_loss.append(mean)
-        self.diverged = not math.isfinite(mean)
+        try:
+            done = self.trainer.run(min(steps, self.max_steps - self.steps))
+        except DivergenceError:  # not applied: the run keeps its last good weights
+            self.diverged = True
+            return
+        self.chunk_loss.append(float(np.mean(self.trainer.history.steps["loss"][-done:])))
 
-    def evaluate(self, evaluate_fn, x, y) -> None:
-        acc = evaluate_fn(self.params, x, y)
-        self.evals.append({"epoch": round(self.epoch, 4), "time": self.seconds,
-                           "accuracy": acc})
+    def evaluate(self, batch_size: int, data=None) -> float:
+        return self.trainer.evaluate(data, batch_size)["accuracy"]
+
+    @property
+    def evals(self) -> list[dict]:
+        e, per_epoch = self.trainer.history.evals, self.trainer.steps_per_epoch
+        return [{"epoch": round(i / per_epoch, 4), "time": t, "accuracy": a}
+                for i, t, a in zip(e["iteration"], e["time"], e["accuracy"], strict=True)]
 
 
-def make_evaluate(apply, chunk: int):
-    @jax.jit
-    def part(p, x, y):
-        return jnp.sum(apply(p, x).argmax(-1) == y)
-
-    def evaluate(p, x, y):
-        hits = sum(float(part(p, x[i:i + chunk], y[i:i + chunk]))
-                   for i in range(0, len(x), chunk))
-        return hits / len(x)
-
-    return evaluate
+def new_run(args, ctx, method, recipe, seed, train, evaluation) -> Run:
+    """``method`` with ``recipe`` on ``train`` for ``args.epochs`` epochs."""
+    x, y = train
+    steps = int(args.epochs * (len(x) // args.batch_size))
+    tx = make_tx(method, recipe, steps, len(x), x.shape[1], ctx["tokens"])
+    return Run(Trainer(ctx["model"](seed), tx, train, batch_size=args.batch_size, seed=seed,
+                       evaluation_data=evaluation), steps)
 
 
 def max_spike(chunk_loss: list[float]) -> float:
@@ -215,7 +168,6 @@ def save(res: dict, stem: pathlib.Path) -> None:
 def tune(args, res, stem, xtr, ytr, ctx) -> None:
     n_val = len(xtr) // 10
     xa, ya, xv, yv = xtr[:-n_val], ytr[:-n_val], xtr[-n_val:], ytr[-n_val:]
-    steps = int(args.epochs * (len(xa) // args.batch_size))
     for m in args.methods:
         grid = recipes(m, args.schedules, args.smoke, args.grids)
         if m in res["recipes"]:
@@ -225,10 +177,9 @@ def tune(args, res, stem, xtr, ytr, ctx) -> None:
             continue
         scores = res["validation"].setdefault(m, [])
         for recipe in grid[len(scores):]:
-            tx = make_tx(m, recipe, steps, len(xa), xa.shape[1], ctx["tokens"])
-            run = Run(m, xa, ya, tx, ctx["params"](0), 0, args.batch_size, ctx["apply"], steps)
-            run.chunk(steps)
-            acc = ctx["evaluate"](run.params, xv, yv) if not run.diverged else 0.0
+            run = new_run(args, ctx, m, recipe, 0, (xa, ya), (xv, yv))
+            run.chunk(run.max_steps)
+            acc = run.evaluate(args.eval_chunk) if not run.diverged else 0.0
             scores.append({**recipe, "validation_accuracy": acc, "seconds": run.seconds})
             print(f"tune {m} {recipe}: validation {acc:.4f} ({run.seconds:.0f} s)", flush=True)
             save(res, stem)
@@ -238,19 +189,15 @@ def tune(args, res, stem, xtr, ytr, ctx) -> None:
 
 
 def run_seed(args, res, seed, xtr, ytr, xte, yte, ctx) -> dict:
-    per_epoch = len(xtr) // args.batch_size
-    steps = int(args.epochs * per_epoch)
-    runs = {m: Run(m, xtr, ytr, make_tx(m, res["recipes"][m], steps, len(xtr), xtr.shape[1],
-                                        ctx["tokens"]),
-                   ctx["params"](seed), seed, args.batch_size, ctx["apply"], steps)
+    runs = {m: new_run(args, ctx, m, res["recipes"][m], seed, (xtr, ytr), (xte, yte))
             for m in args.methods}
     for r in runs.values():
-        r.evaluate(ctx["evaluate"], xte, yte)
-    chunk = max(1, per_epoch // args.evals_per_epoch)
+        r.evaluate(args.eval_chunk)
+    chunk = max(1, (len(xtr) // args.batch_size) // args.evals_per_epoch)
     while active := [r for r in runs.values() if not r.done]:
-        r = min(active, key=lambda r: r.seconds)
+        r = min(active, key=lambda r: r.seconds)  # the one furthest behind in time goes
         r.chunk(chunk)
-        r.evaluate(ctx["evaluate"], xte, yte)
+        r.evaluate(args.eval_chunk)
     return {m: {"evals": r.evals, "chunk_loss": r.chunk_loss, "seconds": r.seconds,
                 "steps": r.steps, "diverged": r.diverged} for m, r in runs.items()}
 
@@ -411,10 +358,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.test_subset:
         xte, yte = xte[:args.test_subset], yte[:args.test_subset]
     workload = {"mnist": "row-MNIST", "imdb": "IMDb"}[args.task] + f" {args.model}-{args.hidden}"
-    apply = make_apply(args.model)
-    ctx = {"tokens": args.task == "imdb", "apply": apply,
-           "evaluate": make_evaluate(apply, args.eval_chunk),
-           "params": lambda seed: new_params(args.model, d, args.hidden, c, seed)}
+    ctx = {"tokens": args.task == "imdb",
+           "model": lambda seed: new_model(args.model, d, args.hidden, c, seed)}
     args.out.mkdir(parents=True, exist_ok=True)
     name = f"{args.task}_{args.model}" + ("_smoke" if args.smoke else "")
     stem = args.out / f"time_to_target_{name}"
