@@ -11,7 +11,9 @@ Protocol (one workload per call):
 3. Every method with its chosen recipe, ``--seeds`` seeds, the same initial weights and batch
    order per seed, round-robin a fraction of an epoch at a time (the method furthest behind
    in training seconds goes next), so load on the machine slows all alike. Evaluation on the
-   test set after every chunk, excluded from the training seconds.
+   test set after every chunk, excluded from the training seconds. Each run is the one
+   ``admm_jax.train.fit`` makes (an ``admm_jax.train.Trainer``: fit's compiled step, batch
+   order and training clock); a non-finite step stops it with its last good weights.
 
 Reported per method (mean +- std over seeds): training seconds to the target (a seed that
 never reaches it counts as its full budget and is flagged), final accuracy at Adam's final
