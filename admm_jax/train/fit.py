@@ -85,7 +85,9 @@ def fit(
 
     Each step takes a mini-batch ``(x, y, indices)`` (:class:`admm_jax.data.BatchIterator`,
     reshuffled every epoch from ``seed``; a short last batch is dropped) and runs one jitted,
-    ahead-of-time compiled step that donates the weights and the optimizer state. The loop knows
+    ahead-of-time compiled step that donates the weights and the optimizer state. ``fit`` is a
+    :class:`Trainer` (the run, advanced a step at a time) driven to a stopping rule, with
+    evaluation periods and callbacks. The loop knows
     no method: the step is chosen once from the optimizer's state
     (:func:`admm_jax.optimizers.needs_gradients`):
 
