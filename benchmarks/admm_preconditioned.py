@@ -2,12 +2,13 @@
 
 The three methods of one seed run side by side, round-robin a fraction of an epoch at a time,
 so load on the machine slows all of them alike; each is the run ``admm_jax.train.fit`` makes
-(an ``admm_jax.train.Trainer``: fit's compiled step, batch order and training clock). Adam trains ``--adam-epochs`` epochs,
-admm_preconditioned a budget from ``--pc-epochs`` and admmirnn until its training time reaches
-Adam's. The default budgets are those that fit into Adam's 5-epoch time at the measured step
-cost of admm_preconditioned: 4 or 5 epochs on row-MNIST (0.97-0.98x an Adam step), 3 or 4 on
-IMDb (1.22x). Each gradient method's recipe is chosen first on a validation split (the last
-10% of the training set, seed 0, the method's full budget):
+(an ``admm_jax.train.Trainer``: fit's compiled step, batch order and training clock). Adam
+trains ``--adam-epochs`` epochs, admm_preconditioned a budget from ``--pc-epochs`` and admmirnn
+until its training time reaches Adam's. The default budgets are those that fit into Adam's
+5-epoch time at the measured step cost of admm_preconditioned: 4 or 5 epochs on row-MNIST
+(0.97-0.98x an Adam step), 3 or 4 on IMDb (1.22x). Each gradient method's recipe is chosen
+first on a validation split (the last 10% of the training set, seed 0, the method's full
+budget):
 
 * Adam: learning rate in ``--adam-lrs`` x schedule in ``--schedules``;
 * admm_preconditioned: its default learning rates x schedule in ``--schedules`` x

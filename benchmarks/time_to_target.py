@@ -65,9 +65,13 @@ def load(task: str, data_dir, imdb_len: int, imdb_vocab: int):
     return tr.ids, tr.labels, te.ids, te.labels, imdb_vocab, 2
 
 
-def new_model(model: str, in_features: int, hidden: int, classes: int, seed: int):
-    cls = admm_jax.LSTM if model == "lstm" else admm_jax.ElmanRNN
-    return cls(in_features, hidden, classes, rngs=nnx.Rngs(seed))
+def new_model(model: str, in_features: int, hidden: int, classes: int, seed: int,
+              token_init: bool = False):
+    if model == "lstm":
+        return admm_jax.LSTM(in_features, hidden, classes, rngs=nnx.Rngs(seed))
+    # token_init: U ~ N(0, 1), the scale for one-hot token inputs (else N(0, 1/vocabulary))
+    return admm_jax.ElmanRNN(in_features, hidden, classes, rngs=nnx.Rngs(seed),
+                             token_inputs=token_init)
 
 
 def make_tx(method: str, recipe: dict, steps: int, n: int, seq_len: int, tokens: bool):
@@ -320,6 +324,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--test-subset", type=int, default=None)
     ap.add_argument("--imdb-len", type=int, default=100)
     ap.add_argument("--imdb-vocab", type=int, default=10000)
+    ap.add_argument("--token-init", action="store_true",
+                    help="IMDb: build the Elman RNN with token_inputs=True (U ~ N(0, 1), the "
+                         "scale for one-hot inputs) instead of U ~ N(0, 1/vocabulary)")
     ap.add_argument("--smoke", action="store_true",
                     help="seconds: 2000 train / 500 test samples, hidden 16, 1 seed, "
                          "0.5 epoch, each method's first learning rate only")
@@ -350,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--lrs: every tuned method needs the same number of learning rates (the "
                  "same tuning budget), got " + ", ".join(
                      f"{m}: {len(args.grids[m])}" for m in args.methods if m != "admmirnn"))
+    if args.token_init and args.task != "imdb":
+        ap.error("--token-init: for token inputs (--task imdb) only")
     if args.model == "lstm" and args.task == "imdb":
         ap.error("--model lstm: row-MNIST only (admm_jax.LSTM takes float inputs)")
     if args.model == "lstm" and "admmirnn" in args.methods:
@@ -361,14 +370,17 @@ def main(argv: list[str] | None = None) -> int:
         xte, yte = xte[:args.test_subset], yte[:args.test_subset]
     workload = {"mnist": "row-MNIST", "imdb": "IMDb"}[args.task] + f" {args.model}-{args.hidden}"
     ctx = {"tokens": args.task == "imdb",
-           "model": lambda seed: new_model(args.model, d, args.hidden, c, seed)}
+           "model": lambda seed: new_model(args.model, d, args.hidden, c, seed,
+                                           args.token_init)}
     args.out.mkdir(parents=True, exist_ok=True)
-    name = f"{args.task}_{args.model}" + ("_smoke" if args.smoke else "")
+    name = (f"{args.task}_{args.model}" + ("_tokeninit" if args.token_init else "")
+            + ("_smoke" if args.smoke else ""))
     stem = args.out / f"time_to_target_{name}"
     command = "python benchmarks/time_to_target.py " + " ".join(
         f"--{k.replace('_', '-')} {v if not isinstance(v, list) else ','.join(map(str, v))}"
         for k, v in vars(args).items()
-        if k not in ("data_dir", "out", "smoke", "lrs", "grids") and v is not None) + "".join(
+        if k not in ("data_dir", "out", "smoke", "lrs", "grids", "token_init")
+        and v is not None) + " --token-init" * args.token_init + "".join(
         f" --lrs {m}={','.join(f'{v:g}' for v in args.grids[m])}" for m in args.methods
         if m != "admmirnn" and args.grids[m] != list(GRIDS[m]))
     res = {"meta": {"workload": workload, "train": len(xtr), "test": len(xte),
