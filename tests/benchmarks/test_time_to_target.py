@@ -54,15 +54,16 @@ def test_smoke_tunes_every_method_runs_every_seed_and_writes_results(tmp_path, d
 
 
 def test_smoke_imdb_with_a_replaced_grid(tmp_path, data_dir):
-    """Token inputs (IMDb), ``--lrs`` replacing a grid (smoke: its first rate only), and a
-    time-to-target ratio that is None, not a division by zero, when tuned Adam's best test
-    accuracy is its untrained start."""
+    """Token inputs (IMDb, the token-scale initialisation), ``--lrs`` replacing a grid (smoke:
+    its first rate only), and a time-to-target ratio that is None, not a division by zero,
+    when tuned Adam's best test accuracy is its untrained start."""
     bench = _bench()
     rc = bench.main(["--data-dir", str(data_dir), "--smoke", "--task", "imdb", "--methods",
                      "admm_kfac,adam", "--lrs", "adam=0.002,0.01", "--lrs", "admm_kfac=0.1,0.2",
-                     "--out", str(tmp_path)])
+                     "--token-init", "--out", str(tmp_path)])
     assert rc == 0
-    res = json.loads((tmp_path / "time_to_target_imdb_elman_smoke.json").read_text())
+    res = json.loads((tmp_path / "time_to_target_imdb_elman_tokeninit_smoke.json").read_text())
+    assert res["meta"]["command"].count(" --token-init") == 1
     assert res["meta"]["grids"]["adam"] == [0.002, 0.01]
     assert {r["learning_rate"] for r in res["validation"]["adam"]} == {0.002}
     assert {r["learning_rate"] for r in res["validation"]["admm_kfac"]} == {0.1}
@@ -92,6 +93,7 @@ def test_resume_key_ignores_only_the_seed_count():
     ("--methods", "adam,sgd", "--methods: expected some of"),
     ("--methods", "muon", "--methods: must include adam"),
     ("--schedules", "linear", "--schedules: expected constant and/or cosine"),
+    ("--token-init", "--smoke", "--token-init: for token inputs (--task imdb) only"),
 ])
 def test_benchmark_rejects_bad_options(flag, value, message, capsys):
     with pytest.raises(SystemExit):
