@@ -75,8 +75,8 @@ def main(argv=None) -> int:
     }
     flops, compiled = {}, {}
     for m, tx in methods.items():
-        def step(p, s, xb, yb, tx=tx, m=m):
-            if m in ("adam", "muon"):
+        def step(p, s, xb, yb, tx=tx):
+            if admm_jax.optimizers.needs_gradients(s):  # the state decides, as in fit
                 def loss(p):
                     o = fn(nnx.to_pure_dict(p), xb)
                     return optax.softmax_cross_entropy_with_integer_labels(o, yb).mean()
