@@ -7,7 +7,8 @@ per-sample multipliers), for a wall-clock budget; quality is always the forward 
 weights on the full 10k test set, never the auxiliary variables. Logged per epoch: augmented
 Lagrangian, primal residuals |r1| |r2| |r3|, dual residual, forward-pass train loss and
 accuracy, test accuracy, seconds per iteration and cumulative training seconds (evaluation
-excluded).
+excluded). Both methods run as ``admm_jax.train.fit`` runs them (an ``admm_jax.train.Trainer``:
+fit's compiled step, batch order and training clock).
 
     python benchmarks/admm_mnist.py --data-dir ../shared/data            # ~15 min + Adam
     python benchmarks/admm_mnist.py --budget-seconds 60 --adam-epochs 1  # quick look
@@ -18,24 +19,21 @@ Writes ``<out>/admm_mnist.json`` and ``<out>/admm_mnist.png``.
 from __future__ import annotations
 
 import argparse
-import functools
 import json
 import os
 import pathlib
 import platform
 import sys
-import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
 from tqdm import tqdm
 
 import admm_jax
-from admm_jax.data import batches, mnist
-from admm_jax.models.elman import elman_apply
+from admm_jax.data import mnist
+from admm_jax.train import DivergenceError, Trainer
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -44,99 +42,57 @@ def _named(params):
     return {k: params[k][...] for k in ("U", "W", "b", "V", "c")}
 
 
-@jax.jit
-def _evaluate(params, x, y):
-    logits = elman_apply(_named(params), x)
-    loss = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-    return loss, jnp.mean(jnp.argmax(logits, -1) == y)
+BOOKKEEPING = ("iteration", "epoch", "seconds", "time", "loss", "accuracy")
 
 
-def evaluate(params, x, y, chunk=5000):
-    out = [_evaluate(params, x[i:i + chunk], y[i:i + chunk]) for i in range(0, len(x), chunk)]
-    w = np.array([min(chunk, len(x) - i) for i in range(0, len(x), chunk)], float)
-    loss, acc = (float(np.dot(w, [float(o[j]) for o in out]) / w.sum()) for j in (0, 1))
-    return loss, acc
-
-
-def run_admm(args, xtr, ytr, xte, yte, log):
-    n = len(xtr)
+def run(args, name, tx, xtr, ytr, xte, yte, log, *, epochs, budget_seconds=None):
+    """``tx`` on the Elman RNN, one :class:`admm_jax.train.Trainer` (fit's step, batch order
+    and clock), an epoch at a time until ``epochs`` or ``budget_seconds``; after every epoch
+    the forward-pass train loss and accuracy, the test accuracy and the last step's
+    diagnostics (ADMMiRNN: Lagrangian, residuals) are logged."""
     model = admm_jax.ElmanRNN(28, args.hidden, 10, rngs=nnx.Rngs(args.seed))
-    params = nnx.state(model, nnx.Param)
-    per_sample = dict(num_samples=n, seq_len=28) if args.multipliers == "per-sample" else {}
-    tx = admm_jax.admmirnn(**per_sample, rho=tuple(args.rho), prox=args.prox,
-                           weight_decay=args.weight_decay, sweeps=args.sweeps,
-                           sweep=args.sweep, cg_steps=args.cg_steps)
-    state = tx.init(params)
-
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
-    def step(params, state, x, y, idx):
-        updates, state = tx.update(None, state, params, inputs=x, targets=y, indices=idx)
-        return optax.apply_updates(params, updates), state
-
-    history, train_s, iters = [], 0.0, 0
-    bar = tqdm(total=int(args.budget_seconds), desc="ADMMiRNN", unit="s", disable=args.quiet)
-    epoch = 0
-    while train_s < args.budget_seconds and epoch < args.max_epochs:
-        t0 = time.perf_counter()
-        for b in batches(xtr, ytr, batch_size=args.batch_size, seed=args.seed, epochs=epoch + 1,
-                         start=(epoch, 0)):
-            params, state = step(params, state, *b.data, jnp.asarray(b.indices))
-            iters += 1
-        jax.block_until_ready(params)
-        dt = time.perf_counter() - t0
-        train_s += dt
-        epoch += 1
-        tr_loss, tr_acc = evaluate(params, xtr, ytr)
-        _, te_acc = evaluate(params, xte, yte)
-        d = state.diagnostics
-        rec = dict(epoch=epoch, iteration=iters, seconds=train_s,
-                   seconds_per_iteration=dt / (n // args.batch_size),
-                   lagrangian=float(d.lagrangian), r1=float(d.r1), r2=float(d.r2),
-                   r3=float(d.r3), dual_residual=float(d.dual_residual),
+    trainer = Trainer(model, tx, (xtr, ytr), batch_size=args.batch_size, seed=args.seed)
+    loop, per_epoch = trainer.loop, trainer.steps_per_epoch
+    history = []
+    by_time = budget_seconds is not None
+    bar = tqdm(total=int(budget_seconds) if by_time else epochs, desc=name,
+               unit="s" if by_time else "epoch", disable=args.quiet)
+    for epoch in range(1, epochs + 1):
+        if by_time and loop.train_seconds >= budget_seconds:
+            break
+        t0 = loop.train_seconds
+        try:
+            trainer.run(per_epoch)
+        except DivergenceError as e:  # not applied: the last good weights are kept
+            tqdm.write(f"{name}: {e}")
+            break
+        tr_loss, tr_acc = (trainer.evaluate((xtr, ytr), 5000)[k] for k in ("loss", "accuracy"))
+        te_acc = trainer.evaluate((xte, yte), 5000)["accuracy"]
+        last = {k: col[-1] for k, col in trainer.history.steps.items() if k not in BOOKKEEPING}
+        rec = dict(epoch=epoch, iteration=loop.iteration, seconds=loop.train_seconds,
+                   seconds_per_iteration=(loop.train_seconds - t0) / per_epoch, **last,
                    train_loss=tr_loss, train_acc=tr_acc, test_acc=te_acc)
         history.append(rec)
         log(rec)
-        bar.update(max(0, min(round(train_s), int(args.budget_seconds)) - bar.n))
-        bar.set_postfix(epoch=epoch, test=f"{te_acc:.4f}", loss=f"{tr_loss:.3f}")
+        bar.update((min(round(loop.train_seconds), int(budget_seconds)) if by_time else epoch)
+                   - bar.n)
+        bar.set_postfix(test=f"{te_acc:.4f}", loss=f"{tr_loss:.3f}")
     bar.close()
     return history
 
 
+def run_admm(args, xtr, ytr, xte, yte, log):
+    per_sample = dict(num_samples=len(xtr), seq_len=28) if args.multipliers == "per-sample" else {}
+    tx = admm_jax.admmirnn(**per_sample, rho=tuple(args.rho), prox=args.prox,
+                           weight_decay=args.weight_decay, sweeps=args.sweeps,
+                           sweep=args.sweep, cg_steps=args.cg_steps)
+    return run(args, "ADMMiRNN", tx, xtr, ytr, xte, yte, log, epochs=args.max_epochs,
+               budget_seconds=args.budget_seconds)
+
+
 def run_adam(args, xtr, ytr, xte, yte, log):
-    model = admm_jax.ElmanRNN(28, args.hidden, 10, rngs=nnx.Rngs(args.seed))
-    params = nnx.state(model, nnx.Param)
-    tx = optax.adam(args.adam_lr)
-    state = tx.init(params)
-
-    def loss_fn(params, x, y):
-        logits = elman_apply(_named(params), x)
-        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-    @jax.jit
-    def step(params, state, x, y):
-        grads = jax.grad(loss_fn)(params, x, y)
-        updates, state = tx.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
-    history, train_s, iters = [], 0.0, 0
-    n = len(xtr)
-    for epoch in tqdm(range(args.adam_epochs), desc="Adam", disable=args.quiet):
-        t0 = time.perf_counter()
-        for b in batches(xtr, ytr, batch_size=args.batch_size, seed=args.seed, epochs=epoch + 1,
-                         start=(epoch, 0)):
-            params, state = step(params, state, *b.data)
-            iters += 1
-        jax.block_until_ready(params)
-        dt = time.perf_counter() - t0
-        train_s += dt
-        tr_loss, tr_acc = evaluate(params, xtr, ytr)
-        _, te_acc = evaluate(params, xte, yte)
-        rec = dict(epoch=epoch + 1, iteration=iters, seconds=train_s,
-                   seconds_per_iteration=dt / (n // args.batch_size), train_loss=tr_loss,
-                   train_acc=tr_acc, test_acc=te_acc)
-        history.append(rec)
-        log(rec)
-    return history
+    return run(args, "Adam", optax.adam(args.adam_lr), xtr, ytr, xte, yte, log,
+               epochs=args.adam_epochs)
 
 
 def plot(result, path):
