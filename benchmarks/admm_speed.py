@@ -119,8 +119,7 @@ def main() -> None:
             tx = (optimizers.get("admmirnn", num_samples=args.batch_size, seq_len=T)
                   if name == "admmirnn" else optimizers.get("adam"))
             state = tx.init(params)
-            step = make_train_step(graphdef, rest, tx, cross_entropy, accuracy,
-                                   use_gradients=name == "bptt", step_key=False)
+            step = make_train_step(graphdef, rest, tx, cross_entropy, accuracy)  # state decides
             ex = (params, state, x, y, idx, {}, jax.random.key(0), jnp.asarray(0, jnp.int32))
             flops = count_flops(jax.make_jaxpr(step)(*ex))
             t = time.perf_counter()
