@@ -328,6 +328,10 @@ class Trainer:
       history: ``loop.history``.
       uses_gradients: whether the step differentiates the loss.
       steps_per_epoch: full batches per epoch.
+      compiled_step: the compiled :func:`make_train_step` ``(params, opt_state, x, y,
+        indices, model_kwargs, key, iteration) -> (params, opt_state, metrics, ok)``, weights
+        and state donated.
+      key: the base key of per-step keys (``jax.random.key(seed)``).
 
     Examples:
       >>> import optax
@@ -416,7 +420,7 @@ class Trainer:
                              "batch_size instead of MultiSteps")
         kwargs = {k: jnp.asarray(v, jnp.result_type(float) if isinstance(v, float) else None)
                   for k, v in (model_kwargs or {}).items()}
-        self._key = jax.random.key(seed)
+        self.key = jax.random.key(seed)
 
         # a method that reports the batch's loss under this loss saves the forward pass
         method_loss = (not self.uses_gradients and "batch_loss" in diagnostics(opt_state)
@@ -427,11 +431,11 @@ class Trainer:
                                method_loss=method_loss)
         b0 = self.iterator.epoch_indices(self.iterator.position[0])[0][0]
         example = (params, opt_state, jnp.asarray(x_train[b0]), jnp.asarray(y_train[b0]),
-                   jnp.asarray(b0), kwargs, self._key, jnp.asarray(0, jnp.int32))
+                   jnp.asarray(b0), kwargs, self.key, jnp.asarray(0, jnp.int32))
         t0 = time.perf_counter()
         with warnings.catch_warnings():  # CPU backends cannot donate: nothing to report
             warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-            self._compiled = jax.jit(step, donate_argnums=(0, 1)).lower(*example).compile()
+            self.compiled_step = jax.jit(step, donate_argnums=(0, 1)).lower(*example).compile()
         compile_seconds = time.perf_counter() - t0
         self._eval_chunk = None
 
@@ -474,9 +478,9 @@ class Trainer:
         batch = next(self._batches, None)
         if batch is None:
             return None, None
-        loop.params, loop.opt_state, m, ok = self._compiled(
+        loop.params, loop.opt_state, m, ok = self.compiled_step(
             loop.params, loop.opt_state, jnp.asarray(batch.data[0]), jnp.asarray(batch.data[1]),
-            jnp.asarray(batch.indices), loop.model_kwargs, self._key,
+            jnp.asarray(batch.indices), loop.model_kwargs, self.key,
             jnp.asarray(loop.iteration, jnp.int32))
         m, ok = jax.device_get((m, ok))
         m = {k: float(v) for k, v in m.items()}
