@@ -50,3 +50,19 @@ def rel_norm(g, ref):
     num = jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(g)))
     den = jnp.sqrt(sum(jnp.sum(x**2) for x in jax.tree.leaves(ref)))
     return float(num / jnp.maximum(den, 1.0))
+
+
+# the weight-block methods' (admm_preconditioned, admm_kfac) problem kinds: (config, tokens)
+WEIGHT_BLOCK_CASES = {
+    "dense": (ADMMConfig(), False),
+    "tokens": (ADMMConfig(), True),
+    "many_to_many_mse": (ADMMConfig(many_to_many=True, loss="mse"), False),
+}
+
+
+def weight_block_problem(name, seed=0, **kw):
+    """``(cfg, tokens, params, inputs, targets)`` of the ``WEIGHT_BLOCK_CASES`` kind ``name``."""
+    cfg, tokens = WEIGHT_BLOCK_CASES[name]
+    params, _, _, _, inputs, targets = make_problem(seed, cfg=cfg, tokens=tokens, **kw)
+    return cfg, tokens, params, inputs, targets
+

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from admm_problems import make_problem
+from admm_problems import WEIGHT_BLOCK_CASES, weight_block_problem
 from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -18,17 +18,8 @@ import admm_jax
 from admm_jax.admm import blocks
 from admm_jax.admm.problem import ADMMConfig, data_loss
 
-CFGS = {
-    "dense": (ADMMConfig(), False),
-    "tokens": (ADMMConfig(), True),
-    "many_to_many_mse": (ADMMConfig(many_to_many=True, loss="mse"), False),
-}
-
-
-def _problem(name, seed=0, **kw):
-    cfg, tokens = CFGS[name]
-    params, _, _, _, inputs, targets = make_problem(seed, cfg=cfg, tokens=tokens, **kw)
-    return cfg, tokens, params, inputs, targets
+CFGS = WEIGHT_BLOCK_CASES
+_problem = weight_block_problem
 
 
 def _loop_rnn(params, inputs, cfg, taps=None):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from admm_problems import make_problem
+from admm_problems import WEIGHT_BLOCK_CASES, make_problem, weight_block_problem
 from flax import nnx
 
 import admm_jax
@@ -18,16 +18,11 @@ from admm_jax.admm.preconditioned import adjoints
 from admm_jax.admm.problem import ADMMConfig, data_loss
 from admm_jax.models.elman import elman_trace
 
-CFGS = {
-    "dense": (ADMMConfig(), False),
-    "tokens": (ADMMConfig(), True),
-    "many_to_many_mse": (ADMMConfig(many_to_many=True, loss="mse"), False),
-}
+CFGS = WEIGHT_BLOCK_CASES
 
 
 def _problem(name, seed=0, **kw):
-    cfg, tokens = CFGS[name]
-    params, _, _, _, inputs, targets = make_problem(seed, cfg=cfg, tokens=tokens, **kw)
+    cfg, _, params, inputs, targets = weight_block_problem(name, seed, **kw)
     return cfg, params, inputs, targets
 
 
