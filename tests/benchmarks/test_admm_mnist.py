@@ -1,17 +1,12 @@
 """Smoke test of benchmarks/admm_mnist.py on the real data at a tiny budget."""
 
-import importlib.util
 import json
-import pathlib
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from benchmark_scripts import load
 
 
 def test_admm_mnist_benchmark_runs_and_writes_results(tmp_path, data_dir):
-    spec = importlib.util.spec_from_file_location("admm_mnist", REPO / "benchmarks" /
-                                                  "admm_mnist.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load("admm_mnist")
     rc = bench.main(["--data-dir", str(data_dir), "--train-size", "512", "--hidden", "16",
                      "--batch-size", "128", "--budget-seconds", "1", "--max-epochs", "2",
                      "--adam-epochs", "1", "--out", str(tmp_path), "--quiet"])

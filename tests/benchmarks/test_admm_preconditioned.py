@@ -1,22 +1,13 @@
 """Smoke test of benchmarks/admm_preconditioned.py on the real data at a tiny budget."""
 
-import importlib.util
 import json
-import pathlib
-import sys
 
 import pytest
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from benchmark_scripts import load
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "admm_preconditioned_bench", REPO / "benchmarks" / "admm_preconditioned.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # its dataclass resolves annotations through it
-    spec.loader.exec_module(bench)
-    return bench
+    return load("admm_preconditioned")
 
 
 def test_benchmark_tunes_runs_and_writes_results(tmp_path, data_dir):

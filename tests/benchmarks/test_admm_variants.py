@@ -1,17 +1,12 @@
 """Smoke test of benchmarks/admm_variants.py at a tiny budget (synthetic adding task)."""
 
-import importlib.util
 import json
-import pathlib
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from benchmark_scripts import load
 
 
 def test_admm_variants_benchmark_runs_and_writes_results(tmp_path):
-    spec = importlib.util.spec_from_file_location("admm_variants", REPO / "benchmarks" /
-                                                  "admm_variants.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load("admm_variants")
     rc = bench.main(["--task", "adding", "--num-train", "256", "--hidden", "8",
                      "--budget-seconds", "0.5", "--eval-points", "2", "--out", str(tmp_path),
                      "--variant", '{"rho": [0.5, 10, 0.1]}',

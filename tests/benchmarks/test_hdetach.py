@@ -1,31 +1,21 @@
 """Smoke tests of benchmarks/hdetach_copying.py and benchmarks/hdetach_mnist.py (a few seconds)."""
 
-import importlib.util
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from benchmark_scripts import load
 from flax import nnx
 
 from admm_jax import LSTM
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def _load(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
 
 @pytest.fixture(scope="module")
 def copying_bench():
-    return _load("hdetach_copying")
+    return load("hdetach_copying")
 
 
 def test_copying_smoke_writes_rows_and_png(tmp_path, copying_bench):
@@ -88,7 +78,7 @@ def test_copying_bad_arguments_name_the_flag(tmp_path, copying_bench):
 
 
 def test_mnist_smoke_on_real_data(tmp_path, data_dir):
-    bench = _load("hdetach_mnist")
+    bench = load("hdetach_mnist")
     assert bench.main(["--smoke", "--data-dir", str(data_dir), "--out", str(tmp_path)]) == 0
     result = json.loads((tmp_path / "hdetach_mnist_smoke.json").read_text())
     assert result["sizes"] == {"train": 50000, "val": 1000, "test": 1000}  # smoke: --eval-size

@@ -1,17 +1,12 @@
 """Smoke test of benchmarks/kfac_defaults.py on real MNIST at a tiny budget."""
 
-import importlib.util
 import json
-import pathlib
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from benchmark_scripts import load
 
 
 def test_kfac_defaults_benchmark_runs_and_writes_results(tmp_path, data_dir):
-    spec = importlib.util.spec_from_file_location("kfac_defaults", REPO / "benchmarks" /
-                                                  "kfac_defaults.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load("kfac_defaults")
     assert bench.main(["--data-dir", str(data_dir), "--smoke", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "kfac_defaults.json").read_text())
     (row,) = res["rows"]

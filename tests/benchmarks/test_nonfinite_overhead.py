@@ -1,17 +1,12 @@
 """Smoke test of benchmarks/nonfinite_overhead.py (tiny sizes, a few rounds)."""
 
-import importlib.util
 import json
-import pathlib
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from benchmark_scripts import load
 
 
 def test_benchmark_times_raw_and_guarded_steps_and_writes_results(tmp_path):
-    spec = importlib.util.spec_from_file_location(
-        "nonfinite_overhead_bench", REPO / "benchmarks" / "nonfinite_overhead.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load("nonfinite_overhead")
     assert bench.main(["--smoke", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "nonfinite_overhead_smoke.json").read_text())
     assert [r["optimizer"] for r in res["rows"]] == list(bench.OPTIMIZERS)

@@ -1,26 +1,15 @@
 """Smoke test of benchmarks/novograd_vs_adam.py on real data at a tiny budget."""
 
-import importlib.util
 import json
-import pathlib
 
 import pytest
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def load():
-    spec = importlib.util.spec_from_file_location("novograd_vs_adam",
-                                                  REPO / "benchmarks" / "novograd_vs_adam.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from benchmark_scripts import load
 
 
 @pytest.mark.parametrize("task", ["mnist", "imdb"])
 def test_benchmark_tunes_runs_and_writes_results(tmp_path, data_dir, task):
-    res = load().main(["--data-dir", str(data_dir), "--task", task, "--smoke", "--hidden", "8",
-                       "--out", str(tmp_path)])
+    res = load("novograd_vs_adam").main(["--data-dir", str(data_dir), "--task", task,
+                                         "--smoke", "--hidden", "8", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / f"novograd_{task}.json").read_text())
     assert saved["chosen_lr"] == res["chosen_lr"] == {"novograd": 1e-2, "adam": 1e-3,
                                                       "adamw": 1e-3}
@@ -35,5 +24,5 @@ def test_benchmark_tunes_runs_and_writes_results(tmp_path, data_dir, task):
 
 def test_benchmark_rejects_bad_learning_rates(capsys):
     with pytest.raises(SystemExit):
-        load().main(["--lrs-adam", "0,-1"])
+        load("novograd_vs_adam").main(["--lrs-adam", "0,-1"])
     assert "--lrs-adam" in capsys.readouterr().err

@@ -1,19 +1,8 @@
 """Smoke tests of the random-bases benchmarks (Table 1 runner on real data, step cost)."""
 
-import importlib.util
 import json
-import pathlib
-import sys
 
-REPO = pathlib.Path(__file__).resolve().parents[2]
-
-
-def load(name):
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    return bench
+from benchmark_scripts import load
 
 
 def test_table1_runner_writes_curves_and_resumes(tmp_path, data_dir):

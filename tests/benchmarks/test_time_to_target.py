@@ -1,22 +1,13 @@
 """Smoke test of benchmarks/time_to_target.py on the real data at a tiny budget."""
 
-import importlib.util
 import json
-import pathlib
-import sys
 
 import pytest
-
-REPO = pathlib.Path(__file__).resolve().parents[2]
+from benchmark_scripts import load
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location(
-        "time_to_target_bench", REPO / "benchmarks" / "time_to_target.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = bench  # its dataclass resolves annotations through it
-    spec.loader.exec_module(bench)
-    return bench
+    return load("time_to_target")
 
 
 def test_smoke_tunes_every_method_runs_every_seed_and_writes_results(tmp_path, data_dir):
