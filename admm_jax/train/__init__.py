@@ -3,9 +3,9 @@
 from admm_jax.train import losses
 from admm_jax.train.callbacks import Callback, Loop, ModelKwargSchedule, ProgressBar
 from admm_jax.train.checkpoint import Checkpoint, Restored, checkpoint_steps, load_checkpoint
-from admm_jax.train.fit import Evaluation, evaluate, fit
+from admm_jax.train.fit import Evaluation, fit
 from admm_jax.train.history import History
-from admm_jax.train.trainer import DivergenceError, Trainer, make_train_step
+from admm_jax.train.trainer import DivergenceError, Trainer, evaluate, make_train_step
 
 __all__ = [
     "Callback",

@@ -17,9 +17,7 @@ from admm_jax.train.history import History
 from admm_jax.train.trainer import (
     DivergenceError,
     Trainer,
-    _check_model_and_optimizer,
-    _evaluate,
-    make_eval_fn,
+    check_model_and_optimizer,
 )
 
 DIVERGENCE_POLICIES = ("raise", "stop")
@@ -38,26 +36,6 @@ class Evaluation(NamedTuple):
     every: int | None = None
     every_seconds: float | None = None
     batch_size: int = 500
-
-
-def evaluate(model: nnx.Module, data: tuple[np.ndarray, np.ndarray], *,
-             loss: str | losses.PerSample = "cross_entropy",
-             metric: str | losses.PerSample | None = "accuracy",
-             batch_size: int = 500) -> dict[str, float]:
-    """Mean loss (and metric) of a plain forward pass of ``model`` over ``data = (x, y)``.
-
-    >>> import numpy as np
-    >>> from flax import nnx
-    >>> from admm_jax import ElmanRNN
-    >>> m = ElmanRNN(2, 4, 3, rngs=nnx.Rngs(0))
-    >>> r = evaluate(m, (np.zeros((5, 6, 2), np.float32), np.zeros(5, np.int32)))
-    >>> sorted(r), round(r["loss"], 3)  # zero inputs and biases: uniform logits
-    (['accuracy', 'loss'], 1.099)
-    """
-    loss_fn = losses.resolve("loss", loss, losses.LOSSES)
-    metric_fn = losses.resolve("metric", metric, losses.METRICS)
-    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    return _evaluate(make_eval_fn(graphdef, rest, loss_fn, metric_fn), params, data, batch_size)
 
 
 def fit(
@@ -181,7 +159,7 @@ def fit(
         type.
       DivergenceError: a non-finite step with ``on_divergence="raise"``.
     """
-    _check_model_and_optimizer(model, optimizer)
+    check_model_and_optimizer(model, optimizer)
     _check_arguments(epochs, iterations, budget_seconds, on_divergence)
     ev = _check_evaluation(evaluation)
     trainer = Trainer(model, optimizer, train_data, loss=loss, metric=metric,

@@ -147,6 +147,26 @@ def _evaluate(eval_chunk, params, data, batch_size: int) -> dict[str, float]:
     return {k: v / n for k, v in sums.items()}
 
 
+def evaluate(model: nnx.Module, data: tuple[np.ndarray, np.ndarray], *,
+             loss: str | losses.PerSample = "cross_entropy",
+             metric: str | losses.PerSample | None = "accuracy",
+             batch_size: int = 500) -> dict[str, float]:
+    """Mean loss (and metric) of a plain forward pass of ``model`` over ``data = (x, y)``.
+
+    >>> import numpy as np
+    >>> from flax import nnx
+    >>> from admm_jax import ElmanRNN
+    >>> m = ElmanRNN(2, 4, 3, rngs=nnx.Rngs(0))
+    >>> r = evaluate(m, (np.zeros((5, 6, 2), np.float32), np.zeros(5, np.int32)))
+    >>> sorted(r), round(r["loss"], 3)  # zero inputs and biases: uniform logits
+    (['accuracy', 'loss'], 1.099)
+    """
+    loss_fn = losses.resolve("loss", loss, losses.LOSSES)
+    metric_fn = losses.resolve("metric", metric, losses.METRICS)
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    return _evaluate(make_eval_fn(graphdef, rest, loss_fn, metric_fn), params, data, batch_size)
+
+
 def _check_data(name: str, data: Any, validate: bool) -> tuple[np.ndarray, np.ndarray]:
     if not (isinstance(data, tuple | list) and len(data) == 2):
         raise TypeError(f"{name}: expected a pair (inputs, targets), got {type(data).__name__}")
@@ -373,7 +393,7 @@ class Trainer:
         resume: Restored | None = None,
         validate: bool = True,
     ):
-        _check_model_and_optimizer(model, optimizer)
+        check_model_and_optimizer(model, optimizer)
         if not isinstance(seed, int | np.integer) or isinstance(seed, bool):
             raise TypeError(f"seed: expected an int, got {seed!r}")
         resume = _check_resume(resume)
@@ -551,7 +571,9 @@ class Trainer:
         nnx.update(self.model, self.loop.params)
 
 
-def _check_model_and_optimizer(model: Any, optimizer: Any) -> None:
+def check_model_and_optimizer(model: Any, optimizer: Any) -> None:
+    """A ``TypeError`` naming the argument unless ``model`` is an ``nnx.Module`` and
+    ``optimizer`` has ``init`` and ``update``."""
     if not isinstance(model, nnx.Module):
         raise TypeError(f"model: expected an nnx.Module, got {type(model).__name__}")
     if not (hasattr(optimizer, "init") and hasattr(optimizer, "update")):
