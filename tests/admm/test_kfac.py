@@ -148,34 +148,30 @@ def test_identity_factors_give_exactly_a_scaled_gradient_step():
         np.testing.assert_array_equal(new.inverses[k], eye[k])
 
 
-def test_warmup_scales_the_step_linearly_then_stops():
+def _assert_step_scaled(factors, varied, **shared):
+    """At each ``(count, factor)``, admm_kfac with the ``varied`` options takes exactly
+    ``factor`` times the step it takes without them (a finite, nonzero reference)."""
     cfg, tokens, params, inputs, targets = _problem("dense", seed=2)
-    tx0 = _tx(cfg, tokens, adaptive_damping=False, refresh_every=1)
+    shared = {"adaptive_damping": False, "refresh_every": 1, **shared}
+    tx0 = _tx(cfg, tokens, **shared)
+    tx = _tx(cfg, tokens, **shared, **varied)
     state0 = tx0.init(params)
-    for count, factor in ((0, 0.25), (2, 0.75), (3, 1.0), (7, 1.0)):
-        tx = _tx(cfg, tokens, adaptive_damping=False, warmup_steps=4, refresh_every=1)
+    for count, factor in factors:
         state = state0._replace(count=jnp.asarray(count, jnp.int32))
         upd, _ = tx.update(None, state, params, inputs=inputs, targets=targets)
         ref, _ = tx0.update(None, state, params, inputs=inputs, targets=targets)
         for k in upd:
             assert np.all(np.isfinite(ref[k])) and np.any(ref[k] != 0)
             np.testing.assert_allclose(upd[k], factor * ref[k], rtol=1e-12, atol=1e-15)
+
+
+def test_warmup_scales_the_step_linearly_then_stops():
+    _assert_step_scaled(((0, 0.25), (2, 0.75), (3, 1.0), (7, 1.0)), {"warmup_steps": 4})
 
 
 def test_decay_steps_scales_the_step_by_a_cosine_to_zero():
-    cfg, tokens, params, inputs, targets = _problem("dense", seed=2)
-    tx0 = _tx(cfg, tokens, learning_rate=0.3, adaptive_damping=False, refresh_every=1)
-    state0 = tx0.init(params)
-    for count, factor in ((0, 1.0), (4, 0.5), (6, 0.5 * (1 + np.cos(np.pi * 0.75))), (8, 0.0),
-                          (11, 0.0)):
-        tx = _tx(cfg, tokens, learning_rate=0.3, adaptive_damping=False, decay_steps=8,
-                 refresh_every=1)
-        state = state0._replace(count=jnp.asarray(count, jnp.int32))
-        upd, _ = tx.update(None, state, params, inputs=inputs, targets=targets)
-        ref, _ = tx0.update(None, state, params, inputs=inputs, targets=targets)
-        for k in upd:
-            assert np.all(np.isfinite(ref[k])) and np.any(ref[k] != 0)
-            np.testing.assert_allclose(upd[k], factor * ref[k], rtol=1e-12, atol=1e-15)
+    _assert_step_scaled(((0, 1.0), (4, 0.5), (6, 0.5 * (1 + np.cos(np.pi * 0.75))), (8, 0.0),
+                         (11, 0.0)), {"decay_steps": 8}, learning_rate=0.3)
     with pytest.raises(ValueError, match="decay_steps: expected a positive int or None"):
         admm_jax.admm_kfac(decay_steps=0)
 
