@@ -118,14 +118,14 @@ class Run:
 
     def chunk(self, steps: int) -> None:
         try:
-            done = self.trainer.run(min(steps, self.max_steps - self.steps))
+            ran = self.trainer.run(min(steps, self.max_steps - self.steps))
         except DivergenceError:  # not applied: the run keeps its last good weights
             self.diverged = True
             return
-        self.chunk_loss.append(float(np.mean(self.trainer.history.steps["loss"][-done:])))
+        self.chunk_loss.append(float(np.mean(self.trainer.history.steps["loss"][-ran:])))
 
-    def evaluate(self, batch_size: int, data=None) -> float:
-        return self.trainer.evaluate(data, batch_size)["accuracy"]
+    def evaluate(self, batch_size: int) -> float:
+        return self.trainer.evaluate(batch_size=batch_size)["accuracy"]
 
     @property
     def evals(self) -> list[dict]:
