@@ -17,6 +17,7 @@ from admm_jax.admm import (
     increase_rho_on_divergence,
 )
 from admm_jax.admm.streaming import HostDuals, admm_memory_bytes
+from admm_jax.kfac import KFACDiagnostics, KFACState, UnsupportedModelError, scale_by_kfac
 from admm_jax.distributed import (
     collective_stats,
     data_mesh,
@@ -72,6 +73,8 @@ __all__ = [
     "History",
     "HostDuals",
     "IncreaseRhoState",
+    "KFACDiagnostics",
+    "KFACState",
     "LSTM",
     "NovoGradState",
     "RandomBasesState",
@@ -104,9 +107,11 @@ __all__ = [
     "reject_nonfinite",
     "replicate",
     "sample_detach_mask",
+    "scale_by_kfac",
     "scale_by_novograd",
     "scale_by_random_bases",
     "shard_admm_state",
     "shard_batch",
     "train",
+    "UnsupportedModelError",
 ]

@@ -1,0 +1,122 @@
+r"""Kronecker factors: a batch's statistics, their running averages, the damped inverses and
+the preconditioned direction of every block of a [Plan][admm_jax.kfac.trace.Plan].
+
+For a block with kernel \(K\) (\(d_{in} \times d_{out}\), bias folded in as a last row), the
+Fisher of the mean loss over \(N\) samples is approximated, independently across time steps
+(Martens, Ba & Johnson 2018), by
+
+$$
+F \approx A \otimes S, \qquad
+A = \frac1N \sum_{n,t} \bar x_{n,t}\bar x_{n,t}^\top, \qquad
+S = \frac{1}{N T}\sum_{n,t} g_{n,t} g_{n,t}^\top,
+$$
+
+with \(g_{n,t} = \partial \ell_n / \partial y_{n,t}\) the output adjoint of sample \(n\)'s own
+loss at every use \(t\) of the map (time steps, or several call sites of one weight). The
+direction is \((A + \kappa_A I)^{-1}\, G\, (S + \kappa_S I)^{-1}\), \(G\) the gradient of
+the kernel, with factored Tikhonov damping relative to each factor's mean eigenvalue
+\(m\): \(\kappa_A = \mu\, m_A\), and \(\kappa_S = \mu\) on \(S / m_S\) (``normalize_output``,
+the default: the output side shapes the step, the input side sets its scale) or
+\(\kappa_S = \mu\, m_S\) on \(S\). An embedding's \(A\) is diagonal (token counts: the Gram
+of one-hot inputs); a one-sided block has \(S = I\).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from admm_jax.admm.linalg import spd_inverse
+from admm_jax.kfac.trace import Plan
+
+
+def batch_factors(plan: Plan, a_stats, s_stats, batch_size: int, loss_terms: int):
+    """The batch's factors from the taps' sums: ``A / N`` and ``S M^2 / rows``.
+
+    The taps sum ``x x^T`` and ``g g^T`` over every row of every use; ``g`` is the adjoint of
+    the *mean* loss over ``M = loss_terms`` terms, so ``M g`` is a term's own adjoint.
+    """
+    rows = {b.s_slot: b.rows for b in plan.blocks}
+    a = tuple(s / batch_size for s in a_stats)
+    s = tuple(v * (loss_terms**2 / rows[j]) for j, v in enumerate(s_stats))
+    return a, s
+
+
+def running_average(old, new, ema, first):
+    """``ema old + (1 - ema) new`` per factor; the first batch's factors as they are."""
+    return jax.tree.map(lambda o, n: jnp.where(first, n, ema * o + (1.0 - ema) * n), old, new)
+
+
+def mean_eigenvalue(factor: jax.Array) -> jax.Array:
+    """``tr(F) / dim`` (the mean of a diagonal factor), floored at the dtype's tiny."""
+    mean = jnp.mean(factor) if factor.ndim == 1 else jnp.trace(factor) / factor.shape[0]
+    return jnp.maximum(mean, jnp.finfo(factor.dtype).tiny)
+
+
+def damped_inverse(factor: jax.Array, damping, normalize=False) -> jax.Array:
+    r"""\((F + \mu m I)^{-1}\), \(m\) the mean eigenvalue; ``normalize``: \((F/m + \mu I)^{-1}\).
+
+    A vector is a diagonal factor (its inverse is a vector). ``normalize`` may be a traced
+    bool (``optax.inject_hyperparams``).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> damped_inverse(jnp.diag(jnp.array([2.0, 4.0])), 0.5).round(4).tolist()
+      [[0.2857, 0.0], [0.0, 0.1818]]
+    """
+    m = mean_eigenvalue(factor)
+    scale = jnp.where(normalize, 1.0 / m, 1.0).astype(factor.dtype)
+    kappa = (damping * jnp.where(normalize, 1.0, m)).astype(factor.dtype)
+    if factor.ndim == 1:
+        return 1.0 / (factor * scale + kappa)
+    return spd_inverse(factor * scale + kappa * jnp.eye(factor.shape[0], dtype=factor.dtype))
+
+
+def inverses(a, s, damping, normalize_output):
+    """The damped inverses of every input factor ``a`` and output factor ``s``."""
+    return (tuple(damped_inverse(f, damping) for f in a),
+            tuple(damped_inverse(f, damping, normalize_output) for f in s))
+
+
+def kernel_gradient(block, leaves):
+    """A block's gradient as one ``[d_in (+1), d_out]`` matrix (the bias as a last row)."""
+    g = block.kernel.fn(*[leaves[i] for i in block.kernel.leaves])
+    g = g.T if block.transposed else g
+    if block.bias is not None:
+        b = block.bias.fn(*[leaves[i] for i in block.bias.leaves])
+        g = jnp.concatenate([g, b[None].astype(g.dtype)], 0)
+    return g
+
+
+def kernel_step(block, a_inv, s_inv, grad):
+    r"""\((A + \kappa_A I)^{-1} G (S + \kappa_S I)^{-1}\) for one block (an embedding's \(A\)
+    is diagonal: its inverse a vector; ``s_inv=None``: one-sided, \(S = I\))."""
+    left = a_inv[:, None] * grad if block.kind == "embed" else a_inv @ grad
+    return left if s_inv is None else left @ s_inv
+
+
+def to_leaves(block, step, leaves):
+    """The block's step ``[d_in (+1), d_out]`` as steps of its parameter leaves (the kernel's
+    rearrangement undone: it is a permutation, so its transpose is its inverse)."""
+    out = {}
+    k = step[:block.d_in] if block.bias is not None else step
+    k = k.T if block.transposed else k
+    idx = block.kernel.leaves
+    primal, pull = jax.vjp(block.kernel.fn, *[leaves[i] for i in idx])
+    out.update(zip(idx, pull(k.astype(primal.dtype)), strict=True))
+    if block.bias is not None:
+        bidx = block.bias.leaves
+        primal, pull = jax.vjp(block.bias.fn, *[leaves[i] for i in bidx])
+        out.update(zip(bidx, pull(step[-1].astype(primal.dtype)), strict=True))
+    return out
+
+
+def precondition(plan: Plan, grads: list, a_inv, s_inv) -> dict[int, jax.Array]:
+    """Every covered leaf's preconditioned direction, by leaf index (``s_inv=None``:
+    one-sided)."""
+    out: dict[int, jax.Array] = {}
+    for b in plan.blocks:
+        g = kernel_gradient(b, grads).astype(a_inv[b.a_slot].dtype)
+        right = None if s_inv is None else s_inv[b.s_slot]
+        out.update(to_leaves(b, kernel_step(b, a_inv[b.a_slot], right, g), grads))
+    return out

@@ -1,0 +1,433 @@
+r"""`scale_by_kfac`: the time-shared Kronecker-factored direction for any Flax recurrent model,
+as an optax transformation.
+
+The pipeline, kfac-jax's stages kept apart:
+
+1. **statistics**: one forward pass of the user's own model and one backward pass, with every
+   linear map tapped ([trace][admm_jax.kfac.trace]): the gradient, and each map's input and
+   output-adjoint second moments summed over samples and time steps;
+2. **factors**: running averages of the Kronecker factors ([factors][admm_jax.kfac.factors]);
+3. **inverses**: damped inverses, cached in the state and refreshed inside `jit` under
+   `lax.cond` every `refresh_every` steps (or when the damping moves);
+4. **direction**: \((A + \kappa_A I)^{-1} G (S + \kappa_S I)^{-1}\) per weight, a diagonal
+   Adam-like direction for the parameters no linear map owns (the fallback).
+
+The gradient \(G\) it preconditions is the one it is given, so whatever comes before it in an
+`optax.chain` (clipping, accumulation by `optax.MultiSteps`) is honoured; given `None`, it
+uses the gradient of its own backward pass (one pass for both: the fast path that
+[fit][admm_jax.train.fit] takes for a bare method).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from admm_jax import _validation as checks
+from admm_jax.kfac import factors, trace
+from admm_jax.train import losses
+
+FISHERS = ("empirical", "sampled")
+OUTPUT_FACTORS = ("full", "identity")
+RISE = 1.1  # adaptive damping: "the loss is rising" when its fast average > RISE * slow one
+MAX_DAMPING = 1e6
+BETAS = (0.9, 0.999)  # the fallback's Adam moments
+
+
+class KFACDiagnostics(NamedTuple):
+    """Per-step figures of [scale_by_kfac][admm_jax.scale_by_kfac].
+
+    batch_loss: the batch's mean loss before the step (the convention of
+    [admm_jax.train.losses][]), from the forward pass the step makes anyway; step_norm:
+    the direction's norm (before the learning rate); damping: the damping in use,
+    ``damping x`` the adaptive factor.
+    """
+
+    batch_loss: jax.Array
+    step_norm: jax.Array
+    damping: jax.Array
+
+
+class KFACState(NamedTuple):
+    """State of [scale_by_kfac][admm_jax.scale_by_kfac].
+
+    count: steps done; loss: the last batch's loss before its step; step_norm: the last
+    direction's norm; factor: the adaptive damping factor (``>= 1``); loss_fast, loss_slow,
+    loss_var: the running loss averages it compares; a, s: running averages of the input and
+    output factors (one per factor slot of the model's plan); a_inv, s_inv: their damped
+    inverses as of the last refresh; inverse_damping: the damping they were computed with;
+    mu, nu: the fallback leaves' Adam moments.
+    """
+
+    count: jax.Array
+    loss: jax.Array
+    step_norm: jax.Array
+    factor: jax.Array
+    loss_fast: jax.Array
+    loss_slow: jax.Array
+    loss_var: jax.Array
+    a: tuple
+    s: tuple
+    a_inv: tuple
+    s_inv: tuple
+    inverse_damping: jax.Array
+    mu: tuple
+    nu: tuple
+
+    takes_batch = True  # update(grads, state, params, inputs=x, targets=y)
+    computes_gradients = True  # grads may be None: its own backward pass supplies them
+
+    @property
+    def diagnostics(self) -> KFACDiagnostics:
+        """The step's figures (read by [admm_jax.optimizers.diagnostics][])."""
+        return KFACDiagnostics(self.loss, self.step_norm, self.factor)
+
+
+class BoundModel(NamedTuple):
+    """The model a transformation was built for, as a pure function.
+
+    apply: ``(params, extra, inputs) -> outputs``; extra: the model's other state (passed
+    as an argument, never closed over); treedef, shapes: its parameters' structure and
+    leaves (``None`` for a plain function); inputs: the example's shape and dtype.
+    """
+
+    apply: Callable
+    extra: Any
+    treedef: Any
+    shapes: tuple | None
+    inputs: jax.ShapeDtypeStruct
+
+
+def bind_model(model: Any, inputs: Any) -> BoundModel:
+    """An ``nnx.Module`` (or ``apply(params, inputs)``) and an example batch as a
+    [BoundModel][admm_jax.kfac.transform.BoundModel]."""
+    if not hasattr(inputs, "shape") or not hasattr(inputs, "dtype"):
+        raise TypeError(f"inputs: expected an example batch (an array or a "
+                        f"jax.ShapeDtypeStruct), got {type(inputs).__name__}")
+    spec = jax.ShapeDtypeStruct(tuple(inputs.shape), inputs.dtype)
+    if len(spec.shape) < 2:
+        raise ValueError(f"inputs: expected a batch [N, T, ...] of sequences, got shape "
+                         f"{spec.shape}")
+    if isinstance(model, nnx.Module):
+        graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+        leaves, treedef = jax.tree.flatten(params)
+        if not leaves:
+            raise ValueError(f"model: {type(model).__name__} has no nnx.Param to train")
+
+        def apply(p, extra, x):
+            return nnx.merge(graphdef, p, extra)(x)
+
+        shapes = tuple(jax.ShapeDtypeStruct(v.shape, v.dtype) for v in leaves)
+        return BoundModel(apply, rest, treedef, shapes, spec)
+    if callable(model):
+        return BoundModel(lambda p, extra, x: model(p, x), (), None, None, spec)
+    raise TypeError(f"model: expected an nnx.Module or a function apply(params, inputs), got "
+                    f"{type(model).__name__}")
+
+
+def _structured(bound: BoundModel, params: Any) -> tuple[list, Any]:
+    """``params`` as leaves and as the tree the model takes; a named error when they are not
+    the model's."""
+    leaves = jax.tree.leaves(params)
+    if bound.treedef is None:
+        return leaves, params
+    got = [(tuple(v.shape), jnp.dtype(v.dtype)) for v in leaves]
+    want = [(tuple(v.shape), jnp.dtype(v.dtype)) for v in bound.shapes]
+    if got != want:
+        raise ValueError(f"params: {len(got)} leaves {got[:3]}... do not match the model the "
+                         f"optimizer was built for ({len(want)} leaves {want[:3]}...); build "
+                         "it for this model, and call tx.init(params) again")
+    return leaves, jax.tree.unflatten(bound.treedef, leaves)
+
+
+def model_plan(bound: BoundModel, params: Any, inputs: Any):
+    """``(plan, closed jaxpr, leaves, other arguments)`` of the model on ``inputs``."""
+    leaves, p = _structured(bound, params)
+    try:
+        closed = jax.make_jaxpr(bound.apply)(p, bound.extra, inputs)
+    except trace.UnsupportedModelError:
+        raise
+    except Exception as e:  # noqa: BLE001 - a model that does not run on these inputs
+        raise ValueError(f"inputs: the model does not run on inputs {inputs.dtype}"
+                         f"{tuple(inputs.shape)}: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    if len(closed.out_avals) != 1:
+        raise trace.UnsupportedModelError(
+            f"model: expected one output array (the logits), got {len(closed.out_avals)}")
+    names = trace.leaf_names(params)
+    plan = trace.make_plan(closed, len(leaves), names)
+    if not plan.blocks:
+        raise trace.UnsupportedModelError(
+            "model: no linear map (a dense layer or an embedding applied to the data) was "
+            f"found among its parameters {list(names)[:6]}: there is nothing to precondition; "
+            "use a gradient method such as optax.adam")
+    other = jax.tree.leaves((bound.extra, inputs))
+    return plan, closed, leaves, other
+
+
+def compute_dtype(leaves) -> jnp.dtype:
+    """The dtype the factors are kept and solved in: the parameters' widest, at least float32
+    (no bfloat16 Cholesky)."""
+    return jnp.promote_types(jnp.result_type(*leaves), jnp.float32)
+
+
+def _loss_terms(loss_fn, out, targets) -> int:
+    """How many loss terms the mean loss averages (each sample's own adjoint is that many
+    times the mean's)."""
+    if loss_fn is losses.cross_entropy:
+        return math.prod(targets.shape)
+    if loss_fn is losses.mse:
+        return math.prod(out.shape[:-1])
+    return out.shape[0]
+
+
+def _sampled_adjoint(loss_fn, out, key, terms: int):
+    """The adjoint of the mean loss at labels sampled from the model (true-Fisher samples)."""
+    if loss_fn is losses.cross_entropy:
+        y = jax.random.categorical(key, out)
+        g = jax.nn.softmax(out) - jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype)
+    else:
+        g = -jax.random.normal(key, out.shape, out.dtype)
+    return g / terms
+
+
+def damping_update(state: KFACState, loss_now, adaptive):
+    """The running loss averages and the adaptive damping factor after this batch's loss.
+
+    Levenberg-Marquardt style, driven by the observed loss: ``fast`` (weight 1/2) and
+    ``slow`` (1/20, with its running variance ``v``) averages; when ``fast > 1.1 slow`` and
+    ``fast - slow > 3 sqrt(v/3)`` (a rise beyond batch noise), or the loss is not finite, the
+    factor doubles; otherwise it decays by 0.97 down to 1. Returns
+    ``(fast, slow, var, factor)``.
+    """
+    first = state.count == 0
+    fast = jnp.where(first, loss_now, 0.5 * state.loss_fast + 0.5 * loss_now)
+    dev = loss_now - state.loss_slow
+    slow = jnp.where(first, loss_now, state.loss_slow + 0.05 * dev)
+    var = jnp.where(first, 0.0, 0.95 * (state.loss_var + 0.05 * dev**2))
+    rising = ~((fast <= RISE * slow) | (fast - slow <= 3.0 * jnp.sqrt(var / 3.0)))
+    moved = jnp.clip(jnp.where(rising, 2.0 * state.factor, 0.97 * state.factor), 1.0,
+                     MAX_DAMPING)
+    return fast, slow, var, jnp.where(adaptive, moved, state.factor)
+
+
+def _check_options(damping, ema, refresh_every, fallback_scale, fisher, output_factor, loss):
+    checks.nonnegative_number("damping", damping)
+    f = checks.scalar("ema", ema, "a number in [0, 1)")
+    if f is not None and not 0 <= f < 1:
+        raise ValueError(f"ema: expected a number in [0, 1), got {ema!r}")
+    r = checks.scalar("refresh_every", refresh_every, "an int >= 1")
+    if r is not None and (r < 1 or r != int(r)):
+        raise ValueError(f"refresh_every: expected an int >= 1, got {refresh_every!r}")
+    checks.nonnegative_number("fallback_scale", fallback_scale)
+    checks.one_of("fisher", fisher, FISHERS)
+    checks.one_of("output_factor", output_factor, OUTPUT_FACTORS)
+    if callable(loss) and fisher == "sampled":
+        raise ValueError("fisher: 'sampled' needs a named loss ('cross_entropy' or 'mse'), "
+                         "got a callable loss")
+
+
+def scale_by_kfac(
+    model: Any,
+    inputs: Any,
+    *,
+    loss: str | losses.PerSample = "cross_entropy",
+    damping: float = 0.1,
+    ema: float = 0.95,
+    refresh_every: int = 10,
+    fisher: str = "empirical",
+    output_factor: str = "full",
+    normalize_output: bool = True,
+    adaptive_damping: bool = True,
+    fallback_scale: float = 0.003,
+    seed: int = 0,
+) -> optax.GradientTransformationExtraArgs:
+    r"""Precondition gradients by a time-shared Kronecker-factored Fisher of the model.
+
+    For every linear map of ``model`` (dense layers, recurrent kernels, LSTM/GRU gates,
+    embeddings, the head; found by [admm_jax.kfac.trace][]) with kernel gradient \(G\):
+
+    $$
+    D = (A + \kappa_A I)^{-1}\, G\, (S + \kappa_S I)^{-1},\qquad
+    A = \tfrac1N \textstyle\sum_{n,t} \bar x \bar x^\top,\quad
+    S = \tfrac1{NT} \textstyle\sum_{n,t} g g^\top
+    $$
+
+    with both factors running averages over steps (weight ``ema``) of the batch statistics,
+    summed over every time step the weight is used (Martens, Ba & Johnson 2018, independence
+    across time), and the damping of [admm_jax.kfac.factors][]: \(\kappa = \mu m\) with
+    \(\mu\) = ``damping`` times an adaptive factor (it doubles while the loss rises beyond
+    batch noise, and decays back to 1). Parameters no linear map owns get a diagonal,
+    Adam-like direction \(\hat m / (\sqrt{\hat v} + 10^{-8})\) times ``fallback_scale``.
+
+    ``update(grads, state, params, *, inputs, targets)`` needs the batch (for the
+    statistics) and preconditions ``grads``; with ``grads=None`` it uses the gradient of its
+    own backward pass (one forward and one backward pass per step either way; passing
+    gradients costs the caller's backward pass too).
+
+    Cost per step beyond a BPTT gradient: per map \(2 R (d_{in}^2 + d_{out}^2)\) FLOPs for
+    the statistics over its \(R\) rows (shared factors counted once), two small matrix
+    products for the direction, and the \(O(d^3)\) inverses every ``refresh_every`` steps.
+
+    Args:
+      model: the ``nnx.Module`` being trained (or ``apply(params, inputs) -> outputs``).
+      inputs: an example batch (an array or a ``jax.ShapeDtypeStruct``; any batch size
+        and sequence length): the model is traced on it to find its linear maps.
+      loss: ``"cross_entropy"`` (integer labels), ``"mse"``, or a per-sample loss
+        ``(outputs, targets) -> [N]`` (as in [admm_jax.train.fit][]).
+      damping: \(\mu\), relative to each factor's mean eigenvalue.
+      ema: weight of the old factors in the running averages, in ``[0, 1)``.
+      refresh_every: steps between refreshes of the damped inverses.
+      fisher: ``"empirical"`` (adjoints at the true labels: free) or ``"sampled"``
+        (adjoints at labels drawn from the model: one more backward pass).
+      output_factor: ``"full"`` (two-sided K-FAC) or ``"identity"`` (\(S = I\): a one-sided,
+        input-covariance preconditioner).
+      normalize_output: use \(S / m_S\) (see [admm_jax.kfac.factors][]).
+      adaptive_damping: raise the damping while the loss rises; ``False``: fixed.
+      fallback_scale: the fallback's Adam-like step relative to the others.
+      seed: of the sampled labels.
+
+    Returns:
+      An ``optax.GradientTransformationExtraArgs``; its state is a
+      [KFACState][admm_jax.KFACState].
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax
+      >>> from flax import nnx
+      >>> import admm_jax
+      >>> class Model(nnx.Module):
+      ...     def __init__(self, rngs):
+      ...         self.rnn = nnx.RNN(nnx.LSTMCell(3, 8, rngs=rngs))
+      ...         self.head = nnx.Linear(8, 2, rngs=rngs)
+      ...     def __call__(self, x):
+      ...         return self.head(self.rnn(x)[:, -1])
+      >>> model = Model(nnx.Rngs(0))
+      >>> x = jax.random.normal(jax.random.key(1), (16, 5, 3))
+      >>> y = (x[:, :, 0].sum(1) > 0).astype(jnp.int32)
+      >>> tx = admm_jax.scale_by_kfac(model, x)
+      >>> params = nnx.state(model, nnx.Param)
+      >>> state = tx.init(params)
+      >>> direction, state = tx.update(None, state, params, inputs=x, targets=y)
+      >>> len(state.a), len(state.s), int(state.count)
+      (3, 5, 1)
+
+    References:
+      Martens, Ba & Johnson, "Kronecker-factored Curvature Approximations for Recurrent
+      Neural Networks", ICLR 2018; Martens & Grosse, "Optimizing Neural Networks with
+      Kronecker-factored Approximate Curvature", ICML 2015; Tang et al., "ADMMiRNN",
+      ECML-PKDD 2020 (the weight blocks this grew from).
+    """
+    _check_options(damping, ema, refresh_every, fallback_scale, fisher, output_factor, loss)
+    loss_fn = losses.resolve("loss", loss, losses.LOSSES)
+    bound = bind_model(model, inputs)
+    one_sided = output_factor == "identity"
+
+    def zero_state(plan, leaves) -> KFACState:
+        dtype = compute_dtype(leaves)
+        scalar = lambda v=0.0: jnp.full((), v, dtype)  # noqa: E731
+        a = tuple(jnp.zeros(shape, dtype) for shape in plan.a_shapes)
+        s = () if one_sided else tuple(jnp.zeros(shape, dtype) for shape in plan.s_shapes)
+        eye = lambda f: jnp.ones_like(f) if f.ndim == 1 else jnp.eye(f.shape[0], dtype=dtype)  # noqa: E731
+        moments = tuple(jnp.zeros(leaves[i].shape, dtype) for i in plan.fallback)
+        return KFACState(
+            count=jnp.zeros((), jnp.int32), loss=scalar(), step_norm=scalar(),
+            factor=scalar(1.0), loss_fast=scalar(), loss_slow=scalar(), loss_var=scalar(),
+            a=a, s=s, a_inv=tuple(eye(f) for f in a), s_inv=tuple(eye(f) for f in s),
+            inverse_damping=scalar(-1.0), mu=moments,
+            nu=tuple(jnp.zeros_like(m) for m in moments))
+
+    def init_fn(params) -> KFACState:
+        plan, _, leaves, _ = model_plan(bound, params, bound.inputs)
+        return zero_state(plan, leaves)
+
+    def statistics(closed, plan, leaves, other, targets, state):
+        """Loss, own gradient leaves, and the taps' sums ``(a_stats, s_stats)``."""
+        dtype = state.loss.dtype
+        a0 = tuple(jnp.zeros(sh, dtype) for sh in plan.a_shapes)
+        s0 = (tuple(None for _ in plan.s_shapes) if one_sided
+              else tuple(jnp.zeros(sh, dtype) for sh in plan.s_shapes))
+
+        def forward(lv, dummies):
+            return trace.tapped_apply(closed, plan, [*lv, *other], dummies)[0]
+
+        out, pull = jax.vjp(forward, leaves, (a0, s0))
+        mean_loss = lambda o: loss_fn(o, targets).mean()  # noqa: E731
+        value, g_out = jax.value_and_grad(mean_loss)(out)
+        terms = _loss_terms(loss_fn, out, targets)
+        if fisher == "sampled":
+            key = jax.random.fold_in(jax.random.key(seed), state.count)
+            g_s = _sampled_adjoint(loss_fn, out, key, terms).astype(g_out.dtype)
+            g_leaves, (a_st, s_st) = jax.vmap(pull)(jnp.stack([g_out, g_s]))
+            own = [g[0] for g in g_leaves]
+            a_st = tuple(v[0] for v in a_st)
+            s_st = tuple(v[1] for v in s_st) if not one_sided else ()
+        else:
+            own, (a_st, s_st) = pull(g_out)
+            s_st = () if one_sided else tuple(s_st)
+        return value, list(own), (tuple(a_st), s_st), terms
+
+    def update_fn(updates, state: KFACState, params=None, *, inputs=None, targets=None,
+                  **extra_args: Any):
+        del extra_args
+        if params is None or inputs is None or targets is None:
+            raise ValueError("inputs, targets: scale_by_kfac needs the parameters and the "
+                             "batch: tx.update(grads, state, params, inputs=x, targets=y)")
+        inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
+        plan, closed, leaves, other = model_plan(bound, params, inputs)
+        want = jax.eval_shape(lambda: zero_state(plan, leaves))
+        if jax.tree.map(jnp.shape, want) != jax.tree.map(jnp.shape, state):
+            raise ValueError("state: it was built for other parameters or another model "
+                             "(its factors do not match this one's); call tx.init(params) "
+                             "again")
+        loss_now, own, (a_st, s_st), terms = statistics(closed, plan, leaves, other, targets,
+                                                        state)
+        dtype = state.loss.dtype
+        grads = [] if updates is None else jax.tree.leaves(updates)
+        if not grads:  # None (or nnx.Optimizer's empty tree): its own gradient
+            grads = own
+        else:
+            if [jnp.shape(g) for g in grads] != [jnp.shape(v) for v in leaves]:
+                raise ValueError("updates: the gradients do not match the parameters "
+                                 f"({len(grads)} leaves for {len(leaves)})")
+        grads = [g.astype(dtype) for g in grads]
+
+        a_new, s_new = factors.batch_factors(plan, a_st, s_st, inputs.shape[0], terms)
+        first = state.count == 0
+        a = factors.running_average(state.a, a_new, ema, first)
+        s = factors.running_average(state.s, s_new, ema, first)
+        fast, slow, var, factor = damping_update(state, loss_now.astype(dtype),
+                                                 adaptive_damping)
+        mu = (damping * factor).astype(dtype)
+        due = (state.count % refresh_every == 0) | (mu != state.inverse_damping)
+        a_inv, s_inv = jax.lax.cond(due, lambda: factors.inverses(a, s, mu, normalize_output),
+                                    lambda: (state.a_inv, state.s_inv))
+        direction = factors.precondition(plan, grads, a_inv, None if one_sided else s_inv)
+
+        # the fallback: Adam's bias-corrected direction for the leaves no block owns
+        b1, b2 = BETAS
+        k = (state.count + 1).astype(dtype)
+        mus, nus = [], []
+        for j, i in enumerate(plan.fallback):
+            m = b1 * state.mu[j] + (1 - b1) * grads[i]
+            v = b2 * state.nu[j] + (1 - b2) * grads[i] ** 2
+            mus.append(m)
+            nus.append(v)
+            direction[i] = fallback_scale * (m / (1 - b1**k)) / (jnp.sqrt(v / (1 - b2**k))
+                                                                 + 1e-8)
+        out = [direction[i].astype(leaves[i].dtype) for i in range(len(leaves))]
+        new_state = KFACState(
+            count=state.count + 1, loss=loss_now.astype(dtype),
+            step_norm=optax.tree.norm(out).astype(dtype), factor=factor.astype(dtype),
+            loss_fast=fast.astype(dtype), loss_slow=slow.astype(dtype),
+            loss_var=var.astype(dtype), a=a, s=s, a_inv=a_inv, s_inv=s_inv,
+            inverse_damping=jnp.where(due, mu, state.inverse_damping).astype(dtype),
+            mu=tuple(mus), nu=tuple(nus))
+        return jax.tree.unflatten(jax.tree.structure(params), out), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,157 @@
+"""The linear maps found in a model's jaxpr, and the Kronecker factors their taps return,
+against Python-loop models differentiated with ``jax.grad`` (float64)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from kfac_reference import FlaxRNN, flax_reference, package_models, reference_factors
+
+import admm_jax
+from admm_jax.kfac import trace
+from admm_jax.kfac.transform import bind_model, model_plan
+
+N, T, D, H, C, VOCAB = 5, 4, 3, 6, 2, 9
+
+
+def batch(model_inputs, *, many_to_many=False, vocab=VOCAB, d=D):
+    key = jax.random.key(3)
+    if model_inputs == "ids":
+        x = jax.random.randint(key, (N, T), 0, vocab)
+    else:
+        x = jax.random.normal(key, (N, T, d), jnp.result_type(float))
+    y = jax.random.randint(jax.random.key(4), (N, T) if many_to_many else (N,), 0, C)
+    return x, y
+
+
+def our_factors(model, x, y):
+    """``{block name: (A, S)}`` after one step (the first step's factors are the batch's)."""
+    tx = admm_jax.scale_by_kfac(model, x)
+    params = nnx.state(model, nnx.Param)
+    _, state = tx.update(None, tx.init(params), params, inputs=x, targets=y)
+    plan = model_plan(bind_model(model, x), params, x)[0]
+    return {b.name: (np.asarray(state.a[b.a_slot]), np.asarray(state.s[b.s_slot]))
+            for b in plan.blocks}, plan
+
+
+FLAX_CASES = {
+    "simple": dict(kind="simple"),
+    "lstm": dict(kind="lstm"),
+    "optimized-lstm": dict(kind="olstm"),
+    "gru": dict(kind="gru"),
+    "gru-2-layers": dict(kind="gru", layers=2),
+    "lstm-3-layers-many-to-many": dict(kind="lstm", layers=3, many_to_many=True),
+    "embed-gru": dict(kind="gru", vocab=VOCAB),
+    "embed-simple-2-layers": dict(kind="simple", vocab=VOCAB, layers=2),
+}
+
+
+@pytest.mark.parametrize("case", FLAX_CASES, ids=list(FLAX_CASES))
+def test_flax_models_factors_equal_the_python_loop_definition(case, x64):
+    kw = FLAX_CASES[case]
+    model = FlaxRNN(d_in=D, hidden=H, out=C, rngs=nnx.Rngs(0), dtype=jnp.float64, **kw)
+    x, y = batch("ids" if kw.get("vocab") else "float", many_to_many=kw.get("many_to_many",
+                                                                              False))
+    ours, plan = our_factors(model, x, y)
+    want = reference_factors(flax_reference, model, x, y)
+    assert sorted(ours) == sorted(want)
+    for name, (a, s) in want.items():
+        np.testing.assert_allclose(ours[name][0], a, rtol=1e-10, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(ours[name][1], s, rtol=1e-10, atol=1e-12, err_msg=name)
+    assert plan.fallback == ()  # every parameter belongs to a linear map (kernel or bias)
+
+
+@pytest.mark.parametrize("case", ["elman", "elman-tokens", "lstm"])
+def test_package_models_factors_equal_the_python_loop_definition(case, x64):
+    model, forward, kind = package_models(jnp.float64)[case]
+    d = model.U[...].shape[1] if case.startswith("elman") else 3
+    x, y = batch(kind, vocab=d, d=d)
+    ours, plan = our_factors(model, x, y)
+    want = reference_factors(forward, model, x, y)
+    assert sorted(ours) == sorted(want)
+    for name, (a, s) in want.items():
+        np.testing.assert_allclose(ours[name][0], a, rtol=1e-10, atol=1e-12, err_msg=name)
+        np.testing.assert_allclose(ours[name][1], s, rtol=1e-10, atol=1e-12, err_msg=name)
+    # the token model's bias b is added to a gather, not a dense map: the fallback's
+    names = [plan.names[i] for i in plan.fallback]
+    assert names == (["b"] if case == "elman-tokens" else [])
+
+
+def test_shared_factors_are_computed_once(x64):
+    # nnx.LSTMCell: the four input maps share x (one A), the four recurrent maps share h
+    # (one A), and each gate's input and recurrent maps share their output adjoint (one S)
+    model = FlaxRNN("lstm", D, H, C, rngs=nnx.Rngs(0), dtype=jnp.float64)
+    x, _ = batch("float")
+    bound = bind_model(model, x)
+    plan = model_plan(bound, nnx.state(model, nnx.Param), x)[0]
+    assert len(plan.blocks) == 9
+    assert plan.a_shapes == ((D, D), (H + 1, H + 1), (H + 1, H + 1))
+    assert plan.s_shapes == ((H, H),) * 4 + ((C, C),)
+    owners = [t for t in plan.taps.values() if t.a_slot is not None]
+    assert len(owners) == 3
+
+
+class LayerNormRNN(nnx.Module):
+    """A GRU followed by a LayerNorm: its scale and offset are no linear map's."""
+
+    def __init__(self, rngs):
+        self.rnn = nnx.RNN(nnx.GRUCell(D, H, rngs=rngs))
+        self.norm = nnx.LayerNorm(H, rngs=rngs)
+        self.head = nnx.Linear(H, C, rngs=rngs)
+
+    def __call__(self, x):
+        return self.head(self.norm(self.rnn(x)[:, -1]))
+
+
+def test_parameters_of_no_linear_map_fall_back():
+    model = LayerNormRNN(nnx.Rngs(0))
+    x, _ = batch("float")
+    plan = model_plan(bind_model(model, x), nnx.state(model, nnx.Param), x)[0]
+    assert sorted(plan.names[i] for i in plan.fallback) == ["norm/bias", "norm/scale"]
+    assert {b.name for b in plan.blocks} == {"rnn/cell/dense_i/kernel",
+                                             "rnn/cell/dense_h/kernel", "head/kernel"}
+
+
+class WhileRNN(nnx.Module):
+    """A recurrence in a while loop: reverse-mode differentiation cannot run through it."""
+
+    def __init__(self, rngs):
+        self.w = nnx.Param(jax.random.normal(rngs.params(), (D, D)))
+        self.head = nnx.Linear(D, C, rngs=rngs)
+
+    def __call__(self, x):
+        h = jax.lax.while_loop(lambda c: c[0] < 3, lambda c: (c[0] + 1, c[1] @ self.w[...]),
+                               (0, x[:, -1]))[1]
+        return self.head(h)
+
+
+def test_a_parameter_in_a_while_loop_is_a_named_error():
+    model = WhileRNN(nnx.Rngs(0))
+    x, _ = batch("float")
+    with pytest.raises(trace.UnsupportedModelError, match=r"\['w'\].*while loop"):
+        admm_jax.scale_by_kfac(model, x).init(nnx.state(model, nnx.Param))
+
+
+class NoLinearMap(nnx.Module):
+    def __init__(self, rngs):
+        self.scale = nnx.Param(jnp.ones(D))
+
+    def __call__(self, x):
+        return (x * self.scale[...]).sum(1)[:, :C]
+
+
+def test_a_model_without_linear_maps_is_a_named_error():
+    model = NoLinearMap(nnx.Rngs(0))
+    x, _ = batch("float")
+    with pytest.raises(trace.UnsupportedModelError, match="no linear map"):
+        admm_jax.scale_by_kfac(model, x).init(nnx.state(model, nnx.Param))
+
+
+def test_inputs_that_do_not_fit_the_model_name_the_argument():
+    model = FlaxRNN("gru", D, H, C, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="inputs: the model does not run"):
+        admm_jax.scale_by_kfac(model, jnp.ones((2, T, D + 1))).init(
+            nnx.state(model, nnx.Param))
