@@ -1,23 +1,19 @@
 """admm_jax: train recurrent networks beyond plain backprop.
 
-ADMMiRNN (ADMM on the unfolded RNN) as an optax transformation, beside the methods it is
-compared with: NovoGrad, random-bases descent and h-detach LSTM training.
+ADMMiRNN (ADMM on the unfolded RNN) and a time-shared K-FAC for any Flax recurrent model as
+optax transformations, beside the methods they are compared with: NovoGrad, random-bases
+descent and h-detach LSTM training.
 """
 
 from admm_jax import data, distributed, layouts, optimizers, train
 from admm_jax.admm import (
     ADMMDiagnostics,
     ADMMiRNNState,
-    ADMMKFACState,
-    ADMMPreconditionedState,
     IncreaseRhoState,
-    admm_kfac,
-    admm_preconditioned,
     admmirnn,
     increase_rho_on_divergence,
 )
 from admm_jax.admm.streaming import HostDuals, admm_memory_bytes
-from admm_jax.kfac import KFACDiagnostics, KFACState, UnsupportedModelError, scale_by_kfac
 from admm_jax.distributed import (
     collective_stats,
     data_mesh,
@@ -34,10 +30,19 @@ from admm_jax.interop import (
     elman_to_flax,
     flax_cell_options,
 )
+from admm_jax.kfac import (
+    KFACDiagnostics,
+    KFACState,
+    UnsupportedModelError,
+    admm_kfac,
+    admm_preconditioned,
+    scale_by_kfac,
+)
 from admm_jax.models import (
     LSTM,
     CellPathGradNorms,
     ElmanRNN,
+    StackedRNN,
     cell_path_grad_norms,
     cell_path_grads,
     elman_apply,
@@ -63,8 +68,6 @@ __version__ = "0.1.0"
 __all__ = [
     "ADMMDiagnostics",
     "ADMMiRNNState",
-    "ADMMKFACState",
-    "ADMMPreconditionedState",
     "CellPathGradNorms",
     "DivergenceError",
     "ElmanRNN",
@@ -112,6 +115,7 @@ __all__ = [
     "scale_by_random_bases",
     "shard_admm_state",
     "shard_batch",
+    "StackedRNN",
     "train",
     "UnsupportedModelError",
 ]

@@ -104,8 +104,17 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--vocab-size", type=_positive_int, default=5000,
                    help="IMDb vocabulary size (default 5000)")
     g = p.add_argument_group("model and training")
+    g.add_argument("--cell", default="elman",
+                   choices=("elman", "simple", "lstm", "gru", "optimized-lstm"),
+                   help="the recurrent model: elman (the package's ElmanRNN, default; what "
+                        "admmirnn trains) or Flax's own nnx cell of that name "
+                        "(admm_jax.StackedRNN)")
+    g.add_argument("--layers", type=_positive_int, default=1,
+                   help="stacked recurrent layers (Flax cells; default 1)")
+    g.add_argument("--embed", type=_positive_int, default=None,
+                   help="embedding width for token inputs (Flax cells; default --hidden)")
     g.add_argument("--hidden", type=_positive_int, default=64,
-                   help="hidden units of the Elman RNN (default 64)")
+                   help="hidden units of every recurrent layer (default 64)")
     g.add_argument("--batch-size", type=_positive_int, default=64,
                    help="samples per iteration, the same for every optimizer (default 64)")
     g.add_argument("--seed", type=_nonnegative_int, default=0,
@@ -127,23 +136,25 @@ def build_parser() -> argparse.ArgumentParser:
     opt_names = ", ".join(optimizers.names())
     parser = _Parser(
         prog="admm-jax",
-        description="Train Elman RNNs with ADMMiRNN and gradient optimizers and compare them.",
+        description="Train recurrent networks with ADMMiRNN, K-FAC and gradient optimizers and "
+                    "compare them.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n" + __doc__.split("\n", 2)[2])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     c = sub.add_parser(
         "compare", help="train the same model with several optimizers at one budget",
-        description="Train the same Elman RNN (same initial weights, same batches) with each "
+        description="Train the same model (same initial weights, same batches) with each "
                     "optimizer at the same budget; print a table (final and best test metric, "
                     "training seconds to reach --target, seconds per iteration) and write "
                     "JSON and PNG plots. Compilation and evaluation are excluded from the "
                     "budget and reported.")
     _common(c)
     c.set_defaults(parser=c)
-    c.add_argument("--optimizers", default=DEFAULT_OPTIMIZERS,
+    c.add_argument("--optimizers", default=None,
                    help=f"comma-separated optimizer names from: {opt_names} "
-                        f"(default {DEFAULT_OPTIMIZERS})")
+                        f"(default {DEFAULT_OPTIMIZERS}; without admmirnn for a Flax --cell, "
+                        "which it cannot train)")
     b = c.add_mutually_exclusive_group()
     b.add_argument("--budget-seconds", type=_positive_float, default=None,
                    help="training seconds per optimizer (default 20 when --iterations is not "
@@ -167,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser(
         "train", help="train one model with one optimizer (with checkpoints)",
-        description="Train one Elman RNN with one optimizer; save the history (JSON) and, "
+        description="Train one model with one optimizer; save the history (JSON) and, "
                     "with --checkpoint-dir, the weights and optimizer state after every epoch "
                     "(--resume continues from there).")
     _common(t)
@@ -252,12 +263,21 @@ def _load_task(parser, args):
                        "--download)\n")
     except ValueError as e:
         parser.error(str(e))
+    try:
+        net = task.model(1, **_model_options(args))
+    except ValueError as e:
+        parser.error(str(e))
     if args.p_detach is not None:
         try:
-            compare.check_p_detach_support(task.model(1))
+            compare.check_p_detach_support(net)
         except ValueError as e:
             parser.error(f"--p-detach: {e}")
     return task
+
+
+def _model_options(args) -> dict:
+    """``cell``, ``layers``, ``embed`` for :meth:`admm_jax.tasks.Task.model`."""
+    return {"cell": args.cell, "layers": args.layers, "embed": args.embed}
 
 
 def _check_state_memory(parser, task, names, hidden) -> None:
@@ -272,7 +292,11 @@ def _check_state_memory(parser, task, names, hidden) -> None:
 def _compare(parser, args) -> int:
     from admm_jax import compare, optimizers
 
-    names = [n.strip() for n in args.optimizers.split(",") if n.strip()]
+    chosen = args.optimizers
+    if chosen is None:  # admmirnn trains the package's ElmanRNN only
+        chosen = ",".join(n for n in DEFAULT_OPTIMIZERS.split(",")
+                          if args.cell == "elman" or not optimizers.entry(n).elman_only)
+    names = [n.strip() for n in chosen.split(",") if n.strip()]
     if not names:
         parser.error("--optimizers: give at least one name")
     for n in names:
@@ -292,7 +316,8 @@ def _compare(parser, args) -> int:
     if args.clip_norm:
         budget_text += f"; gradients clipped to norm {args.clip_norm:g}"
     print(f"task: {task.info}\ntrain {len(task.train[0])} / test {len(task.test[0])} samples; "
-          f"Elman RNN H={args.hidden}; batch {args.batch_size}; budget per optimizer: "
+          f"{args.cell} RNN H={args.hidden} x {args.layers}; batch {args.batch_size}; "
+          "budget per optimizer: "
           f"{budget_text} (compilation and evaluation excluded); seed {args.seed}", flush=True)
     t0 = time.perf_counter()
     try:
@@ -301,7 +326,8 @@ def _compare(parser, args) -> int:
             batch_size=args.batch_size, hidden=args.hidden, seed=args.seed,
             learning_rates=lrs, target=target, eval_points=args.eval_points,
             eval_batch_size=args.eval_batch_size, clip_norm=args.clip_norm,
-            p_detach=args.p_detach, progress=not args.no_progress)
+            p_detach=args.p_detach, progress=not args.no_progress,
+            model=_model_options(args))
     except (ValueError, TypeError) as e:
         parser.error(str(e))
     table = compare.format_table(rows, task, target)
@@ -346,11 +372,11 @@ def _train(parser, args) -> int:
     task = _load_task(parser, args)
     _check_state_memory(parser, task, [name], args.hidden)
     kw = {} if args.learning_rate is None else {"learning_rate": args.learning_rate}
+    model = task.model(args.hidden, seed=args.seed, **_model_options(args))
     try:
-        tx = task.optimizer(name, clip_norm=args.clip_norm, **kw)
+        tx = task.optimizer(name, model=model, clip_norm=args.clip_norm, **kw)
     except (ValueError, TypeError) as e:
         parser.error(str(e))
-    model = task.model(args.hidden, seed=args.seed)
     epochs = args.epochs
     if epochs is None and args.iterations is None and args.budget_seconds is None:
         epochs = 1

@@ -35,7 +35,7 @@ def summarize(name: str, history: History, task: Task, target: float) -> dict[st
     return {
         "optimizer": name,
         "learning_rate": history.meta.get("learning_rate"),
-        "decay_steps": history.meta.get("decay_steps"),
+        "schedule": history.meta.get("schedule"),
         "iterations": history.meta.get("iterations", 0),
         "train_seconds": history.meta.get("train_seconds", 0.0),
         "compile_seconds": history.meta.get("compile_seconds", 0.0),
@@ -65,8 +65,9 @@ def compare(
     clip_norm: float | None = None,
     p_detach: float | None = None,
     progress: bool = True,
+    model: dict[str, Any] | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, History]]:
-    """Train ``task.model(hidden, seed=seed)`` with each optimizer in ``names``.
+    """Train ``task.model(hidden, seed=seed, **model)`` with each optimizer in ``names``.
 
     Fairness: every run starts from the same weights, sees the same batches in the same order
     (``seed``) and gets the same budget: ``budget_seconds`` of training steps (compilation and
@@ -75,9 +76,11 @@ def compare(
     optimizer's gradients to that global norm. With ``p_detach``, every gradient optimizer
     also runs with h-detach (``model(x, p_detach=p, key=k)`` in training steps; label
     ``NAME+hdetachP``), so the table holds both, with and without. With an ``iterations``
-    budget, an optimizer whose factory takes ``decay_steps`` (a default that knows the run's
-    length, e.g. :func:`admm_jax.admm_kfac`'s cosine decay) gets ``decay_steps=iterations``;
-    the others run as they are (optax's ``adam`` has a constant rate).
+    budget, an optimizer whose registry entry has a ``schedule`` (the K-FAC methods: warmup,
+    then a cosine decay to 0 at ``iterations``; constant after the warmup for a budget in
+    seconds) runs with that schedule of its learning rate; the others run at a constant rate
+    (optax's ``adam`` as it is). ``model``:
+    the model's options (``cell``, ``layers``, ``embed``: :meth:`admm_jax.tasks.Task.model`).
 
     Returns:
       ``(rows, histories)``: one :func:`summarize` row and one :class:`History` per optimizer.
@@ -91,28 +94,31 @@ def compare(
     lrs = dict(learning_rates or {})
     rows, histories = [], {}
     runs = [(name, None) for name in names]
+    model_options = dict(model or {})
     if p_detach is not None:
-        check_p_detach_support(task.model(1, seed=seed))
+        check_p_detach_support(task.model(1, seed=seed, **model_options))
         runs += [(name, p_detach) for name in names if not optimizers.takes_batch(name)]
     for name, p in runs:
         label = name if p is None else f"{name}+hdetach{p:g}"
-        lr = lrs.get(name)
-        kw = {} if lr is None else {"learning_rate": lr}
-        if iterations is not None and optimizers.accepts(name, "decay_steps"):
-            kw["decay_steps"] = iterations
-        tx = task.optimizer(name, clip_norm=clip_norm, **kw)
-        if lr is None:  # what the optimizer picked (its decay mode may pick another default)
-            lr = optimizers.default_learning_rate(name, decay_steps=kw.get("decay_steps"))
-        model = task.model(hidden, seed=seed)
+        e = optimizers.entry(name)
+        lr = lrs.get(name, e.learning_rate)
+        kw, schedule = {}, None
+        if lr is not None:
+            kw["learning_rate"] = lr
+            if e.schedule is not None:
+                kw["learning_rate"] = e.schedule(lr, iterations)
+                schedule = "warmup, cosine" if iterations else "warmup"
+        net = task.model(hidden, seed=seed, **model_options)
+        tx = task.optimizer(name, model=net, clip_norm=clip_norm, **kw)
         every = {"every_seconds": budget_seconds / eval_points} if budget_seconds else {
             "every": max(1, iterations // eval_points)}
         hd = {} if p is None else {"model_kwargs": {"p_detach": p}, "step_key": True}
-        h = fit(model, tx, task.train, **task.fit_kwargs(),
+        h = fit(net, tx, task.train, **task.fit_kwargs(),
                 budget_seconds=budget_seconds, iterations=iterations, batch_size=batch_size,
                 seed=seed, progress=label if progress else False, on_divergence="stop",
                 evaluation=Evaluation(task.test, batch_size=eval_batch_size, **every), **hd)
-        h.meta.update(optimizer=name, learning_rate=lr, decay_steps=kw.get("decay_steps"),
-                      task=task.name, hidden=hidden,
+        h.meta.update(optimizer=name, learning_rate=lr, schedule=schedule,
+                      task=task.name, hidden=hidden, model=model_options,
                       clip_norm=None if optimizers.takes_batch(name) else clip_norm, p_detach=p)
         histories[label] = h
         rows.append(summarize(label, h, task, target))
@@ -147,7 +153,7 @@ def format_table(rows: Sequence[dict[str, Any]], task: Task, target: float) -> s
         hit = r["seconds_to_target"]
         cells = [
             r["optimizer"] + (f" (diverged at {r['diverged_at']})" if r["diverged_at"] else ""),
-            _fmt(r["learning_rate"], "g") + (", cosine" if r.get("decay_steps") else ""),
+            _fmt(r["learning_rate"], "g") + (f", {r['schedule']}" if r.get("schedule") else ""),
             str(r["iterations"]),
             _fmt(r[f"final_test_{m}"], ".4f"), _fmt(r[f"best_test_{m}"], ".4f"),
             "not reached" if hit is None else f"{hit:.1f} (it {r['iterations_to_target']})",

@@ -19,34 +19,30 @@ the method's name:
   step fails (ADMMiRNN's per-sample multipliers), so a loop need not restore it (a select
   over ``O(num_samples)`` floats per step).
 
+* ``computes_gradients``: the state class of the transformation that first receives the
+  gradients says ``computes_gradients = True``: it may be given ``None`` and then uses the
+  gradient of its own backward pass (K-FAC), so a loop need not differentiate
+  (:func:`computes_gradients`).
+
 A registry :class:`Entry` adds what only a name can know: the default learning rate, the
-task-derived arguments (:attr:`Entry.task_kwargs`), the per-sample memory a task will need
-(:attr:`Entry.state_bytes`) and an optional retry-on-divergence wrapper
-(:attr:`Entry.on_divergence`).
+task-derived arguments (:attr:`Entry.task_kwargs`), whether the factory is built for the model
+(:attr:`Entry.takes_model`), the learning-rate schedule of a run (:attr:`Entry.schedule`),
+the per-sample memory a task will need (:attr:`Entry.state_bytes`) and an optional
+retry-on-divergence wrapper (:attr:`Entry.retry`).
 """
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
-import numpy as np
 import optax
 
 from admm_jax import _validation as checks
-from admm_jax.admm import (
-    ADMMiRNNState,
-    ADMMKFACState,
-    ADMMPreconditionedState,
-    admm_kfac,
-    admm_preconditioned,
-    admmirnn,
-    increase_rho_on_divergence,
-    kfac,
-)
+from admm_jax.admm import ADMMiRNNState, admmirnn, increase_rho_on_divergence
 from admm_jax.admm.streaming import admm_memory_bytes
+from admm_jax.kfac import KFACState, admm_kfac, admm_preconditioned
 from admm_jax.nonfinite import reject_nonfinite
 from admm_jax.optim import novograd, random_bases
 
@@ -61,9 +57,12 @@ class Entry(NamedTuple):
     (:meth:`admm_jax.tasks.Task.optimizer`), from its ``loss``, ``many_to_many``, ``train``,
     ``seq_len``; state_bytes: ``(task, hidden) -> int``, the per-sample state it keeps for a
     task (checked by the CLI before training); retry: ``tx -> tx``, a wrapper that retries a
-    failed step (``admm-jax train --on-divergence increase_rho``); decay_learning_rate: the
-    default peak learning rate when the factory is given ``decay_steps`` (``None``: the same
-    as ``learning_rate``).
+    failed step (``admm-jax train --on-divergence increase_rho``); takes_model: the factory
+    is ``factory(model, inputs, learning_rate, **kwargs)``, built for the model it trains and
+    an example batch; schedule: ``(learning_rate, steps or None) -> schedule``, the learning
+    rate over a run of ``steps`` steps (``None``: of unknown length) as the CLI and
+    :func:`admm_jax.compare.compare` run it (``None``: a constant rate); elman_only: it trains
+    the package's :class:`admm_jax.ElmanRNN` only.
     """
 
     factory: Callable[..., optax.GradientTransformationExtraArgs]
@@ -73,7 +72,9 @@ class Entry(NamedTuple):
     task_kwargs: Callable[[Any], dict[str, Any]] | None = None
     state_bytes: Callable[[Any, int], int] | None = None
     retry: Callable[[Any], Any] | None = None
-    decay_learning_rate: float | None = None
+    takes_model: bool = False
+    schedule: Callable[[float, int | None], optax.Schedule] | None = None
+    elman_only: bool = False
 
 
 def _model_kwargs(task: Any) -> dict[str, Any]:
@@ -86,9 +87,18 @@ def _admmirnn_kwargs(task: Any) -> dict[str, Any]:
     return {**_model_kwargs(task), "num_samples": len(task.train[0]), "seq_len": task.seq_len}
 
 
-def _kfac_kwargs(task: Any) -> dict[str, Any]:
-    token = np.issubdtype(np.asarray(task.train[0][:1]).dtype, np.integer)
-    return {**_model_kwargs(task), "token_inputs": bool(token)}  # its factors' layout
+def _loss_kwargs(task: Any) -> dict[str, Any]:
+    return {"loss": task.loss}
+
+
+def warmup(learning_rate: float, steps: int | None) -> optax.Schedule:
+    """The K-FAC methods' schedule (their factors are young in the first steps): a linear
+    warmup over ``min(200, steps / 10)`` steps, then a cosine decay to 0 at ``steps``; for a
+    run of unknown length, 200 warmup steps, then constant."""
+    if steps is None:
+        return optax.warmup_constant_schedule(0.0, learning_rate, 200)
+    return optax.warmup_cosine_decay_schedule(0.0, learning_rate, max(1, min(200, steps // 10)),
+                                              max(2, steps))
 
 
 def _admmirnn_bytes(task: Any, hidden: int) -> int:
@@ -110,15 +120,14 @@ def _momentum(learning_rate: float, momentum: float = 0.9,
 _REGISTRY: dict[str, Entry] = {
     "admmirnn": Entry(admmirnn, None, "ADMMiRNN: ADMM on the unfolded Elman RNN, no gradients",
                       ADMMiRNNState, _admmirnn_kwargs, _admmirnn_bytes,
-                      increase_rho_on_divergence),
-    "admm_preconditioned": Entry(admm_preconditioned, 0.1, "ADMMiRNN's weight blocks fed with "
-                                 "back-propagated adjoints: a time-shared K-FAC-like step "
-                                 "(admm_jax.admm_preconditioned)", ADMMPreconditionedState,
-                                 _model_kwargs),
-    "admm_kfac": Entry(admm_kfac, kfac.LEARNING_RATE, "ADMMiRNN's weight blocks with a matrix "
-                       "penalty: a time-shared two-sided K-FAC step for RNNs (admm_jax.admm_kfac)",
-                       ADMMKFACState, _kfac_kwargs,
-                       decay_learning_rate=kfac.PEAK_LEARNING_RATE),
+                      increase_rho_on_divergence, elman_only=True),
+    "admm_preconditioned": Entry(admm_preconditioned, 0.1, "one-sided time-shared K-FAC: each "
+                                 "weight's input covariance over time "
+                                 "(admm_jax.admm_preconditioned)", KFACState, _loss_kwargs,
+                                 takes_model=True, schedule=warmup),
+    "admm_kfac": Entry(admm_kfac, 0.3, "time-shared two-sided K-FAC for any Flax recurrent "
+                       "model (admm_jax.admm_kfac)", KFACState, _loss_kwargs, takes_model=True,
+                       schedule=warmup),
     "sgd": Entry(optax.sgd, 0.1, "plain SGD (optax.sgd)"),
     "momentum": Entry(_momentum, 0.05, "SGD with heavy-ball momentum 0.9 (optax.sgd)"),
     "adam": Entry(optax.adam, 1e-3, "Adam (optax.adam)"),
@@ -156,23 +165,19 @@ def entry(name: str) -> Entry:
     return _REGISTRY[key]
 
 
-def default_learning_rate(name: str, *, decay_steps: int | None = None) -> float | None:
-    """The learning rate :func:`get` uses when none is given (``None`` for ``admmirnn``; a
-    factory whose own default is ``None`` picks it from its other arguments, as ``admm_kfac``
-    does with ``decay_steps``: ``decay_steps=`` gives its value then)."""
-    e = entry(name)
-    if decay_steps is not None and e.decay_learning_rate is not None:
-        return e.decay_learning_rate
-    return e.learning_rate
+def default_learning_rate(name: str) -> float | None:
+    """The learning rate :func:`get` uses when none is given (``None`` for ``admmirnn``)."""
+    return entry(name).learning_rate
 
 
 def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
     """Build the optimizer registered as ``name`` with ``kwargs``.
 
     Gradient optimizers take ``learning_rate`` (default: :func:`default_learning_rate`) and
-    their factory's other arguments; ``admmirnn`` takes :func:`admm_jax.admmirnn`'s
-    (``num_samples``, ``seq_len``, ``rho``, ``loss``, ``many_to_many``, ...) and no learning
-    rate.
+    their factory's other arguments; the K-FAC methods also ``model=`` and ``inputs=`` (an
+    example batch: :attr:`Entry.takes_model`); ``admmirnn`` takes
+    :func:`admm_jax.admmirnn`'s (``num_samples``, ``seq_len``, ``rho``, ``loss``,
+    ``many_to_many``, ...) and no learning rate.
 
     Args:
       name: one of :func:`names` (case-insensitive, ``-`` or ``_``).
@@ -185,7 +190,8 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
     Raises:
       ValueError: unknown name (the message lists the valid ones).
       ValueError: a learning rate that is not a finite number > 0 (or a schedule).
-      TypeError: ``learning_rate`` given to ``admmirnn``, or an argument the factory lacks.
+      TypeError: ``learning_rate`` given to ``admmirnn``, ``model``/``inputs`` missing for
+        a method built for the model, or an argument the factory lacks.
 
     Examples:
       >>> import jax.numpy as jnp
@@ -200,9 +206,15 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
       ValueError: optimizer: unknown name 'lbfgs'; expected one of admmirnn, ...
     """
     e = entry(name)
-    own = inspect.signature(e.factory).parameters.get("learning_rate")
-    if "learning_rate" not in kwargs and own is not None and own.default is None:
-        tx = e.factory(**kwargs)  # a factory whose default depends on its other arguments
+    if e.takes_model:
+        model, inputs = kwargs.pop("model", None), kwargs.pop("inputs", None)
+        if model is None or inputs is None:
+            raise TypeError(f"model, inputs: {canonical_name(name)} is built for the model it "
+                            f"trains: optimizers.get({canonical_name(name)!r}, model=model, "
+                            "inputs=example_batch)")
+        if "learning_rate" in kwargs:
+            checks.learning_rate("learning_rate", kwargs["learning_rate"])
+        tx = e.factory(model, inputs, **kwargs)  # its own default: a warmup
     elif e.learning_rate is None:
         if "learning_rate" in kwargs:
             raise TypeError(f"learning_rate: {canonical_name(name)} takes no learning rate "
@@ -215,17 +227,6 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
     # one rule for all: a non-finite step is not applied (zero update, state unchanged);
     # a no-op for admmirnn and admm_preconditioned, which apply it themselves
     return reject_nonfinite(tx)
-
-
-def accepts(name: str, argument: str) -> bool:
-    """Whether the factory of the optimizer registered as ``name`` takes ``argument``.
-
-    Examples:
-      >>> from admm_jax import optimizers
-      >>> optimizers.accepts("admm_kfac", "decay_steps"), optimizers.accepts("adam", "decay_steps")
-      (True, False)
-    """
-    return argument in inspect.signature(entry(name).factory).parameters
 
 
 def takes_batch(name: str) -> bool:
@@ -252,19 +253,48 @@ def _has_diagnostics(x: Any) -> bool:
     return isinstance(x, tuple) and hasattr(x, "diagnostics")
 
 
+def first_receiver(opt_state: Any) -> Any:
+    """The state of the transformation that first receives the gradients: the first of an
+    ``optax.chain`` (a plain tuple), the inner one of ``optax.inject_hyperparams``, else the
+    state itself."""
+    while True:
+        if type(opt_state) is tuple and opt_state:
+            opt_state = opt_state[0]
+        elif isinstance(opt_state, optax.InjectHyperparamsState
+                        | optax.InjectStatefulHyperparamsState):
+            opt_state = opt_state.inner_state
+        else:
+            return opt_state
+
+
 def needs_gradients(opt_state: Any) -> bool:
-    """False when a state class in ``opt_state`` (at any depth) says ``takes_batch = True``.
+    """False when the transformation that first receives the gradients
+    (:func:`first_receiver`) takes the batch instead (``takes_batch``) or computes them
+    itself (``computes_gradients``): a loop may then call ``update(None, ..., inputs=x,
+    targets=y)`` and never differentiate.
 
     Examples:
       >>> from flax import nnx
+      >>> import optax
       >>> from admm_jax import ElmanRNN, admmirnn, optimizers
       >>> params = nnx.state(ElmanRNN(2, 4, 1, rngs=nnx.Rngs(0)), nnx.Param)
       >>> optimizers.needs_gradients(optimizers.get("adam").init(params))
       True
       >>> optimizers.needs_gradients(admmirnn().init(params))
       False
+      >>> chained = optax.chain(optax.clip_by_global_norm(1.0), admmirnn())
+      >>> optimizers.needs_gradients(chained.init(params))  # the clip needs them
+      True
     """
-    return not _nodes(opt_state, _takes_batch)
+    first = type(first_receiver(opt_state))
+    return not (getattr(first, "takes_batch", False) is True
+                or getattr(first, "computes_gradients", False) is True)
+
+
+def takes_batch_somewhere(opt_state: Any) -> bool:
+    """True when a state class anywhere in ``opt_state`` says ``takes_batch = True``: its
+    ``update`` needs ``inputs=`` and ``targets=`` (besides any gradients)."""
+    return bool(_nodes(opt_state, _takes_batch))
 
 
 def keeps_itself(opt_state: Any) -> bool:
@@ -303,6 +333,6 @@ def admm_state(opt_state: Any) -> ADMMiRNNState | None:
     return found[0] if found else None
 
 
-__all__ = ["Entry", "accepts", "admm_state", "canonical_name", "default_learning_rate",
+__all__ = ["Entry", "admm_state", "canonical_name", "default_learning_rate", "first_receiver",
            "diagnostics", "entry", "get", "keeps_itself", "names", "needs_gradients",
-           "takes_batch"]
+           "takes_batch", "takes_batch_somewhere", "warmup"]

@@ -1,4 +1,4 @@
-"""Tasks by name: data, the Elman model for it, its loss and metric, and optimizers fitted to it.
+"""Tasks by name: data, a model for it, its loss and metric, and optimizers fitted to it.
 
 =================  ==========================================  =========  ==============
 name               data                                        outputs    metric
@@ -29,7 +29,7 @@ from flax import nnx
 
 from admm_jax import data as D
 from admm_jax import optimizers
-from admm_jax.models import ElmanRNN
+from admm_jax.models import CELLS, ElmanRNN, StackedRNN
 from admm_jax.train import losses
 
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -64,21 +64,59 @@ class Task:
     def seq_len(self) -> int:
         return int(self.train[0].shape[1])
 
-    def model(self, hidden: int = 64, *, seed: int = 0) -> ElmanRNN:
-        """A fresh :class:`admm_jax.ElmanRNN` for this task (same ``seed``, same weights)."""
-        return ElmanRNN(self.in_features, hidden, self.out_features, rngs=nnx.Rngs(seed),
-                        many_to_many=self.many_to_many)
+    @property
+    def token_inputs(self) -> bool:
+        """The inputs are token ids ``[N, T]`` (a vocabulary of ``in_features``)."""
+        return bool(np.issubdtype(np.asarray(self.train[0][:1]).dtype, np.integer))
 
-    def optimizer(self, name: str, *, clip_norm: float | None = None,
+    def model(self, hidden: int = 64, *, seed: int = 0, cell: str = "elman", layers: int = 1,
+              embed: int | None = None) -> nnx.Module:
+        """A fresh model for this task (same arguments and ``seed``, same weights).
+
+        ``cell="elman"`` (default): the package's :class:`admm_jax.ElmanRNN` (one-hot token
+        inputs; what ADMMiRNN trains). Any key of :data:`admm_jax.models.CELLS` (``"simple"``,
+        ``"lstm"``, ``"gru"``, ``"optimized-lstm"``): Flax's own cells,
+        :class:`admm_jax.StackedRNN` with ``layers`` layers and, for token inputs, an
+        ``nnx.Embed`` of width ``embed`` (default ``hidden``).
+
+        >>> t = load("adding", num_train=8, num_test=4)
+        >>> type(t.model(8, cell="gru", layers=2)).__name__
+        'StackedRNN'
+        """
+        if cell == "elman":
+            if layers != 1 or embed is not None:
+                raise ValueError("layers, embed: the elman cell is the package's one-layer "
+                                 "ElmanRNN; use cell='simple' (Flax's SimpleCell) to stack "
+                                 "layers or embed tokens")
+            return ElmanRNN(self.in_features, hidden, self.out_features, rngs=nnx.Rngs(seed),
+                            many_to_many=self.many_to_many)
+        if cell not in CELLS:
+            raise ValueError(f"cell: expected 'elman' or one of {tuple(CELLS)}, got {cell!r}")
+        if embed is not None and not self.token_inputs:
+            raise ValueError(f"embed: {self.name} has float inputs; an embedding needs token "
+                             "ids")
+        if self.token_inputs and embed is None:
+            embed = hidden
+        return StackedRNN(cell, self.in_features, hidden, self.out_features, layers=layers,
+                          embed=embed, many_to_many=self.many_to_many, rngs=nnx.Rngs(seed))
+
+    def optimizer(self, name: str, *, model: nnx.Module | None = None,
+                  clip_norm: float | None = None,
                   **kwargs: Any) -> optax.GradientTransformationExtraArgs:
         """``optimizers.get(name, **kwargs)`` with what the method must know of the task filled
-        in (its registry entry's ``task_kwargs``: for the methods that take the batch the
-        task's ``loss`` and ``many_to_many``, and the like). ``clip_norm`` clips the gradients'
-        global norm first (``optax.clip_by_global_norm``; gradient optimizers only: the others
-        take no gradients)."""
+        in (its registry entry's ``task_kwargs``: the task's ``loss``, and the like; for a
+        method built for the model, :attr:`admm_jax.optimizers.Entry.takes_model`, the
+        ``model`` and an example batch). ``clip_norm`` clips the gradients' global norm first
+        (``optax.clip_by_global_norm``; gradient optimizers only: the others are used as they
+        are)."""
         e = optimizers.entry(name)
         if e.task_kwargs is not None:
             kwargs = {**e.task_kwargs(self), **kwargs}
+        if e.takes_model:
+            if model is None:
+                raise TypeError(f"model: {optimizers.canonical_name(name)} is built for the "
+                                "model it trains: task.optimizer(name, model=model)")
+            kwargs = {"model": model, "inputs": self.train[0][:1], **kwargs}
         tx = optimizers.get(name, **kwargs)
         if clip_norm is None or optimizers.takes_batch(name):
             return tx

@@ -37,7 +37,6 @@ Writes ``benchmarks/results/admm_preconditioned_<task>.{json,png}`` (or ``..._sw
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import pathlib
 from dataclasses import dataclass
@@ -54,10 +53,9 @@ from admm_jax.train import DivergenceError, Trainer
 
 RESULTS = pathlib.Path(__file__).parent / "results"
 METHODS = ("admm_preconditioned", "adam", "admmirnn")
-# admm_preconditioned's default learning rates, read from its signature: only the schedule,
+# admm_preconditioned's default peak learning rate (after its warmup): only the schedule,
 # weight decay and budget are tuned
-PC_LEARNING_RATES = tuple(inspect.signature(admm_jax.admm_preconditioned).parameters[k].default
-                          for k in ("learning_rate", "readout_learning_rate"))
+PC_LEARNING_RATE = admm_jax.optimizers.default_learning_rate("admm_preconditioned")
 
 
 def load(task: str, data_dir, imdb_len: int, imdb_vocab: int):
@@ -71,19 +69,17 @@ def load(task: str, data_dir, imdb_len: int, imdb_vocab: int):
     return tr.ids, tr.labels, te.ids, te.labels, imdb_vocab, 2
 
 
-def make_tx(method: str, recipe: dict, steps: int, n: int, seq_len: int):
-    """The optimizer of ``method``: ``recipe`` as chosen by :func:`tune` (``{}`` for
-    admmirnn); ``steps`` is the budget a cosine schedule decays over."""
-
-    def lr(value):
-        return (optax.cosine_decay_schedule(value, steps) if recipe["schedule"] == "cosine"
-                else value)
-
+def make_tx(method: str, recipe: dict, steps: int, n: int, seq_len: int, model, inputs):
+    """The optimizer of ``method`` for ``model``: ``recipe`` as chosen by :func:`tune` (``{}``
+    for admmirnn); ``steps`` is the budget a cosine schedule decays over."""
+    cosine = recipe.get("schedule") == "cosine"
     if method == "adam":
-        return optax.adam(lr(recipe["learning_rate"]))
+        lr = recipe["learning_rate"]
+        return optax.adam(optax.cosine_decay_schedule(lr, steps) if cosine else lr)
     if method == "admmirnn":
         return admm_jax.admmirnn(num_samples=n, seq_len=seq_len)
-    return admm_jax.admm_preconditioned(lr(PC_LEARNING_RATES[0]), lr(PC_LEARNING_RATES[1]),
+    sched = admm_jax.optimizers.warmup(PC_LEARNING_RATE, steps if cosine else None)
+    return admm_jax.admm_preconditioned(model, inputs, sched,
                                         weight_decay=recipe["weight_decay"])
 
 
@@ -135,8 +131,8 @@ def new_run(args, method, recipe, seed, train, evaluation, in_features, classes)
     """``method`` with ``recipe`` on ``train``, for its budget (``None`` for admmirnn)."""
     x, y = train
     steps = budget(recipe, len(x) // args.batch_size)
-    tx = make_tx(method, recipe, steps, len(x), x.shape[1])
     model = admm_jax.ElmanRNN(in_features, args.hidden, classes, rngs=nnx.Rngs(seed))
+    tx = make_tx(method, recipe, steps, len(x), x.shape[1], model, x[:1])
     return Run(Trainer(model, tx, train, batch_size=args.batch_size, seed=seed,
                        evaluation_data=evaluation), steps)
 
@@ -304,13 +300,14 @@ def sweep(args, xtr, ytr, xte, yte, in_features, classes) -> dict:
     configs = [(lr, mu, adaptive) for lr in (0.1, 0.3, 1.0) for mu in (0.1, 0.01)
                for adaptive in (False, True)]
     for lr, mu, adaptive in tqdm(configs, desc="sweep"):
-        tx = admm_jax.admm_preconditioned(lr, 10 * lr, prox=mu, adaptive_damping=adaptive)
         model = admm_jax.ElmanRNN(in_features, args.hidden, classes, rngs=nnx.Rngs(0))
+        tx = admm_jax.admm_preconditioned(model, xtr[:1], admm_jax.optimizers.warmup(lr, None),
+                                          damping=mu, adaptive_damping=adaptive)
         run = Run(Trainer(model, tx, (xtr[:n], ytr[:n]), batch_size=args.batch_size,
                           evaluation_data=(xte, yte)))
         run.chunk(args.sweep_epochs * run.trainer.steps_per_epoch)
         run.evaluate(args.eval_chunk)
-        rows.append({"learning_rate": lr, "readout_learning_rate": 10 * lr, "prox": mu,
+        rows.append({"learning_rate": lr, "damping": mu,
                      "adaptive_damping": adaptive, "test_accuracy": run.evals[-1]["accuracy"],
                      "epoch_loss": run.epoch_loss,
                      "max_loss_increase": max_spike(run.epoch_loss),

@@ -64,14 +64,17 @@ def main(argv=None) -> int:
                for i in range(0, len(x), args.batch_size)]
     cls = admm_jax.LSTM if args.model == "lstm" else admm_jax.ElmanRNN
     fn = admm_jax.lstm_apply if args.model == "lstm" else admm_jax.elman_apply
-    params0 = nnx.state(cls(28, args.hidden, 10, rngs=nnx.Rngs(0)), nnx.Param)
+    net = cls(28, args.hidden, 10, rngs=nnx.Rngs(0))
+    params0 = nnx.state(net, nnx.Param)
     kfac_refresh = 10
+    x0 = batches[0][0]
     methods = {
         "adam": optax.adam(1e-3),
         "muon": optax.contrib.muon(0.02, adam_learning_rate=2e-3),
-        "admm_preconditioned": admm_jax.admm_preconditioned(),
-        "admm_kfac": admm_jax.admm_kfac(refresh_every=kfac_refresh),
-        "admm_kfac_sampled": admm_jax.admm_kfac(refresh_every=kfac_refresh, fisher="sampled"),
+        "admm_preconditioned": admm_jax.admm_preconditioned(net, x0),
+        "admm_kfac": admm_jax.admm_kfac(net, x0, refresh_every=kfac_refresh),
+        "admm_kfac_sampled": admm_jax.admm_kfac(net, x0, refresh_every=kfac_refresh,
+                                                fisher="sampled"),
     }
     flops, compiled = {}, {}
     for m, tx in methods.items():

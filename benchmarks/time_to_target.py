@@ -74,10 +74,16 @@ def new_model(model: str, in_features: int, hidden: int, classes: int, seed: int
                              token_inputs=token_init)
 
 
-def make_tx(method: str, recipe: dict, steps: int, n: int, seq_len: int, tokens: bool):
-    """The optimizer of ``method`` with ``recipe`` (``learning_rate``, ``schedule``);
-    ``steps`` is the budget a cosine schedule decays over."""
+def make_tx(method: str, recipe: dict, steps: int, n: int, seq_len: int, model, inputs):
+    """The optimizer of ``method`` with ``recipe`` (``learning_rate``, ``schedule``) for
+    ``model``; ``steps`` is the budget a cosine schedule decays over (the K-FAC methods warm
+    up first: ``admm_jax.optimizers.warmup``)."""
     lr = recipe.get("learning_rate")
+    if method in ("admm_kfac", "admm_preconditioned"):
+        sched = admm_jax.optimizers.warmup(lr, steps if recipe.get("schedule") == "cosine"
+                                           else None)
+        factory = getattr(admm_jax, method)
+        return factory(model, inputs, sched)
     sched = (optax.cosine_decay_schedule(lr, steps) if recipe.get("schedule") == "cosine"
              else lr)
     if method == "adam":
@@ -86,12 +92,7 @@ def make_tx(method: str, recipe: dict, steps: int, n: int, seq_len: int, tokens:
         adam_lr = (optax.cosine_decay_schedule(MUON_ADAM_RATIO * lr, steps)
                    if recipe.get("schedule") == "cosine" else MUON_ADAM_RATIO * lr)
         return optax.contrib.muon(sched, adam_learning_rate=adam_lr)
-    if method == "admmirnn":
-        return admm_jax.admmirnn(num_samples=n, seq_len=seq_len)
-    if method == "admm_preconditioned":
-        ro = ((lambda c: 10.0 * sched(c)) if callable(sched) else 10.0 * sched)
-        return admm_jax.admm_preconditioned(sched, ro)
-    return admm_jax.admm_kfac(sched, token_inputs=tokens)
+    return admm_jax.admmirnn(num_samples=n, seq_len=seq_len)
 
 
 @dataclass
@@ -138,8 +139,9 @@ def new_run(args, ctx, method, recipe, seed, train, evaluation) -> Run:
     """``method`` with ``recipe`` on ``train`` for ``args.epochs`` epochs."""
     x, y = train
     steps = int(args.epochs * (len(x) // args.batch_size))
-    tx = make_tx(method, recipe, steps, len(x), x.shape[1], ctx["tokens"])
-    return Run(Trainer(ctx["model"](seed), tx, train, batch_size=args.batch_size, seed=seed,
+    model = ctx["model"](seed)
+    tx = make_tx(method, recipe, steps, len(x), x.shape[1], model, x[:1])
+    return Run(Trainer(model, tx, train, batch_size=args.batch_size, seed=seed,
                        evaluation_data=evaluation), steps)
 
 

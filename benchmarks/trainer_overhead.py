@@ -50,9 +50,10 @@ def main(argv=None) -> int:
     y = rng.integers(0, 10, n).astype(np.int32)
     batches = [(jnp.asarray(x[i:i + B]), jnp.asarray(y[i:i + B]), jnp.arange(i, i + B))
                for i in range(0, n, B)]
-    methods = {"adam": optax.adam(1e-3), "admm_kfac": admm_jax.admm_kfac()}
-    trainers = {m: Trainer(admm_jax.ElmanRNN(D, H, 10, rngs=nnx.Rngs(0)), tx, (x, y),
-                           batch_size=B) for m, tx in methods.items()}
+    models = {m: admm_jax.ElmanRNN(D, H, 10, rngs=nnx.Rngs(0)) for m in ("adam", "admm_kfac")}
+    methods = {"adam": optax.adam(1e-3),
+               "admm_kfac": admm_jax.admm_kfac(models["admm_kfac"], x[:1])}
+    trainers = {m: Trainer(models[m], tx, (x, y), batch_size=B) for m, tx in methods.items()}
     times = {(m, k): [] for m in methods for k in ("trainer", "bare")}
     for r in range(rounds + 1):  # round 0 warms up
         for m, t in trainers.items():

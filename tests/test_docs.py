@@ -32,7 +32,7 @@ def _quick_start():
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
-@pytest.mark.parametrize("line", ["adam", "admm_preconditioned"])
+@pytest.mark.parametrize("line", ["adam", "admm_kfac"])
 def test_readme_quick_start_runs_with_either_optimizer_line(line, monkeypatch):
     if not os.environ.get("ADMM_JAX_DATA"):
         pytest.skip("ADMM_JAX_DATA is not set: the quick start reads real MNIST")

@@ -56,15 +56,27 @@ def test_admmirnn_takes_no_learning_rate():
         optimizers.get("admmirnn", learning_rate=0.1)
 
 
-def test_needs_gradients_reads_the_state_also_inside_chain():
-    params = nnx.state(ElmanRNN(2, 4, 3, rngs=nnx.Rngs(0)), nnx.Param)
+def test_needs_gradients_reads_the_first_receiver_also_inside_chain():
+    """A loop may skip differentiation only when what first receives the gradients takes the
+    batch or computes them itself; after a clip in a chain it must pass them."""
+    model = ElmanRNN(2, 4, 3, rngs=nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
+    x = jnp.zeros((4, 5, 2))
     admm = optimizers.get("admmirnn")
     assert not optimizers.needs_gradients(admm.init(params))
-    chained = optax.chain(optax.identity(), optimizers.get("admmirnn"))
-    state = chained.init(params)
-    assert not optimizers.needs_gradients(state)
-    assert optimizers.admm_state(state) is not None
+    first = optax.chain(optimizers.get("admmirnn"), optax.scale(0.5)).init(params)
+    assert not optimizers.needs_gradients(first)
+    assert optimizers.admm_state(first) is not None
+    kfac = optimizers.get("admm_kfac", model=model, inputs=x)
+    assert not optimizers.needs_gradients(kfac.init(params))
+    injected = optax.inject_hyperparams(optimizers.entry("admm_kfac").factory,
+                                        static_args="model")(model, x,
+                                                             learning_rate=0.1).init(params)
+    assert not optimizers.needs_gradients(injected)
+    clipped = optax.chain(optax.clip_by_global_norm(1.0), kfac).init(params)
+    assert optimizers.needs_gradients(clipped) and optimizers.takes_batch_somewhere(clipped)
     assert optimizers.needs_gradients(optimizers.get("adam").init(params))
+    assert not optimizers.takes_batch_somewhere(optimizers.get("adam").init(params))
     assert optimizers.admm_state(optimizers.get("adam").init(params)) is None
 
 
@@ -83,29 +95,21 @@ def test_lazy_entries_build_and_step(name):
     assert loss(params) < before
 
 
-def test_a_factory_with_a_none_default_picks_its_learning_rate():
-    """admm_kfac's default is 0.3, or a peak of 0.5 when it knows the run's length; get()
-    leaves the choice to it, and default_learning_rate says what it picks."""
+def test_methods_built_for_the_model_need_it_and_start_with_a_warmup():
     import numpy as np
-    from flax import nnx
 
-    from admm_jax import ElmanRNN
-
-    params = nnx.state(ElmanRNN(3, 4, 2, rngs=nnx.Rngs(0)), nnx.Param)
+    model = ElmanRNN(3, 4, 2, rngs=nnx.Rngs(0))
+    params = nnx.state(model, nnx.Param)
     x = np.random.default_rng(0).normal(size=(8, 5, 3)).astype(np.float32)
     y = np.arange(8) % 2
-
-    def first_step(tx):
-        u, _ = tx.update(None, tx.init(params), params, inputs=x, targets=y)
-        return jax.tree_util.tree_leaves(u)
-
-    for decay, lr in ((None, 0.3), (100, 0.5)):
-        assert optimizers.default_learning_rate("admm_kfac", decay_steps=decay) == lr
-        kw = {} if decay is None else {"decay_steps": decay}
-        picked = first_step(optimizers.get("admm_kfac", **kw))
-        explicit = first_step(optimizers.get("admm_kfac", learning_rate=lr, **kw))
-        for a, b in zip(picked, explicit, strict=True):
-            np.testing.assert_array_equal(a, b)
-    assert optimizers.accepts("admm_kfac", "decay_steps")
-    assert not optimizers.accepts("adam", "decay_steps")
-    assert optimizers.default_learning_rate("adam", decay_steps=100) == 1e-3
+    with pytest.raises(TypeError, match="model, inputs: admm_kfac is built for the model"):
+        optimizers.get("admm_kfac")
+    assert optimizers.entry("admm_kfac").takes_model
+    tx = optimizers.get("admm_kfac", model=model, inputs=x)
+    u, _ = tx.update(None, tx.init(params), params, inputs=x, targets=y)
+    # the default rate starts at 0 (a linear warmup): the first step does not move
+    assert all(float(jnp.abs(v).max()) == 0.0 for v in jax.tree_util.tree_leaves(u))
+    warm = optimizers.warmup(0.3, None)
+    assert float(warm(0)) == 0.0 and float(warm(200)) == pytest.approx(0.3)
+    sched = optimizers.warmup(0.5, 1000)
+    assert float(sched(100)) == pytest.approx(0.5) and float(sched(1000)) == 0.0

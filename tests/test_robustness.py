@@ -31,10 +31,12 @@ def model(**kw):
     return ElmanRNN(D, H, C, rngs=nnx.Rngs(0), **kw)
 
 
-def build(name):
+def build(name, m=None):
     kw = {"num_samples": N, "seq_len": T} if name == "admmirnn" else {}
     if name == "random_bases":
         kw["dim"] = 4
+    if optimizers.entry(name).takes_model:
+        kw.update(model=model() if m is None else m, inputs=batch()[0])
     return optimizers.get(name, **kw)
 
 
@@ -85,7 +87,7 @@ def test_1_iterations_count_the_whole_run_on_resume(tmp_path):
 def test_2_bad_batch_keeps_last_good_weights_and_state(name):
     m = model()
     params = nnx.state(m, nnx.Param)
-    tx = build(name)
+    tx = build(name, m)
     x, y = batch()
 
     @jax.jit
@@ -111,26 +113,28 @@ def test_2_bad_batch_keeps_last_good_weights_and_state(name):
 
 def test_2_nnx_optimizer_loop_survives_a_nan_batch_and_rejects_inf_rates():
     m = model()
-    opt = nnx.Optimizer(m, admm_jax.admm_preconditioned(), wrt=nnx.Param)
     x, y = batch()
+    opt = nnx.Optimizer(m, admm_jax.admm_preconditioned(m, x, 0.1), wrt=nnx.Param)
     opt.update(m, None, inputs=x, targets=y)
     before = jax.tree.map(jnp.copy, nnx.state(m, nnx.Param))
     bad = x.copy()
     bad[0, 0, 0] = np.nan
     opt.update(m, None, inputs=bad, targets=y)
     assert same(nnx.state(m, nnx.Param), before)
-    assert int(opt.opt_state.count[...]) == 1  # the rejected step did not count
+    assert int(opt.opt_state[0].count[...]) == 1  # the rejected step did not count
     for v in (float("inf"), float("nan"), -1.0, np.float32("inf")):
         with pytest.raises(ValueError, match="learning_rate"):
-            admm_jax.admm_preconditioned(v)
+            admm_jax.admm_preconditioned(m, x, v)
 
 
 def test_2_reject_nonfinite_is_idempotent_and_keeps_the_state_type():
     tx = admm_jax.reject_nonfinite(optax.adam(0.1))
     assert admm_jax.reject_nonfinite(tx).update is tx.update
-    pc = admm_jax.admm_preconditioned()
+    m = model()
+    pc = admm_jax.admm_preconditioned(m, batch()[0])
     assert admm_jax.reject_nonfinite(pc).update is pc.update
-    assert isinstance(pc.init(nnx.state(model(), nnx.Param)), admm_jax.ADMMPreconditionedState)
+    state = pc.init(nnx.state(m, nnx.Param))  # optax.chain's tuple, not a wrapper's state
+    assert type(state) is tuple and isinstance(state[0], admm_jax.KFACState)
 
 
 # ----------------------------------------------------------------------------- 3. token ids
@@ -150,15 +154,16 @@ def test_3_token_ids_outside_the_vocabulary_are_named(bad):
     with pytest.raises(ValueError, match=r"train_data inputs: expected token ids in \[0, 5\)"):
         fit(m, optimizers.get("adam"), (ids, y), iterations=1, batch_size=4)
     params = nnx.state(m, nnx.Param)
-    for tx in (admm_jax.admm_preconditioned(), admm_jax.admmirnn()):
+    good = token_batch()[0]
+    for tx in (admm_jax.admm_preconditioned(m, good, 0.1), admm_jax.admmirnn()):
         with pytest.raises(ValueError, match=r"inputs: expected token ids in \[0, 5\)"):
             tx.update(None, tx.init(params), params, inputs=ids, targets=y)
     # under jit the ids cannot be read: the projection is NaN, so the step is rejected
-    tx = admm_jax.admm_preconditioned()
+    tx = admm_jax.admm_preconditioned(m, good, 0.1)
     u, s = jax.jit(lambda p, s, x, y: tx.update(None, s, p, inputs=x, targets=y))(
         params, tx.init(params), ids, y)
     assert all(float(jnp.abs(v).max()) == 0.0 for v in jax.tree.leaves(u))
-    assert int(s.count) == 0
+    assert int(s[0].count) == 0
 
 
 @settings(max_examples=25, deadline=None)
@@ -281,9 +286,8 @@ def test_6_flax_layouts_that_cannot_be_trained_raise():
                                          "activation='relu'"):
         fit(model(activation="relu"), tx, (x, y), iterations=1, batch_size=N)
     with pytest.raises(ValueError, match="many_to_many"):
-        fit(model(many_to_many=True), admm_jax.admm_preconditioned(), (x, np.zeros((N, T),
-                                                                                    np.int32)),
-            iterations=1, batch_size=N)
+        fit(model(many_to_many=True), tx, (x, np.zeros((N, T), np.int32)), iterations=1,
+            batch_size=N)
 
 
 # ----------------------------------------------------------------- 7. the README's snippet
@@ -298,13 +302,16 @@ def test_6_flax_layouts_that_cannot_be_trained_raise():
 def test_8_scalar_arrays_and_inject_hyperparams():
     params = nnx.state(model(), nnx.Param)
     x, y = batch()
-    admm_jax.admm_preconditioned(np.float32(0.1), jnp.asarray(1.0), prox=np.float64(0.1))
+    m = model()
+    admm_jax.admm_preconditioned(m, x, np.float32(0.1), damping=np.float64(0.1))
+    admm_jax.admm_kfac(m, x, jnp.asarray(0.1), ema=np.float32(0.95))
     admm_jax.admmirnn(rho=np.float32(10))
     admm_jax.admmirnn(rho=(np.float32(10), jnp.asarray(10.0), 1))
-    for factory, kw in ((admm_jax.admm_preconditioned, {"learning_rate": 0.1}),
+    for factory, kw in ((admm_jax.admm_preconditioned, {"model": m, "inputs": x,
+                                                        "learning_rate": 0.1}),
                         (admm_jax.admmirnn, {})):
         static = (("sweeps", "newton_steps", "a_steps", "cg_steps") if factory is admm_jax.admmirnn
-                  else ())
+                  else ("model",))
         tx = optax.inject_hyperparams(factory, static_args=static)(**kw)
         state = tx.init(params)
         u, state = jax.jit(lambda s, p, tx=tx: tx.update(None, s, p, inputs=x, targets=y))(
@@ -321,18 +328,20 @@ def test_8_scalar_arrays_and_inject_hyperparams():
 
 
 def test_10_empty_batch_lstm_without_inputs_multisteps():
-    params = nnx.state(model(), nnx.Param)
+    m = model()
+    params = nnx.state(m, nnx.Param)
     x, y = batch()
-    for tx in (admm_jax.admm_preconditioned(), admm_jax.admmirnn()):
+    for tx in (admm_jax.admm_preconditioned(m, x), admm_jax.admmirnn()):
         with pytest.raises(ValueError, match="inputs: expected at least one sample"):
             tx.update(None, tx.init(params), params, inputs=x[:0], targets=y[:0])
-    lp = nnx.state(LSTM(D, H, C, rngs=nnx.Rngs(0)), nnx.Param)
-    tx = admm_jax.admm_preconditioned()
+    lstm = LSTM(D, H, C, rngs=nnx.Rngs(0))
+    lp = nnx.state(lstm, nnx.Param)
+    tx = admm_jax.admm_preconditioned(lstm, x)
     with pytest.raises(ValueError, match="inputs, targets"):
         tx.update(None, tx.init(lp), lp)
     with pytest.raises(ValueError, match="MultiSteps"):
-        fit(model(), optax.MultiSteps(admm_jax.admm_preconditioned(), 2), (x, y),
-            iterations=1, batch_size=4)
+        fit(model(), optax.MultiSteps(admm_jax.admmirnn(), 2), (x, y), iterations=1,
+            batch_size=4)
 
 
 # ------------------------------------------------------------------------- 12. blame

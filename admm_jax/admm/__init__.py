@@ -2,8 +2,6 @@
 
 from admm_jax.admm import blocks
 from admm_jax.admm.admmirnn import ADMMDiagnostics, ADMMiRNNState, admmirnn
-from admm_jax.admm.kfac import ADMMKFACState, admm_kfac
-from admm_jax.admm.preconditioned import ADMMPreconditionedState, admm_preconditioned
 from admm_jax.admm.problem import (
     ADMMConfig,
     Auxiliaries,
@@ -23,16 +21,12 @@ __all__ = [
     "ADMMConfig",
     "ADMMDiagnostics",
     "ADMMiRNNState",
-    "ADMMKFACState",
-    "ADMMPreconditionedState",
     "Auxiliaries",
     "Duals",
     "IncreaseRhoDiagnostics",
     "IncreaseRhoState",
     "Penalties",
     "Residuals",
-    "admm_kfac",
-    "admm_preconditioned",
     "admmirnn",
     "augmented_lagrangian",
     "blocks",

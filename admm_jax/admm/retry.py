@@ -26,6 +26,8 @@ class IncreaseRhoState(NamedTuple):
     inner: Any
     diagnostics: IncreaseRhoDiagnostics
 
+    takes_batch = True  # its update passes the batch to the inner method
+
 
 def _admm_nodes(state: Any) -> list[ADMMiRNNState]:
     is_admm = lambda x: isinstance(x, ADMMiRNNState)  # noqa: E731

@@ -3,6 +3,7 @@ optax's own weight decay and learning rate."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -13,6 +14,9 @@ from admm_jax.kfac.transform import scale_by_kfac
 from admm_jax.nonfinite import reject_nonfinite
 
 ScalarOrSchedule = float | optax.Schedule
+WARMUP_STEPS = 200  # the default rates ramp up while the factors' running averages are young
+KFAC_RATE = optax.warmup_constant_schedule(0.0, 0.3, WARMUP_STEPS)
+ONE_SIDED_RATE = optax.warmup_constant_schedule(0.0, 0.1, WARMUP_STEPS)
 
 
 def _matrices(params: Any) -> Any:
@@ -23,10 +27,19 @@ def _matrices(params: Any) -> Any:
 def admm_kfac(
     model: Any,
     inputs: Any,
-    learning_rate: ScalarOrSchedule = 0.3,
+    learning_rate: ScalarOrSchedule = KFAC_RATE,
     *,
     weight_decay: float = 0.0,
-    **options: Any,
+    loss: str | Callable = "cross_entropy",
+    damping: float = 0.1,
+    ema: float = 0.95,
+    refresh_every: int = 10,
+    fisher: str = "empirical",
+    output_factor: str = "full",
+    normalize_output: bool = True,
+    adaptive_damping: bool = True,
+    fallback_scale: float = 0.003,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Time-shared, two-sided K-FAC for recurrent networks: ADMMiRNN's weight blocks with a
     matrix penalty on their constraints.
@@ -50,11 +63,25 @@ def admm_kfac(
     Args:
       model: the ``nnx.Module`` being trained (or ``apply(params, inputs)``).
       inputs: an example batch (its shape and dtype: the model is traced on it).
-      learning_rate: \(\eta\), or an optax schedule of the step count (e.g.
-        ``optax.warmup_cosine_decay_schedule``).
+      learning_rate: \(\eta\), or an optax schedule of the step count. Default: 0.3 after a
+        linear warmup over 200 steps (``optax.warmup_constant_schedule``): the factors'
+        running averages are young in the first steps, and a constant rate from the first step
+        can overshoot. For a run of known length, ``optax.warmup_cosine_decay_schedule``.
       weight_decay: \(\beta \ge 0\), decoupled, on parameters with two or more axes.
-      **options: of [scale_by_kfac][admm_jax.scale_by_kfac] (``loss``, ``damping``, ``ema``,
-        ``refresh_every``, ``fisher``, ``output_factor``, ...).
+      loss: ``"cross_entropy"``, ``"mse"`` or a per-sample loss.
+      damping: \(\mu\), relative to each factor's mean eigenvalue.
+      ema: weight of the old factors in their running averages.
+      refresh_every: steps between refreshes of the damped inverses.
+      fisher: ``"empirical"`` or ``"sampled"``.
+      output_factor: ``"full"`` (two-sided) or ``"identity"`` (one-sided).
+      normalize_output: use \(S / m_S\).
+      adaptive_damping: raise the damping while the loss rises.
+      fallback_scale: the step of parameters no linear map owns, relative to the others.
+      seed: of the sampled labels.
+
+    All as in [scale_by_kfac][admm_jax.scale_by_kfac]. With ``optax.inject_hyperparams`` any
+    numeric one may be injected; list ``model`` in its ``static_args`` (a module is callable,
+    and optax would take it for a schedule).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``: ``optax.chain`` of ``scale_by_kfac``,
@@ -68,7 +95,7 @@ def admm_kfac(
       >>> x = jax.random.normal(jax.random.key(1), (16, 5, 3))
       >>> y = (x[:, :, 0].sum(1) > 0).astype(jnp.int32)
       >>> optimizer = nnx.Optimizer(model, admm_jax.admm_kfac(model, x), wrt=nnx.Param)
-      >>> optimizer.update(model, None, inputs=x, targets=y)
+      >>> _ = optimizer.update(model, None, inputs=x, targets=y)  # no gradients: its own
       >>> int(optimizer.opt_state[0].count[...])
       1
 
@@ -79,7 +106,10 @@ def admm_kfac(
     checks.learning_rate("learning_rate", learning_rate)
     checks.nonnegative_number("weight_decay", weight_decay)
     return reject_nonfinite(optax.chain(
-        scale_by_kfac(model, inputs, **options),
+        scale_by_kfac(model, inputs, loss=loss, damping=damping, ema=ema,
+                      refresh_every=refresh_every, fisher=fisher, output_factor=output_factor,
+                      normalize_output=normalize_output, adaptive_damping=adaptive_damping,
+                      fallback_scale=fallback_scale, seed=seed),
         optax.add_decayed_weights(weight_decay, mask=_matrices),
         optax.scale_by_learning_rate(learning_rate)))
 
@@ -87,10 +117,17 @@ def admm_kfac(
 def admm_preconditioned(
     model: Any,
     inputs: Any,
-    learning_rate: ScalarOrSchedule = 0.1,
+    learning_rate: ScalarOrSchedule = ONE_SIDED_RATE,
     *,
     weight_decay: float = 0.0,
-    **options: Any,
+    loss: str | Callable = "cross_entropy",
+    damping: float = 0.1,
+    ema: float = 0.95,
+    refresh_every: int = 10,
+    fisher: str = "empirical",
+    adaptive_damping: bool = True,
+    fallback_scale: float = 0.003,
+    seed: int = 0,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The one-sided time-shared preconditioner: [admm_kfac][admm_jax.admm_kfac] with
     ``output_factor="identity"``.
@@ -101,7 +138,8 @@ def admm_preconditioned(
 
     ADMMiRNN's proximal least-squares weight blocks with their residual targets set by the
     back-propagated adjoints: a gradient step preconditioned by each weight's input
-    covariance summed over time steps. Same arguments as [admm_kfac][admm_jax.admm_kfac].
+    covariance summed over time steps. Same arguments as [admm_kfac][admm_jax.admm_kfac]
+    (no ``output_factor``, ``normalize_output``: it has no output factor).
 
     Examples:
       >>> import jax, jax.numpy as jnp
@@ -119,8 +157,7 @@ def admm_preconditioned(
       "Optimizing Neural Networks with Kronecker-factored Approximate Curvature", ICML 2015
       (the input factor).
     """
-    if options.get("output_factor", "identity") != "identity":
-        raise ValueError("output_factor: admm_preconditioned is one-sided (identity); use "
-                         "admm_kfac for a two-sided step")
-    return admm_kfac(model, inputs, learning_rate, weight_decay=weight_decay,
-                     **{**options, "output_factor": "identity"})
+    return admm_kfac(model, inputs, learning_rate, weight_decay=weight_decay, loss=loss,
+                     damping=damping, ema=ema, refresh_every=refresh_every, fisher=fisher,
+                     output_factor="identity", adaptive_damping=adaptive_damping,
+                     fallback_scale=fallback_scale, seed=seed)

@@ -61,8 +61,11 @@ def damped_inverse(factor: jax.Array, damping, normalize=False) -> jax.Array:
 
     Examples:
       >>> import jax.numpy as jnp
-      >>> damped_inverse(jnp.diag(jnp.array([2.0, 4.0])), 0.5).round(4).tolist()
-      [[0.2857, 0.0], [0.0, 0.1818]]
+      >>> inv = damped_inverse(jnp.diag(jnp.array([2.0, 4.0])), 0.5)  # (F + 0.5 * 3 I)^-1
+      >>> [round(float(v), 4) for v in jnp.diag(inv)]
+      [0.2857, 0.1818]
+      >>> [round(float(v), 4) for v in damped_inverse(jnp.array([2.0, 4.0]), 0.5)]  # diagonal
+      [0.2857, 0.1818]
     """
     m = mean_eigenvalue(factor)
     scale = jnp.where(normalize, 1.0 / m, 1.0).astype(factor.dtype)

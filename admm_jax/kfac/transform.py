@@ -31,7 +31,6 @@ from flax import nnx
 
 from admm_jax import _validation as checks
 from admm_jax.kfac import factors, trace
-from admm_jax.train import losses
 
 FISHERS = ("empirical", "sampled")
 OUTPUT_FACTORS = ("full", "identity")
@@ -44,7 +43,7 @@ class KFACDiagnostics(NamedTuple):
     """Per-step figures of [scale_by_kfac][admm_jax.scale_by_kfac].
 
     batch_loss: the batch's mean loss before the step (the convention of
-    [admm_jax.train.losses][]), from the forward pass the step makes anyway; step_norm:
+    ``admm_jax.train.losses``), from the forward pass the step makes anyway; step_norm:
     the direction's norm (before the learning rate); damping: the damping in use,
     ``damping x`` the adaptive factor.
     """
@@ -82,11 +81,27 @@ class KFACState(NamedTuple):
 
     takes_batch = True  # update(grads, state, params, inputs=x, targets=y)
     computes_gradients = True  # grads may be None: its own backward pass supplies them
+    loss_name = "cross_entropy"  # the loss its batch_loss and statistics use (a class attribute)
 
     @property
     def diagnostics(self) -> KFACDiagnostics:
         """The step's figures (read by [admm_jax.optimizers.diagnostics][])."""
         return KFACDiagnostics(self.loss, self.step_norm, self.factor)
+
+
+_STATE_CLASSES: dict[str | None, type] = {"cross_entropy": KFACState}
+
+
+def state_class(loss: Any) -> type:
+    """The state class for ``loss``: ``KFACState`` whose class attribute ``loss_name`` names
+    it (``None`` for a callable loss), so that a training loop reads from the state which loss
+    its ``batch_loss`` is."""
+    name = loss if isinstance(loss, str) else None
+    if name not in _STATE_CLASSES:
+        _STATE_CLASSES[name] = type("KFACState", (KFACState,),
+                                    {"__slots__": (), "loss_name": name,
+                                     "__doc__": KFACState.__doc__})
+    return _STATE_CLASSES[name]
 
 
 class BoundModel(NamedTuple):
@@ -177,19 +192,35 @@ def compute_dtype(leaves) -> jnp.dtype:
     return jnp.promote_types(jnp.result_type(*leaves), jnp.float32)
 
 
-def _loss_terms(loss_fn, out, targets) -> int:
+def _check_batch(plan, closed, inputs, targets, loss) -> None:
+    """Token ids and class labels in range, when they are concrete (eager calls; under
+    ``jit`` a bad id or label makes the step non-finite, and it is rejected)."""
+    embeds = [b for b in plan.blocks if b.kind == "embed"]
+    if len(embeds) == 1 and jnp.issubdtype(inputs.dtype, jnp.integer):
+        checks.token_ids("inputs", inputs, embeds[0].d_in)
+    out = closed.out_avals[0]
+    if loss != "cross_entropy":
+        return
+    if targets.shape != out.shape[:-1]:
+        raise ValueError(f"targets: expected class labels of shape {out.shape[:-1]} for the "
+                         f"model's outputs {out.shape}, got {targets.shape}")
+    if not isinstance(targets, jax.core.Tracer):
+        checks.labels("targets", targets, out.shape[-1])
+
+
+def _loss_terms(loss, out, targets) -> int:
     """How many loss terms the mean loss averages (each sample's own adjoint is that many
     times the mean's)."""
-    if loss_fn is losses.cross_entropy:
+    if loss == "cross_entropy":
         return math.prod(targets.shape)
-    if loss_fn is losses.mse:
+    if loss == "mse":
         return math.prod(out.shape[:-1])
     return out.shape[0]
 
 
-def _sampled_adjoint(loss_fn, out, key, terms: int):
+def _sampled_adjoint(loss, out, key, terms: int):
     """The adjoint of the mean loss at labels sampled from the model (true-Fisher samples)."""
-    if loss_fn is losses.cross_entropy:
+    if loss == "cross_entropy":
         y = jax.random.categorical(key, out)
         g = jax.nn.softmax(out) - jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype)
     else:
@@ -237,7 +268,7 @@ def scale_by_kfac(
     model: Any,
     inputs: Any,
     *,
-    loss: str | losses.PerSample = "cross_entropy",
+    loss: str | Callable = "cross_entropy",
     damping: float = 0.1,
     ema: float = 0.95,
     refresh_every: int = 10,
@@ -323,10 +354,13 @@ def scale_by_kfac(
       Kronecker-factored Approximate Curvature", ICML 2015; Tang et al., "ADMMiRNN",
       ECML-PKDD 2020 (the weight blocks this grew from).
     """
+    from admm_jax.train import losses  # the package's per-sample losses (train imports us)
+
     _check_options(damping, ema, refresh_every, fallback_scale, fisher, output_factor, loss)
     loss_fn = losses.resolve("loss", loss, losses.LOSSES)
     bound = bind_model(model, inputs)
     one_sided = output_factor == "identity"
+    state_type = state_class(loss)
 
     def zero_state(plan, leaves) -> KFACState:
         dtype = compute_dtype(leaves)
@@ -335,7 +369,7 @@ def scale_by_kfac(
         s = () if one_sided else tuple(jnp.zeros(shape, dtype) for shape in plan.s_shapes)
         eye = lambda f: jnp.ones_like(f) if f.ndim == 1 else jnp.eye(f.shape[0], dtype=dtype)  # noqa: E731
         moments = tuple(jnp.zeros(leaves[i].shape, dtype) for i in plan.fallback)
-        return KFACState(
+        return state_type(
             count=jnp.zeros((), jnp.int32), loss=scalar(), step_norm=scalar(),
             factor=scalar(1.0), loss_fast=scalar(), loss_slow=scalar(), loss_var=scalar(),
             a=a, s=s, a_inv=tuple(eye(f) for f in a), s_inv=tuple(eye(f) for f in s),
@@ -359,10 +393,10 @@ def scale_by_kfac(
         out, pull = jax.vjp(forward, leaves, (a0, s0))
         mean_loss = lambda o: loss_fn(o, targets).mean()  # noqa: E731
         value, g_out = jax.value_and_grad(mean_loss)(out)
-        terms = _loss_terms(loss_fn, out, targets)
+        terms = _loss_terms(loss, out, targets)
         if fisher == "sampled":
             key = jax.random.fold_in(jax.random.key(seed), state.count)
-            g_s = _sampled_adjoint(loss_fn, out, key, terms).astype(g_out.dtype)
+            g_s = _sampled_adjoint(loss, out, key, terms).astype(g_out.dtype)
             g_leaves, (a_st, s_st) = jax.vmap(pull)(jnp.stack([g_out, g_s]))
             own = [g[0] for g in g_leaves]
             a_st = tuple(v[0] for v in a_st)
@@ -372,14 +406,17 @@ def scale_by_kfac(
             s_st = () if one_sided else tuple(s_st)
         return value, list(own), (tuple(a_st), s_st), terms
 
-    def update_fn(updates, state: KFACState, params=None, *, inputs=None, targets=None,
+    def update_fn(updates, state, params=None, *, inputs=None, targets=None,
                   **extra_args: Any):
         del extra_args
         if params is None or inputs is None or targets is None:
             raise ValueError("inputs, targets: scale_by_kfac needs the parameters and the "
                              "batch: tx.update(grads, state, params, inputs=x, targets=y)")
         inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
+        if inputs.ndim == 0 or inputs.shape[0] == 0:
+            raise ValueError(f"inputs: expected at least one sample, got shape {inputs.shape}")
         plan, closed, leaves, other = model_plan(bound, params, inputs)
+        _check_batch(plan, closed, inputs, targets, loss)
         want = jax.eval_shape(lambda: zero_state(plan, leaves))
         if jax.tree.map(jnp.shape, want) != jax.tree.map(jnp.shape, state):
             raise ValueError("state: it was built for other parameters or another model "
@@ -421,7 +458,7 @@ def scale_by_kfac(
             direction[i] = fallback_scale * (m / (1 - b1**k)) / (jnp.sqrt(v / (1 - b2**k))
                                                                  + 1e-8)
         out = [direction[i].astype(leaves[i].dtype) for i in range(len(leaves))]
-        new_state = KFACState(
+        new_state = state_type(
             count=state.count + 1, loss=loss_now.astype(dtype),
             step_norm=optax.tree.norm(out).astype(dtype), factor=factor.astype(dtype),
             loss_fast=fast.astype(dtype), loss_slow=slow.astype(dtype),

@@ -8,8 +8,10 @@ from admm_jax.models.hdetach import (
     sample_detach_mask,
 )
 from admm_jax.models.lstm import LSTM, lstm_apply, lstm_scan
+from admm_jax.models.stacked import CELLS, StackedRNN
 
 __all__ = [
+    "CELLS",
     "LSTM",
     "CellPathGradNorms",
     "ElmanRNN",
@@ -20,4 +22,5 @@ __all__ = [
     "lstm_apply",
     "lstm_scan",
     "sample_detach_mask",
+    "StackedRNN",
 ]

@@ -16,7 +16,12 @@ from flax import nnx
 
 from admm_jax import _validation as checks
 from admm_jax.data import BatchIterator
-from admm_jax.optimizers import diagnostics, keeps_itself, needs_gradients
+from admm_jax.optimizers import (
+    diagnostics,
+    keeps_itself,
+    needs_gradients,
+    takes_batch_somewhere,
+)
 from admm_jax.train import losses
 from admm_jax.train.callbacks import Loop
 from admm_jax.train.checkpoint import Restored
@@ -65,11 +70,14 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, m
 
     ``use_gradients`` (default: read from the state, :func:`admm_jax.optimizers.needs_gradients`):
     the loss is differentiated (``jax.value_and_grad``) and
-    ``tx.update(grads, state, params)`` is called; without, only a forward pass of the current
-    weights is made (for the batch loss and metric) and ``tx.update(None, state, params,
-    inputs=x, targets=y, indices=indices)`` computes the step, so no backward pass is ever
-    traced. With ``method_loss`` (a method that reports ``batch_loss``, the batch's loss before
-    its step under ``loss_fn``, in its diagnostics) not even that: the step records the
+    ``tx.update(grads, state, params)`` is called (with ``inputs=x, targets=y,
+    indices=indices`` too when a transformation in the state takes the batch,
+    :func:`admm_jax.optimizers.takes_batch_somewhere`: e.g. K-FAC after a clip in a chain);
+    without, only a forward pass of the current weights is made (for the batch loss and
+    metric) and ``tx.update(None, state, params, inputs=x, targets=y, indices=indices)``
+    computes the step, so no backward pass is traced here. With ``method_loss`` (a method
+    that reports ``batch_loss``, the batch's loss before its step under ``loss_fn``, in its
+    diagnostics) not even that: the step records the
     method's ``batch_loss`` as ``loss`` and no training metric. ``metrics`` holds the loss, the
     metric, ``grad_norm`` (with gradients) and every field of the new state's ``diagnostics``
     (:func:`admm_jax.optimizers.diagnostics`) that the step did not already name.
@@ -89,7 +97,9 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, m
                 return loss_fn(out, y).mean(), out
 
             (loss, out), grads = jax.value_and_grad(objective, has_aux=True)(params)
-            updates, new_opt_state = tx.update(grads, opt_state, params)
+            batch = ({"inputs": x, "targets": y, "indices": indices}
+                     if takes_batch_somewhere(opt_state) else {})
+            updates, new_opt_state = tx.update(grads, opt_state, params, **batch)
             reported = diagnostics(new_opt_state)
             metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads)}
         else:
@@ -233,10 +243,29 @@ def _distinct_buffers(tree: Any) -> Any:
     return jax.tree_util.tree_map(once, tree)
 
 
-def _find_multisteps(opt_state: Any) -> bool:
-    leaves = jax.tree_util.tree_leaves(opt_state,
-                                       is_leaf=lambda x: isinstance(x, optax.MultiStepsState))
-    return any(isinstance(x, optax.MultiStepsState) for x in leaves)
+def _check_gradient_free_first(opt_state: Any) -> None:
+    """A method that takes the batch and never reads gradients (``takes_batch`` without
+    ``computes_gradients``) must be what first receives them: a transformation before it (a
+    clip in ``optax.chain``, ``optax.MultiSteps``' accumulation) would act on gradients it
+    ignores, silently."""
+    if not needs_gradients(opt_state):  # it (or a wrapper passing the batch on) comes first
+        return
+    for node in jax.tree_util.tree_leaves(
+            opt_state, is_leaf=lambda n: getattr(type(n), "takes_batch", False) is True):
+        kind = type(node)
+        if getattr(kind, "takes_batch", False) is True and \
+                getattr(kind, "computes_gradients", False) is not True:
+            wrapped = ("optax.MultiSteps" if _nodes_of(opt_state, optax.MultiStepsState)
+                       else "a transformation before it (optax.chain)")
+            raise ValueError(f"optimizer: {kind.__name__} takes the batch instead of "
+                             f"gradients, so {wrapped} would act on gradients it never reads; "
+                             "use it alone or first in a chain (instead of MultiSteps: a "
+                             "larger batch_size)")
+
+
+def _nodes_of(tree: Any, kind: type) -> list:
+    return [x for x in jax.tree_util.tree_leaves(tree, is_leaf=lambda x: isinstance(x, kind))
+            if isinstance(x, kind)]
 
 
 def _check_model_state(model: nnx.Module) -> None:
@@ -249,6 +278,17 @@ def _check_model_state(model: nnx.Module) -> None:
             "default rngs=True), which fit keeps constant between steps; build it without "
             "(nnx.RNN(cell, rngs=False), called with initial_carry=zeros) or train it in an "
             "nnx.jit loop")
+
+
+def method_loss_name(optimizer: Any, opt_state: Any) -> str | None:
+    """The loss a method's ``batch_loss`` is measured with: its state's ``loss_name``, else
+    the ``loss`` it was registered with."""
+    named = [getattr(type(n), "loss_name", None) for n in jax.tree_util.tree_leaves(
+        opt_state, is_leaf=lambda n: hasattr(type(n), "loss_name"))]
+    named = [n for n in named if n is not None]
+    if named:
+        return named[0]
+    return (checks.model_options(optimizer) or {}).get("loss")
 
 
 def _check_model_options(model: nnx.Module, optimizer: Any, num_samples: int) -> None:
@@ -434,18 +474,18 @@ class Trainer:
             opt_state = optimizer.init(params)
         opt_state = _distinct_buffers(opt_state)
         self.uses_gradients = needs_gradients(opt_state)
-        if not self.uses_gradients and _find_multisteps(opt_state):
-            raise ValueError("optimizer: optax.MultiSteps accumulates gradients, but this "
-                             "optimizer takes the batch instead of gradients; use a larger "
-                             "batch_size instead of MultiSteps")
+        _check_gradient_free_first(opt_state)
         kwargs = {k: jnp.asarray(v, jnp.result_type(float) if isinstance(v, float) else None)
                   for k, v in (model_kwargs or {}).items()}
         self.key = jax.random.key(seed)
 
         # a method that reports the batch's loss under this loss saves the forward pass
+        built_for = method_loss_name(optimizer, opt_state)
+        if isinstance(loss, str) and built_for is not None and built_for != loss:
+            raise ValueError(f"optimizer: it was built with loss={built_for!r}, but the "
+                             f"training loss is {loss!r}; build it with loss={loss!r}")
         method_loss = (not self.uses_gradients and "batch_loss" in diagnostics(opt_state)
-                       and isinstance(loss, str)
-                       and (checks.model_options(optimizer) or {}).get("loss") == loss)
+                       and isinstance(loss, str) and built_for == loss)
         step = make_train_step(graphdef, rest, optimizer, self.loss_fn, self.metric_fn,
                                use_gradients=self.uses_gradients, step_key=step_key,
                                method_loss=method_loss)

@@ -49,14 +49,14 @@ def elman_loss(params: Any, dtype: Any) -> jax.Array:
 class Case:
     """One optimizer under test.
 
-    name: test id; make: () -> transformation; params: dtype -> params pytree;
+    name: test id; make: dtype -> transformation; params: dtype -> params pytree;
     model: dtype -> nnx.Module holding those params as ``nnx.Param`` (for nnx.Optimizer);
     extra_args: dtype -> extra kwargs that ``update`` needs (e.g. ``inputs=``, ``targets=``);
     loss: (params, dtype) -> scalar whose gradient is fed to ``update``.
     """
 
     name: str
-    make: Callable[[], optax.GradientTransformationExtraArgs]
+    make: Callable[[Any], optax.GradientTransformationExtraArgs]
     params: Callable[[Any], Any] = elman_params
     model: Callable[[Any], nnx.Module] = elman_model
     extra_args: Callable[[Any], dict[str, Any]] = lambda dtype: {}
@@ -69,18 +69,56 @@ def elman_batch(dtype: Any) -> dict[str, jax.Array]:
             "targets": jnp.arange(N) % OUT}
 
 
+def gru_model(dtype: Any) -> nnx.Module:
+    """A user's Flax model: nnx.Embed, two GRU layers, a Linear head (K-FAC's general case)."""
+    m = admm_jax.StackedRNN("gru", 7, HIDDEN, OUT, layers=2, embed=5, rngs=nnx.Rngs(0))
+    return m if dtype == jnp.float32 else _cast(m, dtype)
+
+
+def _cast(m: nnx.Module, dtype: Any) -> nnx.Module:
+    graphdef, params, rest = nnx.split(m, nnx.Param, ...)
+    return nnx.merge(graphdef, jax.tree.map(lambda v: v.astype(dtype), params), rest)
+
+
+def gru_params(dtype: Any) -> Any:
+    return nnx.state(gru_model(dtype), nnx.Param)
+
+
+def gru_batch(dtype: Any) -> dict[str, jax.Array]:
+    return {"inputs": jax.random.randint(jax.random.key(1), (N, T), 0, 7),
+            "targets": jnp.arange(N) % OUT}
+
+
+def gru_loss(params: Any, dtype: Any) -> jax.Array:
+    graphdef, _, rest = nnx.split(gru_model(dtype), nnx.Param, ...)
+    logits = nnx.merge(graphdef, params, rest)(gru_batch(dtype)["inputs"])
+    return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                           jnp.arange(N) % OUT).mean()
+
+
+def kfac_case(name: str, factory, model, params, batch, loss, **kw) -> Case:
+    return Case(name, lambda dtype: factory(model(dtype), batch(dtype)["inputs"], 0.1, **kw),
+                params=params, model=model, extra_args=batch, loss=loss)
+
+
 CASES: list[Case] = [
-    Case("optax.adam (reference)", lambda: optax.adam(1e-2)),
-    Case("admmirnn", lambda: admm_jax.admmirnn(num_samples=N, seq_len=T),
+    Case("optax.adam (reference)", lambda dtype: optax.adam(1e-2)),
+    Case("admmirnn", lambda dtype: admm_jax.admmirnn(num_samples=N, seq_len=T),
          extra_args=elman_batch),
-    Case("admm_preconditioned", lambda: admm_jax.admm_preconditioned(), extra_args=elman_batch),
-    Case("admm_kfac", lambda: admm_jax.admm_kfac(refresh_every=2), extra_args=elman_batch),
-    Case("novograd", lambda: admm_jax.novograd(1e-2)),
-    Case("novograd+wd+grouped", lambda: admm_jax.novograd(
+    kfac_case("admm_preconditioned", admm_jax.admm_preconditioned, elman_model,
+              lambda d: nnx.state(elman_model(d), nnx.Param), elman_batch,
+              lambda p, d: elman_loss({k: p[k][...] for k in p}, d)),
+    kfac_case("admm_kfac", admm_jax.admm_kfac, elman_model,
+              lambda d: nnx.state(elman_model(d), nnx.Param), elman_batch,
+              lambda p, d: elman_loss({k: p[k][...] for k in p}, d), refresh_every=2),
+    kfac_case("admm_kfac (embed, 2 GRU layers)", admm_jax.admm_kfac, gru_model, gru_params,
+              gru_batch, gru_loss),
+    Case("novograd", lambda dtype: admm_jax.novograd(1e-2)),
+    Case("novograd+wd+grouped", lambda dtype: admm_jax.novograd(
         optax.cosine_decay_schedule(1e-2, 10), weight_decay=optax.constant_schedule(1e-3),
         layers=lambda p: {k: ("rec" if k in "UWb" else "out") for k in p})),
-    Case("random_bases", lambda: admm_jax.random_bases(0.5, 16, seed=0)),
-    Case("random_bases+leaf+rademacher", lambda: admm_jax.random_bases(
+    Case("random_bases", lambda dtype: admm_jax.random_bases(0.5, 16, seed=0)),
+    Case("random_bases+leaf+rademacher", lambda dtype: admm_jax.random_bases(
         0.5, 8, seed=1, compartments="leaf", distribution="rademacher", block_size=3,
         rng="hash")),
 ]
@@ -100,7 +138,7 @@ def dtypes(tree: Any) -> list[Any]:
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "bfloat16"])
 @pytest.mark.parametrize("case", CASES, ids=ids)
 def test_jit_without_recompilation_and_dtypes_preserved(case, dtype):
-    tx = case.make()
+    tx = case.make(dtype)
     params = case.params(dtype)
     extra = case.extra_args(dtype)
     init = jax.jit(tx.init)
@@ -132,8 +170,8 @@ def test_inside_optax_chain_and_unknown_kwargs(case):
     dtype = jnp.float32
     params, extra = case.params(dtype), case.extra_args(dtype)
     g = grads_of(case, params, dtype)
-    alone = case.make()
-    chained = optax.chain(optax.identity(), case.make(), optax.scale(2.0))
+    alone = case.make(dtype)
+    chained = optax.chain(optax.identity(), case.make(dtype), optax.scale(2.0))
     s1, s2 = alone.init(params), chained.init(params)
 
     @jax.jit
@@ -155,7 +193,7 @@ def test_with_nnx_optimizer(case):
     dtype = jnp.float32
     model = case.model(dtype)
     extra = case.extra_args(dtype)
-    tx = case.make()
+    tx = case.make(dtype)
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
 
     # The functional path on the same parameters, for comparison.

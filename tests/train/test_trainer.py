@@ -29,13 +29,18 @@ def weights(m):
     return [np.asarray(v) for v in jax.tree_util.tree_leaves(nnx.state(m, nnx.Param))]
 
 
+def build(name, m, x):
+    kw = {"model": m, "inputs": x[:1]} if optimizers.entry(name).takes_model else {}
+    return optimizers.get(name, **kw)
+
+
 @pytest.mark.parametrize("name", ["adam", "admm_kfac"])
 def test_chunked_run_is_fits_run(name):
     """Steps taken 3 + 5 + 4 at a time give fit's 12 steps: same losses, same weights."""
     x, y = tiny_data()
     m_fit, m_trainer = model(), model()
-    h = fit(m_fit, optimizers.get(name), (x, y), iterations=12, batch_size=16)
-    t = Trainer(m_trainer, optimizers.get(name), (x, y), batch_size=16)
+    h = fit(m_fit, build(name, m_fit, x), (x, y), iterations=12, batch_size=16)
+    t = Trainer(m_trainer, build(name, m_trainer, x), (x, y), batch_size=16)
     assert [t.run(k) for k in (3, 5, 4)] == [3, 5, 4]
     t.finish()
     assert t.history.steps["loss"] == h.steps["loss"]
@@ -50,10 +55,12 @@ def test_runs_stepped_in_turn_are_runs_alone():
     x, y = tiny_data()
     alone = {}
     for name in ("adam", "admm_kfac"):
-        t = Trainer(model(), optimizers.get(name), (x, y), batch_size=16)
+        m = model()
+        t = Trainer(m, build(name, m, x), (x, y), batch_size=16)
         t.run(10)
         alone[name] = t.history.steps["loss"]
-    runs = {n: Trainer(model(), optimizers.get(n), (x, y), batch_size=16) for n in alone}
+    models = {n: model() for n in alone}
+    runs = {n: Trainer(m, build(n, m, x), (x, y), batch_size=16) for n, m in models.items()}
     while any(r.loop.iteration < 10 for r in runs.values()):
         r = min((r for r in runs.values() if r.loop.iteration < 10),
                 key=lambda r: r.loop.train_seconds)
