@@ -140,7 +140,7 @@ def new_run(args, ctx, method, recipe, seed, train, evaluation) -> Run:
     steps = int(args.epochs * (len(x) // args.batch_size))
     tx = make_tx(method, recipe, steps, len(x), x.shape[1], ctx["tokens"])
     return Run(Trainer(ctx["model"](seed), tx, train, batch_size=args.batch_size, seed=seed,
-                       evaluation_data=evaluation), steps)
+                       evaluation=evaluation), steps)
 
 
 def max_spike(chunk_loss: list[float]) -> float:

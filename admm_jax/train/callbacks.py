@@ -18,6 +18,9 @@ from admm_jax.train.history import History
 class Loop:
     """The state of a :func:`admm_jax.train.fit` run, as callbacks see it.
 
+    Its :class:`admm_jax.train.Trainer` is its only writer; a callback may set ``stop`` and
+    the values of ``model_kwargs``.
+
     Attributes:
       history: the run's :class:`admm_jax.train.History` so far.
       iteration: steps done (a resumed run counts its earlier steps).
@@ -28,8 +31,9 @@ class Loop:
       opt_state: the current optimizer state.
       model_kwargs: traced scalars passed to the model; change them with
         :meth:`set_model_kwarg` (same shape and dtype, so no recompilation).
-      total_iterations: the steps this call will run, when known (``iterations`` or
-        ``epochs``); ``None`` for a time budget only.
+      total_iterations: the steps this call will run, when its
+        :class:`admm_jax.train.Stop` says (``iterations`` or ``epochs``); ``None`` for a time
+        budget only.
       budget_seconds: the training-seconds budget, or ``None``.
       metric_name: the evaluation column a callback should watch (``"accuracy"``, or
         ``"loss"`` without a metric).

@@ -3,39 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import optax
 from flax import nnx
 
-from admm_jax import _validation as checks
+from admm_jax import _validation as validation
 from admm_jax.train import losses
 from admm_jax.train.callbacks import Callback, ProgressBar
 from admm_jax.train.checkpoint import Restored
 from admm_jax.train.history import History
-from admm_jax.train.trainer import (
-    DivergenceError,
-    Trainer,
-    check_model_and_optimizer,
-)
+from admm_jax.train.trainer import DivergenceError, Evaluation, Stop, Trainer
 
 DIVERGENCE_POLICIES = ("raise", "stop")
-
-
-class Evaluation(NamedTuple):
-    """When and on what :func:`fit` evaluates.
-
-    data: ``(inputs, targets)`` evaluated with a plain forward pass (no training); every:
-    evaluate every ``every`` iterations; every_seconds: every ``every_seconds`` training
-    seconds (with neither: at the end of each epoch); batch_size: rows per evaluation chunk.
-    The run is also evaluated before the first step and after the last.
-    """
-
-    data: tuple[np.ndarray, np.ndarray]
-    every: int | None = None
-    every_seconds: float | None = None
-    batch_size: int = 500
 
 
 def fit(
@@ -64,9 +45,9 @@ def fit(
     Each step takes a mini-batch ``(x, y, indices)`` (:class:`admm_jax.data.BatchIterator`,
     reshuffled every epoch from ``seed``; a short last batch is dropped) and runs one jitted,
     ahead-of-time compiled step that donates the weights and the optimizer state. ``fit`` is a
-    :class:`Trainer` (the run, advanced a step at a time) driven to a stopping rule, with
-    evaluation periods and callbacks. The loop knows
-    no method: the step is chosen once from the optimizer's state
+    :class:`Trainer` (the run, advanced a step at a time, until its :class:`Stop`) driven with
+    evaluation periods, callbacks and a divergence policy. The loop knows no method: the step is
+    chosen once from the optimizer's state
     (:func:`admm_jax.optimizers.needs_gradients`):
 
     * gradient optimizers: ``loss, g = value_and_grad(mean loss)(params)``, then
@@ -159,28 +140,22 @@ def fit(
         type.
       DivergenceError: a non-finite step with ``on_divergence="raise"``.
     """
-    check_model_and_optimizer(model, optimizer)
-    _check_arguments(epochs, iterations, budget_seconds, on_divergence)
-    ev = _check_evaluation(evaluation)
+    stop = Stop(epochs, iterations, budget_seconds)
+    if stop == Stop():
+        raise ValueError("epochs, iterations, budget_seconds: give at least one stopping rule")
+    validation.one_of("on_divergence", on_divergence, DIVERGENCE_POLICIES)
     trainer = Trainer(model, optimizer, train_data, loss=loss, metric=metric,
-                      batch_size=batch_size, seed=seed, epochs=epochs,
-                      evaluation_data=None if ev is None else ev.data,
+                      batch_size=batch_size, seed=seed, stop=stop, evaluation=evaluation,
                       model_kwargs=model_kwargs, step_key=step_key, resume=resume,
                       validate=validate)
-    loop, history = trainer.loop, trainer.history
-    done = loop.iteration
-    # iterations, like epochs and budget_seconds, counts the whole run, resumed parts included
-    total = None if iterations is None else max(iterations - done, 0)
-    if total is None and epochs is not None:
-        total = max(epochs * trainer.steps_per_epoch - done, 0)
-    loop.total_iterations, loop.budget_seconds = total, budget_seconds
+    loop, history, ev = trainer.loop, trainer.history, trainer.evaluation
     cbs = list(callbacks)
     if progress:
         cbs.append(ProgressBar(progress if isinstance(progress, str) else None))
 
     def run_eval():
         if ev is not None:
-            row = trainer.evaluate(batch_size=ev.batch_size)
+            row = trainer.evaluate()
             for cb in cbs:
                 cb.on_eval_end(loop, row)
 
@@ -192,11 +167,7 @@ def fit(
     last_eval_it = history.last("evals", "iteration", loop.iteration)
     last_eval_t = history.last("evals", "time", loop.train_seconds)
     every_epoch = ev is not None and ev.every is None and ev.every_seconds is None
-    while not loop.stop:
-        if iterations is not None and loop.iteration >= iterations:
-            break
-        if budget_seconds is not None and loop.train_seconds >= budget_seconds:
-            break
+    while True:
         try:
             row, epoch_row = trainer.step()
         except DivergenceError as err:
@@ -205,7 +176,7 @@ def fit(
             if on_divergence == "stop":
                 break
             raise
-        if row is None:
+        if row is None:  # the trainer's stop rule (or a callback's loop.stop)
             break
         if epoch_row is not None:
             if every_epoch:
@@ -229,29 +200,3 @@ def fit(
     for cb in cbs:
         cb.on_train_end(loop)
     return history
-
-
-def _check_arguments(epochs, iterations, budget_seconds, on_divergence) -> None:
-    if epochs is None and iterations is None and budget_seconds is None:
-        raise ValueError("epochs, iterations, budget_seconds: give at least one stopping rule")
-    for name, v in (("epochs", epochs), ("iterations", iterations)):
-        checks.positive_int(name, v, allow_none=True)
-    checks.positive_number("budget_seconds", budget_seconds, allow_none=True)
-    checks.one_of("on_divergence", on_divergence, DIVERGENCE_POLICIES)
-
-
-def _check_evaluation(evaluation: Any) -> Evaluation | None:
-    """``evaluation`` as an :class:`Evaluation` with checked data and periods."""
-    if evaluation is None:
-        return None
-    if not isinstance(evaluation, Evaluation):
-        if isinstance(evaluation, tuple | list) and len(evaluation) == 2:
-            evaluation = Evaluation(tuple(evaluation))
-        else:
-            raise TypeError(f"evaluation: expected an Evaluation or a pair (inputs, targets), "
-                            f"got {type(evaluation).__name__}")
-    checks.positive_int("evaluation.every", evaluation.every, allow_none=True)
-    checks.positive_number("evaluation.every_seconds", evaluation.every_seconds, allow_none=True)
-    checks.positive_int("evaluation.batch_size", evaluation.batch_size)
-    return evaluation  # its data is checked by the Trainer, with the training data
-
