@@ -64,6 +64,9 @@ def positive_int(name: str, v: Any, *, allow_none: bool = False) -> int | None:
 
 def nonnegative_int(name: str, v: Any) -> int:
     """``v`` is an int ``>= 0`` (bools rejected); returns it as a Python int."""
+    if hasattr(v, "shape") and hasattr(v, "dtype") and np.shape(v) == () and \
+            np.issubdtype(np.dtype(v.dtype), np.integer) and not _is_tracer(v):
+        v = int(v)
     if not isinstance(v, int | np.integer) or isinstance(v, bool | np.bool_) or v < 0:
         raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
     return int(v)
@@ -76,6 +79,22 @@ def positive_number(name: str, v: Any, *, allow_none: bool = False) -> None:
     what = f"a finite number > 0{' or None' if allow_none else ''}"
     f = scalar(name, v, what)
     if f is not None and not (math.isfinite(f) and f > 0):
+        raise ValueError(f"{name}: expected {what}, got {v!r}")
+
+
+def finite_number(name: str, v: Any) -> None:
+    """``v`` is a finite real number (checked when concrete)."""
+    f = scalar(name, v, "a finite number")
+    if f is not None and not math.isfinite(f):
+        raise ValueError(f"{name}: expected a finite number, got {v!r}")
+
+
+def fraction(name: str, v: Any, *, include_one: bool = True) -> None:
+    """``v`` is a real number in ``[0, 1]`` (``[0, 1)`` without ``include_one``; checked when
+    concrete)."""
+    what = f"a number in [0, 1{']' if include_one else ')'}"
+    f = scalar(name, v, what)
+    if f is not None and not (0.0 <= f <= 1.0 and (include_one or f < 1.0)):
         raise ValueError(f"{name}: expected {what}, got {v!r}")
 
 

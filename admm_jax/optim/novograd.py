@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from admm_jax import _validation as validation
+from admm_jax._dtypes import compute_dtype
 from admm_jax.optim._groups import GroupSpec, leaf_groups
 
 
@@ -21,15 +23,6 @@ class NovoGradState(NamedTuple):
     count: jax.Array
     mu: optax.Updates
     nu: tuple[jax.Array, ...]
-
-
-def _check_unit(name: str, value: Any) -> None:
-    if isinstance(value, int | float) and not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}: expected a float in [0, 1), got {value!r}")
-
-
-def _compute_dtype(leaves: list[jax.Array]) -> Any:
-    return jnp.result_type(jnp.float32, *(jnp.asarray(x).dtype for x in leaves))
 
 
 def scale_by_novograd(
@@ -82,8 +75,8 @@ def scale_by_novograd(
       Ginsburg et al., "Stochastic Gradient Methods with Layer-wise Adaptive Moments for
       Training of Deep Networks", arXiv:1905.11286, 2019 (Algorithm 1).
     """
-    _check_unit("b1", b1)
-    _check_unit("b2", b2)
+    validation.fraction("b1", b1, include_one=False)
+    validation.fraction("b2", b2, include_one=False)
     if isinstance(eps, int | float) and eps < 0:
         raise ValueError(f"eps: expected a float >= 0, got {eps!r}")
     wd_is_zero = not callable(weight_decay) and isinstance(weight_decay, int | float) and (
@@ -97,7 +90,7 @@ def scale_by_novograd(
             lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.asarray(p).dtype), params
         )
         nu = tuple(
-            jnp.zeros([], _compute_dtype([leaves[i] for i in g])) for g in groups
+            jnp.zeros([], compute_dtype(*(leaves[i] for i in g))) for g in groups
         )
         return NovoGradState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
