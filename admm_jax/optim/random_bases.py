@@ -10,7 +10,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from admm_jax import _validation as validation
+from admm_jax._dtypes import compute_dtype
+from admm_jax.optim import hadamard
 from admm_jax.optim._groups import GroupSpec, leaf_groups
+from admm_jax.optim.counter_hash import hash_rows
 
 DISTRIBUTIONS = ("hadamard", "rademacher", "normal", "uniform")
 RNGS = ("threefry", "hash")
@@ -50,77 +54,6 @@ def _check_distribution(distribution: Any) -> None:
         )
 
 
-def _fmix32(x: jax.Array) -> jax.Array:
-    """MurmurHash3's 32-bit finaliser: a bijection with full avalanche."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = x * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
-def _hash_words(key: jax.Array, index: jax.Array, n_words: int) -> jax.Array:
-    """``[len(index), n_words]`` uint32: word ``w`` of basis vector ``j``, ``j`` in ``index``.
-
-    ``fmix32(fmix32(a_w ^ b_j))``, ``a_w = fmix32(w * golden + k0)`` (shared by all rows)
-    and ``b_j = fmix32(j * c + k1)``: a 2-D counter hash, so a row never depends on the
-    block it is generated in, and no counter wraps for ``dim * D < 2^64``.
-    """
-    k = jax.random.key_data(key).reshape(-1)
-    a = _fmix32(jnp.arange(n_words, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9) + k[0])
-    b = _fmix32(index.astype(jnp.uint32) * jnp.uint32(0x85EBCA77) + k[-1])
-    return _fmix32(_fmix32(a[None, :] ^ b[:, None]))
-
-
-def _unpack_signs(words: jax.Array, size: int, dtype: Any) -> jax.Array:
-    """Bit-packed Rademacher: ``[B, W]`` uint32 -> ``[B, size]`` signs in ``dtype``.
-
-    Bit ``k`` of word ``w`` is entry ``k * W + w`` (bit-major: each of the 32 static masks
-    acts on a contiguous run of words, one fused select per entry); ``+1`` for a 0 bit,
-    ``-1`` for a 1 bit.
-    """
-    one, minus = jnp.asarray(1, dtype), jnp.asarray(-1, dtype)
-    parts = [jnp.where((words & jnp.uint32(1 << k)) == 0, one, minus) for k in range(32)]
-    return jnp.concatenate(parts, axis=1)[:, :size]
-
-
-def _halves(words: jax.Array) -> jax.Array:
-    """``[B, W]`` uint32 -> ``[B, 2W]`` float32 uniforms ``(h + 1/2) / 2^16`` in (0, 1), from
-    the high (entries ``0..W-1``) and low (entries ``W..2W-1``) 16-bit halves."""
-    h = jnp.concatenate([words >> 16, words & jnp.uint32(0xFFFF)], axis=1)
-    return (h.astype(jnp.float32) + 0.5) * (2.0 ** -16)
-
-
-def _normal16(words: jax.Array, size: int, dtype: Any) -> jax.Array:
-    """Normals by the inverse CDF of 16-bit uniforms, two per word.
-
-    ``z = sqrt(2) erfinv(2u - 1)`` on the symmetric grid ``u = (h + 1/2) / 2^16``: exactly
-    zero-mean, ``|z| <= 4.3`` (normal mass beyond: 2e-5), variance ``1 - 3e-4``.
-    """
-    u = _halves(words)
-    return (math.sqrt(2.0) * jax.lax.erf_inv(2.0 * u - 1.0))[:, :size].astype(dtype)
-
-
-def _uniform16(words: jax.Array, size: int, dtype: Any) -> jax.Array:
-    """Uniform on ``(-sqrt 3, sqrt 3)`` from 16-bit uniforms, two per word."""
-    return ((2.0 * _halves(words) - 1.0) * _SQRT3)[:, :size].astype(dtype)
-
-
-_PER_WORD = {"rademacher": 32, "normal": 2, "uniform": 2}
-
-
-def _hash_block(distribution: str, key: jax.Array, index: jax.Array, size: int,
-                dtype: Any) -> jax.Array:
-    """Raw rows ``index`` (``[B, size]``, mean 0, variance 1) from the packed counter hash."""
-    per = _PER_WORD[distribution]
-    words = _hash_words(key, index, -(-size // per))
-    if distribution == "rademacher":
-        return _unpack_signs(words, size, dtype)
-    if distribution == "normal":
-        return _normal16(words, size, dtype)
-    return _uniform16(words, size, dtype)
-
-
 def _sample(distribution: str | Sampler, key: jax.Array, index: jax.Array, size: int,
             dtype: Any) -> jax.Array:
     """One raw threefry basis vector: ``size`` i.i.d. entries with mean 0 and variance 1."""
@@ -145,90 +78,18 @@ def basis_block(distribution: str | Sampler, step_key: jax.Array, index: jax.Arr
     Row ``j`` depends only on ``(step_key, j)``, never on the block it is generated in (the
     block size changes memory, never the maths): with ``rng="threefry"`` it is drawn from
     ``fold_in(step_key, j)``; with ``rng="hash"`` from the 2-D counter hash
-    (:func:`_hash_words`), bit-packed (32 Rademacher signs or 2 normals/uniforms per word);
-    ``"hadamard"`` rows are ``s * H[r_j]`` (see :func:`scale_by_random_bases`).
+    (:mod:`admm_jax.optim.counter_hash`), bit-packed (32 Rademacher signs or 2
+    normals/uniforms per word); ``"hadamard"`` rows are ``s * H[r_j]`` (see
+    :func:`scale_by_random_bases`).
     """
     if distribution == "hadamard":
-        raw = _hadamard_rows(step_key, index, size, dtype)
+        raw = hadamard.basis_rows(step_key, index, size, dtype)
     elif rng == "hash" and isinstance(distribution, str):
-        raw = _hash_block(distribution, step_key, index, size, dtype)
+        raw = hash_rows(distribution, step_key, index, size, dtype)
     else:
         keys = jax.vmap(jax.random.fold_in, (None, 0))(step_key, index)
         raw = jax.vmap(lambda k, j: _sample(distribution, k, j, size, dtype))(keys, index)
     return raw * jnp.asarray(1.0 / math.sqrt(size), dtype)
-
-
-# --- structured basis: subsampled randomised Hadamard transform --------------------------
-
-_SIGN_ROW = 0xFFFFFFFF  # hash row of the Hadamard signs (basis rows are 0 .. dim-1)
-
-
-def _pow2(size: int) -> int:
-    return 1 << max(0, (size - 1).bit_length())
-
-
-def _hadamard_signs(step_key: jax.Array, size: int, dtype: Any) -> jax.Array:
-    words = _hash_words(step_key, jnp.asarray([_SIGN_ROW], jnp.uint32), -(-size // 32))
-    return _unpack_signs(words, size, dtype)[0]
-
-
-def _hadamard_row_ids(step_key: jax.Array, index: jax.Array, n: int) -> jax.Array:
-    """Row ``r_j`` of ``H_n`` used by basis vector ``j``: uniform on ``0..n-1``, with
-    replacement (so ``E[E E^T] = (d/D) I`` exactly, as for i.i.d. bases)."""
-    w = _hash_words(step_key, index, 1)[:, 0]
-    return (w & jnp.uint32(n - 1)).astype(jnp.int32)
-
-
-def _hadamard_rows(step_key: jax.Array, index: jax.Array, size: int, dtype: Any) -> jax.Array:
-    """``[B, size]`` raw rows ``s_i H[r_j, i]``, ``H[r, i] = (-1)^popcount(r & i)`` (for tests
-    and inspection; the optimizer applies them with the fast transform)."""
-    r = _hadamard_row_ids(step_key, index, _pow2(size)).astype(jnp.uint32)
-    i = jnp.arange(size, dtype=jnp.uint32)
-    parity = jax.lax.population_count(r[:, None] & i[None, :]) & jnp.uint32(1)
-    return (1.0 - 2.0 * parity.astype(dtype)) * _hadamard_signs(step_key, size, dtype)
-
-
-def _fwht(x: jax.Array, chunk_bits: int = 4) -> jax.Array:
-    """Unnormalised Walsh-Hadamard transform ``H_n x`` (Sylvester order) of ``x [n]``, ``n = 2^k``.
-
-    ``H_n`` is the Kronecker product of small dense ``H_{2^b}`` (``b <= chunk_bits``), one per
-    group of index bits: each pass multiplies the top group by ``H_{2^b}`` and moves it to the
-    bottom (``X^T H``), so after all groups the order is restored; ``n * sum(2^b)``
-    multiply-adds, exact for the +-1 entries (4-bit groups measured fastest on CPU).
-    """
-    n = x.shape[0]
-    k = n.bit_length() - 1
-    sizes = [chunk_bits] * (k // chunk_bits) + ([k % chunk_bits] if k % chunk_bits else [])
-    hi = jax.lax.Precision.HIGHEST
-    for b in sizes:
-        h = jnp.asarray(_sylvester(b), x.dtype)
-        x = jnp.dot(x.reshape(1 << b, -1).T, h, precision=hi).reshape(n)
-    return x
-
-
-def _sylvester(bits: int) -> Any:
-    import numpy as np
-
-    r = np.arange(1 << bits)
-    parity = np.vectorize(lambda v: bin(v).count("1") & 1)(r[:, None] & r[None, :])
-    return 1.0 - 2.0 * parity
-
-
-def _hadamard_project(g: jax.Array, step_key: jax.Array, dim: int) -> jax.Array:
-    size = g.shape[0]
-    n = _pow2(size)
-    s = _hadamard_signs(step_key, size, g.dtype)
-    hg = _fwht(jnp.zeros(n, g.dtype).at[:size].set(s * g))
-    r = _hadamard_row_ids(step_key, jnp.arange(dim), n)
-    return hg[r] * jnp.asarray(1.0 / math.sqrt(size), g.dtype)
-
-
-def _hadamard_reconstruct(c: jax.Array, step_key: jax.Array, size: int) -> jax.Array:
-    n = _pow2(size)
-    r = _hadamard_row_ids(step_key, jnp.arange(c.shape[0]), n)
-    z = _fwht(jnp.zeros(n, c.dtype).at[r].add(c))
-    s = _hadamard_signs(step_key, size, c.dtype)
-    return s * z[:size] * jnp.asarray(1.0 / math.sqrt(size), c.dtype)
 
 
 # --- block-by-block projection ------------------------------------------------------------
@@ -243,8 +104,8 @@ def project_and_reconstruct(g: jax.Array, step_key: jax.Array, dim: int, block_s
     ``[B, D]`` block, never the ``[dim, D]`` basis. ``"hadamard"``: two fast transforms.
     """
     if distribution == "hadamard":
-        c = _hadamard_project(g, step_key, dim)
-        return _hadamard_reconstruct(c, step_key, g.shape[0]), c
+        c = hadamard.project(g, step_key, dim)
+        return hadamard.reconstruct(c, step_key, g.shape[0]), c
     size = g.shape[0]
     block = min(block_size, dim)
     n_blocks = -(-dim // block)
@@ -267,7 +128,7 @@ def project(g: jax.Array, step_key: jax.Array, dim: int, block_size: int,
             distribution: str | Sampler, rng: str = "hash") -> jax.Array:
     """The coordinates ``E^T g [dim]`` of a flat compartment gradient ``g [D]``, block by block."""
     if distribution == "hadamard":
-        return _hadamard_project(g, step_key, dim)
+        return hadamard.project(g, step_key, dim)
     size = g.shape[0]
     block = min(block_size, dim)
     n_blocks = -(-dim // block)
@@ -287,7 +148,7 @@ def reconstruct(c: jax.Array, step_key: jax.Array, size: int, block_size: int,
     coordinates ``c [dim]`` give, block by block (what a worker does with another's
     coordinates)."""
     if distribution == "hadamard":
-        return _hadamard_reconstruct(c, step_key, size)
+        return hadamard.reconstruct(c, step_key, size)
     dim = c.shape[0]
     block = min(block_size, dim)
     n_blocks = -(-dim // block)
@@ -317,10 +178,6 @@ def _resolve_dims(dim: int | Sequence[int], n: int) -> tuple[int, ...]:
     if any(d <= 0 for d in dims):
         raise ValueError(f"dim: expected positive dimensions, got {dim!r}")
     return dims
-
-
-def _compute_dtype(leaves: Sequence[jax.Array]) -> Any:
-    return jnp.result_type(jnp.float32, *(jnp.asarray(x).dtype for x in leaves))
 
 
 def scale_by_random_bases(
@@ -415,19 +272,15 @@ def scale_by_random_bases(
       Bases", NeurIPS 2020, arXiv:2011.04720.
     """
     _check_distribution(distribution)
-    if rng not in RNGS:
-        raise ValueError(f"rng: expected one of {RNGS}, got {rng!r}")
-    if not isinstance(block_size, int) or block_size <= 0:
-        raise ValueError(f"block_size: expected a positive int, got {block_size!r}")
+    validation.one_of("rng", rng, RNGS)
+    block_size = validation.positive_int("block_size", block_size)
     _base_key(seed)  # validate now
     if isinstance(dim, int):
         _resolve_dims(dim, 1)
     if (axis_name is None) != (axis_size is None):
         raise ValueError(f"axis_name, axis_size: give both or neither (got {axis_name!r}, "
                          f"{axis_size!r})")
-    if axis_size is not None and (not isinstance(axis_size, int) or isinstance(axis_size, bool)
-                                  or axis_size <= 0):
-        raise ValueError(f"axis_size: expected a positive int, got {axis_size!r}")
+    axis_size = validation.positive_int("axis_size", axis_size, allow_none=True)
     workers = () if axis_size is None else (axis_size,)
 
     def init_fn(params):
@@ -435,7 +288,7 @@ def scale_by_random_bases(
         groups = leaf_groups(params, compartments, name="compartments")
         dims = _resolve_dims(dim, len(groups))
         coords = tuple(
-            jnp.zeros((*workers, d), _compute_dtype([leaves[i] for i in g]))
+            jnp.zeros((*workers, d), compute_dtype(*(leaves[i] for i in g)))
             for d, g in zip(dims, groups, strict=True)
         )
         return RandomBasesState(count=jnp.zeros([], jnp.int32), coordinates=coords)
@@ -598,7 +451,7 @@ def random_bases_vector(
     if not 0 <= compartment < len(groups):
         raise ValueError(f"compartment: expected 0..{len(groups) - 1}, got {compartment!r}")
     group = groups[compartment]
-    cdt = _compute_dtype([leaves[i] for i in group])
+    cdt = compute_dtype(*(leaves[i] for i in group))
     size = sum(leaves[i].size for i in group)
     key = _step_key(_base_key(seed), compartment, step, worker)
     e = basis_block(distribution, key, jnp.asarray([index]), size, cdt, rng)[0]
