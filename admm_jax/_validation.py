@@ -2,7 +2,7 @@
 expected and what was received.
 
 Shape and type checks are cheap and may run at trace time; value checks (finite data, labels in
-range) read concrete arrays, so they run only where data enters from the host (:func:`fit`),
+range) read concrete arrays, so they run only where data enters from the host (`fit`),
 never inside a jitted step.
 """
 
@@ -184,7 +184,7 @@ def labels(name: str, y: Any, num_classes: int) -> None:
 def same_structure(name: str, got: Any, want: Any, *, what: str = "the model") -> None:
     """``got`` has ``want``'s tree structure and every leaf its shape and dtype.
 
-    ``want`` may hold arrays or ``jax.ShapeDtypeStruct`` s (e.g. from ``jax.eval_shape``).
+    ``want`` may hold arrays or ``jax.ShapeDtypeStruct``s (e.g. from ``jax.eval_shape``).
     """
     g_leaves, g_def = jax.tree_util.tree_flatten_with_path(got)
     w_leaves, w_def = jax.tree_util.tree_flatten_with_path(want)
@@ -215,14 +215,14 @@ _MODEL_OPTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def register_model_options(tx: Any, **options: Any) -> Any:
     """Record the model options (``activation``, ``many_to_many``, ``loss``) a transformation
-    was built for, so that :func:`admm_jax.train.fit` and :func:`admm_jax.adapt_flax_rnn` can
+    was built for, so that [`admm_jax.train.fit`][] and [`admm_jax.adapt_flax_rnn`][] can
     check them against the model; returns ``tx``."""
     _MODEL_OPTIONS[tx.update] = dict(options)
     return tx
 
 
 def model_options(tx: Any) -> dict[str, Any] | None:
-    """The options recorded by :func:`register_model_options` for ``tx`` (else ``None``)."""
+    """The options recorded by `register_model_options` for ``tx`` (else ``None``)."""
     try:
         return _MODEL_OPTIONS.get(tx.update)
     except (AttributeError, TypeError):

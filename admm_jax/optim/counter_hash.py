@@ -2,7 +2,7 @@
 
 Entry ``w`` of row ``j`` is a function of ``(key, j, w)`` only, so a row never depends on the
 block it is generated in; one 32-bit word holds 32 Rademacher signs or two 16-bit uniforms
-(or normals). Random-bases descent (:mod:`admm_jax.optim.random_bases`) draws its bases
+(or normals). Random-bases descent ([`admm_jax.optim.random_bases`][]) draws its bases
 from it, where ``jax.random`` (one threefry key per row) costs most of a CPU step.
 """
 
@@ -36,12 +36,13 @@ def hash_words(key: jax.Array, index: jax.Array, n_words: int) -> jax.Array:
     never depends on the block it is generated in, and no counter wraps for
     ``rows * words < 2^64``.
 
-    >>> import jax
-    >>> words = hash_words(jax.random.key(0), jnp.arange(4), 3)
-    >>> words.shape, words.dtype
-    ((4, 3), dtype('uint32'))
-    >>> bool((hash_words(jax.random.key(0), jnp.arange(2, 4), 3) == words[2:]).all())
-    True
+    Examples:
+      >>> import jax
+      >>> words = hash_words(jax.random.key(0), jnp.arange(4), 3)
+      >>> words.shape, words.dtype
+      ((4, 3), dtype('uint32'))
+      >>> bool((hash_words(jax.random.key(0), jnp.arange(2, 4), 3) == words[2:]).all())
+      True
     """
     k = jax.random.key_data(key).reshape(-1)
     a = fmix32(jnp.arange(n_words, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9) + k[0])
@@ -87,7 +88,7 @@ def uniform16(words: jax.Array, size: int, dtype: Any) -> jax.Array:
 def hash_rows(distribution: str, key: jax.Array, index: jax.Array, size: int,
               dtype: Any) -> jax.Array:
     """Rows ``index`` (``[B, size]``) of i.i.d. entries with mean 0 and variance 1 drawn from
-    ``distribution`` (one of :data:`DISTRIBUTIONS`), bit-packed in the counter hash."""
+    ``distribution`` (one of `DISTRIBUTIONS`), bit-packed in the counter hash."""
     words = hash_words(key, index, -(-size // PER_WORD[distribution]))
     if distribution == "rademacher":
         return unpack_signs(words, size, dtype)

@@ -2,8 +2,8 @@
 the subsampled randomised Hadamard basis of random-bases descent, applied with it.
 
 The basis of a step, ``e_j = s * H_n[r_j, :D] / sqrt(D)``, ``n = next_pow2(D)``, takes its
-signs ``s`` and rows ``r_j`` from the counter hash (:mod:`admm_jax.optim.counter_hash`) keyed
-by the step's key: :func:`project` and :func:`reconstruct` apply it with one transform each.
+signs ``s`` and rows ``r_j`` from the counter hash (`admm_jax.optim.counter_hash`) keyed
+by the step's key: `project` and `reconstruct` apply it with one transform each.
 """
 
 from __future__ import annotations
@@ -28,9 +28,10 @@ def next_pow2(size: int) -> int:
 def sylvester(bits: int) -> np.ndarray:
     """The Sylvester Hadamard matrix of order ``2^bits``: ``H[r, i] = (-1)^popcount(r & i)``.
 
-    >>> sylvester(1)
-    array([[ 1.,  1.],
-           [ 1., -1.]])
+    Examples:
+      >>> sylvester(1)
+      array([[ 1.,  1.],
+             [ 1., -1.]])
     """
     r = np.arange(1 << bits)
     parity = np.vectorize(lambda v: bin(v).count("1") & 1)(r[:, None] & r[None, :])
@@ -45,8 +46,9 @@ def fwht(x: jax.Array, chunk_bits: int = 4) -> jax.Array:
     bottom (``X^T H``), so after all groups the order is restored; ``n * sum(2^b)``
     multiply-adds, exact for the +-1 entries (4-bit groups measured fastest on CPU).
 
-    >>> fwht(jnp.array([1.0, 0.0, 0.0, 0.0]))  # the first column of H_4
-    Array([1., 1., 1., 1.], dtype=float32)
+    Examples:
+      >>> fwht(jnp.array([1.0, 0.0, 0.0, 0.0]))  # the first column of H_4
+      Array([1., 1., 1., 1.], dtype=float32)
     """
     n = x.shape[0]
     k = n.bit_length() - 1
@@ -62,9 +64,10 @@ def srht(x: jax.Array, signs: jax.Array, rows: jax.Array) -> jax.Array:
     """The coordinates ``E^T x`` of ``x [D]`` in the subsampled randomised Hadamard basis
     ``e_j = signs * H_n[rows[j], :D] / sqrt(D)`` (``n = next_pow2(D)``): one fast transform.
 
-    >>> x = jnp.array([3.0, 4.0])
-    >>> (srht(x, jnp.ones(2), jnp.array([0, 1])) * 2 ** 0.5).round(4)  # H_2 x
-    Array([ 7., -1.], dtype=float32)
+    Examples:
+      >>> x = jnp.array([3.0, 4.0])
+      >>> (srht(x, jnp.ones(2), jnp.array([0, 1])) * 2 ** 0.5).round(4)  # H_2 x
+      Array([ 7., -1.], dtype=float32)
     """
     size = x.shape[0]
     hx = fwht(jnp.zeros(next_pow2(size), x.dtype).at[:size].set(signs * x))
@@ -72,7 +75,7 @@ def srht(x: jax.Array, signs: jax.Array, rows: jax.Array) -> jax.Array:
 
 
 def srht_transpose(c: jax.Array, signs: jax.Array, rows: jax.Array) -> jax.Array:
-    """``E c [D]``, the step the coordinates ``c [d]`` give in the basis of :func:`srht`
+    """``E c [D]``, the step the coordinates ``c [d]`` give in the basis of `srht`
     (``D = len(signs)``): one fast transform, ``H_n`` being symmetric."""
     size = signs.shape[0]
     z = fwht(jnp.zeros(next_pow2(size), c.dtype).at[rows].add(c))
@@ -94,7 +97,7 @@ def row_ids(step_key: jax.Array, index: jax.Array, n: int) -> jax.Array:
 
 def basis_rows(step_key: jax.Array, index: jax.Array, size: int, dtype: Any) -> jax.Array:
     """``[B, size]`` raw rows ``s_i H[r_j, i]``, ``H[r, i] = (-1)^popcount(r & i)`` (for tests
-    and inspection; :func:`project` and :func:`reconstruct` apply them with the transform)."""
+    and inspection; `project` and `reconstruct` apply them with the transform)."""
     r = row_ids(step_key, index, next_pow2(size)).astype(jnp.uint32)
     i = jnp.arange(size, dtype=jnp.uint32)
     parity = jax.lax.population_count(r[:, None] & i[None, :]) & jnp.uint32(1)

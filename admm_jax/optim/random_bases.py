@@ -23,11 +23,12 @@ _SQRT3 = math.sqrt(3.0)
 
 
 class RandomBasesState(NamedTuple):
-    """State of :func:`scale_by_random_bases`.
+    r"""State of [`scale_by_random_bases`][admm_jax.scale_by_random_bases].
 
-    count: steps taken (int32 scalar), the ``step`` in the basis keys;
-    coordinates: the last step's coordinates :math:`c = E^\\top g`, one ``[dim_k]`` array per
-    compartment (what workers exchange in the distributed variant).
+    Attributes:
+      count: steps taken (int32 scalar), the ``step`` in the basis keys.
+      coordinates: the last step's coordinates \( c = E^\top g \), one ``[dim_k]`` array per
+        compartment (what workers exchange in the distributed variant).
     """
 
     count: jax.Array
@@ -78,9 +79,9 @@ def basis_block(distribution: str | Sampler, step_key: jax.Array, index: jax.Arr
     Row ``j`` depends only on ``(step_key, j)``, never on the block it is generated in (the
     block size changes memory, never the maths): with ``rng="threefry"`` it is drawn from
     ``fold_in(step_key, j)``; with ``rng="hash"`` from the 2-D counter hash
-    (:mod:`admm_jax.optim.counter_hash`), bit-packed (32 Rademacher signs or 2
+    (`admm_jax.optim.counter_hash`), bit-packed (32 Rademacher signs or 2
     normals/uniforms per word); ``"hadamard"`` rows are ``s * H[r_j]`` (see
-    :func:`scale_by_random_bases`).
+    [`scale_by_random_bases`][admm_jax.scale_by_random_bases]).
     """
     if distribution == "hadamard":
         raw = hadamard.basis_rows(step_key, index, size, dtype)
@@ -194,30 +195,31 @@ def scale_by_random_bases(
 ) -> optax.GradientTransformationExtraArgs:
     r"""Replace the gradient by its projection onto a random ``dim``-dimensional subspace.
 
-    For each compartment :math:`k` (a group of leaves, flattened to :math:`D_k` entries):
+    For each compartment \( k \) (a group of leaves, flattened to \( D_k \) entries):
 
-    .. math::
-        E_k = \varepsilon / \sqrt{D_k},\quad \varepsilon_{ij}\ \text{i.i.d., mean 0, var 1},
-        \qquad c_k = E_k^\top g_k,\qquad \hat g_k = E_k c_k
+    $$
+    E_k = \varepsilon / \sqrt{D_k},\quad \varepsilon_{ij}\ \text{i.i.d., mean 0, var 1},
+    \qquad c_k = E_k^\top g_k,\qquad \hat g_k = E_k c_k
+    $$
 
-    so :math:`\mathbb E[E_k E_k^\top] = (d_k/D_k) I` and every basis vector has norm
-    :math:`\approx 1` (the paper's normalisation, ``N(0, 1)/sqrt(D)``). For i.i.d. bases
-    :math:`\cos(\hat g, g) \approx \sqrt{d_k/D_k}`. Basis vector :math:`j` depends only on
+    so \( \mathbb E[E_k E_k^\top] = (d_k/D_k) I \) and every basis vector has norm
+    \( \approx 1 \) (the paper's normalisation, ``N(0, 1)/sqrt(D)``). For i.i.d. bases
+    \( \cos(\hat g, g) \approx \sqrt{d_k/D_k} \). Basis vector \( j \) depends only on
     ``(seed, k, step, worker, j)`` (``worker`` only when given); it is regenerated in blocks
     of ``block_size`` vectors inside the projection and never stored whole.
 
     The DEFAULT basis is ``"hadamard"``, a STRUCTURED basis, not the paper's i.i.d.
     Gaussian: the subsampled randomised Hadamard transform,
-    :math:`e_j = s \odot H_{r_j,:D} / \sqrt{D}`, with random signs :math:`s` (per step,
-    worker and compartment) and rows :math:`r_j` drawn uniformly (with replacement) from the
-    Sylvester Hadamard matrix of size :math:`2^{\lceil \log_2 D \rceil}`. Both projections
-    are then fast Walsh-Hadamard transforms, :math:`O(D \log D)` work and :math:`O(D)`
-    memory instead of :math:`O(dD)` for an i.i.d. basis, whose generation dominates the step
+    \( e_j = s \odot H_{r_j,:D} / \sqrt{D} \), with random signs \( s \) (per step,
+    worker and compartment) and rows \( r_j \) drawn uniformly (with replacement) from the
+    Sylvester Hadamard matrix of size \( 2^{\lceil \log_2 D \rceil} \). Both projections
+    are then fast Walsh-Hadamard transforms, \( O(D \log D) \) work and \( O(D) \)
+    memory instead of \( O(dD) \) for an i.i.d. basis, whose generation dominates the step
     on a CPU (measured step costs against SGD: docs/random_bases.md). Entries are
-    :math:`\pm 1/\sqrt D`, zero-mean, :math:`\mathbb E[E E^\top] = (d/D) I` and
-    :math:`\mathbb E\|E^\top g\|^2 = (d/D)\|g\|^2` as for i.i.d. bases, and the cosine is
-    :math:`\approx\sqrt{d/D}` (tested); but the vectors of one step are not independent
-    (:math:`e_j \odot e_{j'}` is a Hadamard row: pairs are uncorrelated on average, nearly
+    \( \pm 1/\sqrt D \), zero-mean, \( \mathbb E[E E^\top] = (d/D) I \) and
+    \( \mathbb E\|E^\top g\|^2 = (d/D)\|g\|^2 \) as for i.i.d. bases, and the cosine is
+    \( \approx\sqrt{d/D} \) (tested); but the vectors of one step are not independent
+    (\( e_j \odot e_{j'} \) is a Hadamard row: pairs are uncorrelated on average, nearly
     orthogonal). ``distribution="normal"`` gives the paper's Gaussian basis, ``"rademacher"``
     i.i.d. signs (bit-packed: 32 per hash word).
 
@@ -226,8 +228,8 @@ def scale_by_random_bases(
         directions) or a sequence, one per compartment (to split a total budget).
       seed: an int or a PRNG key; the trajectory is a deterministic function of it.
       distribution: ``"hadamard"`` (default, structured, see above); ``"rademacher"``,
-        ``"normal"`` (the paper's) or ``"uniform"`` (on :math:`\pm\sqrt 3`), all i.i.d.,
-        zero-mean, unit variance before the :math:`1/\sqrt{D_k}`; or a callable
+        ``"normal"`` (the paper's) or ``"uniform"`` (on \( \pm\sqrt 3 \)), all i.i.d.,
+        zero-mean, unit variance before the \( 1/\sqrt{D_k} \); or a callable
         ``(key, index, size, dtype) -> [size]`` returning raw vector ``index``.
       compartments: ``"model"`` (one basis for all parameters, default), ``"leaf"`` (one per
         leaf), a label pytree (prefix of the parameters) or a function ``params -> labels``.
@@ -243,21 +245,22 @@ def scale_by_random_bases(
         callable ``distribution`` and by ``"hadamard"`` (signs and rows come from the hash).
       axis_name: data-parallel mode, for ``update`` called inside ``jax.shard_map`` (or any
         context binding this mesh axis) with each device's LOCAL gradient. Device ``w``
-        (``lax.axis_index``) draws its own basis :math:`E^{(w)}` from
+        (``lax.axis_index``) draws its own basis \( E^{(w)} \) from
         ``fold_in(..., step, w)``, projects its gradient, and only the coordinates travel: one
         all-gather of ``axis_size * dim`` numbers per step (against ``D`` for a gradient
         all-reduce). Every device then regenerates every worker's basis and returns the same
-        step :math:`\tfrac1W \sum_w E^{(w)} c^{(w)}` (the mean, so the scale matches a
+        step \( \tfrac1W \sum_w E^{(w)} c^{(w)} \) (the mean, so the scale matches a
         gradient mean), bit-identical on all devices, at ``W`` times the basis-generation cost.
       axis_size: ``W``, the number of devices along ``axis_name`` (required with it: the state
         stores all workers' coordinates).
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` with state :class:`RandomBasesState`
-      (with ``axis_name``, ``coordinates`` are ``[axis_size, dim_k]``: every worker's, the
-      same on all devices). Its ``update`` accepts the extra argument ``worker`` (an int or
-      traced int32): each worker of a data-parallel run draws its own basis (with
-      ``axis_name`` the worker is the device index and ``worker`` is not accepted).
+      An ``optax.GradientTransformationExtraArgs`` with state
+      [`RandomBasesState`][admm_jax.RandomBasesState] (with ``axis_name``, ``coordinates`` are
+      ``[axis_size, dim_k]``: every worker's, the same on all devices). Its ``update`` accepts the
+      extra argument ``worker`` (an int or traced int32): each worker of a data-parallel run draws
+      its own basis (with ``axis_name`` the worker is the device index and ``worker`` is not
+      accepted).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -374,18 +377,19 @@ def random_bases(
 ) -> optax.GradientTransformationExtraArgs:
     r"""Random-bases descent (Gressmann et al. 2020): SGD in a random subspace redrawn each step.
 
-    .. math::
-        c_t = E_t^\top g_t,\qquad w_{t+1} = w_t - \eta_t E_t c_t,\qquad
-        E_t = \varepsilon_t / \sqrt{D}
+    $$
+    c_t = E_t^\top g_t,\qquad w_{t+1} = w_t - \eta_t E_t c_t,\qquad
+    E_t = \varepsilon_t / \sqrt{D}
+    $$
 
-    with a fresh basis :math:`E_t \in \mathbb R^{D \times d}` per step and compartment (see
-    :func:`scale_by_random_bases` for the arguments, the key derivation and the memory
-    bound). ``redraw=False`` gives fixed projection descent (FPD). To add momentum or
-    clipping, chain :func:`scale_by_random_bases` with optax transforms, e.g.
-    ``optax.chain(scale_by_random_bases(250, seed=0), optax.trace(0.9), optax.scale(-lr))``.
+    with a fresh basis \( E_t \in \mathbb R^{D \times d} \) per step and compartment (see
+    [`scale_by_random_bases`][admm_jax.scale_by_random_bases] for the arguments, the key derivation
+    and the memory bound). ``redraw=False`` gives fixed projection descent (FPD). To add momentum or
+    clipping, chain [`scale_by_random_bases`][admm_jax.scale_by_random_bases] with optax transforms,
+    e.g. ``optax.chain(scale_by_random_bases(250, seed=0), optax.trace(0.9), optax.scale(-lr))``.
 
     Args:
-      learning_rate: :math:`\eta`, a float or an optax schedule (the paper: 1.0 for the
+      learning_rate: \( \eta \), a float or an optax schedule (the paper: 1.0 for the
         784-128-10 MNIST MLP at ``dim=250``, batch 32).
       dim: directions per compartment (int) or one per compartment (sequence).
       seed: int or PRNG key.
@@ -397,7 +401,7 @@ def random_bases(
       rng: ``"hash"`` (default, packed counter hash) or ``"threefry"`` (``jax.random``).
       axis_name, axis_size: data-parallel RBD inside ``jax.shard_map``: each device draws its
         own basis and only the coordinates are all-gathered (see
-        :func:`scale_by_random_bases`).
+        [`scale_by_random_bases`][admm_jax.scale_by_random_bases]).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; state

@@ -56,7 +56,7 @@ def data(name: str, pair: Any, validate: bool) -> tuple[np.ndarray, np.ndarray]:
 
 
 def resume(value: Any) -> Restored:
-    """``value`` (``None``: a fresh run) as a :class:`admm_jax.train.Restored` whose position
+    """``value`` (``None``: a fresh run) as a [`admm_jax.train.Restored`][] whose position
     is a pair of Python ints."""
     if value is None:
         return Restored()
@@ -75,7 +75,7 @@ def resume(value: Any) -> Restored:
 
 def trainable(model: nnx.Module, optimizer: Any, params: Any, num_samples: int) -> None:
     """The model has weights to train and no RNG streams, and matches what the optimizer says
-    it was built for (:func:`admm_jax._validation.model_options`)."""
+    it was built for (`admm_jax._validation.model_options`)."""
     if not jax.tree_util.tree_leaves(params):
         raise ValueError("model: has no nnx.Param to train")
     if jax.tree_util.tree_leaves(nnx.state(model, nnx.RngState)):
@@ -131,7 +131,7 @@ def fits_model(name: str, pair: tuple[np.ndarray, np.ndarray], model: nnx.Module
     """The checked ``pair = (x, y)`` fits ``model``: token ids in its vocabulary (with
     ``validate``), inputs it accepts, targets the loss accepts for its outputs, and a loss and
     metric (``fns``) with one value per sample. ``forward = (apply, params)``, the model as
-    :func:`admm_jax.train.steps.apply_fn` and its weights, is traced on one sample, never
+    `admm_jax.train.steps.apply_fn` and its weights, is traced on one sample, never
     compiled or run."""
     x, y = pair
     vocab = _vocabulary(model)

@@ -40,15 +40,16 @@ def fit(
     on_divergence: str = "raise",
     validate: bool = True,
 ) -> History:
-    r"""Train ``model`` in place with ``optimizer`` on ``train_data``; return the :class:`History`.
+    """Train ``model`` in place with ``optimizer`` on ``train_data``; return the
+    [`History`][admm_jax.History].
 
-    Each step takes a mini-batch ``(x, y, indices)`` (:class:`admm_jax.data.BatchIterator`,
+    Each step takes a mini-batch ``(x, y, indices)`` ([`admm_jax.data.BatchIterator`][],
     reshuffled every epoch from ``seed``; a short last batch is dropped) and runs one jitted,
     ahead-of-time compiled step that donates the weights and the optimizer state. ``fit`` is a
-    :class:`Trainer` (the run, advanced a step at a time, until its :class:`Stop`) driven with
-    evaluation periods, callbacks and a divergence policy. The loop knows no method: the step is
-    chosen once from the optimizer's state
-    (:func:`admm_jax.optimizers.needs_gradients`):
+    [`Trainer`][admm_jax.train.Trainer] (the run, advanced a step at a time, until its
+    [`Stop`][admm_jax.train.Stop]) driven with evaluation periods, callbacks and a divergence
+    policy. The loop knows no method: the step is chosen once from the optimizer's state
+    ([`admm_jax.optimizers.needs_gradients`][]):
 
     * gradient optimizers: ``loss, g = value_and_grad(mean loss)(params)``, then
       ``tx.update(g, state, params)``;
@@ -59,10 +60,10 @@ def fit(
     Every step records the batch ``loss`` and ``accuracy`` of the weights before the update,
     its ``seconds``, the training ``time`` so far, ``grad_norm`` (gradient optimizers) and every
     field the method reports in its state's ``diagnostics``
-    (:func:`admm_jax.optimizers.diagnostics`). Evaluation (a plain forward pass, no
-    ``key``/``model_kwargs``) runs before training, as :class:`Evaluation` says (default: every
-    epoch) and at the end. Compile and evaluation time are excluded from ``time`` and from
-    ``budget_seconds`` and stored in ``history.meta``.
+    ([`admm_jax.optimizers.diagnostics`][]). Evaluation (a plain forward pass, no
+    ``key``/``model_kwargs``) runs before training, as [`Evaluation`][admm_jax.train.Evaluation]
+    says (default: every epoch) and at the end. Compile and evaluation time are excluded from
+    ``time`` and from ``budget_seconds`` and stored in ``history.meta``.
 
     Training stops at the first of ``epochs``, ``iterations``, ``budget_seconds`` (at least one
     is required) or a callback setting ``loop.stop``. All three count the whole run: a run
@@ -72,45 +73,48 @@ def fit(
     Robustness: arguments and data are checked before anything is compiled (see Raises); every
     step also returns a finite flag, read with the step's metrics (no extra host sync), and a
     non-finite step is never applied, recorded or checkpointed (``on_divergence``). With a
-    :class:`admm_jax.train.Checkpoint` callback, ``resume=load_checkpoint(...)`` resumes a run;
+    [`admm_jax.train.Checkpoint`][] callback, ``resume=load_checkpoint(...)`` resumes a run;
     the resumed run is bitwise the uninterrupted one on the same machine (the batch order
     depends only on ``(seed, epoch)``, per-step keys on ``(seed, iteration)``).
 
     Args:
       model: an ``nnx.Module`` called as ``model(x, **model_kwargs[, key=k])``; updated in
-        place. Its ``nnx.Param`` s are trained.
-      optimizer: any optax transformation (e.g. :func:`admm_jax.optimizers.get`). One that
+        place. Its ``nnx.Param``s are trained.
+      optimizer: any optax transformation (e.g. [`admm_jax.optimizers.get`][]). One that
         keeps per-sample state must be built for ``len(train_data[0])`` samples.
       train_data: ``(inputs, targets)`` arrays with the same leading size.
       loss: ``"cross_entropy"``, ``"mse"`` or ``f(outputs, targets) -> [B]`` per-sample losses.
       metric: ``"accuracy"``, ``None`` or ``f(outputs, targets) -> [B]``.
-      epochs, iterations, budget_seconds: stopping rules (any combination), totals over the
-        whole run including the steps recorded in the resumed history.
-      batch_size: samples per step. seed: shuffling seed (and the base of per-step keys).
-      evaluation: an :class:`Evaluation` (data and period), or just the ``(inputs, targets)``
-        to evaluate every epoch; ``None``: no evaluation.
-      callbacks: :class:`admm_jax.train.Callback` s; they see the :class:`Loop`.
+      epochs: stop after this many epochs (a stopping rule; give at least one of the three).
+        Like the other two, a total over the whole run, the resumed history included.
+      iterations: stop after this many steps.
+      budget_seconds: stop once the steps have taken this many seconds of training time.
+      batch_size: samples per step.
+      seed: the shuffling seed (and the base of per-step keys).
+      evaluation: an [`Evaluation`][admm_jax.train.Evaluation] (data and period), or just the
+        ``(inputs, targets)`` to evaluate every epoch; ``None``: no evaluation.
+      callbacks: [`admm_jax.train.Callback`][]s; they see the [`Loop`][admm_jax.train.Loop].
       model_kwargs: extra model arguments passed as traced scalars (e.g. ``{"p_detach":
         0.25}``); callbacks may change their values between steps without recompiling.
       step_key: pass ``key=fold_in(key(seed), iteration)`` to the model in training steps
         (models that draw randomness, such as h-detach).
       progress: show a tqdm progress bar (a string is used as its label).
-      resume: a :class:`admm_jax.train.Restored` (from :func:`admm_jax.train.load_checkpoint`,
+      resume: a [`admm_jax.train.Restored`][] (from [`admm_jax.train.load_checkpoint`][],
         or built by hand): the weights, optimizer state, ``(epoch, step)`` position and
         history to continue from.
       on_divergence: what a non-finite step does (the loss, a metric, the gradient norm, a
         diagnostic or a new weight is NaN/inf; such a step is never applied, never recorded
         in the steps table and never checkpointed). ``"raise"`` (default): set the model to the
-        last good weights and raise :class:`DivergenceError` (iteration, bad and last good
-        metrics). ``"stop"``: the same, but return the history with ``meta["diverged_at"]``
-        and ``meta["divergence_metrics"]`` (non-finite values as ``"nan"``/``"inf"``) instead
-        of raising. A method that can retry a failed step does so inside its own update (a
-        wrapper such as :func:`admm_jax.increase_rho_on_divergence`).
+        last good weights and raise [`DivergenceError`][admm_jax.DivergenceError] (iteration, bad
+        and last good metrics). ``"stop"``: the same, but return the history with
+        ``meta["diverged_at"]`` and ``meta["divergence_metrics"]`` (non-finite values as
+        ``"nan"``/``"inf"``) instead of raising. A method that can retry a failed step does so
+        inside its own update (a wrapper such as [`admm_jax.increase_rho_on_divergence`][]).
       validate: check the data's values before training (finite inputs and targets, class
         labels in range): one pass over the arrays on the host, none in the jitted step.
 
     Returns:
-      The :class:`History` (also with ``meta``: ``compile_seconds``, ``eval_seconds``,
+      The [`History`][admm_jax.History] (also with ``meta``: ``compile_seconds``, ``eval_seconds``,
       ``uses_gradients``, ``batch_size``, ``seed``, ``num_samples``, ...).
 
     Examples:

@@ -35,7 +35,7 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, m
     """The (unjitted) training step ``(params, opt_state, x, y, indices, kwargs, key, it) ->
     (params, opt_state, metrics, ok)``.
 
-    ``use_gradients`` (default: read from the state, :func:`admm_jax.optimizers.needs_gradients`):
+    ``use_gradients`` (default: read from the state, [`admm_jax.optimizers.needs_gradients`][]):
     the loss is differentiated (``jax.value_and_grad``) and
     ``tx.update(grads, state, params)`` is called; without, only a forward pass of the current
     weights is made (for the batch loss and metric) and ``tx.update(None, state, params,
@@ -44,11 +44,11 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, m
     its step under ``loss_fn``, in its diagnostics) not even that: the step records the
     method's ``batch_loss`` as ``loss`` and no training metric. ``metrics`` holds the loss, the
     metric, ``grad_norm`` (with gradients) and every field of the new state's ``diagnostics``
-    (:func:`admm_jax.optimizers.diagnostics`) that the step did not already name.
+    ([`admm_jax.optimizers.diagnostics`][]) that the step did not already name.
 
     ``ok`` is False when the loss, the metric, the gradient norm, a diagnostic or a new weight
     is not finite; the step is then not applied: the old weights are returned, and the old
-    optimizer state unless the state keeps itself (:func:`admm_jax.optimizers.keeps_itself`).
+    optimizer state unless the state keeps itself ([`admm_jax.optimizers.keeps_itself`][]).
     """
     apply = apply_fn(graphdef, rest)
 
@@ -89,8 +89,9 @@ def make_train_step(graphdef, rest, tx: optax.GradientTransformation, loss_fn, m
 
 
 def compile_train_step(step, example: tuple):
-    """``step`` (from :func:`make_train_step`) jitted with the weights and the optimizer state
-    donated, and compiled ahead of time for the arguments ``example``."""
+    """``step`` (from [`make_train_step`][admm_jax.train.make_train_step]) jitted with the
+    weights and the optimizer state donated, and compiled ahead of time for the arguments
+    ``example``."""
     with warnings.catch_warnings():  # CPU backends cannot donate: nothing to report
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
         return jax.jit(step, donate_argnums=(0, 1)).lower(*example).compile()
@@ -113,7 +114,7 @@ def make_eval_fn(graphdef, rest, loss_fn, metric_fn):
 
 
 def evaluate_in_chunks(eval_chunk, params, data, batch_size: int) -> dict[str, float]:
-    """The means of ``eval_chunk`` (from :func:`make_eval_fn`) over ``data = (x, y)``, taken
+    """The means of ``eval_chunk`` (from `make_eval_fn`) over ``data = (x, y)``, taken
     ``batch_size`` rows at a time (the last chunk padded and masked, so one compilation)."""
     x, y = data
     n = len(x)
@@ -135,13 +136,14 @@ def evaluate(model: nnx.Module, data: tuple[np.ndarray, np.ndarray], *,
              batch_size: int = 500) -> dict[str, float]:
     """Mean loss (and metric) of a plain forward pass of ``model`` over ``data = (x, y)``.
 
-    >>> import numpy as np
-    >>> from flax import nnx
-    >>> from admm_jax import ElmanRNN
-    >>> m = ElmanRNN(2, 4, 3, rngs=nnx.Rngs(0))
-    >>> r = evaluate(m, (np.zeros((5, 6, 2), np.float32), np.zeros(5, np.int32)))
-    >>> sorted(r), round(r["loss"], 3)  # zero inputs and biases: uniform logits
-    (['accuracy', 'loss'], 1.099)
+    Examples:
+      >>> import numpy as np
+      >>> from flax import nnx
+      >>> from admm_jax import ElmanRNN
+      >>> m = ElmanRNN(2, 4, 3, rngs=nnx.Rngs(0))
+      >>> r = evaluate(m, (np.zeros((5, 6, 2), np.float32), np.zeros(5, np.int32)))
+      >>> sorted(r), round(r["loss"], 3)  # zero inputs and biases: uniform logits
+      (['accuracy', 'loss'], 1.099)
     """
     loss_fn = losses.resolve("loss", loss, losses.LOSSES)
     metric_fn = losses.resolve("metric", metric, losses.METRICS)

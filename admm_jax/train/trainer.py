@@ -1,4 +1,4 @@
-"""A training run advanced step by step: what :func:`admm_jax.train.fit` drives, and what
+"""A training run advanced step by step: what [`admm_jax.train.fit`][] drives, and what
 side-by-side benchmarks drive round-robin."""
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class DivergenceError(FloatingPointError):
       iteration: the 1-based iteration whose step failed (not applied).
       metrics: that step's metrics (with the non-finite values).
       last_good: the metrics of the last good step (``None`` when the first step failed).
-      history: the run's :class:`History` up to the last good step.
+      history: the run's [`History`][admm_jax.History] up to the last good step.
     """
 
     def __init__(self, iteration: int, metrics: dict[str, float],
@@ -98,11 +98,16 @@ class Stop:
 class Evaluation(NamedTuple):
     """When and on what a run evaluates.
 
-    data: ``(inputs, targets)`` evaluated with a plain forward pass (no training); every:
-    evaluate every ``every`` iterations; every_seconds: every ``every_seconds`` training
-    seconds (with neither: at the end of each epoch); batch_size: rows per evaluation chunk.
-    :func:`fit` also evaluates before the first step and after the last; a :class:`Trainer`
-    evaluates when its :meth:`Trainer.evaluate` is called.
+    [`fit`][admm_jax.train.fit] evaluates before the first step, as the period says, and after
+    the last; a [`Trainer`][admm_jax.train.Trainer] evaluates when its
+    [`evaluate`][admm_jax.train.Trainer.evaluate] is called.
+
+    Attributes:
+      data: ``(inputs, targets)`` evaluated with a plain forward pass (no training).
+      every: evaluate every ``every`` iterations.
+      every_seconds: evaluate every ``every_seconds`` training seconds (with neither period:
+        at the end of each epoch).
+      batch_size: rows per evaluation chunk.
     """
 
     data: tuple[np.ndarray, np.ndarray]
@@ -112,8 +117,8 @@ class Evaluation(NamedTuple):
 
 
 def _evaluation(evaluation: Any, validate: bool) -> Evaluation | None:
-    """``evaluation`` (an :class:`Evaluation`, a pair or ``None``) as an :class:`Evaluation`
-    with checked periods and data arrays."""
+    """``evaluation`` (an [`Evaluation`][admm_jax.train.Evaluation], a pair or ``None``) as an
+    [`Evaluation`][admm_jax.train.Evaluation] with checked periods and data arrays."""
     if evaluation is None:
         return None
     if not isinstance(evaluation, Evaluation):
@@ -143,26 +148,28 @@ def _distinct_buffers(tree: Any) -> Any:
 
 
 class Trainer:
-    r"""One model and optimizer, advanced a step at a time: the run :func:`fit` drives.
+    """One model and optimizer, advanced a step at a time: the run `fit` drives.
 
     Construction checks the arguments and data (before anything is compiled), splits the model
-    into its ``nnx.Param`` s and the rest, initialises (or takes ``resume``'s) optimizer state
-    and compiles the step of :func:`make_train_step` once, ahead of time, with the weights and
-    the optimizer state donated. The loop knows no method: the step is chosen from the
-    optimizer's state (:func:`admm_jax.optimizers.needs_gradients`). Each :meth:`step` takes the
-    next mini-batch of a :class:`admm_jax.data.BatchIterator` (reshuffled every epoch from
-    ``seed``), runs the compiled step, reads its metrics and finite flag (one host sync) and
-    appends a row to ``history.steps`` (and to ``history.epochs`` when an epoch ends); once
-    ``stop`` is reached it runs nothing. The training time counts only the steps: compilation
-    and :meth:`evaluate` are excluded.
+    into its ``nnx.Param``s and the rest, initialises (or takes ``resume``'s) optimizer state
+    and compiles the step of [`make_train_step`][admm_jax.train.make_train_step] once, ahead of
+    time, with the weights and the optimizer state donated. The loop knows no method: the step is
+    chosen from the optimizer's state ([`admm_jax.optimizers.needs_gradients`][]). Each
+    [`step`][admm_jax.train.Trainer.step] takes the next mini-batch of a
+    [`admm_jax.data.BatchIterator`][] (reshuffled every epoch from ``seed``), runs the compiled
+    step, reads its metrics and finite flag (one host sync) and appends a row to ``history.steps``
+    (and to ``history.epochs`` when an epoch ends); once ``stop`` is reached it runs nothing. The
+    training time counts only the steps: compilation and
+      [`evaluate`][admm_jax.train.Trainer.evaluate] are excluded.
 
-    :func:`fit` is this plus evaluation periods, callbacks and a divergence policy. Several
+    `fit` is this plus evaluation periods, callbacks and a divergence policy. Several
     trainers stepped in turn, the one furthest behind in training time first, compare methods
     on the same data with the same machine noise (``benchmarks/time_to_target.py``).
 
     Args:
       model: an ``nnx.Module`` called as ``model(x, **model_kwargs[, key=k])``. Its
-        ``nnx.Param`` s are trained; :meth:`finish` writes them back into it.
+        ``nnx.Param``s are trained; [`finish`][admm_jax.train.Trainer.finish] writes them back into
+        it.
       optimizer: any optax transformation; one that keeps per-sample state must be built for
         ``len(train_data[0])`` samples.
       train_data: ``(inputs, targets)`` arrays with the same leading size.
@@ -170,25 +177,27 @@ class Trainer:
       metric: ``"accuracy"``, ``None`` or ``f(outputs, targets) -> [B]``.
       batch_size: samples per step (a short last batch of an epoch is dropped).
       seed: the shuffling seed (and the base of per-step keys).
-      stop: a :class:`Stop`: when :meth:`step` stops running steps (default: never).
-      evaluation: an :class:`Evaluation`, or the ``(inputs, targets)`` of one: what
-        :meth:`evaluate` uses by default; checked against the model with the training data.
+      stop: a [`Stop`][admm_jax.train.Stop]: when [`step`][admm_jax.train.Trainer.step] stops
+        running steps (default: never).
+      evaluation: an [`Evaluation`][admm_jax.train.Evaluation], or the ``(inputs, targets)`` of one:
+        what [`evaluate`][admm_jax.train.Trainer.evaluate] uses by default; checked against the
+        model with the training data.
       model_kwargs: extra model arguments passed as traced scalars.
       step_key: pass ``key=fold_in(key(seed), iteration)`` to the model in training steps.
-      resume: a :class:`admm_jax.train.Restored` to continue from.
+      resume: a [`admm_jax.train.Restored`][] to continue from.
       validate: check the data's values (finite, labels in range) on the host.
 
     Attributes:
-      loop: the :class:`admm_jax.train.Loop` (weights, optimizer state, iteration, epoch,
+      loop: the [`admm_jax.train.Loop`][] (weights, optimizer state, iteration, epoch,
         training seconds, history) that callbacks see; the Trainer is its only writer.
       history: ``loop.history``.
-      stop: the :class:`Stop`.
-      evaluation: the checked :class:`Evaluation` (or ``None``).
+      stop: the [`Stop`][admm_jax.train.Stop].
+      evaluation: the checked [`Evaluation`][admm_jax.train.Evaluation] (or ``None``).
       uses_gradients: whether the step differentiates the loss.
       steps_per_epoch: full batches per epoch.
-      compiled_step: the compiled :func:`make_train_step` ``(params, opt_state, x, y,
-        indices, model_kwargs, key, iteration) -> (params, opt_state, metrics, ok)``, weights
-        and state donated.
+      compiled_step: the compiled [`make_train_step`][admm_jax.train.make_train_step] ``(params,
+        opt_state, x, y, indices, model_kwargs, key, iteration) -> (params, opt_state, metrics,
+        ok)``, weights and state donated.
       key: the base key of per-step keys (``jax.random.key(seed)``).
 
     Examples:
@@ -210,8 +219,11 @@ class Trainer:
       [4, 8]
 
     Raises:
-      The errors :func:`fit` documents for the model, optimizer, data, ``evaluation`` and
-      ``resume``; :class:`DivergenceError` from :meth:`step` and :meth:`run`.
+      ValueError: bad arguments or data, as `fit` documents them (with ``stop`` and
+        ``evaluation`` named as here).
+      TypeError: arguments of the wrong type, as `fit` documents them.
+      DivergenceError: from [`step`][admm_jax.train.Trainer.step] and
+        [`run`][admm_jax.train.Trainer.run].
     """
 
     def __init__(
@@ -282,7 +294,7 @@ class Trainer:
         self._start(resume.history, params, opt_state, kwargs, time.perf_counter() - t0)
 
     def _start(self, history: History | None, params, opt_state, kwargs, compile_seconds):
-        """The :attr:`loop` and the history's ``meta`` of a run starting at
+        """The `loop` and the history's ``meta`` of a run starting at
         ``iterator.position``."""
         history = History() if history is None else history
         done = len(history.steps.get("iteration", []))
@@ -314,11 +326,11 @@ class Trainer:
 
         ``row`` is the step's record (``iteration``, ``epoch``, ``seconds``, ``time`` and the
         step's metrics), ``epoch_row`` the epoch's means when this step ended an epoch (else
-        ``None``); both are also appended to :attr:`history`. ``(None, None)``, and no step,
-        once :attr:`stop` is reached.
+        ``None``); both are also appended to `history`. ``(None, None)``, and no step,
+        once `stop` is reached.
 
         Raises:
-          DivergenceError: the step was not finite. It was not applied: :attr:`loop` and the
+          DivergenceError: the step was not finite. It was not applied: `loop` and the
             model hold the last good weights, ``history.meta`` says where it failed.
         """
         loop, history = self.loop, self.history
@@ -359,10 +371,10 @@ class Trainer:
         return row, epoch_row
 
     def run(self, steps: int) -> int:
-        """Run up to ``steps`` steps (fewer once :attr:`stop` is reached); return how many ran.
+        """Run up to ``steps`` steps (fewer once `stop` is reached); return how many ran.
 
         Raises:
-          DivergenceError: as :meth:`step`.
+          DivergenceError: as [`step`][admm_jax.train.Trainer.step].
         """
         validation.positive_int("steps", steps)
         for done in range(steps):
@@ -374,7 +386,7 @@ class Trainer:
                  batch_size: int | None = None) -> dict[str, float]:
         """Evaluate the current weights (a plain forward pass) and append the row to
         ``history.evals``; return the row (``iteration``, ``epoch``, ``time``, ``loss`` and the
-        metric). ``data`` and ``batch_size`` default to those of :attr:`evaluation` (``500``
+        metric). ``data`` and ``batch_size`` default to those of `evaluation` (``500``
         rows without one); the seconds spent count in ``history.meta["eval_seconds"]``, not in
         the training time."""
         ev = self.evaluation
