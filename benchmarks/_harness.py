@@ -49,17 +49,18 @@ def seeds(n: int, first: int = 0) -> list[int]:
     return list(range(first, first + n))
 
 
-def compiled_train_step(tx, model: nnx.Module, x, y):
-    """``(executable, args)``: fit's training step (``make_train_step``, gradients, cross
-    entropy and accuracy) for ``model`` and ``tx``, compiled ahead of time with the weights
-    and state donated, and its first arguments; ``executable(*args)`` is one step."""
+def compiled_train_step(tx, model: nnx.Module, x, y, *, use_gradients: bool | None = True):
+    """``(executable, args, step)``: fit's training step (``make_train_step``, cross entropy
+    and accuracy; ``use_gradients=None``: the optimizer's state decides, as in fit) for
+    ``model`` and ``tx``, compiled ahead of time with the weights and state donated, its first
+    arguments (``executable(*args)`` is one step) and the step unjitted (to trace)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
     step = make_train_step(graphdef, rest, tx, losses.cross_entropy, losses.accuracy,
-                           use_gradients=True, step_key=False)
+                           use_gradients=use_gradients, step_key=False)
     params = jax.tree.map(jnp.copy, params)
     args = (params, tx.init(params), x, y, jnp.arange(len(x)), {}, jax.random.key(0),
             jnp.asarray(0, jnp.int32))
-    return jax.jit(step, donate_argnums=(0, 1)).lower(*args).compile(), args
+    return jax.jit(step, donate_argnums=(0, 1)).lower(*args).compile(), args, step
 
 
 # ---------------------------------------------------------------------------- the timer
@@ -128,7 +129,8 @@ def write_results(out: str | pathlib.Path, stem: str, result: dict, cmd: str, *,
                   table: str | None = None, plot: Callable | None = None) -> pathlib.Path:
     """Write ``<out>/<stem>.json`` (``result`` with ``meta``: the full command ``cmd`` (see
     :func:`command`), the commit, the devices), ``<stem>.md`` (``table``, printed too) and
-    ``<stem>.png`` (``plot(ax)`` draws on one axes); return the JSON's path. Each file is
+    ``<stem>.png`` (``plot(fig)`` draws on a 6 x 3.5 in figure, resized as it likes); return
+    the JSON's path. Each file is
     replaced whole (written beside, then renamed), so an interrupted run never leaves half a
     file."""
     out = pathlib.Path(out)
@@ -145,8 +147,8 @@ def write_results(out: str | pathlib.Path, stem: str, result: dict, cmd: str, *,
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 3.5), constrained_layout=True)
-        plot(ax)
+        fig = plt.figure(figsize=(6, 3.5), layout="constrained")
+        plot(fig)
         tmp = out / f".{stem}.png.tmp"
         fig.savefig(tmp, dpi=100, format="png")
         plt.close(fig)

@@ -41,3 +41,16 @@ def test_the_timer_keeps_rounds_after_the_warm_up():
                         rounds=3, warmup=2)
     assert calls == ["a", "b"] * 5 and all(len(v) == 3 for v in times.values())
     assert median_ratio({"a": [2.0, 4.0, 9.0], "b": [1.0, 2.0, 3.0]}, "a", "b") == 2.0
+
+
+def test_admm_times_both_steps_on_mnist(bench, tmp_path, data_dir):
+    assert bench.main(["admm", "--smoke", "--data-dir", str(data_dir), "--out",
+                       str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "admm_speed_smoke.json").read_text())
+    assert [row["T"] for row in res["rows"]] == [28]
+    row = res["rows"][0]
+    assert row["admmirnn_seconds"] > 0 and row["bptt_seconds"] > 0
+    assert abs(row["admm_over_bptt"] - row["admmirnn_seconds"] / row["bptt_seconds"]) < 1e-9
+    assert row["admmirnn_flops"] > 0 and row["bptt_flops"] > 0
+    assert len(row["admmirnn_times"]) == 2
+    assert (tmp_path / "admm_speed_smoke.png").stat().st_size > 10_000
