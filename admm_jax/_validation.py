@@ -2,7 +2,7 @@
 expected and what was received.
 
 Shape and type checks are cheap and may run at trace time; value checks (finite data, labels in
-range) read concrete arrays, so they run only where data enters from the host (:func:`fit`),
+range) read concrete arrays, so they run only where data enters from the host (`fit`),
 never inside a jitted step.
 """
 
@@ -64,6 +64,9 @@ def positive_int(name: str, v: Any, *, allow_none: bool = False) -> int | None:
 
 def nonnegative_int(name: str, v: Any) -> int:
     """``v`` is an int ``>= 0`` (bools rejected); returns it as a Python int."""
+    if hasattr(v, "shape") and hasattr(v, "dtype") and np.shape(v) == () and \
+            np.issubdtype(np.dtype(v.dtype), np.integer) and not _is_tracer(v):
+        v = int(v)
     if not isinstance(v, int | np.integer) or isinstance(v, bool | np.bool_) or v < 0:
         raise ValueError(f"{name}: expected an int >= 0, got {v!r}")
     return int(v)
@@ -76,6 +79,22 @@ def positive_number(name: str, v: Any, *, allow_none: bool = False) -> None:
     what = f"a finite number > 0{' or None' if allow_none else ''}"
     f = scalar(name, v, what)
     if f is not None and not (math.isfinite(f) and f > 0):
+        raise ValueError(f"{name}: expected {what}, got {v!r}")
+
+
+def finite_number(name: str, v: Any) -> None:
+    """``v`` is a finite real number (checked when concrete)."""
+    f = scalar(name, v, "a finite number")
+    if f is not None and not math.isfinite(f):
+        raise ValueError(f"{name}: expected a finite number, got {v!r}")
+
+
+def fraction(name: str, v: Any, *, include_one: bool = True) -> None:
+    """``v`` is a real number in ``[0, 1]`` (``[0, 1)`` without ``include_one``; checked when
+    concrete)."""
+    what = f"a number in [0, 1{']' if include_one else ')'}"
+    f = scalar(name, v, what)
+    if f is not None and not (0.0 <= f <= 1.0 and (include_one or f < 1.0)):
         raise ValueError(f"{name}: expected {what}, got {v!r}")
 
 
@@ -165,7 +184,7 @@ def labels(name: str, y: Any, num_classes: int) -> None:
 def same_structure(name: str, got: Any, want: Any, *, what: str = "the model") -> None:
     """``got`` has ``want``'s tree structure and every leaf its shape and dtype.
 
-    ``want`` may hold arrays or ``jax.ShapeDtypeStruct`` s (e.g. from ``jax.eval_shape``).
+    ``want`` may hold arrays or ``jax.ShapeDtypeStruct``s (e.g. from ``jax.eval_shape``).
     """
     g_leaves, g_def = jax.tree_util.tree_flatten_with_path(got)
     w_leaves, w_def = jax.tree_util.tree_flatten_with_path(want)
@@ -196,14 +215,14 @@ _MODEL_OPTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def register_model_options(tx: Any, **options: Any) -> Any:
     """Record the model options (``activation``, ``many_to_many``, ``loss``) a transformation
-    was built for, so that :func:`admm_jax.train.fit` and :func:`admm_jax.adapt_flax_rnn` can
+    was built for, so that [`admm_jax.train.fit`][] and [`admm_jax.adapt_flax_rnn`][] can
     check them against the model; returns ``tx``."""
     _MODEL_OPTIONS[tx.update] = dict(options)
     return tx
 
 
 def model_options(tx: Any) -> dict[str, Any] | None:
-    """The options recorded by :func:`register_model_options` for ``tx`` (else ``None``)."""
+    """The options recorded by `register_model_options` for ``tx`` (else ``None``)."""
     try:
         return _MODEL_OPTIONS.get(tx.update)
     except (AttributeError, TypeError):

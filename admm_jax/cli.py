@@ -16,46 +16,38 @@ import os
 import pathlib
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from admm_jax import _validation as validation
 
 DEFAULT_OPTIMIZERS = "admmirnn,admm_kfac,adam,rmsprop,sgd"
 
 
-def _positive_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {s}")
-    return v
+def _flag(convert: Callable[[str], Any], check: Callable[..., Any]) -> Callable[[str], Any]:
+    """An argparse ``type``: the string ``convert``-ed (kept as is when it does not convert),
+    then checked by the ``_validation`` function ``check``; argparse prefixes its message with
+    the flag (``argument --hidden: expected a positive int, got 0``)."""
+
+    def parse(s: str):
+        try:
+            value = convert(s)
+        except ValueError:
+            value = s
+        try:
+            checked = check("value", value)
+        except (ValueError, TypeError) as e:
+            raise argparse.ArgumentTypeError(str(e).removeprefix("value: ")) from None
+        return value if checked is None else checked
+
+    return parse
 
 
-def _nonnegative_int(s: str) -> int:
-    try:
-        v = int(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s!r}") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {s}")
-    return v
-
-
-def _finite_float(s: str) -> float:
-    try:
-        v = float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {s!r}") from None
-    if not math.isfinite(v):
-        raise argparse.ArgumentTypeError(f"expected a finite number, got {s}")
-    return v
-
-
-def _positive_float(s: str) -> float:
-    v = _finite_float(s)
-    if not v > 0:
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {s}")
-    return v
+_positive_int = _flag(int, validation.positive_int)
+_nonnegative_int = _flag(int, validation.nonnegative_int)
+_finite_float = _flag(float, validation.finite_number)
+_positive_float = _flag(float, validation.positive_number)
+_probability = _flag(float, validation.fraction)
 
 
 def _json_safe(v):
@@ -124,7 +116,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--clip-norm", type=_positive_float, default=None,
                    help="clip gradients to this global norm (gradient optimizers only; "
                         "default: no clipping)")
-    g.add_argument("--p-detach", type=_finite_float, default=None,
+    g.add_argument("--p-detach", type=_probability, default=None,
                    help="h-detach probability in [0, 1] for gradient training (compare: adds a "
                         "NAME+hdetachP run for every gradient optimizer; default: none)")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bars")
@@ -246,9 +238,6 @@ def _parse_lrs(parser, s: str, names: Sequence[str]) -> dict[str, float]:
 
 def _load_task(parser, args):
     from admm_jax import compare, data, tasks
-
-    if args.p_detach is not None and not 0.0 <= args.p_detach <= 1.0:
-        parser.error(f"--p-detach: expected a probability in [0, 1], got {args.p_detach}")
 
     if args.task not in tasks.names():
         parser.error(f"--task: unknown task {args.task!r}; expected one of {_task_help()}")
@@ -380,7 +369,7 @@ def _train(parser, args) -> int:
     epochs = args.epochs
     if epochs is None and args.iterations is None and args.budget_seconds is None:
         epochs = 1
-    resume = {}
+    fit_options = {}  # resume, model_kwargs, step_key: given to fit only when set
     if args.checkpoint_every and not args.checkpoint_dir:
         parser.error("--checkpoint-every: needs --checkpoint-dir")
     if args.on_divergence == "increase_rho":
@@ -402,13 +391,13 @@ def _train(parser, args) -> int:
         except ValueError as e:
             parser.error(f"--resume: {e}")
         nnx.update(model, params)
-        resume = {"resume": Restored(None, opt_state, start, history)}
+        fit_options["resume"] = Restored(None, opt_state, start, history)
         print(f"resuming at epoch {start[0]}, step {start[1]} "
               f"(iteration {len(history.steps.get('iteration', []))})")
     callbacks = ([Checkpoint(args.checkpoint_dir, every_steps=args.checkpoint_every)]
                  if args.checkpoint_dir else [])
     if args.p_detach is not None and not optimizers.takes_batch(name):
-        resume.update(model_kwargs={"p_detach": args.p_detach}, step_key=True)
+        fit_options.update(model_kwargs={"p_detach": args.p_detach}, step_key=True)
     print(f"task: {task.info}; optimizer {name}; train {len(task.train[0])} / test "
           f"{len(task.test[0])} samples", flush=True)
     try:
@@ -418,7 +407,8 @@ def _train(parser, args) -> int:
                 evaluation=Evaluation(task.test, every=args.eval_every,
                                       batch_size=args.eval_batch_size),
                 callbacks=callbacks, progress=False if args.no_progress else name,
-                on_divergence="stop" if args.on_divergence == "stop" else "raise", **resume)
+                on_divergence="stop" if args.on_divergence == "stop" else "raise",
+                **fit_options)
     except DivergenceError as e:
         kept = ""
         if args.checkpoint_dir:

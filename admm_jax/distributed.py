@@ -3,20 +3,21 @@ and measuring what a compiled step communicates.
 
 ADMMiRNN needs no code of its own to run sharded. Its o, h and a blocks and its multiplier
 step are per sample; its weight blocks only need the Gram matrices
-:math:`\Phi^\top\Phi` and :math:`\Phi^\top Y`, which are sums over samples. Give ``jit`` the
-inputs, targets and per-sample state sharded along the sample axis (:func:`shard_batch`,
-:func:`shard_admm_state`) and the parameters replicated (:func:`replicate`): XLA's SPMD
-partitioner keeps every per-sample array on its shard and turns each Gram sum into an
-all-reduce. In the compiled iteration these are fused into ONE all-reduce carrying the four
-matrices ``[D+H+1]^2, [D+H+1, H], [H+1]^2, [H+1, C]`` (plus one of a dozen scalars for the
-diagnostics); :func:`collective_stats` counts them. The same ``admmirnn`` transformation runs
-unsharded when given ordinary arrays.
+\( \Phi^\top\Phi \) and \( \Phi^\top Y \), which are sums over samples. Give ``jit`` the
+inputs, targets and per-sample state sharded along the sample axis
+([`shard_batch`][admm_jax.shard_batch], [`shard_admm_state`][admm_jax.shard_admm_state]) and the
+parameters replicated ([`replicate`][admm_jax.replicate]): XLA's SPMD partitioner keeps every
+per-sample array on its shard and turns each Gram sum into an all-reduce. In the compiled iteration
+these are fused into ONE all-reduce carrying the four matrices
+``[D+H+1]^2, [D+H+1, H], [H+1]^2, [H+1, C]`` (plus one of a dozen scalars for the diagnostics);
+[`collective_stats`][admm_jax.collective_stats] counts them. The same ``admmirnn`` transformation
+runs unsharded when given ordinary arrays.
 
 Multi-host: start every process with ``jax.distributed.initialize()`` (coordinator address,
 process count and id from the arguments or the cluster environment: SLURM, Open MPI, TPU and
 GKE are detected), build the mesh over ``jax.devices()`` (all processes' devices), and give each
-process its own slice of the samples: :func:`shard_batch` then assembles the global array with
-``jax.make_array_from_process_local_data``. Everything else is unchanged.
+process its own slice of the samples: [`shard_batch`][admm_jax.shard_batch] then assembles the
+global array with ``jax.make_array_from_process_local_data``. Everything else is unchanged.
 """
 
 from __future__ import annotations
@@ -39,8 +40,9 @@ _SHAPE = re.compile(r"\b(" + "|".join(_DTYPE_BYTES) + r")\[([0-9,]*)\]")
 def data_mesh(devices: Sequence[jax.Device] | None = None, axis_name: str = "data") -> Mesh:
     """A one-axis mesh over ``devices`` (default: all devices of all processes).
 
-    >>> data_mesh(jax.devices()[:1]).axis_names
-    ('data',)
+    Examples:
+      >>> data_mesh(jax.devices()[:1]).axis_names
+      ('data',)
     """
     devices = jax.devices() if devices is None else list(devices)
     if not devices:
@@ -89,7 +91,7 @@ def replicate(tree: Any, mesh: Mesh) -> Any:
 
 
 def shard_admm_state(state: Any, mesh: Mesh, axis_name: str = "data") -> Any:
-    """Place an :class:`~admm_jax.ADMMiRNNState`: per-sample auxiliaries, multipliers and
+    """Place an [`ADMMiRNNState`][admm_jax.ADMMiRNNState]: per-sample auxiliaries, multipliers and
     ``seen`` flags sharded along the samples, penalties, counters and diagnostics replicated.
 
     Zero-sized per-sample arrays (``num_samples=None``, or ``auxiliaries="reset"``) are
@@ -145,12 +147,13 @@ def collectives(compiled: Any) -> list[Collective]:
 
 
 def collective_stats(compiled: Any) -> dict[str, dict[str, int]]:
-    """``{kind: {"count": ops, "bytes": result bytes per device}}`` over :func:`collectives`.
+    """``{kind: {"count": ops, "bytes": result bytes per device}}`` over `collectives`.
 
-    >>> import jax.numpy as jnp
-    >>> f = jax.jit(lambda x: x * 2).lower(jnp.ones(3)).compile()
-    >>> collective_stats(f)
-    {}
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> f = jax.jit(lambda x: x * 2).lower(jnp.ones(3)).compile()
+      >>> collective_stats(f)
+      {}
     """
     stats: dict[str, dict[str, int]] = {}
     for c in collectives(compiled):

@@ -38,18 +38,19 @@ def _select(ok: jax.Array, new: Any, old: Any) -> Any:
 def reject_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTransformationExtraArgs:
     r"""``inner`` with its non-finite steps rejected: zero updates and the state unchanged.
 
-    .. math::
-        (u, s') = \mathrm{inner.update}(g, s, \theta),\quad
-        \mathrm{ok} = \text{every entry of } u \text{ and of } s' \text{ is finite},\quad
-        \text{returns } (u, s') \text{ if ok else } (0, s)
+    $$
+    (u, s') = \mathrm{inner.update}(g, s, \theta),\quad
+    \mathrm{ok} = \text{every entry of } u \text{ and of } s' \text{ is finite},\quad
+    \text{returns } (u, s') \text{ if ok else } (0, s)
+    $$
 
     So after a bad batch (a NaN input, an overflowing gradient, an out-of-range token id under
     ``jit``) the weights and the whole optimizer state, step count included, are the last good
     ones; a rejected step is visible as a ``count`` that did not advance. Unlike
     ``optax.apply_if_finite`` the state keeps ``inner``'s own type (no wrapper state), so code
     that reads ``state.count`` or finds the state by type is unchanged. Every optimizer of
-    :func:`admm_jax.optimizers.get` is wrapped, and :func:`admm_jax.admm_preconditioned` and
-    :func:`admm_jax.admm_kfac` apply it themselves; :func:`admm_jax.admmirnn` applies the
+    [`admm_jax.optimizers.get`][] is wrapped, and [`admm_jax.admm_preconditioned`][] and
+    [`admm_jax.admm_kfac`][] apply it themselves; [`admm_jax.admmirnn`][] applies the
     same rule to the batch's rows of its per-sample state (selecting the whole state would
     cost a pass over every sample).
     Wrapping twice is a no-op.
@@ -97,8 +98,8 @@ def reject_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTrans
 
 
 def mark_guarded(tx: optax.GradientTransformation) -> optax.GradientTransformation:
-    """Record that ``tx`` applies the non-finite rule itself (so :func:`reject_nonfinite`
-    leaves it alone); returns ``tx``."""
+    """Record that ``tx`` applies the non-finite rule itself (so
+    [`reject_nonfinite`][admm_jax.reject_nonfinite] leaves it alone); returns ``tx``."""
     _GUARDED.add(tx.update)
     return tx
 

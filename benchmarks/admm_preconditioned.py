@@ -134,7 +134,7 @@ def new_run(args, method, recipe, seed, train, evaluation, in_features, classes)
     model = admm_jax.ElmanRNN(in_features, args.hidden, classes, rngs=nnx.Rngs(seed))
     tx = make_tx(method, recipe, steps, len(x), x.shape[1], model, x[:1])
     return Run(Trainer(model, tx, train, batch_size=args.batch_size, seed=seed,
-                       evaluation_data=evaluation), steps)
+                       evaluation=evaluation), steps)
 
 
 def max_spike(epoch_loss: list[float]) -> float:
@@ -304,7 +304,7 @@ def sweep(args, xtr, ytr, xte, yte, in_features, classes) -> dict:
         tx = admm_jax.admm_preconditioned(model, xtr[:1], admm_jax.optimizers.warmup(lr, None),
                                           damping=mu, adaptive_damping=adaptive)
         run = Run(Trainer(model, tx, (xtr[:n], ytr[:n]), batch_size=args.batch_size,
-                          evaluation_data=(xte, yte)))
+                          evaluation=(xte, yte)))
         run.chunk(args.sweep_epochs * run.trainer.steps_per_epoch)
         run.evaluate(args.eval_chunk)
         rows.append({"learning_rate": lr, "damping": mu,

@@ -142,7 +142,7 @@ def new_run(args, ctx, method, recipe, seed, train, evaluation) -> Run:
     model = ctx["model"](seed)
     tx = make_tx(method, recipe, steps, len(x), x.shape[1], model, x[:1])
     return Run(Trainer(model, tx, train, batch_size=args.batch_size, seed=seed,
-                       evaluation_data=evaluation), steps)
+                       evaluation=evaluation), steps)
 
 
 def max_spike(chunk_loss: list[float]) -> float:

@@ -136,9 +136,12 @@ def elman_reference(model, params, x, rec):
     h = jnp.zeros((x.shape[0], params["W"].shape[0]), params["W"].dtype)
     tokens = jnp.issubdtype(x.dtype, jnp.integer)
     for t in range(x.shape[1]):
-        ux = (rec.embed("U", x[:, t], params["U"].T) + params["b"] if tokens
-              else rec.lin("U", x[:, t], params["U"].T, params["b"]))
-        h = tanh(ux + rec.lin("W", h, params["W"].T))
+        if tokens:  # the bias of the sum goes with the dense map (an embedding takes none)
+            h = tanh(rec.embed("U", x[:, t], params["U"].T)
+                     + rec.lin("W", h, params["W"].T, params["b"]))
+        else:
+            h = tanh(rec.lin("U", x[:, t], params["U"].T, params["b"])
+                     + rec.lin("W", h, params["W"].T))
     return rec.lin("V", h, params["V"].T, params["c"])
 
 

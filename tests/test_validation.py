@@ -7,12 +7,15 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from admm_jax import DivergenceError, ElmanRNN, _validation, admmirnn, optimizers
+import admm_jax
+from admm_jax import LSTM, DivergenceError, ElmanRNN, _validation, admmirnn, optimizers
+from admm_jax.models.elman import input_projection
 from admm_jax.train import Evaluation, Restored, fit
 
 
@@ -150,6 +153,23 @@ def test_registry_and_model_arguments():
         ElmanRNN(3, 0, 2, rngs=nnx.Rngs(0))
 
 
+def test_fractions_and_finite_numbers():
+    _validation.fraction("p", 1.0)
+    _validation.fraction("b1", jnp.asarray(0.0), include_one=False)
+    jax.jit(lambda b: _validation.fraction("b1", b, include_one=False))(2.0)  # traced: skipped
+    for v, kw, pattern in ((1.0, {"include_one": False}, r"b1: expected a number in \[0, 1\), "
+                                                         r"got 1.0"),
+                           (-0.1, {}, r"b1: expected a number in \[0, 1\], got -0.1"),
+                           ("0.5", {}, r"b1: expected a number in \[0, 1\], got '0.5'"),
+                           (math.nan, {}, r"b1: expected a number in \[0, 1\], got nan")):
+        with pytest.raises(ValueError, match=pattern):
+            _validation.fraction("b1", v, **kw)
+    _validation.finite_number("target", -3.0)
+    with pytest.raises(ValueError, match="target: expected a finite number, got inf"):
+        _validation.finite_number("target", math.inf)
+    assert _validation.nonnegative_int("seed", np.asarray(0)) == 0
+
+
 def test_helpers_accept_what_they_document():
     _validation.positive_int("n", np.int64(3))
     _validation.positive_number("x", 1e-9)
@@ -237,3 +257,152 @@ def test_fuzz_admm_update_raises_only_documented_errors(n, t, extra, y_kind, p_k
         pass
     except Exception as e:  # noqa: BLE001
         pytest.fail(f"undocumented {type(e).__name__}: {e}")
+
+
+# ---- token ids, sample indices, scalar hyperparameters and internal errors, on a small model
+
+N, T, D, H, C = 8, 4, 3, 4, 2
+
+
+def small_batch(n=N, seed=0):
+    x = np.random.default_rng(seed).normal(size=(n, T, D)).astype(np.float32)
+    return x, (x[:, :, 0].sum(1) > 0).astype(np.int32)
+
+
+def small_model():
+    return ElmanRNN(D, H, C, rngs=nnx.Rngs(0))
+
+
+def token_batch(bad=None):
+    ids = np.random.default_rng(0).integers(0, 5, size=(N, T)).astype(np.int32)
+    if bad is not None:
+        ids[2, 1] = bad
+    return ids, (ids[:, -1] % C).astype(np.int32)
+
+
+@pytest.mark.parametrize("bad", [5, 7, -1])
+def test_token_ids_outside_the_vocabulary_are_named(bad):
+    ids, y = token_batch(bad)
+    m = ElmanRNN(5, H, C, rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match=r"train_data inputs: expected token ids in \[0, 5\)"):
+        fit(m, optimizers.get("adam"), (ids, y), iterations=1, batch_size=4)
+    params = nnx.state(m, nnx.Param)
+    good = token_batch()[0]
+    for tx in (admm_jax.admm_preconditioned(m, good, 0.1), admm_jax.admmirnn()):
+        with pytest.raises(ValueError, match=r"inputs: expected token ids in \[0, 5\)"):
+            tx.update(None, tx.init(params), params, inputs=ids, targets=y)
+    # under jit the ids cannot be read: the projection is NaN, so the step is rejected
+    tx = admm_jax.admm_preconditioned(m, good, 0.1)
+    u, s = jax.jit(lambda p, s, x, y: tx.update(None, s, p, inputs=x, targets=y))(
+        params, tx.init(params), ids, y)
+    assert all(float(jnp.abs(v).max()) == 0.0 for v in jax.tree.leaves(u))
+    assert int(s[0].count) == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.integers(-3, 8), min_size=1, max_size=6))
+def test_fuzz_token_ids_check_and_traced_projection(ids):
+    vocab = 5
+    a = np.asarray(ids, np.int32)[None]
+    valid = all(0 <= i < vocab for i in ids)
+    U = jnp.arange(2.0 * vocab).reshape(2, vocab) + 1.0
+    if valid:
+        _validation.token_ids("inputs", a, vocab)
+        np.testing.assert_array_equal(input_projection(U, a)[0], np.asarray(U).T[a[0]])
+    else:
+        with pytest.raises(ValueError, match=r"inputs: expected token ids in \[0, 5\)"):
+            _validation.token_ids("inputs", a, vocab)
+    traced = np.asarray(jax.jit(input_projection)(U, jnp.asarray(a)))[0]
+    for row, i in zip(traced, ids, strict=True):
+        if 0 <= i < vocab:
+            np.testing.assert_array_equal(row, np.asarray(U)[:, i])
+        else:
+            assert np.isnan(row).all()  # never a silent wrap-around
+
+
+@pytest.mark.parametrize("idx, match", [
+    ([0, 1, 2, 3, 4, 5, 6, 8], r"positions in \[0, 8\)"),
+    ([0, 1, 2, 3, 4, 5, 6, -1], r"positions in \[0, 8\)"),
+    ([0, 1, 2, 3, 4, 5, 6, 6], "distinct"),
+])
+def test_bad_indices_are_rejected(idx, match):
+    params = nnx.state(small_model(), nnx.Param)
+    tx = admm_jax.admmirnn(num_samples=N, seq_len=T, sweep="backward")  # per-sample state
+    x, y = small_batch()
+    with pytest.raises(ValueError, match=match):
+        tx.update(None, tx.init(params), params, inputs=x, targets=y, indices=np.asarray(idx))
+
+
+_JIT_CACHE = {}
+
+
+def _jitted_admm():
+    if not _JIT_CACHE:
+        params = nnx.state(small_model(), nnx.Param)
+        tx = admm_jax.admmirnn(num_samples=N, seq_len=T, sweep="backward")  # per-sample state
+        step = jax.jit(lambda p, s, x, y, i: tx.update(None, s, p, inputs=x, targets=y,
+                                                       indices=i))
+        _JIT_CACHE.update(params=params, state=tx.init(params), step=step)
+    return _JIT_CACHE
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.lists(st.integers(-2, N + 1), min_size=4, max_size=4))
+def test_fuzz_indices_eager_check_and_traced_rejection(idx):
+    a = np.asarray(idx, np.int32)
+    valid = all(0 <= i < N for i in idx) and len(set(idx)) == len(idx)
+    if valid:
+        _validation.indices("indices", a, N, 4)
+    else:
+        with pytest.raises(ValueError, match="indices"):
+            _validation.indices("indices", a, N, 4)
+    c = _jitted_admm()
+    x, y = small_batch(4)
+    u, s = c["step"](c["params"], c["state"], x, y, jnp.asarray(a))
+    moved = any(float(jnp.abs(v).max()) > 0 for v in jax.tree.leaves(u))
+    assert moved == valid
+    assert int(s.count) == int(valid)
+    if not valid:  # nothing written to any sample's multipliers
+        jax.tree.map(np.testing.assert_array_equal, s.duals, c["state"].duals)
+
+
+def test_scalar_arrays_and_inject_hyperparams():
+    m = small_model()
+    params = nnx.state(m, nnx.Param)
+    x, y = small_batch()
+    admm_jax.admm_preconditioned(m, x, np.float32(0.1), damping=np.float64(0.1))
+    admm_jax.admm_kfac(m, x, jnp.asarray(0.1), ema=np.float32(0.95))
+    admm_jax.admmirnn(rho=np.float32(10))
+    admm_jax.admmirnn(rho=(np.float32(10), jnp.asarray(10.0), 1))
+    for factory, kw in ((admm_jax.admm_preconditioned, {"model": m, "inputs": x,
+                                                        "learning_rate": 0.1}),
+                        (admm_jax.admmirnn, {})):
+        static = (("sweeps", "newton_steps", "a_steps", "cg_steps") if factory is admm_jax.admmirnn
+                  else ("model",))
+        tx = optax.inject_hyperparams(factory, static_args=static)(**kw)
+        state = tx.init(params)
+        u, state = jax.jit(lambda s, p, tx=tx: tx.update(None, s, p, inputs=x, targets=y))(
+            state, params)
+        assert any(float(jnp.abs(v).max()) > 0 for v in jax.tree.leaves(u))
+    with pytest.raises(TypeError, match="static_args"):
+        tx = optax.inject_hyperparams(admm_jax.admmirnn)()
+        jax.jit(lambda s, p: tx.update(None, s, p, inputs=x, targets=y))(tx.init(params), params)
+    with pytest.raises(ValueError, match="rho"):
+        admm_jax.admmirnn(rho=np.float32("inf"))
+
+
+def test_empty_batch_lstm_without_inputs_and_multisteps_are_named():
+    m = small_model()
+    params = nnx.state(m, nnx.Param)
+    x, y = small_batch()
+    for tx in (admm_jax.admm_preconditioned(m, x), admm_jax.admmirnn()):
+        with pytest.raises(ValueError, match="inputs: expected at least one sample"):
+            tx.update(None, tx.init(params), params, inputs=x[:0], targets=y[:0])
+    lstm = LSTM(D, H, C, rngs=nnx.Rngs(0))
+    lp = nnx.state(lstm, nnx.Param)
+    tx = admm_jax.admm_preconditioned(lstm, x)
+    with pytest.raises(ValueError, match="inputs, targets"):
+        tx.update(None, tx.init(lp), lp)
+    with pytest.raises(ValueError, match="MultiSteps"):  # ADMMiRNN never reads gradients
+        fit(small_model(), optax.MultiSteps(admm_jax.admmirnn(), 2), (x, y), iterations=1,
+            batch_size=4)

@@ -21,8 +21,9 @@ Where the data comes from (MNIST and IMDb), in order:
 Decoded arrays are cached as ``.npz`` in ``$ADMM_JAX_CACHE`` (else
 ``$XDG_CACHE_HOME/admm_jax`` or ``~/.cache/admm_jax``), keyed by the source files' checksums,
 so a second load takes well under a second. Decoded data is also checked against the known
-content checksum: a damaged file raises :class:`ChecksumError`, never silently used; missing
-data raises :class:`DataNotFoundError` listing the paths tried and how to get the files.
+content checksum: a damaged file raises [`ChecksumError`][admm_jax.data.ChecksumError], never
+silently used; missing data raises [`DataNotFoundError`][admm_jax.data.DataNotFoundError] listing
+the paths tried and how to get the files.
 """
 
 from admm_jax.data._sources import ChecksumError, DataNotFoundError, cache_dir

@@ -1,6 +1,6 @@
 """Where the data lives: data-directory search, checksums, download and the array cache.
 
-Search order (documented in :mod:`admm_jax.data`): the ``data_dir`` argument, else
+Search order (documented in [`admm_jax.data`][]): the ``data_dir`` argument, else
 ``$ADMM_JAX_DATA``, else TFDS's default directory (``$TFDS_DATA_DIR`` or
 ``~/tensorflow_datasets``) followed by this package's download folder
 (``<cache>/raw``). In the chosen root a prepared TFDS directory is tried first
@@ -113,7 +113,8 @@ def sha256_file(path: pathlib.Path) -> str:
 
 
 def verify_file(path: pathlib.Path, expected: Sequence[str]) -> str:
-    """Return the sha256 of ``path``; raise :class:`ChecksumError` unless it is in ``expected``."""
+    """Return the sha256 of ``path``; raise [`ChecksumError`][admm_jax.data.ChecksumError]
+    unless it is in ``expected``."""
     got = sha256_file(path)
     if got not in expected:
         raise ChecksumError(
@@ -136,7 +137,8 @@ def sums_file(path: pathlib.Path) -> dict[str, str]:
 
 def tfds_files_digest(tfds_dir: pathlib.Path, name: str) -> str:
     """One sha256 over the data files of a prepared TFDS set; each file is checked against a
-    ``SHA256SUMS`` in ``tfds_dir`` when there is one (raises :class:`ChecksumError`)."""
+    ``SHA256SUMS`` in ``tfds_dir`` when there is one (raises
+    [`ChecksumError`][admm_jax.data.ChecksumError])."""
     sums_path = tfds_dir / "SHA256SUMS"
     sums = sums_file(sums_path) if sums_path.is_file() else {}
     files = sorted(p for p in (tfds_dir / name).glob("*/*") if ".array_record" in p.name)

@@ -13,10 +13,12 @@ REMAINDERS = ("drop", "pad")
 class Batch(NamedTuple):
     """One mini-batch.
 
-    data: the arrays' rows ``a[indices]``, each with leading size ``batch_size``;
-    indices: int32 ``[batch_size]`` sample indices (what per-sample optimizer state needs);
-    mask: bool ``[batch_size]``, False on padding rows (``remainder="pad"`` only);
-    epoch, step: the position of this batch.
+    Attributes:
+      data: the arrays' rows ``a[indices]``, each with leading size ``batch_size``.
+      indices: int32 ``[batch_size]`` sample indices (what per-sample optimizer state needs).
+      mask: bool ``[batch_size]``, False on padding rows (``remainder="pad"`` only).
+      epoch: the epoch of this batch.
+      step: its step within the epoch.
     """
 
     data: tuple[np.ndarray, ...]
@@ -29,7 +31,7 @@ class Batch(NamedTuple):
 class BatchIterator:
     r"""Mini-batches shuffled per epoch from an explicit seed, resumable from ``(epoch, step)``.
 
-    Epoch :math:`e` visits the samples in the order
+    Epoch \( e \) visits the samples in the order
     ``numpy.random.default_rng([seed, e]).permutation(n)``, cut into batches of
     ``batch_size``. The order depends only on ``(seed, e)``, so a run resumed at
     ``(epoch, step)`` sees exactly the batches the uninterrupted run would have.
@@ -54,12 +56,13 @@ class BatchIterator:
       epochs: how many epochs iteration runs (``None``: forever).
       start: ``(epoch, step)`` to resume from.
 
-    >>> x = np.arange(10.0)
-    >>> it = BatchIterator(x, batch_size=4, seed=0, remainder="pad", epochs=1)
-    >>> [int(b.mask.sum()) for b in it]
-    [4, 4, 2]
-    >>> it.position  # where a resumed run would start
-    (1, 0)
+    Examples:
+      >>> x = np.arange(10.0)
+      >>> it = BatchIterator(x, batch_size=4, seed=0, remainder="pad", epochs=1)
+      >>> [int(b.mask.sum()) for b in it]
+      [4, 4, 2]
+      >>> it.position  # where a resumed run would start
+      (1, 0)
     """
 
     def __init__(
@@ -138,7 +141,8 @@ def batches(
     shuffle: bool = True,
     start: tuple[int, int] = (0, 0),
 ) -> Iterator[Batch]:
-    """Iterate :class:`Batch` es over ``arrays``; see :class:`BatchIterator` for the rules.
+    """Iterate [`Batch`][admm_jax.data.Batch]es over ``arrays``; see
+    [`BatchIterator`][admm_jax.data.BatchIterator] for the rules.
 
     Examples:
       >>> x, y = np.arange(12.0).reshape(6, 2), np.arange(6)

@@ -45,9 +45,11 @@ _WORD = re.compile(r"[^\W_]+(?:'[^\W_]+)*")
 class Reviews(NamedTuple):
     """Tokenised reviews.
 
-    ids: int32 ``[N, T]`` word ids (0 = padding, 1 = unknown); lengths: int32 ``[N]`` number of
-    real tokens in each row (``<= T``); labels: int32 ``[N]`` (0 negative, 1 positive);
-    vocab: the words, ``vocab[id]`` (``vocab[0] = "<pad>"``, ``vocab[1] = "<unk>"``).
+    Attributes:
+      ids: int32 ``[N, T]`` word ids (0 = padding, 1 = unknown).
+      lengths: int32 ``[N]`` number of real tokens in each row (``<= T``).
+      labels: int32 ``[N]`` (0 negative, 1 positive).
+      vocab: the words, ``vocab[id]`` (``vocab[0] = "<pad>"``, ``vocab[1] = "<unk>"``).
     """
 
     ids: np.ndarray
@@ -62,8 +64,9 @@ def tokenize(text: str) -> list[str]:
     A word is a run of letters/digits (any script, no underscore), possibly joined by
     apostrophes (``don't`` is one word); everything else separates words.
 
-    >>> tokenize("Great film!<br /><br />Don't MISS it, 10/10.")
-    ['great', 'film', "don't", 'miss', 'it', '10', '10']
+    Examples:
+      >>> tokenize("Great film!<br /><br />Don't MISS it, 10/10.")
+      ['great', 'film', "don't", 'miss', 'it', '10', '10']
     """
     return _WORD.findall(_BR.sub(" ", text.lower()))
 
@@ -233,11 +236,11 @@ def imdb(
     source: str = "auto",
     cache: bool = True,
 ) -> Reviews:
-    r"""IMDb reviews as word-id sequences with binary sentiment labels.
+    """IMDb reviews as word-id sequences with binary sentiment labels.
 
-    Tokenisation: :func:`tokenize` (lowercase, ``<br />`` removed, regex words). Vocabulary:
-    id 0 = padding, id 1 = unknown, then the ``vocab_size - 2`` most frequent words of the
-    **train** split (counts over all train reviews; ties broken alphabetically), so it is
+    Tokenisation: [`tokenize`][admm_jax.data.tokenize] (lowercase, ``<br />`` removed, regex words).
+    Vocabulary: id 0 = padding, id 1 = unknown, then the ``vocab_size - 2`` most frequent words of
+    the **train** split (counts over all train reviews; ties broken alphabetically), so it is
     deterministic and never sees the test split; rarer words map to 1. Each review is cut to
     ``max_len`` tokens (``truncating="pre"`` keeps the last ones, ``"post"`` the first) and
     padded with 0 on the ``padding`` side. The default ``"pre"``/``"pre"`` (as in Keras's
@@ -250,15 +253,17 @@ def imdb(
       max_len: sequence length ``T``; ``None`` pads to the longest review of the split.
       padding: ``"pre"`` or ``"post"``.
       truncating: ``"pre"`` or ``"post"``.
-      data_dir, download, source, cache: as in :func:`admm_jax.data.mnist`.
+      data_dir, download, source, cache: as in [`admm_jax.data.mnist`][].
 
     Returns:
-      :class:`Reviews` ``(ids [N, T] int32, lengths [N] int32, labels [N] int32, vocab)``, in
-      the TFDS record order (both sources give the same order).
+      [`Reviews`][admm_jax.data.Reviews]
+      ``(ids [N, T] int32, lengths [N] int32, labels [N] int32, vocab)``, in the TFDS record order
+      (both sources give the same order).
 
-    >>> r = imdb("test", vocab_size=10000, max_len=100)  # doctest: +SKIP
-    >>> r.ids.shape, r.labels.mean(), r.vocab[:3]  # doctest: +SKIP
-    ((25000, 100), 0.5, ('<pad>', '<unk>', 'the'))
+    Examples:
+      >>> r = imdb("test", vocab_size=10000, max_len=100)  # doctest: +SKIP
+      >>> r.ids.shape, r.labels.mean(), r.vocab[:3]  # doctest: +SKIP
+      ((25000, 100), 0.5, ('<pad>', '<unk>', 'the'))
 
     References:
       Maas et al., Learning word vectors for sentiment analysis, ACL 2011.
@@ -306,8 +311,9 @@ def decode_ids(ids, vocab: Sequence[str], *, sep: str = " ", skip_pad: bool = Tr
     Returns:
       A string for 1-D input, a list of strings for 2-D input.
 
-    >>> decode_ids([0, 0, 2, 1, 3], ("<pad>", "<unk>", "a", "film"))
-    'a <unk> film'
+    Examples:
+      >>> decode_ids([0, 0, 2, 1, 3], ("<pad>", "<unk>", "a", "film"))
+      'a <unk> film'
     """
     a = np.asarray(ids)
     if a.ndim == 2:

@@ -132,10 +132,12 @@ def load_uint8(
 
 
 def mnist_permutation(seed: int = 0) -> np.ndarray:
-    """The fixed pixel order of permuted MNIST: ``numpy.random.default_rng(seed).permutation(784)``.
+    """The fixed pixel order of permuted MNIST:
+    ``numpy.random.default_rng(seed).permutation(784)``.
 
-    >>> mnist_permutation(0)[:5].tolist() == mnist_permutation(0)[:5].tolist()
-    True
+    Examples:
+      >>> mnist_permutation(0)[:5].tolist() == mnist_permutation(0)[:5].tolist()
+      True
     """
     return np.random.default_rng(seed).permutation(784)
 
@@ -152,13 +154,15 @@ def mnist(
 ) -> tuple[np.ndarray, np.ndarray]:
     r"""MNIST digits as sequences for a recurrent network.
 
-    Pixels are scaled to :math:`[0, 1]` (``uint8 / 255``). With ``x`` the images
-    ``[N, 28, 28]`` and ``p`` = :func:`mnist_permutation` ``(permutation_seed)``:
+    Pixels are scaled to \( [0, 1] \) (``uint8 / 255``). With ``x`` the images
+    ``[N, 28, 28]`` and ``p`` = [`mnist_permutation`][admm_jax.data.mnist_permutation]
+    ``(permutation_seed)``:
 
-    .. math::
-        \text{rows: } u_{n,t,:} = x_{n,t,:}\ (T=28, d=28),\quad
-        \text{pixels: } u_{n,t,0} = x_{n,\lfloor t/28 \rfloor, t \bmod 28}\ (T=784, d=1),\quad
-        \text{permuted: } u_{n,t,0} = \text{pixels}_{n,p_t,0}
+    $$
+    \text{rows: } u_{n,t,:} = x_{n,t,:}\ (T=28, d=28),\quad
+    \text{pixels: } u_{n,t,0} = x_{n,\lfloor t/28 \rfloor, t \bmod 28}\ (T=784, d=1),\quad
+    \text{permuted: } u_{n,t,0} = \text{pixels}_{n,p_t,0}
+    $$
 
     The permutation depends only on ``permutation_seed``, so every split shares it. Samples
     keep the original IDX order whatever the source.
@@ -166,10 +170,10 @@ def mnist(
     Args:
       split: ``"train"`` (60000), ``"test"`` (10000), or a slice of one such as
         ``"train[:50000]"`` / ``"train[50000:]"`` (the h-detach 50k/10k train/validation
-        recipe); see also :func:`admm_jax.data.validation_split` for a random hold-out.
+        recipe); see also [`admm_jax.data.validation_split`][] for a random hold-out.
       layout: ``"rows"``, ``"pixels"`` or ``"permuted"``.
       permutation_seed: seed of the pixel permutation (``layout="permuted"`` only).
-      data_dir: where to look (see the search order in :mod:`admm_jax.data`).
+      data_dir: where to look (see the search order in [`admm_jax.data`][]).
       download: fetch the raw files from the canonical mirrors when nothing is found.
       source: ``"auto"`` (prepared TFDS first, then raw files), ``"tfds"`` or ``"raw"``.
       cache: read/write the decoded arrays in the cache (``$ADMM_JAX_CACHE``).
@@ -181,9 +185,10 @@ def mnist(
       DataNotFoundError: no copy found (the message lists where and how to get one).
       ChecksumError: a file, or the data decoded from it, has the wrong checksum.
 
-    >>> x, y = mnist("test", layout="pixels")  # doctest: +SKIP
-    >>> x.shape, x.dtype, y.shape  # doctest: +SKIP
-    ((10000, 784, 1), dtype('float32'), (10000,))
+    Examples:
+      >>> x, y = mnist("test", layout="pixels")  # doctest: +SKIP
+      >>> x.shape, x.dtype, y.shape  # doctest: +SKIP
+      ((10000, 784, 1), dtype('float32'), (10000,))
 
     References:
       LeCun, Cortes and Burges, The MNIST database of handwritten digits (1998).

@@ -12,8 +12,9 @@ _SPLIT = re.compile(r"^(?P<name>[a-z]+)(?:\[(?P<start>-?\d*):(?P<stop>-?\d*)\])?
 def parse_split(split: str, names: tuple[str, ...]) -> tuple[str, slice]:
     """Split ``"name"`` or ``"name[start:stop]"`` into the base name and a slice.
 
-    >>> parse_split("train[:50000]", ("train", "test"))
-    ('train', slice(None, 50000, None))
+    Examples:
+      >>> parse_split("train[:50000]", ("train", "test"))
+      ('train', slice(None, 50000, None))
     """
     m = _SPLIT.match(split) if isinstance(split, str) else None
     if m is None or m["name"] not in names:
@@ -27,15 +28,16 @@ def parse_split(split: str, names: tuple[str, ...]) -> tuple[str, slice]:
 
 
 def check_slice(split: str, sl: slice, n: int) -> slice:
-    """``sl`` (from :func:`parse_split`) checked against the split's ``n`` samples: both ends in
+    """``sl`` (from `parse_split`) checked against the split's ``n`` samples: both ends in
     ``[-n, n]`` and a nonempty, forward range. Returns ``sl``.
 
-    >>> check_slice("train[:50000]", slice(None, 50000), 60000)
-    slice(None, 50000, None)
-    >>> check_slice("train[:70000]", slice(None, 70000), 60000)
-    Traceback (most recent call last):
-    ...
-    ValueError: split: 'train[:70000]' asks for samples up to 70000, but the split has 60000
+    Examples:
+      >>> check_slice("train[:50000]", slice(None, 50000), 60000)
+      slice(None, 50000, None)
+      >>> check_slice("train[:70000]", slice(None, 70000), 60000)
+      Traceback (most recent call last):
+      ...
+      ValueError: split: 'train[:70000]' asks for samples up to 70000, but the split has 60000
     """
     for end in (sl.start, sl.stop):
         if end is not None and not -n <= end <= n:
@@ -65,9 +67,10 @@ def validation_split(
     Returns:
       ``(train_idx, valid_idx)``, int64 arrays of lengths ``n - n_valid`` and ``n_valid``.
 
-    >>> tr, va = validation_split(60000, 10000)  # the h-detach 50k/10k MNIST recipe
-    >>> len(tr), len(va), int(va[0])
-    (50000, 10000, 50000)
+    Examples:
+      >>> tr, va = validation_split(60000, 10000)  # the h-detach 50k/10k MNIST recipe
+      >>> len(tr), len(va), int(va[0])
+      (50000, 10000, 50000)
     """
     if not (isinstance(n_valid, int | np.integer) and 0 <= n_valid <= n):
         raise ValueError(f"n_valid: expected an integer in [0, {n}], got {n_valid!r}")

@@ -20,9 +20,9 @@ def _check(T: int, n: int, seed: int, min_T: int) -> None:
 def copying(T: int, n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     r"""The copying task as in h-detach (Kanuparthi et al., 2019).
 
-    Each input sequence has length :math:`T + 20`: 10 symbols drawn uniformly from
-    :math:`\{1, \dots, 8\}`, :math:`T - 1` blanks (0), the delimiter 9, then 10 blanks. The
-    target is :math:`T + 10` blanks followed by the same 10 symbols. The symbol is fed as one
+    Each input sequence has length \( T + 20 \): 10 symbols drawn uniformly from
+    \( \{1, \dots, 8\} \), \( T - 1 \) blanks (0), the delimiter 9, then 10 blanks. The
+    target is \( T + 10 \) blanks followed by the same 10 symbols. The symbol is fed as one
     scalar (``inputs[..., 0]`` holds its value). The model predicts one of 9 classes (0..8) at
     every step; train with the cross-entropy at every step and report the accuracy on the last
     10 steps (``targets[:, -10:]``).
@@ -35,9 +35,10 @@ def copying(T: int, n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     Returns:
       ``(inputs float32 [n, T + 20, 1], targets int32 [n, T + 20])``.
 
-    >>> x, y = copying(5, 2, seed=0)
-    >>> x.shape, y.shape, bool((x[:, :10, 0] == y[:, -10:]).all()), int(x[0, 14, 0])
-    ((2, 25, 1), (2, 25), True, 9)
+    Examples:
+      >>> x, y = copying(5, 2, seed=0)
+      >>> x.shape, y.shape, bool((x[:, :10, 0] == y[:, -10:]).all()), int(x[0, 14, 0])
+      ((2, 25, 1), (2, 25), True, 9)
 
     References:
       Hochreiter and Schmidhuber, Long short-term memory, 1997; Arjovsky, Shah and Bengio,
@@ -56,12 +57,12 @@ def copying(T: int, n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def adding(T: int, n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    r"""The adding problem: sum the two marked numbers of a length-:math:`T` sequence.
+    r"""The adding problem: sum the two marked numbers of a length-\( T \) sequence.
 
-    Channel 0 holds values :math:`v_t \sim U[0, 1)`; channel 1 is 1 at two marked steps, one
-    drawn uniformly from the first half :math:`[0, \lfloor T/2 \rfloor)` and one from the
-    second half :math:`[\lfloor T/2 \rfloor, T)`, and 0 elsewhere. The target is
-    :math:`\sum_t v_t m_t`, regressed from the last step with the squared error (predicting
+    Channel 0 holds values \( v_t \sim U[0, 1) \); channel 1 is 1 at two marked steps, one
+    drawn uniformly from the first half \( [0, \lfloor T/2 \rfloor) \) and one from the
+    second half \( [\lfloor T/2 \rfloor, T) \), and 0 elsewhere. The target is
+    \( \sum_t v_t m_t \), regressed from the last step with the squared error (predicting
     1 everywhere gives MSE about 1/6, the baseline to beat).
 
     Args:
@@ -72,9 +73,10 @@ def adding(T: int, n: int, *, seed: int) -> tuple[np.ndarray, np.ndarray]:
     Returns:
       ``(inputs float32 [n, T, 2], targets float32 [n])``.
 
-    >>> x, y = adding(10, 3, seed=0)
-    >>> x.shape, y.shape, x[..., 1].sum(axis=1).tolist()
-    ((3, 10, 2), (3,), [2.0, 2.0, 2.0])
+    Examples:
+      >>> x, y = adding(10, 3, seed=0)
+      >>> x.shape, y.shape, x[..., 1].sum(axis=1).tolist()
+      ((3, 10, 2), (3,), [2.0, 2.0, 2.0])
 
     References:
       Hochreiter and Schmidhuber, Long short-term memory, 1997; Arjovsky, Shah and Bengio,

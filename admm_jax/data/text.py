@@ -13,8 +13,10 @@ import numpy as np
 class CharText(NamedTuple):
     """Next-character windows.
 
-    inputs, targets: int32 ``[N, seq_len]`` character ids with ``targets[:, t]`` the character
-    after ``inputs[:, t]``; vocab: the sorted distinct characters, ``vocab[id]``.
+    Attributes:
+      inputs: int32 ``[N, seq_len]`` character ids.
+      targets: int32 ``[N, seq_len]``, ``targets[:, t]`` the character after ``inputs[:, t]``.
+      vocab: the sorted distinct characters, ``vocab[id]``.
     """
 
     inputs: np.ndarray
@@ -44,9 +46,9 @@ def text(
 ) -> CharText:
     r"""Character vocabulary and next-character ``(inputs, targets)`` windows.
 
-    With the text encoded as ids :math:`c_0 \dots c_{L-1}` (ids index the sorted distinct
-    characters), window :math:`k` starts at :math:`s = k \cdot \text{stride}` and is
-    :math:`x = c_{s:s+\text{seq\_len}},\ y = c_{s+1:s+1+\text{seq\_len}}`, for every :math:`k`
+    With the text encoded as ids \( c_0 \dots c_{L-1} \) (ids index the sorted distinct
+    characters), window \( k \) starts at \( s = k \cdot \text{stride} \) and is
+    \( x = c_{s:s+\text{seq\_len}},\ y = c_{s+1:s+1+\text{seq\_len}} \), for every \( k \)
     whose target fits in the text (a short tail is dropped).
 
     Args:
@@ -60,12 +62,13 @@ def text(
         whatever it looks like) or ``"path"`` (it names a file).
 
     Returns:
-      :class:`CharText` ``(inputs [N, T] int32, targets [N, T] int32, vocab)``; decode with
-      ``admm_jax.data.decode_ids(ids, vocab, sep="")``.
+      [`CharText`][admm_jax.data.CharText] ``(inputs [N, T] int32, targets [N, T] int32, vocab)``;
+      decode with ``admm_jax.data.decode_ids(ids, vocab, sep="")``.
 
-    >>> d = text("hello world", seq_len=4)
-    >>> d.inputs.shape, "".join(d.vocab[i] for i in d.targets[0])
-    ((2, 4), 'ello')
+    Examples:
+      >>> d = text("hello world", seq_len=4)
+      >>> d.inputs.shape, "".join(d.vocab[i] for i in d.targets[0])
+      ((2, 4), 'ello')
     """
     if not (isinstance(seq_len, int | np.integer) and seq_len >= 1):
         raise ValueError(f"seq_len: expected a positive integer, got {seq_len!r}")

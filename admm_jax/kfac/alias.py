@@ -34,8 +34,9 @@ def admm_kfac(
     damping: float = 0.1,
     ema: float = 0.95,
     refresh_every: int = 10,
+    stats_every: int = 1,
     fisher: str = "empirical",
-    output_factor: str = "full",
+    output_factor: str = "gates",
     normalize_output: bool = True,
     adaptive_damping: bool = True,
     fallback_scale: float = 0.003,
@@ -72,8 +73,10 @@ def admm_kfac(
       damping: \(\mu\), relative to each factor's mean eigenvalue.
       ema: weight of the old factors in their running averages.
       refresh_every: steps between refreshes of the damped inverses.
+      stats_every: steps between updates of the factors.
       fisher: ``"empirical"`` or ``"sampled"``.
-      output_factor: ``"full"`` (two-sided) or ``"identity"`` (one-sided).
+      output_factor: ``"gates"`` (two-sided, one output factor per gate), ``"full"`` or
+        ``"identity"`` (one-sided).
       normalize_output: use \(S / m_S\).
       adaptive_damping: raise the damping while the loss rises.
       fallback_scale: the step of parameters no linear map owns, relative to the others.
@@ -107,7 +110,8 @@ def admm_kfac(
     checks.nonnegative_number("weight_decay", weight_decay)
     return reject_nonfinite(optax.chain(
         scale_by_kfac(model, inputs, loss=loss, damping=damping, ema=ema,
-                      refresh_every=refresh_every, fisher=fisher, output_factor=output_factor,
+                      refresh_every=refresh_every, stats_every=stats_every, fisher=fisher,
+                      output_factor=output_factor,
                       normalize_output=normalize_output, adaptive_damping=adaptive_damping,
                       fallback_scale=fallback_scale, seed=seed),
         optax.add_decayed_weights(weight_decay, mask=_matrices),
@@ -124,6 +128,7 @@ def admm_preconditioned(
     damping: float = 0.1,
     ema: float = 0.95,
     refresh_every: int = 10,
+    stats_every: int = 1,
     fisher: str = "empirical",
     adaptive_damping: bool = True,
     fallback_scale: float = 0.003,
@@ -158,6 +163,6 @@ def admm_preconditioned(
       (the input factor).
     """
     return admm_kfac(model, inputs, learning_rate, weight_decay=weight_decay, loss=loss,
-                     damping=damping, ema=ema, refresh_every=refresh_every, fisher=fisher,
-                     output_factor="identity", adaptive_damping=adaptive_damping,
-                     fallback_scale=fallback_scale, seed=seed)
+                     damping=damping, ema=ema, refresh_every=refresh_every,
+                     stats_every=stats_every, fisher=fisher, output_factor="identity",
+                     adaptive_damping=adaptive_damping, fallback_scale=fallback_scale, seed=seed)

@@ -56,8 +56,9 @@ def mean_eigenvalue(factor: jax.Array) -> jax.Array:
 def damped_inverse(factor: jax.Array, damping, normalize=False) -> jax.Array:
     r"""\((F + \mu m I)^{-1}\), \(m\) the mean eigenvalue; ``normalize``: \((F/m + \mu I)^{-1}\).
 
-    A vector is a diagonal factor (its inverse is a vector). ``normalize`` may be a traced
-    bool (``optax.inject_hyperparams``).
+    A vector is a diagonal factor (its inverse is a vector); ``[k, m, m]`` are ``k`` factors
+    (per gate), each damped and normalised by its own mean eigenvalue. ``normalize`` may be a
+    traced bool (``optax.inject_hyperparams``).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -67,6 +68,8 @@ def damped_inverse(factor: jax.Array, damping, normalize=False) -> jax.Array:
       >>> [round(float(v), 4) for v in damped_inverse(jnp.array([2.0, 4.0]), 0.5)]  # diagonal
       [0.2857, 0.1818]
     """
+    if factor.ndim == 3:
+        return jax.vmap(lambda f: damped_inverse(f, damping, normalize))(factor)
     m = mean_eigenvalue(factor)
     scale = jnp.where(normalize, 1.0 / m, 1.0).astype(factor.dtype)
     kappa = (damping * jnp.where(normalize, 1.0, m)).astype(factor.dtype)
@@ -95,7 +98,13 @@ def kernel_step(block, a_inv, s_inv, grad):
     r"""\((A + \kappa_A I)^{-1} G (S + \kappa_S I)^{-1}\) for one block (an embedding's \(A\)
     is diagonal: its inverse a vector; ``s_inv=None``: one-sided, \(S = I\))."""
     left = a_inv[:, None] * grad if block.kind == "embed" else a_inv @ grad
-    return left if s_inv is None else left @ s_inv
+    if s_inv is None:
+        return left
+    if s_inv.ndim == 3:  # one output factor per gate
+        k = s_inv.shape[0]
+        per = jnp.einsum("pkm,kmn->pkn", left.reshape(left.shape[0], k, -1), s_inv)
+        return per.reshape(left.shape)
+    return left @ s_inv
 
 
 def to_leaves(block, step, leaves):

@@ -107,7 +107,9 @@ class Site(NamedTuple):
     ``"embed"``; kernel: origin of the kernel operand; canonical: how to read it as
     ``[d_in, d_out]`` (``"T"``: transpose it); d_in, d_out; uses: how many times it runs
     per forward pass (the product of the enclosing scans' lengths); rows: rows of ``x`` per
-    use; x_key, s_key: identity of its input and of its output's cotangent (sharing).
+    use; x_key, s_key: identity of its input and of its output's cotangent (sharing); gates:
+    the equal parts its output (with whatever is added to it) is split into (an LSTM's or
+    GRU's fused gates), else 1.
     """
 
     path: tuple
@@ -120,6 +122,7 @@ class Site(NamedTuple):
     rows: int
     x_key: tuple
     s_key: tuple
+    gates: int = 1
 
 
 class Block(NamedTuple):
@@ -128,7 +131,8 @@ class Block(NamedTuple):
     name: the kernel leaf's path; kind: ``"dense"`` or ``"embed"``; kernel: its origin
     (canonical ``[d_in, d_out]``, see ``transposed``); bias: the bias origin (``[d_out]``)
     or ``None``; a_slot, s_slot: its factors' indices in [Plan][admm_jax.kfac.trace.Plan];
-    rows: rows over all its sites and uses (``S``'s sample count).
+    rows: rows over all its sites and uses (``S``'s sample count); gates: ``S`` is
+    block-diagonal with this many equal blocks (1: full).
     """
 
     name: str
@@ -141,30 +145,34 @@ class Block(NamedTuple):
     a_slot: int
     s_slot: int
     rows: int
+    gates: int = 1
 
 
 class Tap(NamedTuple):
-    """What the tagged forward pass does at one site: ``bias`` (augment ``x`` with ones) and
-    the slots whose statistics this site writes (``None``: another site writes them)."""
+    """What the tagged forward pass does at one site: ``bias`` (augment ``x`` with ones), the
+    slots whose statistics this site writes (``None``: another site writes them), and the
+    gates its output factor is split into."""
 
     kind: str
     bias: bool
     a_slot: int | None
     s_slot: int | None
+    gates: int = 1
 
 
 class Plan(NamedTuple):
     """Every linear map of a model and the factors they need (static).
 
     blocks: the preconditioned weights; a_shapes, s_shapes: each factor slot's shape
-    (``(P, P)`` dense input factors, ``(V,)`` embedding counts, ``(Z, Z)`` output factors);
+    (``(P, P)`` dense input factors, ``(V,)`` embedding counts, ``(Z, Z)`` output factors,
+    ``(k, Z/k, Z/k)`` per gate);
     taps: the instruction for each site path; fallback: the leaves no block covers;
     names: every parameter leaf's path.
     """
 
     blocks: tuple[Block, ...]
     a_shapes: tuple[tuple[int, ...], ...]
-    s_shapes: tuple[tuple[int, int], ...]
+    s_shapes: tuple[tuple[int, ...], ...]
     taps: dict
     fallback: tuple[int, ...]
     names: tuple[str, ...]
@@ -172,8 +180,8 @@ class Plan(NamedTuple):
     def signature(self) -> tuple:
         """What the optimizer state depends on (not the sequence length or batch size)."""
         return (tuple((b.name, b.kind, b.d_in, b.d_out, b.bias is not None, b.a_slot,
-                       b.s_slot) for b in self.blocks), self.a_shapes, self.s_shapes,
-                self.fallback)
+                       b.s_slot, b.gates) for b in self.blocks), self.a_shapes,
+                self.s_shapes, self.fallback)
 
 
 # ------------------------------------------------------------------------------ the walk
@@ -241,6 +249,7 @@ class _Walk:
         self.opaque: set[int] = set()
         self.bias: dict[tuple, Origin] = {}
         self.bad_bias: set[tuple] = set()
+        self.group_bias: dict[tuple, Origin] = {}  # a bias added to an embedding's output
 
     # -- origins
     def _mark_opaque(self, origin: Origin | None) -> None:
@@ -306,7 +315,7 @@ class _Walk:
                 return self._dense(eqn, here, vals, ins, found, chain, consumers, first, uses)
         if name == "gather":
             if _embed_site(eqn, origin):
-                return self._embed(eqn, here, vals, ins, consumers, first, uses)
+                return self._embed(eqn, here, vals, ins, chain, consumers, first, uses)
 
         if not any(o is not None for o in ins):  # nothing of the parameters inside
             return self._bind(eqn, vals) if running else None
@@ -347,9 +356,10 @@ class _Walk:
         d_in = eqn.invars[k].aval.shape[kc]
         d_out = eqn.invars[k].aval.shape[1 - kc]
         rows = math.prod(x.aval.shape) // d_in
+        root = _sum_root(eqn.outvars[0], consumers, first)
         self.sites.append(Site(here, "dense", ins[k], "T" if kc == 1 else "", d_in, d_out,
-                               uses, rows, (here[:-1], x, xc),
-                               (here[:-1], _sum_root(eqn.outvars[0], consumers, first))))
+                               uses, rows, (here[:-1], x, xc), (here[:-1], root),
+                               _gates(root, out_axis, consumers, first)))
         if consumers.get(eqn.outvars[0]) == 1:
             chain[eqn.outvars[0]] = (here, out_axis)
         if self.plan is None:
@@ -359,13 +369,15 @@ class _Walk:
             return self._bind(eqn, vals)
         return [_dense_tap(eqn, k, xc, out_axis, tap, vals, self.dummies)]
 
-    def _embed(self, eqn, here, vals, ins, consumers, first, uses):
+    def _embed(self, eqn, here, vals, ins, chain, consumers, first, uses):
         table, idx = eqn.invars
         v, d = table.aval.shape
         rows = math.prod(idx.aval.shape[:-1])
         self.sites.append(Site(here, "embed", ins[0], "", v, d, uses, rows,
                                (here[:-1], idx, -1),
                                (here[:-1], _sum_root(eqn.outvars[0], consumers, first))))
+        if consumers.get(eqn.outvars[0]) == 1:
+            chain[eqn.outvars[0]] = (here, eqn.outvars[0].aval.ndim - 1)
         if self.plan is None:
             return None
         tap = self.plan.taps.get(here)
@@ -389,6 +401,11 @@ class _Walk:
             o = ins[1 - j]
             flat = Origin(o.leaves, f"bias({o.key})",
                           lambda *v, f=o.fn: jnp.reshape(f(*v), (-1,)))
+            found = next(s for s in self.sites if s.path == site)
+            if found.kind == "embed":  # the bias of the whole sum: a dense map of it takes it
+                self.group_bias[found.s_key] = flat
+                attached = True
+                continue
             if self.bias.get(site, flat) != flat:
                 self.bad_bias.add(site)
             self.bias[site] = flat
@@ -421,6 +438,16 @@ class _Walk:
         return [*carry, *ys]
 
 
+def _gates(root, axis: int, consumers, first) -> int:
+    """How many equal parts ``root`` is split into along ``axis`` (its only use), else 1."""
+    eqn = first.get(root)
+    if consumers.get(root) != 1 or eqn is None or eqn.primitive.name != "split":
+        return 1
+    sizes = tuple(eqn.params["sizes"])
+    ok = eqn.params["axis"] % root.aval.ndim == axis and len(set(sizes)) == 1
+    return len(sizes) if ok else 1
+
+
 def _sum_root(v, consumers, first):
     """Follow ``v`` through adds while it is their only use: the maps whose outputs reach the
     same root have the same output cotangent."""
@@ -436,6 +463,14 @@ def _sum_root(v, consumers, first):
 def _rows(a, axis: int):
     a = jnp.moveaxis(a, axis, -1)
     return a.reshape(-1, a.shape[-1]).astype(jnp.promote_types(a.dtype, jnp.float32))
+
+
+def _gram(rows, gates: int):
+    """``rows^T rows``, or its ``gates`` diagonal blocks ``[gates, m, m]``."""
+    if gates == 1:
+        return rows.T @ rows
+    r = rows.reshape(rows.shape[0], gates, -1)
+    return jnp.einsum("rkm,rkn->kmn", r, r)
 
 
 def _dense_tap(eqn, k, xc, out_axis, tap: Tap, vals, dummies):
@@ -468,8 +503,7 @@ def _dense_tap(eqn, k, xc, out_axis, tap: Tap, vals, dummies):
                 xr = jnp.concatenate([xr, jnp.ones_like(xr[:, :1])], 1)
             ga = (xr.T @ xr).astype(a_type)
         if s_type is not None:
-            gr = _rows(g, out_axis)
-            gs = (gr.T @ gr).astype(s_type)
+            gs = _gram(_rows(g, out_axis), tap.gates).astype(s_type)
         return gx, gk, ga, gs
 
     tapped.defvjp(fwd, bwd)
@@ -505,8 +539,7 @@ def _embed_tap(eqn, tap: Tap, vals, dummies):
             ids = jnp.where(ids < 0, a_spec[0][0], ids)  # out of range: dropped
             ga = jnp.zeros(*a_spec).at[ids].add(1.0, mode="drop")
         if s_type is not None:
-            gr = _rows(g, -1)
-            gs = (gr.T @ gr).astype(s_type)
+            gs = _gram(_rows(g, -1), 1).astype(s_type)
         return gt, np.zeros(idx.shape, jax.dtypes.float0), ga, gs
 
     tapped.defvjp(fwd, bwd)
@@ -516,9 +549,58 @@ def _embed_tap(eqn, tap: Tap, vals, dummies):
 # ------------------------------------------------------------------------------ planning
 
 
-def make_plan(closed, num_leaves: int, names: tuple[str, ...]) -> Plan:
+def inline_calls(closed):
+    """``closed`` with every nested ``jit`` (and ``remat``) call inlined, in loop bodies too:
+    the maps one loop step computes, and the adds between them, then sit in one jaxpr
+    whatever helper functions the model's code went through (``jnp.take`` is a ``jit``)."""
+
+    def interpret(jaxpr, consts, args):
+        env = dict(zip(jaxpr.constvars, consts, strict=True))
+        env.update(zip(jaxpr.invars, args, strict=True))
+
+        def read(v):
+            return v.val if isinstance(v, jcore.Literal) else env[v]
+
+        for eqn in jaxpr.eqns:
+            vals = [read(v) for v in eqn.invars]
+            name = eqn.primitive.name
+            if name in _CALLS:
+                inner = eqn.params["jaxpr"]
+                inner = inner if isinstance(inner, jcore.ClosedJaxpr) else jcore.ClosedJaxpr(
+                    inner, ())
+                outs = interpret(inner.jaxpr, inner.consts, vals)
+            elif name == "scan":
+                outs = _rescan(eqn, vals, interpret)
+            else:
+                outs = _Walk._bind(eqn, vals)
+            env.update(zip(eqn.outvars, outs, strict=True))
+        return [read(v) for v in jaxpr.outvars]
+
+    avals = [jax.ShapeDtypeStruct(v.aval.shape, v.aval.dtype) for v in closed.jaxpr.invars]
+    return jax.make_jaxpr(lambda *a: interpret(closed.jaxpr, closed.consts, a))(*avals)
+
+
+def _rescan(eqn, vals, body_fn):
+    """A ``scan`` equation emitted again with its body run by ``body_fn(jaxpr, consts,
+    args)``."""
+    p = eqn.params
+    nc, ncar = p["num_consts"], p["num_carry"]
+    body = p["jaxpr"]
+    consts, init, xs = vals[:nc], vals[nc:nc + ncar], vals[nc + ncar:]
+
+    def step(carry, x):
+        outs = body_fn(body.jaxpr, body.consts, [*consts, *carry, *x])
+        return outs[:ncar], outs[ncar:]
+
+    carry, ys = jax.lax.scan(step, init, xs, length=p["length"], reverse=p["reverse"],
+                             unroll=p["unroll"])
+    return [*carry, *ys]
+
+
+def make_plan(closed, num_leaves: int, names: tuple[str, ...], gates: bool = True) -> Plan:
     """Walk ``closed`` (the forward jaxpr; its first ``num_leaves`` inputs are the parameter
-    leaves) and decide which leaves each block preconditions and which factors it shares."""
+    leaves) and decide which leaves each block preconditions and which factors it shares;
+    ``gates``: an output split into gates gets one output factor per gate."""
     walk = _Walk(num_leaves)
     walk.leaf_names = names
     n_in = len(closed.jaxpr.invars)
@@ -546,7 +628,7 @@ def make_plan(closed, num_leaves: int, names: tuple[str, ...]) -> Plan:
                 len({(s.d_in, s.d_out) for s in sites}) != 1:
             walk.opaque.update(leaves)
             continue
-        biases = {walk.bias.get(s.path) for s in sites}
+        biases = {walk.bias.get(s.path, walk.group_bias.get(s.s_key)) for s in sites}
         bias = biases.pop() if len(biases) == 1 and not (walk.bad_bias & {s.path for s in sites}) \
             else None
         if bias is not None and (any(i in walk.opaque or i in covered or i in leaves
@@ -555,26 +637,28 @@ def make_plan(closed, num_leaves: int, names: tuple[str, ...]) -> Plan:
         has_bias = bias is not None
         a_key = (first.kind, has_bias, tuple(sorted((s.x_key for s in sites), key=repr)))
         s_key = tuple(sorted((s.s_key for s in sites), key=repr))
+        k = first.gates if gates and len({s.gates for s in sites}) == 1 else 1
         own_a = a_key not in a_keys
         if own_a:
             a_keys[a_key] = len(a_shapes)
             p = first.d_in + has_bias
             a_shapes.append((p,) if first.kind == "embed" else (p, p))
-        own_s = (s_key, first.d_out) not in s_keys
+        own_s = (s_key, first.d_out, k) not in s_keys
         if own_s:
-            s_keys[(s_key, first.d_out)] = len(s_shapes)
-            s_shapes.append((first.d_out, first.d_out))
-        a_slot, s_slot = a_keys[a_key], s_keys[(s_key, first.d_out)]
+            s_keys[(s_key, first.d_out, k)] = len(s_shapes)
+            m = first.d_out // k
+            s_shapes.append((m, m) if k == 1 else (k, m, m))
+        a_slot, s_slot = a_keys[a_key], s_keys[(s_key, first.d_out, k)]
         for s in sites:
             taps[s.path] = Tap(s.kind, has_bias, a_slot if own_a else None,
-                               s_slot if own_s else None)
+                               s_slot if own_s else None, k)
         kernel = first.kernel
         covered.update(leaves)
         if bias is not None:
             covered.update(bias.leaves)
         blocks.append(Block(names[leaves[0]], first.kind, kernel, first.canonical == "T",
                             bias, first.d_in, first.d_out, a_slot, s_slot,
-                            sum(s.rows * s.uses for s in sites)))
+                            sum(s.rows * s.uses for s in sites), k))
     # a bias whose kernel block was dropped, or any leaf the walk could not follow
     fallback = tuple(i for i in range(num_leaves) if i not in covered)
     return Plan(tuple(blocks), tuple(a_shapes), tuple(s_shapes), taps, fallback, names)

@@ -20,6 +20,7 @@ uses the gradient of its own backward pass (one pass for both: the fast path tha
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -28,12 +29,13 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
+from jax.extend import core as jcore
 
 from admm_jax import _validation as checks
 from admm_jax.kfac import factors, trace
 
 FISHERS = ("empirical", "sampled")
-OUTPUT_FACTORS = ("full", "identity")
+OUTPUT_FACTORS = ("gates", "full", "identity")
 RISE = 1.1  # adaptive damping: "the loss is rising" when its fast average > RISE * slow one
 MAX_DAMPING = 1e6
 BETAS = (0.9, 0.999)  # the fallback's Adam moments
@@ -161,11 +163,12 @@ def _structured(bound: BoundModel, params: Any) -> tuple[list, Any]:
     return leaves, jax.tree.unflatten(bound.treedef, leaves)
 
 
-def model_plan(bound: BoundModel, params: Any, inputs: Any):
-    """``(plan, closed jaxpr, leaves, other arguments)`` of the model on ``inputs``."""
+def model_plan(bound: BoundModel, params: Any, inputs: Any, gates: bool = True):
+    """``(plan, closed jaxpr, leaves, other arguments)`` of the model on ``inputs``
+    (``gates``: one output factor per gate, :func:`admm_jax.kfac.trace.make_plan`)."""
     leaves, p = _structured(bound, params)
     try:
-        closed = jax.make_jaxpr(bound.apply)(p, bound.extra, inputs)
+        closed = trace.inline_calls(jax.make_jaxpr(bound.apply)(p, bound.extra, inputs))
     except trace.UnsupportedModelError:
         raise
     except Exception as e:  # noqa: BLE001 - a model that does not run on these inputs
@@ -176,7 +179,7 @@ def model_plan(bound: BoundModel, params: Any, inputs: Any):
         raise trace.UnsupportedModelError(
             f"model: expected one output array (the logits), got {len(closed.out_avals)}")
     names = trace.leaf_names(params)
-    plan = trace.make_plan(closed, len(leaves), names)
+    plan = trace.make_plan(closed, len(leaves), names, gates)
     if not plan.blocks:
         raise trace.UnsupportedModelError(
             "model: no linear map (a dense layer or an embedding applied to the data) was "
@@ -272,8 +275,9 @@ def scale_by_kfac(
     damping: float = 0.1,
     ema: float = 0.95,
     refresh_every: int = 10,
+    stats_every: int = 1,
     fisher: str = "empirical",
-    output_factor: str = "full",
+    output_factor: str = "gates",
     normalize_output: bool = True,
     adaptive_damping: bool = True,
     fallback_scale: float = 0.003,
@@ -315,10 +319,16 @@ def scale_by_kfac(
       damping: \(\mu\), relative to each factor's mean eigenvalue.
       ema: weight of the old factors in the running averages, in ``[0, 1)``.
       refresh_every: steps between refreshes of the damped inverses.
+      stats_every: steps between updates of the factors: the taps run every
+        ``stats_every`` steps and the plain model in between (the statistics' cost, about
+        \(2R(d_{in}^2 + d_{out}^2)\) per map, amortised).
       fisher: ``"empirical"`` (adjoints at the true labels: free) or ``"sampled"``
         (adjoints at labels drawn from the model: one more backward pass).
-      output_factor: ``"full"`` (two-sided K-FAC) or ``"identity"`` (\(S = I\): a one-sided,
-        input-covariance preconditioner).
+      output_factor: ``"gates"`` (two-sided K-FAC, with one output factor per gate where a
+        map's output is split into equal gates: the fused kernels of
+        ``nnx.OptimizedLSTMCell``, ``nnx.GRUCell`` and [admm_jax.LSTM][]), ``"full"`` (one
+        output factor per map) or ``"identity"`` (\(S = I\): a one-sided, input-covariance
+        preconditioner).
       normalize_output: use \(S / m_S\) (see [admm_jax.kfac.factors][]).
       adaptive_damping: raise the damping while the loss rises; ``False``: fixed.
       fallback_scale: the fallback's Adam-like step relative to the others.
@@ -357,6 +367,9 @@ def scale_by_kfac(
     from admm_jax.train import losses  # the package's per-sample losses (train imports us)
 
     _check_options(damping, ema, refresh_every, fallback_scale, fisher, output_factor, loss)
+    r = checks.scalar("stats_every", stats_every, "an int >= 1")
+    if r is not None and (r < 1 or r != int(r)):
+        raise ValueError(f"stats_every: expected an int >= 1, got {stats_every!r}")
     loss_fn = losses.resolve("loss", loss, losses.LOSSES)
     bound = bind_model(model, inputs)
     one_sided = output_factor == "identity"
@@ -367,7 +380,8 @@ def scale_by_kfac(
         scalar = lambda v=0.0: jnp.full((), v, dtype)  # noqa: E731
         a = tuple(jnp.zeros(shape, dtype) for shape in plan.a_shapes)
         s = () if one_sided else tuple(jnp.zeros(shape, dtype) for shape in plan.s_shapes)
-        eye = lambda f: jnp.ones_like(f) if f.ndim == 1 else jnp.eye(f.shape[0], dtype=dtype)  # noqa: E731
+        eye = lambda f: jnp.ones_like(f) if f.ndim == 1 else jnp.broadcast_to(  # noqa: E731
+            jnp.eye(f.shape[-1], dtype=dtype), f.shape)
         moments = tuple(jnp.zeros(leaves[i].shape, dtype) for i in plan.fallback)
         return state_type(
             count=jnp.zeros((), jnp.int32), loss=scalar(), step_norm=scalar(),
@@ -376,35 +390,45 @@ def scale_by_kfac(
             inverse_damping=scalar(-1.0), mu=moments,
             nu=tuple(jnp.zeros_like(m) for m in moments))
 
+    gates = output_factor == "gates"
+
     def init_fn(params) -> KFACState:
-        plan, _, leaves, _ = model_plan(bound, params, bound.inputs)
+        plan, _, leaves, _ = model_plan(bound, params, bound.inputs, gates)
         return zero_state(plan, leaves)
 
-    def statistics(closed, plan, leaves, other, targets, state):
-        """Loss, own gradient leaves, and the taps' sums ``(a_stats, s_stats)``."""
+    def statistics(closed, plan, leaves, other, targets, state, taps: bool, own: bool):
+        """``(loss, own gradient leaves, (a_stats, s_stats))`` of one forward and one backward
+        pass; ``taps=False``: the plain model (zero statistics); ``own=False``: no gradient
+        of the parameters (and without taps no backward pass at all)."""
         dtype = state.loss.dtype
         a0 = tuple(jnp.zeros(sh, dtype) for sh in plan.a_shapes)
         s0 = (tuple(None for _ in plan.s_shapes) if one_sided
               else tuple(jnp.zeros(sh, dtype) for sh in plan.s_shapes))
+        plain = jcore.jaxpr_as_fun(closed)
 
         def forward(lv, dummies):
-            return trace.tapped_apply(closed, plan, [*lv, *other], dummies)[0]
+            if taps:
+                return trace.tapped_apply(closed, plan, [*lv, *other], dummies)[0]
+            return plain(*lv, *other)[0]
 
-        out, pull = jax.vjp(forward, leaves, (a0, s0))
+        zeros = (a0, () if one_sided else s0)
         mean_loss = lambda o: loss_fn(o, targets).mean()  # noqa: E731
+        if not (taps or own):
+            return mean_loss(forward(leaves, None)), [], zeros
+        out, pull = jax.vjp(forward, leaves, (a0, s0))
         value, g_out = jax.value_and_grad(mean_loss)(out)
         terms = _loss_terms(loss, out, targets)
-        if fisher == "sampled":
+        if fisher == "sampled" and taps:
             key = jax.random.fold_in(jax.random.key(seed), state.count)
             g_s = _sampled_adjoint(loss, out, key, terms).astype(g_out.dtype)
             g_leaves, (a_st, s_st) = jax.vmap(pull)(jnp.stack([g_out, g_s]))
-            own = [g[0] for g in g_leaves]
+            mine = [g[0] for g in g_leaves]
             a_st = tuple(v[0] for v in a_st)
             s_st = tuple(v[1] for v in s_st) if not one_sided else ()
         else:
-            own, (a_st, s_st) = pull(g_out)
+            mine, (a_st, s_st) = pull(g_out)
             s_st = () if one_sided else tuple(s_st)
-        return value, list(own), (tuple(a_st), s_st), terms
+        return value, (list(mine) if own else []), (tuple(a_st), s_st)
 
     def update_fn(updates, state, params=None, *, inputs=None, targets=None,
                   **extra_args: Any):
@@ -415,29 +439,35 @@ def scale_by_kfac(
         inputs, targets = jnp.asarray(inputs), jnp.asarray(targets)
         if inputs.ndim == 0 or inputs.shape[0] == 0:
             raise ValueError(f"inputs: expected at least one sample, got shape {inputs.shape}")
-        plan, closed, leaves, other = model_plan(bound, params, inputs)
+        plan, closed, leaves, other = model_plan(bound, params, inputs, gates)
         _check_batch(plan, closed, inputs, targets, loss)
         want = jax.eval_shape(lambda: zero_state(plan, leaves))
         if jax.tree.map(jnp.shape, want) != jax.tree.map(jnp.shape, state):
             raise ValueError("state: it was built for other parameters or another model "
                              "(its factors do not match this one's); call tx.init(params) "
                              "again")
-        loss_now, own, (a_st, s_st), terms = statistics(closed, plan, leaves, other, targets,
-                                                        state)
         dtype = state.loss.dtype
         grads = [] if updates is None else jax.tree.leaves(updates)
-        if not grads:  # None (or nnx.Optimizer's empty tree): its own gradient
-            grads = own
-        else:
-            if [jnp.shape(g) for g in grads] != [jnp.shape(v) for v in leaves]:
-                raise ValueError("updates: the gradients do not match the parameters "
-                                 f"({len(grads)} leaves for {len(leaves)})")
-        grads = [g.astype(dtype) for g in grads]
+        need_own = not grads  # None (or nnx.Optimizer's empty tree): its own gradient
+        if grads and [jnp.shape(g) for g in grads] != [jnp.shape(v) for v in leaves]:
+            raise ValueError("updates: the gradients do not match the parameters "
+                             f"({len(grads)} leaves for {len(leaves)})")
+        run = functools.partial(statistics, closed, plan, leaves, other, targets, state,
+                                own=need_own)
+        if isinstance(stats_every, int) and stats_every == 1:
+            due_stats = jnp.asarray(True)
+            loss_now, own, (a_st, s_st) = run(taps=True)
+        else:  # the statistics every stats_every steps, the plain pass in between
+            due_stats = state.count % stats_every == 0
+            loss_now, own, (a_st, s_st) = jax.lax.cond(
+                due_stats, functools.partial(run, taps=True), functools.partial(run, taps=False))
+        grads = [g.astype(dtype) for g in (own if need_own else grads)]
 
+        terms = _loss_terms(loss, closed.out_avals[0], targets)
         a_new, s_new = factors.batch_factors(plan, a_st, s_st, inputs.shape[0], terms)
         first = state.count == 0
-        a = factors.running_average(state.a, a_new, ema, first)
-        s = factors.running_average(state.s, s_new, ema, first)
+        a = factors.running_average(state.a, a_new, jnp.where(due_stats, ema, 1.0), first)
+        s = factors.running_average(state.s, s_new, jnp.where(due_stats, ema, 1.0), first)
         fast, slow, var, factor = damping_update(state, loss_now.astype(dtype),
                                                  adaptive_damping)
         mu = (damping * factor).astype(dtype)

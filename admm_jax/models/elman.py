@@ -55,7 +55,7 @@ def input_projection(U: jax.Array, inputs: jax.Array) -> jax.Array:
         _validation.token_ids("inputs", inputs, vocab)
         ids = jnp.where(inputs < 0, vocab, inputs)
         return jnp.take(U.T, ids, axis=0, mode="fill", fill_value=jnp.nan)
-    return jnp.einsum("ntd,hd->nth", inputs, U)
+    return jnp.einsum("...d,hd->...h", inputs, U)
 
 
 def elman_trace(
@@ -66,15 +66,16 @@ def elman_trace(
     many_to_many: bool = False,
     h0: jax.Array | None = None,
     detach_mask: jax.Array | None = None,
-    a_tap: jax.Array | None = None,
 ) -> ElmanTrace:
     r"""Run the Elman recurrence and return all pre-activations, states and outputs.
 
     .. math::
         a_t = U x_t + W h_{t-1} + b,\quad h_t = f(a_t),\quad o_t = V h_t + c,\ t \in S
 
-    With ``detach_mask`` (h-detach), ``W h_{t-1}`` uses ``stop_gradient(h_{t-1})`` at the steps
-    where the mask is ``True``: values are unchanged, only the backward pass differs.
+    One ``lax.scan`` whose step computes ``a_t`` from ``x_t`` and ``h_{t-1}`` (both linear
+    maps of a step in one place, as in a Flax cell). With ``detach_mask`` (h-detach),
+    ``W h_{t-1}`` uses ``stop_gradient(h_{t-1})`` at the steps where the mask is ``True``:
+    values are unchanged, only the backward pass differs.
 
     Args:
       params: mapping with ``U [H, D]``, ``W [H, H]``, ``b [H]``, ``V [C, H]``, ``c [C]``.
@@ -84,45 +85,42 @@ def elman_trace(
       h0: initial state ``[N, H]``; zeros when ``None``.
       detach_mask: ``bool [T]``; ``True`` at ``t`` blocks the gradient through ``h_{t-1}`` into
         ``a_t`` (see :func:`admm_jax.models.hdetach.sample_detach_mask`). ``None``: plain BPTT.
-      a_tap: ``[N, T, H]`` added to every pre-activation ``a_t``. Zeros leave the values
-        unchanged and make a tap: the gradient of a loss with respect to ``a_tap`` is its
-        adjoint ``dLoss/da_t`` (used by :func:`admm_jax.admm_preconditioned`).
 
     Returns:
       An :class:`ElmanTrace` with ``a, h [N, T, H]`` and ``o [N, |S|, C]``.
     """
     f = activation_fn(activation)
     U, W, b, V, c = (params[k] for k in ELMAN_NAMES)
-    ux = input_projection(U, inputs) + b  # [N, T, H]
-    if a_tap is not None:
-        ux = ux + a_tap
-    if h0 is None:
-        h0 = jnp.zeros_like(ux[:, 0])  # [N, H]; zeros_like keeps ux's shard_map axis type
-
-    if detach_mask is None:
-        def step(h_prev, ux_t):
-            a_t = ux_t + h_prev @ W.T
-            h_t = f(a_t)
-            return h_t, (a_t, h_t)
-
-        xs = jnp.swapaxes(ux, 0, 1)
+    if is_token_input(inputs):
+        if inputs.ndim != 2:
+            raise ValueError(f"inputs: expected token ids [N, T], got shape {inputs.shape}")
+        _validation.token_ids("inputs", inputs, U.shape[1])
+        dtype = U.dtype
     else:
-        t = ux.shape[1]
-        detach_mask = jnp.asarray(detach_mask)
+        if inputs.ndim != 3 or inputs.shape[-1] != U.shape[1]:
+            raise ValueError(f"inputs: expected [N, T, {U.shape[1]}] floats (or [N, T] token "
+                             f"ids), got {inputs.dtype}{tuple(inputs.shape)}")
+        dtype = jnp.result_type(inputs.dtype, U.dtype)
+    n, t = inputs.shape[:2]
+    if h0 is None:  # zeros derived from the inputs: they keep a shard_map axis type
+        h0 = (jnp.zeros_like(inputs[:, 0].reshape(n, -1)[:, :1], dtype=dtype)
+              * jnp.zeros(W.shape[0], dtype))
+    if detach_mask is None:
+        detach_mask, masked = jnp.zeros((t,), bool), False
+    else:
+        detach_mask, masked = jnp.asarray(detach_mask), True
         if detach_mask.shape != (t,) or detach_mask.dtype != jnp.bool_:
             raise ValueError(f"detach_mask: expected a bool array of shape ({t},), got "
                              f"{detach_mask.dtype}{list(detach_mask.shape)}")
 
-        def step(h_prev, xs_t):
-            ux_t, m_t = xs_t
-            h_in = jnp.where(m_t, jax.lax.stop_gradient(h_prev), h_prev)
-            a_t = ux_t + h_in @ W.T
-            h_t = f(a_t)
-            return h_t, (a_t, h_t)
+    def step(h_prev, xs_t):
+        x_t, m_t = xs_t
+        h_in = jnp.where(m_t, jax.lax.stop_gradient(h_prev), h_prev) if masked else h_prev
+        a_t = (input_projection(U, x_t) + b) + h_in @ W.T
+        h_t = f(a_t)
+        return h_t, (a_t, h_t)
 
-        xs = (jnp.swapaxes(ux, 0, 1), detach_mask)
-
-    _, (a, h) = jax.lax.scan(step, h0, xs)
+    _, (a, h) = jax.lax.scan(step, h0, (jnp.swapaxes(inputs, 0, 1), detach_mask))
     a, h = jnp.swapaxes(a, 0, 1), jnp.swapaxes(h, 0, 1)
     hs = h if many_to_many else h[:, -1:]
     o = hs @ V.T + c

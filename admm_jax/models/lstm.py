@@ -30,7 +30,6 @@ def lstm_scan(
     *,
     detach_mask: jax.Array | None = None,
     carry: tuple[jax.Array, jax.Array] | None = None,
-    z_tap: jax.Array | None = None,
 ) -> tuple[tuple[jax.Array, jax.Array], jax.Array]:
     r"""Run an ``nnx.LSTMCell``-compatible cell over a sequence with ``lax.scan``, with h-detach.
 
@@ -50,9 +49,6 @@ def lstm_scan(
       detach_mask: ``bool [T]``; ``True`` at ``t`` blocks the gradient through ``h_{t-1}`` into
         the gates at step ``t``. ``None``: plain LSTM.
       carry: initial ``(c_0, h_0)``, each ``[N, H]``; zeros when ``None``.
-      z_tap: ``[N, T, 4H]`` added to the gate pre-activations ``W_x x_t + W_h h_{t-1} + b``
-        (gate order ``i, f, g, o``). Zeros leave the values unchanged and make a tap: the
-        gradient of a loss with respect to ``z_tap`` is its adjoint ``dLoss/dz_t``.
 
     Returns:
       ``((c_T, h_T), hs)`` with ``hs [N, T, H]`` the hidden states.
@@ -63,11 +59,7 @@ def lstm_scan(
     n, t = inputs.shape[:2]
     hidden = wh.shape[0]
     dtype = jnp.result_type(inputs.dtype, wx.dtype)
-    # All input projections at once, time-major for the scan: [T, N, 4H].
-    zx = jnp.einsum("ntd,dk->tnk", inputs.astype(dtype), wx.astype(dtype)) + b.astype(dtype)
-    if z_tap is not None:
-        zx = zx + jnp.swapaxes(z_tap, 0, 1).astype(dtype)
-    wh = wh.astype(dtype)
+    wx, wh, b = wx.astype(dtype), wh.astype(dtype), b.astype(dtype)
     if carry is None:
         carry = (jnp.zeros((n, hidden), dtype), jnp.zeros((n, hidden), dtype))
     if detach_mask is None:
@@ -80,16 +72,17 @@ def lstm_scan(
                              f"{mask.dtype}{list(mask.shape)}")
         masked = True
 
-    def step(carry, xs):
+    def step(carry, xs):  # both maps of a step in one place, as in a Flax cell
         c, h = carry
-        zx_t, m_t = xs
+        x_t, m_t = xs
         h_in = jnp.where(m_t, jax.lax.stop_gradient(h), h) if masked else h
-        i, f, g, o = jnp.split(zx_t + h_in @ wh, 4, axis=-1)
+        i, f, g, o = jnp.split((x_t @ wx + b) + h_in @ wh, 4, axis=-1)
         c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
         return (c, h), h
 
-    carry, hs = jax.lax.scan(step, carry, (zx, mask))
+    xs = jnp.swapaxes(inputs, 0, 1).astype(dtype)
+    carry, hs = jax.lax.scan(step, carry, (xs, mask))
     return carry, jnp.swapaxes(hs, 0, 1)
 
 

@@ -8,28 +8,23 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from admm_jax import _validation as validation
+from admm_jax._dtypes import compute_dtype
 from admm_jax.optim._groups import GroupSpec, leaf_groups
 
 
 class NovoGradState(NamedTuple):
-    """State of :func:`scale_by_novograd`.
+    """State of [`scale_by_novograd`][admm_jax.scale_by_novograd].
 
-    count: steps taken (int32 scalar); mu: first moment, shaped like the parameters;
-    nu: the second moments, one scalar per layer, in layer order (see ``layers``).
+    Attributes:
+      count: steps taken (int32 scalar).
+      mu: the first moment, shaped like the parameters.
+      nu: the second moments, one scalar per layer, in layer order (see ``layers``).
     """
 
     count: jax.Array
     mu: optax.Updates
     nu: tuple[jax.Array, ...]
-
-
-def _check_unit(name: str, value: Any) -> None:
-    if isinstance(value, int | float) and not 0.0 <= value < 1.0:
-        raise ValueError(f"{name}: expected a float in [0, 1), got {value!r}")
-
-
-def _compute_dtype(leaves: list[jax.Array]) -> Any:
-    return jnp.result_type(jnp.float32, *(jnp.asarray(x).dtype for x in leaves))
 
 
 def scale_by_novograd(
@@ -44,31 +39,35 @@ def scale_by_novograd(
 ) -> optax.GradientTransformationExtraArgs:
     r"""Rescale updates by NovoGrad's layer-wise normalised momentum (no learning rate).
 
-    For every layer :math:`l` (a group of leaves, see ``layers``):
+    For every layer \( l \) (a group of leaves, see ``layers``):
 
-    .. math::
-        v_t^l &= \beta_2 v_{t-1}^l + (1 - \beta_2) \|g_t^l\|^2,\qquad v_1^l = \|g_1^l\|^2 \\
-        m_t^l &= \beta_1 m_{t-1}^l + a\,\big(g_t^l / (\sqrt{v_t^l} + \epsilon)
-                 + \lambda_t w_t^l\big),\qquad m_0^l = 0
+    $$
+    \begin{aligned}
+    v_t^l &= \beta_2 v_{t-1}^l + (1 - \beta_2) \|g_t^l\|^2,\qquad v_1^l = \|g_1^l\|^2 \\
+    m_t^l &= \beta_1 m_{t-1}^l + a\,\big(g_t^l / (\sqrt{v_t^l} + \epsilon)
+             + \lambda_t w_t^l\big),\qquad m_0^l = 0
+    \end{aligned}
+    $$
 
-    with :math:`a = 1` (the paper) or :math:`a = 1 - \beta_1` (``grad_averaging``, as in
-    NVIDIA's code). The output is :math:`m_t`; :func:`novograd` multiplies it by
-    :math:`-\eta_t`. The norm is taken over all leaves of the layer together.
+    with \( a = 1 \) (the paper) or \( a = 1 - \beta_1 \) (``grad_averaging``, as in
+    NVIDIA's code). The output is \( m_t \); [`novograd`][admm_jax.novograd] multiplies it by
+    \( -\eta_t \). The norm is taken over all leaves of the layer together.
 
     Args:
-      b1: momentum :math:`\beta_1`.
-      b2: decay :math:`\beta_2` of the second moment.
-      eps: :math:`\epsilon`, added to :math:`\sqrt{v}` (outside the root, as NVIDIA's code).
-      weight_decay: :math:`\lambda`, a float or a schedule ``step -> float`` (step counts from
+      b1: momentum \( \beta_1 \).
+      b2: decay \( \beta_2 \) of the second moment.
+      eps: \( \epsilon \), added to \( \sqrt{v} \) (outside the root, as NVIDIA's code).
+      weight_decay: \( \lambda \), a float or a schedule ``step -> float`` (step counts from
         0). ``update`` needs ``params`` unless it is the constant ``0``.
-      grad_averaging: scale the normalised gradient by :math:`1 - \beta_1`.
+      grad_averaging: scale the normalised gradient by \( 1 - \beta_1 \).
       layers: what a "layer" is: ``"leaf"`` (each leaf, optax's convention), ``"model"``
         (everything one layer), a pytree of labels that is a prefix of the parameters, or a
-        function ``params -> labels``; leaves sharing a label share one :math:`v`.
+        function ``params -> labels``; leaves sharing a label share one \( v \).
       mu_dtype: dtype of the first moment (default: the parameters' dtype).
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` with state :class:`NovoGradState`.
+      An ``optax.GradientTransformationExtraArgs`` with state
+      [`NovoGradState`][admm_jax.NovoGradState].
 
     Examples:
       >>> import jax.numpy as jnp
@@ -82,8 +81,8 @@ def scale_by_novograd(
       Ginsburg et al., "Stochastic Gradient Methods with Layer-wise Adaptive Moments for
       Training of Deep Networks", arXiv:1905.11286, 2019 (Algorithm 1).
     """
-    _check_unit("b1", b1)
-    _check_unit("b2", b2)
+    validation.fraction("b1", b1, include_one=False)
+    validation.fraction("b2", b2, include_one=False)
     if isinstance(eps, int | float) and eps < 0:
         raise ValueError(f"eps: expected a float >= 0, got {eps!r}")
     wd_is_zero = not callable(weight_decay) and isinstance(weight_decay, int | float) and (
@@ -97,7 +96,7 @@ def scale_by_novograd(
             lambda p: jnp.zeros(jnp.shape(p), mu_dtype or jnp.asarray(p).dtype), params
         )
         nu = tuple(
-            jnp.zeros([], _compute_dtype([leaves[i] for i in g])) for g in groups
+            jnp.zeros([], compute_dtype(*(leaves[i] for i in g))) for g in groups
         )
         return NovoGradState(count=jnp.zeros([], jnp.int32), mu=mu, nu=nu)
 
@@ -160,10 +159,13 @@ def novograd(
 ) -> optax.GradientTransformationExtraArgs:
     r"""NovoGrad (Ginsburg et al. 2019): layer-wise normalised momentum SGD.
 
-    .. math::
-        v_t^l &= \beta_2 v_{t-1}^l + (1 - \beta_2) \|g_t^l\|^2,\qquad v_1^l = \|g_1^l\|^2 \\
-        m_t^l &= \beta_1 m_{t-1}^l + g_t^l / (\sqrt{v_t^l} + \epsilon) + \lambda_t w_t^l \\
-        w_{t+1} &= w_t - \eta_t m_t
+    $$
+    \begin{aligned}
+    v_t^l &= \beta_2 v_{t-1}^l + (1 - \beta_2) \|g_t^l\|^2,\qquad v_1^l = \|g_1^l\|^2 \\
+    m_t^l &= \beta_1 m_{t-1}^l + g_t^l / (\sqrt{v_t^l} + \epsilon) + \lambda_t w_t^l \\
+    w_{t+1} &= w_t - \eta_t m_t
+    \end{aligned}
+    $$
 
     The second moment is one scalar per layer, so the state is the first moment plus one
     scalar per layer: about half of Adam's.
@@ -177,12 +179,12 @@ def novograd(
     (it bias-corrects and stores the norm).
 
     Args:
-      learning_rate: :math:`\eta`, a float or an optax schedule.
-      b1: momentum :math:`\beta_1`.
-      b2: decay :math:`\beta_2` of the per-layer second moment.
-      eps: :math:`\epsilon` added to :math:`\sqrt{v}`.
-      weight_decay: decoupled weight decay :math:`\lambda`, a float or a schedule.
-      grad_averaging: multiply the normalised gradient by :math:`1 - \beta_1` (NVIDIA code).
+      learning_rate: \( \eta \), a float or an optax schedule.
+      b1: momentum \( \beta_1 \).
+      b2: decay \( \beta_2 \) of the per-layer second moment.
+      eps: \( \epsilon \) added to \( \sqrt{v} \).
+      weight_decay: decoupled weight decay \( \lambda \), a float or a schedule.
+      grad_averaging: multiply the normalised gradient by \( 1 - \beta_1 \) (NVIDIA code).
       layers: ``"leaf"`` (default), ``"model"``, a label pytree (prefix of the parameters) or
         a function ``params -> labels``. E.g. one layer per LSTM cell:
         ``layers=lambda p: {name: name for name in p}`` on ``{"cell0": {...}, "cell1": {...}}``.

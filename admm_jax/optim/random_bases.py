@@ -10,7 +10,11 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from admm_jax import _validation as validation
+from admm_jax._dtypes import compute_dtype
+from admm_jax.optim import hadamard
 from admm_jax.optim._groups import GroupSpec, leaf_groups
+from admm_jax.optim.counter_hash import hash_rows
 
 DISTRIBUTIONS = ("hadamard", "rademacher", "normal", "uniform")
 RNGS = ("threefry", "hash")
@@ -19,11 +23,12 @@ _SQRT3 = math.sqrt(3.0)
 
 
 class RandomBasesState(NamedTuple):
-    """State of :func:`scale_by_random_bases`.
+    r"""State of [`scale_by_random_bases`][admm_jax.scale_by_random_bases].
 
-    count: steps taken (int32 scalar), the ``step`` in the basis keys;
-    coordinates: the last step's coordinates :math:`c = E^\\top g`, one ``[dim_k]`` array per
-    compartment (what workers exchange in the distributed variant).
+    Attributes:
+      count: steps taken (int32 scalar), the ``step`` in the basis keys.
+      coordinates: the last step's coordinates \( c = E^\top g \), one ``[dim_k]`` array per
+        compartment (what workers exchange in the distributed variant).
     """
 
     count: jax.Array
@@ -50,77 +55,6 @@ def _check_distribution(distribution: Any) -> None:
         )
 
 
-def _fmix32(x: jax.Array) -> jax.Array:
-    """MurmurHash3's 32-bit finaliser: a bijection with full avalanche."""
-    x = x ^ (x >> 16)
-    x = x * jnp.uint32(0x85EBCA6B)
-    x = x ^ (x >> 13)
-    x = x * jnp.uint32(0xC2B2AE35)
-    return x ^ (x >> 16)
-
-
-def _hash_words(key: jax.Array, index: jax.Array, n_words: int) -> jax.Array:
-    """``[len(index), n_words]`` uint32: word ``w`` of basis vector ``j``, ``j`` in ``index``.
-
-    ``fmix32(fmix32(a_w ^ b_j))``, ``a_w = fmix32(w * golden + k0)`` (shared by all rows)
-    and ``b_j = fmix32(j * c + k1)``: a 2-D counter hash, so a row never depends on the
-    block it is generated in, and no counter wraps for ``dim * D < 2^64``.
-    """
-    k = jax.random.key_data(key).reshape(-1)
-    a = _fmix32(jnp.arange(n_words, dtype=jnp.uint32) * jnp.uint32(0x9E3779B9) + k[0])
-    b = _fmix32(index.astype(jnp.uint32) * jnp.uint32(0x85EBCA77) + k[-1])
-    return _fmix32(_fmix32(a[None, :] ^ b[:, None]))
-
-
-def _unpack_signs(words: jax.Array, size: int, dtype: Any) -> jax.Array:
-    """Bit-packed Rademacher: ``[B, W]`` uint32 -> ``[B, size]`` signs in ``dtype``.
-
-    Bit ``k`` of word ``w`` is entry ``k * W + w`` (bit-major: each of the 32 static masks
-    acts on a contiguous run of words, one fused select per entry); ``+1`` for a 0 bit,
-    ``-1`` for a 1 bit.
-    """
-    one, minus = jnp.asarray(1, dtype), jnp.asarray(-1, dtype)
-    parts = [jnp.where((words & jnp.uint32(1 << k)) == 0, one, minus) for k in range(32)]
-    return jnp.concatenate(parts, axis=1)[:, :size]
-
-
-def _halves(words: jax.Array) -> jax.Array:
-    """``[B, W]`` uint32 -> ``[B, 2W]`` float32 uniforms ``(h + 1/2) / 2^16`` in (0, 1), from
-    the high (entries ``0..W-1``) and low (entries ``W..2W-1``) 16-bit halves."""
-    h = jnp.concatenate([words >> 16, words & jnp.uint32(0xFFFF)], axis=1)
-    return (h.astype(jnp.float32) + 0.5) * (2.0 ** -16)
-
-
-def _normal16(words: jax.Array, size: int, dtype: Any) -> jax.Array:
-    """Normals by the inverse CDF of 16-bit uniforms, two per word.
-
-    ``z = sqrt(2) erfinv(2u - 1)`` on the symmetric grid ``u = (h + 1/2) / 2^16``: exactly
-    zero-mean, ``|z| <= 4.3`` (normal mass beyond: 2e-5), variance ``1 - 3e-4``.
-    """
-    u = _halves(words)
-    return (math.sqrt(2.0) * jax.lax.erf_inv(2.0 * u - 1.0))[:, :size].astype(dtype)
-
-
-def _uniform16(words: jax.Array, size: int, dtype: Any) -> jax.Array:
-    """Uniform on ``(-sqrt 3, sqrt 3)`` from 16-bit uniforms, two per word."""
-    return ((2.0 * _halves(words) - 1.0) * _SQRT3)[:, :size].astype(dtype)
-
-
-_PER_WORD = {"rademacher": 32, "normal": 2, "uniform": 2}
-
-
-def _hash_block(distribution: str, key: jax.Array, index: jax.Array, size: int,
-                dtype: Any) -> jax.Array:
-    """Raw rows ``index`` (``[B, size]``, mean 0, variance 1) from the packed counter hash."""
-    per = _PER_WORD[distribution]
-    words = _hash_words(key, index, -(-size // per))
-    if distribution == "rademacher":
-        return _unpack_signs(words, size, dtype)
-    if distribution == "normal":
-        return _normal16(words, size, dtype)
-    return _uniform16(words, size, dtype)
-
-
 def _sample(distribution: str | Sampler, key: jax.Array, index: jax.Array, size: int,
             dtype: Any) -> jax.Array:
     """One raw threefry basis vector: ``size`` i.i.d. entries with mean 0 and variance 1."""
@@ -145,90 +79,18 @@ def basis_block(distribution: str | Sampler, step_key: jax.Array, index: jax.Arr
     Row ``j`` depends only on ``(step_key, j)``, never on the block it is generated in (the
     block size changes memory, never the maths): with ``rng="threefry"`` it is drawn from
     ``fold_in(step_key, j)``; with ``rng="hash"`` from the 2-D counter hash
-    (:func:`_hash_words`), bit-packed (32 Rademacher signs or 2 normals/uniforms per word);
-    ``"hadamard"`` rows are ``s * H[r_j]`` (see :func:`scale_by_random_bases`).
+    (`admm_jax.optim.counter_hash`), bit-packed (32 Rademacher signs or 2
+    normals/uniforms per word); ``"hadamard"`` rows are ``s * H[r_j]`` (see
+    [`scale_by_random_bases`][admm_jax.scale_by_random_bases]).
     """
     if distribution == "hadamard":
-        raw = _hadamard_rows(step_key, index, size, dtype)
+        raw = hadamard.basis_rows(step_key, index, size, dtype)
     elif rng == "hash" and isinstance(distribution, str):
-        raw = _hash_block(distribution, step_key, index, size, dtype)
+        raw = hash_rows(distribution, step_key, index, size, dtype)
     else:
         keys = jax.vmap(jax.random.fold_in, (None, 0))(step_key, index)
         raw = jax.vmap(lambda k, j: _sample(distribution, k, j, size, dtype))(keys, index)
     return raw * jnp.asarray(1.0 / math.sqrt(size), dtype)
-
-
-# --- structured basis: subsampled randomised Hadamard transform --------------------------
-
-_SIGN_ROW = 0xFFFFFFFF  # hash row of the Hadamard signs (basis rows are 0 .. dim-1)
-
-
-def _pow2(size: int) -> int:
-    return 1 << max(0, (size - 1).bit_length())
-
-
-def _hadamard_signs(step_key: jax.Array, size: int, dtype: Any) -> jax.Array:
-    words = _hash_words(step_key, jnp.asarray([_SIGN_ROW], jnp.uint32), -(-size // 32))
-    return _unpack_signs(words, size, dtype)[0]
-
-
-def _hadamard_row_ids(step_key: jax.Array, index: jax.Array, n: int) -> jax.Array:
-    """Row ``r_j`` of ``H_n`` used by basis vector ``j``: uniform on ``0..n-1``, with
-    replacement (so ``E[E E^T] = (d/D) I`` exactly, as for i.i.d. bases)."""
-    w = _hash_words(step_key, index, 1)[:, 0]
-    return (w & jnp.uint32(n - 1)).astype(jnp.int32)
-
-
-def _hadamard_rows(step_key: jax.Array, index: jax.Array, size: int, dtype: Any) -> jax.Array:
-    """``[B, size]`` raw rows ``s_i H[r_j, i]``, ``H[r, i] = (-1)^popcount(r & i)`` (for tests
-    and inspection; the optimizer applies them with the fast transform)."""
-    r = _hadamard_row_ids(step_key, index, _pow2(size)).astype(jnp.uint32)
-    i = jnp.arange(size, dtype=jnp.uint32)
-    parity = jax.lax.population_count(r[:, None] & i[None, :]) & jnp.uint32(1)
-    return (1.0 - 2.0 * parity.astype(dtype)) * _hadamard_signs(step_key, size, dtype)
-
-
-def _fwht(x: jax.Array, chunk_bits: int = 4) -> jax.Array:
-    """Unnormalised Walsh-Hadamard transform ``H_n x`` (Sylvester order) of ``x [n]``, ``n = 2^k``.
-
-    ``H_n`` is the Kronecker product of small dense ``H_{2^b}`` (``b <= chunk_bits``), one per
-    group of index bits: each pass multiplies the top group by ``H_{2^b}`` and moves it to the
-    bottom (``X^T H``), so after all groups the order is restored; ``n * sum(2^b)``
-    multiply-adds, exact for the +-1 entries (4-bit groups measured fastest on CPU).
-    """
-    n = x.shape[0]
-    k = n.bit_length() - 1
-    sizes = [chunk_bits] * (k // chunk_bits) + ([k % chunk_bits] if k % chunk_bits else [])
-    hi = jax.lax.Precision.HIGHEST
-    for b in sizes:
-        h = jnp.asarray(_sylvester(b), x.dtype)
-        x = jnp.dot(x.reshape(1 << b, -1).T, h, precision=hi).reshape(n)
-    return x
-
-
-def _sylvester(bits: int) -> Any:
-    import numpy as np
-
-    r = np.arange(1 << bits)
-    parity = np.vectorize(lambda v: bin(v).count("1") & 1)(r[:, None] & r[None, :])
-    return 1.0 - 2.0 * parity
-
-
-def _hadamard_project(g: jax.Array, step_key: jax.Array, dim: int) -> jax.Array:
-    size = g.shape[0]
-    n = _pow2(size)
-    s = _hadamard_signs(step_key, size, g.dtype)
-    hg = _fwht(jnp.zeros(n, g.dtype).at[:size].set(s * g))
-    r = _hadamard_row_ids(step_key, jnp.arange(dim), n)
-    return hg[r] * jnp.asarray(1.0 / math.sqrt(size), g.dtype)
-
-
-def _hadamard_reconstruct(c: jax.Array, step_key: jax.Array, size: int) -> jax.Array:
-    n = _pow2(size)
-    r = _hadamard_row_ids(step_key, jnp.arange(c.shape[0]), n)
-    z = _fwht(jnp.zeros(n, c.dtype).at[r].add(c))
-    s = _hadamard_signs(step_key, size, c.dtype)
-    return s * z[:size] * jnp.asarray(1.0 / math.sqrt(size), c.dtype)
 
 
 # --- block-by-block projection ------------------------------------------------------------
@@ -243,8 +105,8 @@ def project_and_reconstruct(g: jax.Array, step_key: jax.Array, dim: int, block_s
     ``[B, D]`` block, never the ``[dim, D]`` basis. ``"hadamard"``: two fast transforms.
     """
     if distribution == "hadamard":
-        c = _hadamard_project(g, step_key, dim)
-        return _hadamard_reconstruct(c, step_key, g.shape[0]), c
+        c = hadamard.project(g, step_key, dim)
+        return hadamard.reconstruct(c, step_key, g.shape[0]), c
     size = g.shape[0]
     block = min(block_size, dim)
     n_blocks = -(-dim // block)
@@ -267,7 +129,7 @@ def project(g: jax.Array, step_key: jax.Array, dim: int, block_size: int,
             distribution: str | Sampler, rng: str = "hash") -> jax.Array:
     """The coordinates ``E^T g [dim]`` of a flat compartment gradient ``g [D]``, block by block."""
     if distribution == "hadamard":
-        return _hadamard_project(g, step_key, dim)
+        return hadamard.project(g, step_key, dim)
     size = g.shape[0]
     block = min(block_size, dim)
     n_blocks = -(-dim // block)
@@ -287,7 +149,7 @@ def reconstruct(c: jax.Array, step_key: jax.Array, size: int, block_size: int,
     coordinates ``c [dim]`` give, block by block (what a worker does with another's
     coordinates)."""
     if distribution == "hadamard":
-        return _hadamard_reconstruct(c, step_key, size)
+        return hadamard.reconstruct(c, step_key, size)
     dim = c.shape[0]
     block = min(block_size, dim)
     n_blocks = -(-dim // block)
@@ -319,10 +181,6 @@ def _resolve_dims(dim: int | Sequence[int], n: int) -> tuple[int, ...]:
     return dims
 
 
-def _compute_dtype(leaves: Sequence[jax.Array]) -> Any:
-    return jnp.result_type(jnp.float32, *(jnp.asarray(x).dtype for x in leaves))
-
-
 def scale_by_random_bases(
     dim: int | Sequence[int],
     *,
@@ -337,30 +195,31 @@ def scale_by_random_bases(
 ) -> optax.GradientTransformationExtraArgs:
     r"""Replace the gradient by its projection onto a random ``dim``-dimensional subspace.
 
-    For each compartment :math:`k` (a group of leaves, flattened to :math:`D_k` entries):
+    For each compartment \( k \) (a group of leaves, flattened to \( D_k \) entries):
 
-    .. math::
-        E_k = \varepsilon / \sqrt{D_k},\quad \varepsilon_{ij}\ \text{i.i.d., mean 0, var 1},
-        \qquad c_k = E_k^\top g_k,\qquad \hat g_k = E_k c_k
+    $$
+    E_k = \varepsilon / \sqrt{D_k},\quad \varepsilon_{ij}\ \text{i.i.d., mean 0, var 1},
+    \qquad c_k = E_k^\top g_k,\qquad \hat g_k = E_k c_k
+    $$
 
-    so :math:`\mathbb E[E_k E_k^\top] = (d_k/D_k) I` and every basis vector has norm
-    :math:`\approx 1` (the paper's normalisation, ``N(0, 1)/sqrt(D)``). For i.i.d. bases
-    :math:`\cos(\hat g, g) \approx \sqrt{d_k/D_k}`. Basis vector :math:`j` depends only on
+    so \( \mathbb E[E_k E_k^\top] = (d_k/D_k) I \) and every basis vector has norm
+    \( \approx 1 \) (the paper's normalisation, ``N(0, 1)/sqrt(D)``). For i.i.d. bases
+    \( \cos(\hat g, g) \approx \sqrt{d_k/D_k} \). Basis vector \( j \) depends only on
     ``(seed, k, step, worker, j)`` (``worker`` only when given); it is regenerated in blocks
     of ``block_size`` vectors inside the projection and never stored whole.
 
     The DEFAULT basis is ``"hadamard"``, a STRUCTURED basis, not the paper's i.i.d.
     Gaussian: the subsampled randomised Hadamard transform,
-    :math:`e_j = s \odot H_{r_j,:D} / \sqrt{D}`, with random signs :math:`s` (per step,
-    worker and compartment) and rows :math:`r_j` drawn uniformly (with replacement) from the
-    Sylvester Hadamard matrix of size :math:`2^{\lceil \log_2 D \rceil}`. Both projections
-    are then fast Walsh-Hadamard transforms, :math:`O(D \log D)` work and :math:`O(D)`
-    memory instead of :math:`O(dD)` for an i.i.d. basis, whose generation dominates the step
+    \( e_j = s \odot H_{r_j,:D} / \sqrt{D} \), with random signs \( s \) (per step,
+    worker and compartment) and rows \( r_j \) drawn uniformly (with replacement) from the
+    Sylvester Hadamard matrix of size \( 2^{\lceil \log_2 D \rceil} \). Both projections
+    are then fast Walsh-Hadamard transforms, \( O(D \log D) \) work and \( O(D) \)
+    memory instead of \( O(dD) \) for an i.i.d. basis, whose generation dominates the step
     on a CPU (measured step costs against SGD: docs/random_bases.md). Entries are
-    :math:`\pm 1/\sqrt D`, zero-mean, :math:`\mathbb E[E E^\top] = (d/D) I` and
-    :math:`\mathbb E\|E^\top g\|^2 = (d/D)\|g\|^2` as for i.i.d. bases, and the cosine is
-    :math:`\approx\sqrt{d/D}` (tested); but the vectors of one step are not independent
-    (:math:`e_j \odot e_{j'}` is a Hadamard row: pairs are uncorrelated on average, nearly
+    \( \pm 1/\sqrt D \), zero-mean, \( \mathbb E[E E^\top] = (d/D) I \) and
+    \( \mathbb E\|E^\top g\|^2 = (d/D)\|g\|^2 \) as for i.i.d. bases, and the cosine is
+    \( \approx\sqrt{d/D} \) (tested); but the vectors of one step are not independent
+    (\( e_j \odot e_{j'} \) is a Hadamard row: pairs are uncorrelated on average, nearly
     orthogonal). ``distribution="normal"`` gives the paper's Gaussian basis, ``"rademacher"``
     i.i.d. signs (bit-packed: 32 per hash word).
 
@@ -369,8 +228,8 @@ def scale_by_random_bases(
         directions) or a sequence, one per compartment (to split a total budget).
       seed: an int or a PRNG key; the trajectory is a deterministic function of it.
       distribution: ``"hadamard"`` (default, structured, see above); ``"rademacher"``,
-        ``"normal"`` (the paper's) or ``"uniform"`` (on :math:`\pm\sqrt 3`), all i.i.d.,
-        zero-mean, unit variance before the :math:`1/\sqrt{D_k}`; or a callable
+        ``"normal"`` (the paper's) or ``"uniform"`` (on \( \pm\sqrt 3 \)), all i.i.d.,
+        zero-mean, unit variance before the \( 1/\sqrt{D_k} \); or a callable
         ``(key, index, size, dtype) -> [size]`` returning raw vector ``index``.
       compartments: ``"model"`` (one basis for all parameters, default), ``"leaf"`` (one per
         leaf), a label pytree (prefix of the parameters) or a function ``params -> labels``.
@@ -386,21 +245,22 @@ def scale_by_random_bases(
         callable ``distribution`` and by ``"hadamard"`` (signs and rows come from the hash).
       axis_name: data-parallel mode, for ``update`` called inside ``jax.shard_map`` (or any
         context binding this mesh axis) with each device's LOCAL gradient. Device ``w``
-        (``lax.axis_index``) draws its own basis :math:`E^{(w)}` from
+        (``lax.axis_index``) draws its own basis \( E^{(w)} \) from
         ``fold_in(..., step, w)``, projects its gradient, and only the coordinates travel: one
         all-gather of ``axis_size * dim`` numbers per step (against ``D`` for a gradient
         all-reduce). Every device then regenerates every worker's basis and returns the same
-        step :math:`\tfrac1W \sum_w E^{(w)} c^{(w)}` (the mean, so the scale matches a
+        step \( \tfrac1W \sum_w E^{(w)} c^{(w)} \) (the mean, so the scale matches a
         gradient mean), bit-identical on all devices, at ``W`` times the basis-generation cost.
       axis_size: ``W``, the number of devices along ``axis_name`` (required with it: the state
         stores all workers' coordinates).
 
     Returns:
-      An ``optax.GradientTransformationExtraArgs`` with state :class:`RandomBasesState`
-      (with ``axis_name``, ``coordinates`` are ``[axis_size, dim_k]``: every worker's, the
-      same on all devices). Its ``update`` accepts the extra argument ``worker`` (an int or
-      traced int32): each worker of a data-parallel run draws its own basis (with
-      ``axis_name`` the worker is the device index and ``worker`` is not accepted).
+      An ``optax.GradientTransformationExtraArgs`` with state
+      [`RandomBasesState`][admm_jax.RandomBasesState] (with ``axis_name``, ``coordinates`` are
+      ``[axis_size, dim_k]``: every worker's, the same on all devices). Its ``update`` accepts the
+      extra argument ``worker`` (an int or traced int32): each worker of a data-parallel run draws
+      its own basis (with ``axis_name`` the worker is the device index and ``worker`` is not
+      accepted).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -415,19 +275,15 @@ def scale_by_random_bases(
       Bases", NeurIPS 2020, arXiv:2011.04720.
     """
     _check_distribution(distribution)
-    if rng not in RNGS:
-        raise ValueError(f"rng: expected one of {RNGS}, got {rng!r}")
-    if not isinstance(block_size, int) or block_size <= 0:
-        raise ValueError(f"block_size: expected a positive int, got {block_size!r}")
+    validation.one_of("rng", rng, RNGS)
+    block_size = validation.positive_int("block_size", block_size)
     _base_key(seed)  # validate now
     if isinstance(dim, int):
         _resolve_dims(dim, 1)
     if (axis_name is None) != (axis_size is None):
         raise ValueError(f"axis_name, axis_size: give both or neither (got {axis_name!r}, "
                          f"{axis_size!r})")
-    if axis_size is not None and (not isinstance(axis_size, int) or isinstance(axis_size, bool)
-                                  or axis_size <= 0):
-        raise ValueError(f"axis_size: expected a positive int, got {axis_size!r}")
+    axis_size = validation.positive_int("axis_size", axis_size, allow_none=True)
     workers = () if axis_size is None else (axis_size,)
 
     def init_fn(params):
@@ -435,7 +291,7 @@ def scale_by_random_bases(
         groups = leaf_groups(params, compartments, name="compartments")
         dims = _resolve_dims(dim, len(groups))
         coords = tuple(
-            jnp.zeros((*workers, d), _compute_dtype([leaves[i] for i in g]))
+            jnp.zeros((*workers, d), compute_dtype(*(leaves[i] for i in g)))
             for d, g in zip(dims, groups, strict=True)
         )
         return RandomBasesState(count=jnp.zeros([], jnp.int32), coordinates=coords)
@@ -521,18 +377,19 @@ def random_bases(
 ) -> optax.GradientTransformationExtraArgs:
     r"""Random-bases descent (Gressmann et al. 2020): SGD in a random subspace redrawn each step.
 
-    .. math::
-        c_t = E_t^\top g_t,\qquad w_{t+1} = w_t - \eta_t E_t c_t,\qquad
-        E_t = \varepsilon_t / \sqrt{D}
+    $$
+    c_t = E_t^\top g_t,\qquad w_{t+1} = w_t - \eta_t E_t c_t,\qquad
+    E_t = \varepsilon_t / \sqrt{D}
+    $$
 
-    with a fresh basis :math:`E_t \in \mathbb R^{D \times d}` per step and compartment (see
-    :func:`scale_by_random_bases` for the arguments, the key derivation and the memory
-    bound). ``redraw=False`` gives fixed projection descent (FPD). To add momentum or
-    clipping, chain :func:`scale_by_random_bases` with optax transforms, e.g.
-    ``optax.chain(scale_by_random_bases(250, seed=0), optax.trace(0.9), optax.scale(-lr))``.
+    with a fresh basis \( E_t \in \mathbb R^{D \times d} \) per step and compartment (see
+    [`scale_by_random_bases`][admm_jax.scale_by_random_bases] for the arguments, the key derivation
+    and the memory bound). ``redraw=False`` gives fixed projection descent (FPD). To add momentum or
+    clipping, chain [`scale_by_random_bases`][admm_jax.scale_by_random_bases] with optax transforms,
+    e.g. ``optax.chain(scale_by_random_bases(250, seed=0), optax.trace(0.9), optax.scale(-lr))``.
 
     Args:
-      learning_rate: :math:`\eta`, a float or an optax schedule (the paper: 1.0 for the
+      learning_rate: \( \eta \), a float or an optax schedule (the paper: 1.0 for the
         784-128-10 MNIST MLP at ``dim=250``, batch 32).
       dim: directions per compartment (int) or one per compartment (sequence).
       seed: int or PRNG key.
@@ -544,7 +401,7 @@ def random_bases(
       rng: ``"hash"`` (default, packed counter hash) or ``"threefry"`` (``jax.random``).
       axis_name, axis_size: data-parallel RBD inside ``jax.shard_map``: each device draws its
         own basis and only the coordinates are all-gathered (see
-        :func:`scale_by_random_bases`).
+        [`scale_by_random_bases`][admm_jax.scale_by_random_bases]).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; state
@@ -598,7 +455,7 @@ def random_bases_vector(
     if not 0 <= compartment < len(groups):
         raise ValueError(f"compartment: expected 0..{len(groups) - 1}, got {compartment!r}")
     group = groups[compartment]
-    cdt = _compute_dtype([leaves[i] for i in group])
+    cdt = compute_dtype(*(leaves[i] for i in group))
     size = sum(leaves[i].size for i in group)
     key = _step_key(_base_key(seed), compartment, step, worker)
     e = basis_block(distribution, key, jnp.asarray([index]), size, cdt, rng)[0]

@@ -3,9 +3,10 @@
 from admm_jax.train import losses
 from admm_jax.train.callbacks import Callback, Loop, ModelKwargSchedule, ProgressBar
 from admm_jax.train.checkpoint import Checkpoint, Restored, checkpoint_steps, load_checkpoint
-from admm_jax.train.fit import Evaluation, fit
+from admm_jax.train.fit import fit
 from admm_jax.train.history import History
-from admm_jax.train.trainer import DivergenceError, Trainer, evaluate, make_train_step
+from admm_jax.train.steps import evaluate, make_train_step
+from admm_jax.train.trainer import DivergenceError, Evaluation, Stop, Trainer
 
 __all__ = [
     "Callback",
@@ -16,6 +17,7 @@ __all__ = [
     "Loop",
     "ProgressBar",
     "Restored",
+    "Stop",
     "Trainer",
     "ModelKwargSchedule",
     "checkpoint_steps",

@@ -1,5 +1,5 @@
-"""Hooks into :func:`admm_jax.train.fit`: the loop state they see, a progress bar, a
-model-argument schedule (checkpoints: :mod:`admm_jax.train.checkpoint`)."""
+"""Hooks into [`admm_jax.train.fit`][]: the loop state they see, a progress bar, a
+model-argument schedule (checkpoints: `admm_jax.train.checkpoint`)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,13 @@ from admm_jax.train.history import History
 
 @dataclasses.dataclass
 class Loop:
-    """The state of a :func:`admm_jax.train.fit` run, as callbacks see it.
+    """The state of a [`admm_jax.train.fit`][] run, as callbacks see it.
+
+    Its [`admm_jax.train.Trainer`][] is its only writer; a callback may set ``stop`` and
+    the values of ``model_kwargs``.
 
     Attributes:
-      history: the run's :class:`admm_jax.train.History` so far.
+      history: the run's [`admm_jax.train.History`][admm_jax.History] so far.
       iteration: steps done (a resumed run counts its earlier steps).
       epoch: the epoch the next batch comes from.
       position: ``(epoch, step)`` where the next batch comes from (what a checkpoint stores).
@@ -27,9 +30,11 @@ class Loop:
       params: the current weights (an ``nnx.State`` of the model's ``nnx.Param``).
       opt_state: the current optimizer state.
       model_kwargs: traced scalars passed to the model; change them with
-        :meth:`set_model_kwarg` (same shape and dtype, so no recompilation).
-      total_iterations: the steps this call will run, when known (``iterations`` or
-        ``epochs``); ``None`` for a time budget only.
+        [`set_model_kwarg`][admm_jax.train.Loop.set_model_kwarg] (same shape and dtype, so no
+        recompilation).
+      total_iterations: the steps this call will run, when its
+        [`admm_jax.train.Stop`][] says (``iterations`` or ``epochs``); ``None`` for a time
+        budget only.
       budget_seconds: the training-seconds budget, or ``None``.
       metric_name: the evaluation column a callback should watch (``"accuracy"``, or
         ``"loss"`` without a metric).
@@ -58,7 +63,7 @@ class Loop:
 
 
 class Callback:
-    """Base class: override any hook. ``loop`` is the :class:`Loop` of the run.
+    """Base class: override any hook. ``loop`` is the [`Loop`][admm_jax.train.Loop] of the run.
 
     A hook may set ``loop.stop = True`` to end training, or change the *values* of
     ``loop.model_kwargs`` (traced scalars, so no recompilation; keys are fixed).
@@ -68,7 +73,7 @@ class Callback:
 
     def on_step_end(self, loop: Loop, row: dict[str, float]) -> None:
         """After every step, once the step's epoch row and evaluation (if any) are recorded
-        (so after :meth:`on_epoch_end` / :meth:`on_eval_end` of the same step)."""
+        (so after `on_epoch_end` / `on_eval_end` of the same step)."""
 
     def on_epoch_end(self, loop: Loop, row: dict[str, float]) -> None: ...
 

@@ -1,4 +1,4 @@
-"""Atomic, resumable checkpoints of a :func:`admm_jax.train.fit` run with orbax-checkpoint."""
+"""Atomic, resumable checkpoints of a [`admm_jax.train.fit`][] run with orbax-checkpoint."""
 
 from __future__ import annotations
 
@@ -50,16 +50,16 @@ def _flat(tree: Any, prefix: str) -> tuple[dict[str, Any], list[str | None], int
 
 
 class Checkpoint(Callback):
-    """Save the whole state of a :func:`fit` run with orbax-checkpoint, atomically.
+    """Save the whole state of a `fit` run with orbax-checkpoint, atomically.
 
     A checkpoint holds the weights, the full optimizer state (whatever it holds, per-sample
     state and counters included; typed PRNG keys as their raw key data), the data
     iterator's position ``(epoch, step)``, the iteration and
-    the :class:`History`. It is written after every epoch, every ``every_steps`` steps (if
-    given) and at the end of training, as ``directory/<iteration>/``. orbax writes each one
+    the [`History`][admm_jax.History]. It is written after every epoch, every ``every_steps`` steps
+    (if given) and at the end of training, as ``directory/<iteration>/``. orbax writes each one
     into a temporary folder and renames it when complete, so a crash during a write leaves the
     previous checkpoint as the latest one; the last ``max_to_keep`` are kept. A step that
-    diverged is never saved (:func:`fit` stops before any callback sees it).
+    diverged is never saved (`fit` stops before any callback sees it).
 
     Args:
       directory: where the checkpoints go (created if missing).
@@ -134,13 +134,15 @@ class Checkpoint(Callback):
 
 
 class Restored(NamedTuple):
-    """Where a run resumes: what :func:`load_checkpoint` read, passed as ``fit(...,
-    resume=restored)``.
+    """Where a run resumes: what [`load_checkpoint`][admm_jax.train.load_checkpoint] read,
+    passed as ``fit(..., resume=restored)``.
 
-    params: the weights (``fit`` loads them into the model; ``None`` keeps the model's);
-    opt_state: the optimizer state (``None``: ``optimizer.init``); position: ``(epoch, step)``
-    of the next batch; history: the run so far (``None``: a new one; its steps count towards
-    ``iterations``, ``epochs`` and ``budget_seconds``).
+    Attributes:
+      params: the weights (``fit`` loads them into the model; ``None`` keeps the model's).
+      opt_state: the optimizer state (``None``: ``optimizer.init``).
+      position: ``(epoch, step)`` of the next batch.
+      history: the run so far (``None``: a new one; its steps count towards ``iterations``,
+        ``epochs`` and ``budget_seconds``).
     """
 
     params: Any = None
@@ -201,12 +203,12 @@ def load_checkpoint(directory: str | os.PathLike, params: Any, opt_state: Any, *
     files lost after the write), the previous one is used, with a warning.
 
     Args:
-      directory: a :class:`Checkpoint` directory.
-      params, opt_state: templates (arrays or ``jax.ShapeDtypeStruct`` s).
+      directory: a [`Checkpoint`][admm_jax.train.Checkpoint] directory.
+      params, opt_state: templates (arrays or ``jax.ShapeDtypeStruct``s).
       step: read this iteration's checkpoint instead of the latest (no fallback).
 
     Returns:
-      :class:`Restored` ``(params, opt_state, position, history)``.
+      [`Restored`][admm_jax.train.Restored] ``(params, opt_state, position, history)``.
 
     Raises:
       FileNotFoundError: no readable checkpoint in ``directory``.

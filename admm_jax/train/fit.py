@@ -3,39 +3,20 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import optax
 from flax import nnx
 
-from admm_jax import _validation as checks
+from admm_jax import _validation as validation
 from admm_jax.train import losses
 from admm_jax.train.callbacks import Callback, ProgressBar
 from admm_jax.train.checkpoint import Restored
 from admm_jax.train.history import History
-from admm_jax.train.trainer import (
-    DivergenceError,
-    Trainer,
-    check_model_and_optimizer,
-)
+from admm_jax.train.trainer import DivergenceError, Evaluation, Stop, Trainer
 
 DIVERGENCE_POLICIES = ("raise", "stop")
-
-
-class Evaluation(NamedTuple):
-    """When and on what :func:`fit` evaluates.
-
-    data: ``(inputs, targets)`` evaluated with a plain forward pass (no training); every:
-    evaluate every ``every`` iterations; every_seconds: every ``every_seconds`` training
-    seconds (with neither: at the end of each epoch); batch_size: rows per evaluation chunk.
-    The run is also evaluated before the first step and after the last.
-    """
-
-    data: tuple[np.ndarray, np.ndarray]
-    every: int | None = None
-    every_seconds: float | None = None
-    batch_size: int = 500
 
 
 def fit(
@@ -59,15 +40,16 @@ def fit(
     on_divergence: str = "raise",
     validate: bool = True,
 ) -> History:
-    r"""Train ``model`` in place with ``optimizer`` on ``train_data``; return the :class:`History`.
+    """Train ``model`` in place with ``optimizer`` on ``train_data``; return the
+    [`History`][admm_jax.History].
 
-    Each step takes a mini-batch ``(x, y, indices)`` (:class:`admm_jax.data.BatchIterator`,
+    Each step takes a mini-batch ``(x, y, indices)`` ([`admm_jax.data.BatchIterator`][],
     reshuffled every epoch from ``seed``; a short last batch is dropped) and runs one jitted,
     ahead-of-time compiled step that donates the weights and the optimizer state. ``fit`` is a
-    :class:`Trainer` (the run, advanced a step at a time) driven to a stopping rule, with
-    evaluation periods and callbacks. The loop knows
-    no method: the step is chosen once from the optimizer's state
-    (:func:`admm_jax.optimizers.needs_gradients`):
+    [`Trainer`][admm_jax.train.Trainer] (the run, advanced a step at a time, until its
+    [`Stop`][admm_jax.train.Stop]) driven with evaluation periods, callbacks and a divergence
+    policy. The loop knows no method: the step is chosen once from the optimizer's state
+    ([`admm_jax.optimizers.needs_gradients`][]):
 
     * gradient optimizers: ``loss, g = value_and_grad(mean loss)(params)``, then
       ``tx.update(g, state, params)``;
@@ -78,10 +60,10 @@ def fit(
     Every step records the batch ``loss`` and ``accuracy`` of the weights before the update,
     its ``seconds``, the training ``time`` so far, ``grad_norm`` (gradient optimizers) and every
     field the method reports in its state's ``diagnostics``
-    (:func:`admm_jax.optimizers.diagnostics`). Evaluation (a plain forward pass, no
-    ``key``/``model_kwargs``) runs before training, as :class:`Evaluation` says (default: every
-    epoch) and at the end. Compile and evaluation time are excluded from ``time`` and from
-    ``budget_seconds`` and stored in ``history.meta``.
+    ([`admm_jax.optimizers.diagnostics`][]). Evaluation (a plain forward pass, no
+    ``key``/``model_kwargs``) runs before training, as [`Evaluation`][admm_jax.train.Evaluation]
+    says (default: every epoch) and at the end. Compile and evaluation time are excluded from
+    ``time`` and from ``budget_seconds`` and stored in ``history.meta``.
 
     Training stops at the first of ``epochs``, ``iterations``, ``budget_seconds`` (at least one
     is required) or a callback setting ``loop.stop``. All three count the whole run: a run
@@ -91,45 +73,48 @@ def fit(
     Robustness: arguments and data are checked before anything is compiled (see Raises); every
     step also returns a finite flag, read with the step's metrics (no extra host sync), and a
     non-finite step is never applied, recorded or checkpointed (``on_divergence``). With a
-    :class:`admm_jax.train.Checkpoint` callback, ``resume=load_checkpoint(...)`` resumes a run;
+    [`admm_jax.train.Checkpoint`][] callback, ``resume=load_checkpoint(...)`` resumes a run;
     the resumed run is bitwise the uninterrupted one on the same machine (the batch order
     depends only on ``(seed, epoch)``, per-step keys on ``(seed, iteration)``).
 
     Args:
       model: an ``nnx.Module`` called as ``model(x, **model_kwargs[, key=k])``; updated in
-        place. Its ``nnx.Param`` s are trained.
-      optimizer: any optax transformation (e.g. :func:`admm_jax.optimizers.get`). One that
+        place. Its ``nnx.Param``s are trained.
+      optimizer: any optax transformation (e.g. [`admm_jax.optimizers.get`][]). One that
         keeps per-sample state must be built for ``len(train_data[0])`` samples.
       train_data: ``(inputs, targets)`` arrays with the same leading size.
       loss: ``"cross_entropy"``, ``"mse"`` or ``f(outputs, targets) -> [B]`` per-sample losses.
       metric: ``"accuracy"``, ``None`` or ``f(outputs, targets) -> [B]``.
-      epochs, iterations, budget_seconds: stopping rules (any combination), totals over the
-        whole run including the steps recorded in the resumed history.
-      batch_size: samples per step. seed: shuffling seed (and the base of per-step keys).
-      evaluation: an :class:`Evaluation` (data and period), or just the ``(inputs, targets)``
-        to evaluate every epoch; ``None``: no evaluation.
-      callbacks: :class:`admm_jax.train.Callback` s; they see the :class:`Loop`.
+      epochs: stop after this many epochs (a stopping rule; give at least one of the three).
+        Like the other two, a total over the whole run, the resumed history included.
+      iterations: stop after this many steps.
+      budget_seconds: stop once the steps have taken this many seconds of training time.
+      batch_size: samples per step.
+      seed: the shuffling seed (and the base of per-step keys).
+      evaluation: an [`Evaluation`][admm_jax.train.Evaluation] (data and period), or just the
+        ``(inputs, targets)`` to evaluate every epoch; ``None``: no evaluation.
+      callbacks: [`admm_jax.train.Callback`][]s; they see the [`Loop`][admm_jax.train.Loop].
       model_kwargs: extra model arguments passed as traced scalars (e.g. ``{"p_detach":
         0.25}``); callbacks may change their values between steps without recompiling.
       step_key: pass ``key=fold_in(key(seed), iteration)`` to the model in training steps
         (models that draw randomness, such as h-detach).
       progress: show a tqdm progress bar (a string is used as its label).
-      resume: a :class:`admm_jax.train.Restored` (from :func:`admm_jax.train.load_checkpoint`,
+      resume: a [`admm_jax.train.Restored`][] (from [`admm_jax.train.load_checkpoint`][],
         or built by hand): the weights, optimizer state, ``(epoch, step)`` position and
         history to continue from.
       on_divergence: what a non-finite step does (the loss, a metric, the gradient norm, a
         diagnostic or a new weight is NaN/inf; such a step is never applied, never recorded
         in the steps table and never checkpointed). ``"raise"`` (default): set the model to the
-        last good weights and raise :class:`DivergenceError` (iteration, bad and last good
-        metrics). ``"stop"``: the same, but return the history with ``meta["diverged_at"]``
-        and ``meta["divergence_metrics"]`` (non-finite values as ``"nan"``/``"inf"``) instead
-        of raising. A method that can retry a failed step does so inside its own update (a
-        wrapper such as :func:`admm_jax.increase_rho_on_divergence`).
+        last good weights and raise [`DivergenceError`][admm_jax.DivergenceError] (iteration, bad
+        and last good metrics). ``"stop"``: the same, but return the history with
+        ``meta["diverged_at"]`` and ``meta["divergence_metrics"]`` (non-finite values as
+        ``"nan"``/``"inf"``) instead of raising. A method that can retry a failed step does so
+        inside its own update (a wrapper such as [`admm_jax.increase_rho_on_divergence`][]).
       validate: check the data's values before training (finite inputs and targets, class
         labels in range): one pass over the arrays on the host, none in the jitted step.
 
     Returns:
-      The :class:`History` (also with ``meta``: ``compile_seconds``, ``eval_seconds``,
+      The [`History`][admm_jax.History] (also with ``meta``: ``compile_seconds``, ``eval_seconds``,
       ``uses_gradients``, ``batch_size``, ``seed``, ``num_samples``, ...).
 
     Examples:
@@ -159,28 +144,22 @@ def fit(
         type.
       DivergenceError: a non-finite step with ``on_divergence="raise"``.
     """
-    check_model_and_optimizer(model, optimizer)
-    _check_arguments(epochs, iterations, budget_seconds, on_divergence)
-    ev = _check_evaluation(evaluation)
+    stop = Stop(epochs, iterations, budget_seconds)
+    if stop == Stop():
+        raise ValueError("epochs, iterations, budget_seconds: give at least one stopping rule")
+    validation.one_of("on_divergence", on_divergence, DIVERGENCE_POLICIES)
     trainer = Trainer(model, optimizer, train_data, loss=loss, metric=metric,
-                      batch_size=batch_size, seed=seed, epochs=epochs,
-                      evaluation_data=None if ev is None else ev.data,
+                      batch_size=batch_size, seed=seed, stop=stop, evaluation=evaluation,
                       model_kwargs=model_kwargs, step_key=step_key, resume=resume,
                       validate=validate)
-    loop, history = trainer.loop, trainer.history
-    done = loop.iteration
-    # iterations, like epochs and budget_seconds, counts the whole run, resumed parts included
-    total = None if iterations is None else max(iterations - done, 0)
-    if total is None and epochs is not None:
-        total = max(epochs * trainer.steps_per_epoch - done, 0)
-    loop.total_iterations, loop.budget_seconds = total, budget_seconds
+    loop, history, ev = trainer.loop, trainer.history, trainer.evaluation
     cbs = list(callbacks)
     if progress:
         cbs.append(ProgressBar(progress if isinstance(progress, str) else None))
 
     def run_eval():
         if ev is not None:
-            row = trainer.evaluate(batch_size=ev.batch_size)
+            row = trainer.evaluate()
             for cb in cbs:
                 cb.on_eval_end(loop, row)
 
@@ -192,11 +171,7 @@ def fit(
     last_eval_it = history.last("evals", "iteration", loop.iteration)
     last_eval_t = history.last("evals", "time", loop.train_seconds)
     every_epoch = ev is not None and ev.every is None and ev.every_seconds is None
-    while not loop.stop:
-        if iterations is not None and loop.iteration >= iterations:
-            break
-        if budget_seconds is not None and loop.train_seconds >= budget_seconds:
-            break
+    while True:
         try:
             row, epoch_row = trainer.step()
         except DivergenceError as err:
@@ -205,7 +180,7 @@ def fit(
             if on_divergence == "stop":
                 break
             raise
-        if row is None:
+        if row is None:  # the trainer's stop rule (or a callback's loop.stop)
             break
         if epoch_row is not None:
             if every_epoch:
@@ -229,29 +204,3 @@ def fit(
     for cb in cbs:
         cb.on_train_end(loop)
     return history
-
-
-def _check_arguments(epochs, iterations, budget_seconds, on_divergence) -> None:
-    if epochs is None and iterations is None and budget_seconds is None:
-        raise ValueError("epochs, iterations, budget_seconds: give at least one stopping rule")
-    for name, v in (("epochs", epochs), ("iterations", iterations)):
-        checks.positive_int(name, v, allow_none=True)
-    checks.positive_number("budget_seconds", budget_seconds, allow_none=True)
-    checks.one_of("on_divergence", on_divergence, DIVERGENCE_POLICIES)
-
-
-def _check_evaluation(evaluation: Any) -> Evaluation | None:
-    """``evaluation`` as an :class:`Evaluation` with checked data and periods."""
-    if evaluation is None:
-        return None
-    if not isinstance(evaluation, Evaluation):
-        if isinstance(evaluation, tuple | list) and len(evaluation) == 2:
-            evaluation = Evaluation(tuple(evaluation))
-        else:
-            raise TypeError(f"evaluation: expected an Evaluation or a pair (inputs, targets), "
-                            f"got {type(evaluation).__name__}")
-    checks.positive_int("evaluation.every", evaluation.every, allow_none=True)
-    checks.positive_number("evaluation.every_seconds", evaluation.every_seconds, allow_none=True)
-    checks.positive_int("evaluation.batch_size", evaluation.batch_size)
-    return evaluation  # its data is checked by the Trainer, with the training data
-

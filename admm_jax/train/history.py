@@ -39,10 +39,11 @@ class History:
     Every table is a dict of equally long lists. ``time`` counts training steps only:
     compilation and evaluation are excluded (and reported in ``meta``).
 
-    >>> h = History()
-    >>> h.append("steps", iteration=1, loss=0.5)
-    >>> History.from_json(h.to_json()) == h
-    True
+    Examples:
+      >>> h = History()
+      >>> h.append("steps", iteration=1, loss=0.5)
+      >>> History.from_json(h.to_json()) == h
+      True
     """
 
     steps: dict[str, list] = field(default_factory=dict)
@@ -82,7 +83,7 @@ class History:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> History:
-        """Inverse of :meth:`to_dict` (``null`` back to NaN)."""
+        """Inverse of [`to_dict`][admm_jax.train.History.to_dict] (``null`` back to NaN)."""
         unknown = set(d) - {*TABLES, "meta"}
         if unknown:
             raise ValueError(f"d: unexpected keys {sorted(unknown)}; expected {TABLES} and meta")

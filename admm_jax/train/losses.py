@@ -1,4 +1,4 @@
-"""Per-sample losses and metrics ``(outputs, targets) -> [B]`` for :func:`admm_jax.train.fit`."""
+"""Per-sample losses and metrics ``(outputs, targets) -> [B]`` for [`admm_jax.train.fit`][]."""
 
 from __future__ import annotations
 

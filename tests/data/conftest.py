@@ -6,10 +6,12 @@ import pytest
 
 
 @pytest.fixture(scope="session", autouse=True)
-def fresh_cache(tmp_path_factory, worker_id):
-    """Point ``$ADMM_JAX_CACHE`` at a new folder for this test run (as on a fresh CI machine)."""
+def fresh_cache(tmp_path_factory, request):
+    """Point ``$ADMM_JAX_CACHE`` at a new folder for this test run (as on a fresh CI machine);
+    xdist workers share one (also runs without xdist: ``-p no:xdist``)."""
     base = tmp_path_factory.getbasetemp()
-    d = (base.parent if worker_id != "master" else base) / "admm_jax_cache"
+    worker = getattr(request.config, "workerinput", None)  # set in an xdist worker only
+    d = (base.parent if worker is not None else base) / "admm_jax_cache"
     d.mkdir(exist_ok=True)
     old = os.environ.get("ADMM_JAX_CACHE")
     os.environ["ADMM_JAX_CACHE"] = str(d)

@@ -206,3 +206,16 @@ def test_bad_arguments():
         mnist("valid")
     with pytest.raises(ValueError, match="source"):
         mnist("test", source="web")
+
+
+@pytest.mark.parametrize("split, match", [("train[50000:40000]", "selects no samples"),
+                                          ("train[:70000]", "up to 70000"),
+                                          ("test[-20000:]", "up to -20000")])
+def test_invalid_splits_are_named(split, match, data_dir):
+    with pytest.raises(ValueError, match=f"split: .*{match}"):
+        mnist(split, data_dir=data_dir)
+
+
+def test_permutation_seed_is_named(data_dir):
+    with pytest.raises(ValueError, match="permutation_seed"):
+        mnist("test", layout="permuted", permutation_seed=-1, data_dir=data_dir)

@@ -58,3 +58,15 @@ def test_kind_makes_the_reading_explicit(tmp_path):
     assert d.vocab == tuple(sorted(set("/no/such/file.txt")))
     with pytest.raises(ValueError, match="kind"):
         text("abc", seq_len=1, kind="file")
+
+
+def test_missing_or_binary_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="path_or_string: no such file"):
+        text("/no/such/file.txt", seq_len=4)
+    with pytest.raises(FileNotFoundError, match="path_or_string"):
+        text(tmp_path / "missing", seq_len=4)
+    b = tmp_path / "blob.bin"
+    b.write_bytes(bytes(range(256)) * 4)
+    with pytest.raises(ValueError, match="is not utf-8 text"):
+        text(b, seq_len=4)
+    assert text("hello world", seq_len=4).inputs.shape == (2, 4)

@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import admm_jax
-from admm_jax import adapt_flax_rnn, elman_apply, elman_from_flax, elman_to_flax
+from admm_jax import ElmanRNN, adapt_flax_rnn, elman_apply, elman_from_flax, elman_to_flax
+from admm_jax.train import fit
 
 D, H, C, N, T = 3, 6, 4, 8, 5
 ACT = {"tanh": nnx.tanh, "relu": nnx.relu}
@@ -317,3 +318,54 @@ def test_cell_options_checks():
         admm_jax.flax_cell_options(nn.RNN(nn.LSTMCell(H)))
     with pytest.raises(TypeError, match="module: expected nnx.RNN"):
         admm_jax.flax_cell_options("tanh")
+
+
+class FlaxModel(nnx.Module):
+    def __init__(self, rngs, **kw):
+        self.rnn = nnx.RNN(nnx.SimpleCell(D, H, rngs=rngs, **kw), rngs=False)
+        self.head = nnx.Linear(H, C, rngs=rngs)
+
+    def __call__(self, x):
+        carry = jnp.zeros((x.shape[0], H), x.dtype)
+        return self.head(self.rnn(x, initial_carry=carry)[:, -1])
+
+
+def test_flax_layouts_that_cannot_be_trained_raise():
+    tx = admm_jax.admmirnn(num_samples=N, seq_len=T)
+    rev = nnx.RNN(nnx.SimpleCell(D, H, rngs=nnx.Rngs(0)), reverse=True)
+    with pytest.raises(ValueError, match="reverse"):
+        admm_jax.adapt_flax_rnn(tx, rev)
+    gelu = nnx.SimpleCell(D, H, rngs=nnx.Rngs(0), activation_fn=jax.nn.gelu)
+    with pytest.raises(ValueError, match="tanh and relu"):
+        admm_jax.adapt_flax_rnn(tx, gelu)
+    relu = FlaxModel(nnx.Rngs(0), activation_fn=jax.nn.relu)
+    with pytest.raises(ValueError, match="activation='relu'"):
+        admm_jax.adapt_flax_rnn(tx, relu.rnn)
+    ok = admm_jax.adapt_flax_rnn(admm_jax.admmirnn(num_samples=N, seq_len=T,
+                                                   activation="relu"), relu.rnn)
+    x, y = batch()
+    fit(relu, ok, (x, y), iterations=1, batch_size=N)
+    # fit checks the model against the optimizer (no module passed to the adapter)
+    with pytest.raises(ValueError, match="activation"):
+        fit(relu, admm_jax.adapt_flax_rnn(tx), (x, y), iterations=1, batch_size=N)
+    with pytest.raises(ValueError, match="activation='tanh', but the model has "
+                                         "activation='relu'"):
+        fit(ElmanRNN(D, H, C, rngs=nnx.Rngs(0), activation="relu"), tx, (x, y), iterations=1,
+            batch_size=N)
+    with pytest.raises(ValueError, match="many_to_many"):
+        fit(ElmanRNN(D, H, C, rngs=nnx.Rngs(0), many_to_many=True), tx,
+            (x, np.zeros((N, T), np.int32)), iterations=1, batch_size=N)
+
+
+def test_a_flax_rnn_with_rngs_is_a_model_error():
+    class M(nnx.Module):
+        def __init__(self, rngs):
+            self.rnn = nnx.RNN(nnx.SimpleCell(D, H, rngs=rngs))
+            self.head = nnx.Linear(H, C, rngs=rngs)
+
+        def __call__(self, x):
+            return self.head(self.rnn(x)[:, -1])
+
+    x, y = batch()
+    with pytest.raises(ValueError, match="^model: M holds RNG state"):
+        fit(M(nnx.Rngs(0)), optax.adam(1e-3), (x, y), iterations=1, batch_size=4)

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import scipy.linalg
 from flax import nnx
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -91,7 +92,9 @@ def test_the_direction_is_the_kronecker_solve_of_the_gradient(model, x64):
     for b in plan.blocks:
         a = np.asarray(state.a[b.a_slot])
         s = np.asarray(state.s[b.s_slot])
-        s_damped = s / (np.trace(s) / len(s)) + mu * np.eye(len(s))
+        per_gate = s if s.ndim == 3 else s[None]  # the GRU's three gates: one factor each
+        s_damped = scipy.linalg.block_diag(*[f / (np.trace(f) / len(f)) + mu * np.eye(len(f))
+                                             for f in per_gate])
         if b.kind == "embed":
             a_damped = np.diag(a + mu * a.mean())
         else:

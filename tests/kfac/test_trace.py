@@ -27,14 +27,20 @@ def batch(model_inputs, *, many_to_many=False, vocab=VOCAB, d=D):
     return x, y
 
 
-def our_factors(model, x, y):
+def our_factors(model, x, y, output_factor="full"):
     """``{block name: (A, S)}`` after one step (the first step's factors are the batch's)."""
-    tx = admm_jax.scale_by_kfac(model, x)
+    tx = admm_jax.scale_by_kfac(model, x, output_factor=output_factor)
     params = nnx.state(model, nnx.Param)
     _, state = tx.update(None, tx.init(params), params, inputs=x, targets=y)
-    plan = model_plan(bind_model(model, x), params, x)[0]
+    plan = model_plan(bind_model(model, x), params, x, output_factor == "gates")[0]
     return {b.name: (np.asarray(state.a[b.a_slot]), np.asarray(state.s[b.s_slot]))
             for b in plan.blocks}, plan
+
+
+def gate_blocks(s, k):
+    """The ``k`` diagonal blocks of ``s``, ``[k, m, m]``."""
+    m = len(s) // k
+    return np.stack([s[i * m:(i + 1) * m, i * m:(i + 1) * m] for i in range(k)])
 
 
 FLAX_CASES = {
@@ -55,13 +61,21 @@ def test_flax_models_factors_equal_the_python_loop_definition(case, x64):
     model = FlaxRNN(d_in=D, hidden=H, out=C, rngs=nnx.Rngs(0), dtype=jnp.float64, **kw)
     x, y = batch("ids" if kw.get("vocab") else "float", many_to_many=kw.get("many_to_many",
                                                                               False))
-    ours, plan = our_factors(model, x, y)
     want = reference_factors(flax_reference, model, x, y)
-    assert sorted(ours) == sorted(want)
-    for name, (a, s) in want.items():
-        np.testing.assert_allclose(ours[name][0], a, rtol=1e-10, atol=1e-12, err_msg=name)
-        np.testing.assert_allclose(ours[name][1], s, rtol=1e-10, atol=1e-12, err_msg=name)
-    assert plan.fallback == ()  # every parameter belongs to a linear map (kernel or bias)
+    for output_factor in ("full", "gates"):
+        ours, plan = our_factors(model, x, y, output_factor)
+        assert sorted(ours) == sorted(want)
+        for b in plan.blocks:
+            a, s = want[b.name]
+            if b.gates > 1:  # fused gates (GRU: 3, optimized LSTM: 4): the diagonal blocks
+                s = gate_blocks(s, b.gates)
+            np.testing.assert_allclose(ours[b.name][0], a, rtol=1e-10, atol=1e-12,
+                                       err_msg=b.name)
+            np.testing.assert_allclose(ours[b.name][1], s, rtol=1e-10, atol=1e-12,
+                                       err_msg=b.name)
+        assert plan.fallback == ()  # every parameter belongs to a linear map (or its bias)
+    fused = {"gru": 3, "olstm": 4}.get(kw["kind"], 1)
+    assert {b.gates for b in plan.blocks if "cell" in b.name} == {fused}
 
 
 @pytest.mark.parametrize("case", ["elman", "elman-tokens", "lstm"])
@@ -69,15 +83,16 @@ def test_package_models_factors_equal_the_python_loop_definition(case, x64):
     model, forward, kind = package_models(jnp.float64)[case]
     d = model.U[...].shape[1] if case.startswith("elman") else 3
     x, y = batch(kind, vocab=d, d=d)
-    ours, plan = our_factors(model, x, y)
     want = reference_factors(forward, model, x, y)
+    ours, plan = our_factors(model, x, y, "gates")
     assert sorted(ours) == sorted(want)
-    for name, (a, s) in want.items():
-        np.testing.assert_allclose(ours[name][0], a, rtol=1e-10, atol=1e-12, err_msg=name)
-        np.testing.assert_allclose(ours[name][1], s, rtol=1e-10, atol=1e-12, err_msg=name)
-    # the token model's bias b is added to a gather, not a dense map: the fallback's
-    names = [plan.names[i] for i in plan.fallback]
-    assert names == (["b"] if case == "elman-tokens" else [])
+    for b in plan.blocks:
+        a, s = want[b.name]
+        s = gate_blocks(s, b.gates) if b.gates > 1 else s  # the LSTM's four gates
+        np.testing.assert_allclose(ours[b.name][0], a, rtol=1e-10, atol=1e-12, err_msg=b.name)
+        np.testing.assert_allclose(ours[b.name][1], s, rtol=1e-10, atol=1e-12, err_msg=b.name)
+    assert {b.gates for b in plan.blocks} == ({4, 1} if case == "lstm" else {1})
+    assert plan.fallback == ()  # the token model's b, added to a gather: W's map takes it
 
 
 def test_shared_factors_are_computed_once(x64):

@@ -48,7 +48,7 @@ def close(a, b, rtol=1e-5, atol=1e-7):
 
 def test_one_compilation_across_steps_and_inverse_refreshes():
     model, x, y = problem()
-    tx = admm_jax.admm_kfac(model, x, refresh_every=2)
+    tx = admm_jax.admm_kfac(model, x, 0.1, refresh_every=2)
     params = nnx.state(model, nnx.Param)
     state = tx.init(params)
 
@@ -65,7 +65,7 @@ def test_one_compilation_across_steps_and_inverse_refreshes():
 
 def test_no_gradients_means_its_own_gradient():
     model, x, y = problem()
-    tx = admm_jax.admm_kfac(model, x)
+    tx = admm_jax.admm_kfac(model, x, 0.1)
     params = nnx.state(model, nnx.Param)
     state = tx.init(params)
     own, _ = tx.update(None, state, params, inputs=x, targets=y)
@@ -78,8 +78,8 @@ def test_a_clip_before_it_in_a_chain_is_honoured():
     params = nnx.state(model, nnx.Param)
     g = grads_of(model, x, y)
     clip = 1e-8
-    chained = optax.chain(optax.clip_by_global_norm(clip), admm_jax.admm_kfac(model, x))
-    alone = admm_jax.admm_kfac(model, x)
+    chained = optax.chain(optax.clip_by_global_norm(clip), admm_jax.admm_kfac(model, x, 0.1))
+    alone = admm_jax.admm_kfac(model, x, 0.1)
     u_chain, _ = chained.update(g, chained.init(params), params, inputs=x, targets=y)
     clipped, _ = optax.clip_by_global_norm(clip).update(g, optax.EmptyState())
     u_alone, _ = alone.update(clipped, alone.init(params), params, inputs=x, targets=y)
@@ -95,12 +95,12 @@ def test_multisteps_accumulates_the_gradients():
     params = nnx.state(model, nnx.Param)
     (x1, y1), (x2, y2) = batches(2)
     g1, g2 = grads_of(model, x1, y1), grads_of(model, x2, y2)
-    multi = optax.MultiSteps(admm_jax.admm_kfac(model, x), every_k_schedule=2)
+    multi = optax.MultiSteps(admm_jax.admm_kfac(model, x, 0.1), every_k_schedule=2)
     s = multi.init(params)
     u1, s = multi.update(g1, s, params, inputs=x1, targets=y1)
     assert optax.tree.norm(u1) == 0.0
     u2, s = multi.update(g2, s, params, inputs=x2, targets=y2)
-    single = admm_jax.admm_kfac(model, x)
+    single = admm_jax.admm_kfac(model, x, 0.1)
     mean = jax.tree.map(lambda a, b: (a + b) / 2, g1, g2)
     want, _ = single.update(mean, single.init(params), params, inputs=x2, targets=y2)
     close(u2, want)
@@ -131,7 +131,7 @@ def test_inject_hyperparams_learning_rate_and_damping_without_recompiling():
 def test_apply_if_finite_skips_a_nan_gradient():
     model, x, y = problem()
     params = nnx.state(model, nnx.Param)
-    tx = optax.apply_if_finite(admm_jax.admm_kfac(model, x), max_consecutive_errors=3)
+    tx = optax.apply_if_finite(admm_jax.admm_kfac(model, x, 0.1), max_consecutive_errors=3)
     state = tx.init(params)
     bad = jax.tree.map(lambda g: g * jnp.nan, grads_of(model, x, y))
     u, state = tx.update(bad, state, params, inputs=x, targets=y)
@@ -143,7 +143,7 @@ def test_apply_if_finite_skips_a_nan_gradient():
 def test_a_nonfinite_batch_is_rejected_by_the_named_method():
     model, x, y = problem()
     params = nnx.state(model, nnx.Param)
-    tx = admm_jax.admm_kfac(model, x)
+    tx = admm_jax.admm_kfac(model, x, 0.1)
     state = tx.init(params)
     u, new = tx.update(None, state, params, inputs=x.at[0, 0, 0].set(jnp.nan), targets=y)
     assert optax.tree.norm(u) == 0.0
@@ -203,7 +203,7 @@ def test_the_fallback_is_an_adam_like_step():
 def test_one_sided_keeps_no_output_factors():
     model, x, y = problem()
     params = nnx.state(model, nnx.Param)
-    tx = admm_jax.admm_preconditioned(model, x)
+    tx = admm_jax.admm_preconditioned(model, x, 0.1)
     u, state = tx.update(None, tx.init(params), params, inputs=x, targets=y)
     assert state[0].s == () and state[0].s_inv == ()
     assert np.isfinite(float(optax.tree.norm(u)))
@@ -214,14 +214,14 @@ def test_one_sided_keeps_no_output_factors():
 def test_sampled_fisher_trains():
     model, x, y = problem("gru")
     params = nnx.state(model, nnx.Param)
-    tx = admm_jax.admm_kfac(model, x, fisher="sampled")
+    tx = admm_jax.admm_kfac(model, x, 0.1, fisher="sampled")
     u, state = tx.update(None, tx.init(params), params, inputs=x, targets=y)
     assert np.isfinite(float(optax.tree.norm(u))) and int(state[0].count) == 1
 
 
 def test_nnx_optimizer_trains_a_users_lstm():
     model, x, y = problem("lstm")
-    optimizer = nnx.Optimizer(model, admm_jax.admm_kfac(model, x), wrt=nnx.Param)
+    optimizer = nnx.Optimizer(model, admm_jax.admm_kfac(model, x, 0.1), wrt=nnx.Param)
 
     @nnx.jit
     def step(model, optimizer, x, y):
@@ -237,7 +237,7 @@ def test_nnx_optimizer_trains_a_users_lstm():
 def test_a_state_for_another_model_is_a_named_error():
     model, x, y = problem("lstm")
     other, _, _ = problem("gru")
-    tx = admm_jax.admm_kfac(model, x)
+    tx = admm_jax.admm_kfac(model, x, 0.1)
     with pytest.raises(ValueError, match="params: .* do not match the model"):
         tx.update(None, tx.init(nnx.state(model, nnx.Param)), nnx.state(other, nnx.Param),
                   inputs=x, targets=y)
@@ -272,7 +272,7 @@ def test_bad_model_and_inputs_name_themselves():
         admm_jax.admm_kfac(42, x)
     with pytest.raises(TypeError, match="inputs: expected an example batch"):
         admm_jax.admm_kfac(model, [1, 2, 3])
-    tx = admm_jax.admm_kfac(model, x)
+    tx = admm_jax.admm_kfac(model, x, 0.1)
     params = nnx.state(model, nnx.Param)
     with pytest.raises(ValueError, match="inputs, targets: scale_by_kfac needs"):
         tx.update(None, tx.init(params), params)

@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from admm_jax import RandomBasesState, random_bases, random_bases_vector, scale_by_random_bases
-from admm_jax.optim.random_bases import _fwht, _step_key, _sylvester, basis_block
+from admm_jax.optim.hadamard import sylvester
+from admm_jax.optim.random_bases import _step_key, basis_block
 
 
 def make_params():
@@ -317,18 +318,6 @@ def test_bases_independent_across_steps_workers_compartments(distribution, rng):
     assert off.max() < 5.5 / math.sqrt(n)
 
 
-@pytest.mark.parametrize("chunk_bits", [1, 2, 4])
-@pytest.mark.parametrize("log_n", [0, 1, 3, 6])
-def test_fast_hadamard_transform_equals_dense_matrix(log_n, chunk_bits):
-    x = np.random.default_rng(log_n).standard_normal(1 << log_n)
-    h = _sylvester(log_n)  # H[r, i] = (-1)^popcount(r & i)
-    r = np.arange(1 << log_n)
-    want = np.array([[(-1) ** bin(a & b).count("1") for b in r] for a in r], np.float64)
-    np.testing.assert_array_equal(h, want)
-    got = _fwht(jnp.asarray(x, jnp.float32), chunk_bits)
-    np.testing.assert_allclose(np.asarray(got), want @ x, rtol=1e-5, atol=1e-5)
-
-
 def test_hadamard_rows_are_signed_hadamard_rows():
     n, rows = 1000, 6
     e = np.round(np.asarray(basis_block("hadamard", jax.random.key(2), jnp.arange(rows), n,
@@ -336,7 +325,7 @@ def test_hadamard_rows_are_signed_hadamard_rows():
     assert set(np.unique(e)) == {-1.0, 1.0}
     # e_j * e_0 = H[r_j] * H[r_0] = H[r_j xor r_0]: the random signs cancel
     prod = e * e[0]
-    full = _sylvester(10)[:, :n]
+    full = sylvester(10)[:, :n]
     for j in range(rows):
         assert any(np.array_equal(prod[j], full[v]) for v in range(1024))
 

@@ -20,6 +20,7 @@ from admm_jax.train import (
     Callback,
     Checkpoint,
     History,
+    Restored,
     checkpoint_steps,
     fit,
     load_checkpoint,
@@ -201,3 +202,34 @@ def test_killed_run_resumes_bit_identically(tmp_path, name):
         for k in ta:
             if k not in ("seconds", "time"):
                 assert ta[k] == tb[k], (table, k)  # bitwise: floats compared with ==
+
+
+def test_iterations_count_the_whole_run_on_resume(tmp_path):
+    x, y = tiny_data(32, t=4)
+    full = ElmanRNN(3, 4, 2, rngs=nnx.Rngs(0))
+    h_full = fit(full, optimizers.get("adam"), (x, y), iterations=10, batch_size=8)
+    part = ElmanRNN(3, 4, 2, rngs=nnx.Rngs(0))
+    fit(part, optimizers.get("adam"), (x, y), iterations=4, batch_size=8,
+        callbacks=[Checkpoint(tmp_path)])
+    resumed = ElmanRNN(3, 4, 2, rngs=nnx.Rngs(0))
+    params = nnx.state(resumed, nnx.Param)
+    tx = optimizers.get("adam")
+    r = load_checkpoint(tmp_path, params, tx.init(params))
+    nnx.update(resumed, r.params)
+    h = fit(resumed, tx, (x, y), iterations=10, batch_size=8, resume=r)
+    assert h.meta["iterations"] == 10 == len(h.steps["loss"])
+    assert h.steps["loss"] == h_full.steps["loss"]
+    assert_trees_identical(nnx.state(resumed, nnx.Param), nnx.state(full, nnx.Param))
+    # already past the total: nothing more is run
+    h2 = fit(resumed, tx, (x, y), iterations=3, batch_size=8, resume=Restored(history=h))
+    assert h2.meta["iterations"] == 10
+
+
+def test_a_checkpoint_of_another_width_blames_the_parameters(tmp_path):
+    x, y = tiny_data(16, t=4)
+    fit(ElmanRNN(3, 4, 2, rngs=nnx.Rngs(0)), optimizers.get("adam"), (x, y), iterations=1,
+        batch_size=8, callbacks=[Checkpoint(tmp_path)])
+    p5 = nnx.state(ElmanRNN(3, 5, 2, rngs=nnx.Rngs(0)), nnx.Param)
+    with pytest.raises(ValueError,
+                       match=r"^params, opt_state: .*: params leaf \['U'\] saved as "):
+        load_checkpoint(tmp_path, p5, optimizers.get("adam").init(p5))

@@ -11,7 +11,7 @@ import pytest
 from flax import nnx
 
 from admm_jax import ElmanRNN, optimizers
-from admm_jax.train import DivergenceError, Trainer, fit
+from admm_jax.train import DivergenceError, Stop, Trainer, fit
 
 
 def tiny_data(n=64, t=5, seed=0):
@@ -71,7 +71,7 @@ def test_runs_stepped_in_turn_are_runs_alone():
 
 def test_epochs_end_the_iterator():
     x, y = tiny_data()
-    t = Trainer(model(), optax.adam(1e-2), (x, y), batch_size=16, epochs=2)
+    t = Trainer(model(), optax.adam(1e-2), (x, y), batch_size=16, stop=Stop(epochs=2))
     assert t.run(100) == 8
     assert t.step() == (None, None)
     assert t.history.epochs["epoch"] == [0, 1]
@@ -79,7 +79,7 @@ def test_epochs_end_the_iterator():
 
 def test_evaluation_is_recorded_and_not_timed():
     x, y = tiny_data()
-    t = Trainer(model(), optax.adam(1e-2), (x, y), batch_size=16, evaluation_data=(x, y))
+    t = Trainer(model(), optax.adam(1e-2), (x, y), batch_size=16, evaluation=(x, y))
     t.run(4)
     seconds = t.loop.train_seconds
     row = t.evaluate()
@@ -111,9 +111,44 @@ def test_bad_arguments_name_themselves():
     with pytest.raises(TypeError, match="seed"):
         Trainer(model(), optax.adam(1e-2), (x, y), seed=1.5)
     with pytest.raises(ValueError, match="evaluation.data"):
-        Trainer(model(), optax.adam(1e-2), (x, y), evaluation_data=(x, y[:5]))
+        Trainer(model(), optax.adam(1e-2), (x, y), evaluation=(x, y[:5]))
     t = Trainer(model(), optax.adam(1e-2), (x, y), batch_size=16)
     with pytest.raises(ValueError, match="steps"):
         t.run(0)
     with pytest.raises(ValueError, match="data"):
         t.evaluate()
+
+
+def test_the_stop_rule_ends_the_run_and_sizes_the_loop():
+    x, y = tiny_data()
+    t = Trainer(model(), optax.adam(1e-2), (x, y), batch_size=16, stop=Stop(iterations=6))
+    assert t.loop.total_iterations == 6 and t.loop.budget_seconds is None
+    assert t.run(100) == 6 and t.step() == (None, None)
+    t = Trainer(model(), optax.adam(1e-2), (x, y), batch_size=16,
+                stop=Stop(budget_seconds=1e-9))
+    assert t.loop.total_iterations is None and t.run(100) == 1  # the first step spends it
+    t = Trainer(model(), optax.adam(1e-2), (x, y), batch_size=16)
+    t.run(2)
+    t.loop.stop = True  # what a callback does
+    assert t.step() == (None, None) and t.loop.iteration == 2
+
+
+def test_each_check_runs_once_in_the_callers_words(monkeypatch):
+    from admm_jax.train import checks
+
+    calls = []
+    for name in ("model_and_optimizer", "data", "fits_model", "trainable"):
+        original = getattr(checks, name)
+        monkeypatch.setattr(checks, name, lambda *a, _f=original, _n=name, **k: (
+            calls.append((_n, a[0] if isinstance(a[0], str) else None)), _f(*a, **k))[1])
+    x, y = tiny_data()
+    fit(model(), optax.adam(1e-2), (x, y), iterations=1, batch_size=16, evaluation=(x, y))
+    assert sorted(calls) == sorted([
+        ("model_and_optimizer", None), ("data", "train_data"), ("data", "evaluation.data"),
+        ("trainable", None), ("fits_model", "train_data"), ("fits_model", "evaluation.data")])
+    with pytest.raises(TypeError, match="^stop: expected a Stop, got int"):
+        Trainer(model(), optax.adam(1e-2), (x, y), stop=3)
+    with pytest.raises(ValueError, match="^epochs: expected a positive int or None, got 0"):
+        Stop(epochs=0)
+    with pytest.raises(ValueError, match="^data: this Trainer was given no evaluation"):
+        Trainer(model(), optax.adam(1e-2), (x, y), batch_size=16).evaluate()

@@ -1,0 +1,162 @@
+"""What every benchmark shares: the data (through ``admm_jax.tasks``), the optimizers, the
+round-robin timer with median ratios, seeds, and the JSON + PNG + Markdown writer that
+records the full command and the commit in ``meta``.
+
+A script imports it as ``from _harness import ...`` (``benchmarks/`` is on ``sys.path`` when
+the script runs, and the smoke tests put it there).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Callable, Hashable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from admm_jax import tasks
+from admm_jax.train import losses, make_train_step
+
+RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+
+
+# ---------------------------------------------------------------------------- data, methods
+
+
+def load_task(name: str, **kwargs: Any) -> tasks.Task:
+    """The task ``name`` (``admm_jax.tasks.load``: data, model, loss, metric, target)."""
+    return tasks.load(name, **kwargs)
+
+
+def make_optimizer(task: tasks.Task, model: nnx.Module, name: str, **kwargs: Any):
+    """The optimizer ``name`` for ``model`` on ``task``: the one place a benchmark builds one
+    (``task.optimizer`` fills in what the task decides: samples, sequence length, loss; a
+    method built for the model, K-FAC, gets ``model`` and an example batch)."""
+    return task.optimizer(name, model=model, **kwargs)
+
+
+def seeds(n: int, first: int = 0) -> list[int]:
+    """The seeds of ``n`` repeated runs."""
+    return list(range(first, first + n))
+
+
+def compiled_train_step(tx, model: nnx.Module, x, y, *, use_gradients: bool | None = True):
+    """``(executable, args, step)``: fit's training step (``make_train_step``, cross entropy
+    and accuracy; ``use_gradients=None``: the optimizer's state decides, as in fit) for
+    ``model`` and ``tx``, compiled ahead of time with the weights and state donated, its first
+    arguments (``executable(*args)`` is one step) and the step unjitted (to trace)."""
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+    step = make_train_step(graphdef, rest, tx, losses.cross_entropy, losses.accuracy,
+                           use_gradients=use_gradients, step_key=False)
+    params = jax.tree.map(jnp.copy, params)
+    args = (params, tx.init(params), x, y, jnp.arange(len(x)), {}, jax.random.key(0),
+            jnp.asarray(0, jnp.int32))
+    return jax.jit(step, donate_argnums=(0, 1)).lower(*args).compile(), args, step
+
+
+# ---------------------------------------------------------------------------- the timer
+
+
+def round_robin(runs: dict[Hashable, Callable[[], Any]], rounds: int,
+                warmup: int = 1) -> dict[Hashable, list[float]]:
+    """Seconds of each call of ``runs[k]()`` (which must block until its work is done), the
+    runs called in turn, one call each per round, so that all of them see the same machine
+    load; the first ``warmup`` rounds are not kept."""
+    times: dict[Hashable, list[float]] = {k: [] for k in runs}
+    with warnings.catch_warnings():  # CPU backends cannot donate: nothing to report
+        warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+        for r in range(warmup + rounds):
+            for k, run in runs.items():
+                t = time.perf_counter()
+                run()
+                if r >= warmup:
+                    times[k].append(time.perf_counter() - t)
+    return times
+
+
+def median_ms(times: Sequence[float]) -> float:
+    """The median of ``times`` (seconds), in milliseconds."""
+    return 1e3 * statistics.median(times)
+
+
+def median_ratio(times: dict, a: Hashable, b: Hashable) -> float:
+    """``median(times[a]) / median(times[b])``: the figure a round-robin comparison reports."""
+    return statistics.median(times[a]) / statistics.median(times[b])
+
+
+# ---------------------------------------------------------------------------- the writer
+
+
+def command(script: str, argv: Sequence[str] | None) -> str:
+    """The command line of ``script`` run with ``argv`` (``None``: this process's own
+    arguments), as ``meta["command"]`` records it: ``python benchmarks/<script> ...``."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", f"benchmarks/{pathlib.Path(script).name}", *args])
+
+
+def commit() -> str | None:
+    """The commit of the repository the benchmark runs from (``None`` outside git)."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=pathlib.Path(__file__).parent, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def markdown_table(rows: Sequence[dict], columns: dict[str, str]) -> str:
+    """``rows`` as a Markdown table: ``columns`` maps a row key to its header; floats are
+    written with 3 decimals."""
+    def cell(v):
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(columns.values()) + " |",
+             "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(r[k]) for k in columns) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def write_results(out: str | pathlib.Path, stem: str, result: dict, cmd: str, *,
+                  table: str | None = None, plot: Callable | None = None) -> pathlib.Path:
+    """Write ``<out>/<stem>.json`` (``result`` with ``meta``: the full command ``cmd`` (see
+    :func:`command`), the commit, the devices), ``<stem>.md`` (``table``, printed too) and
+    ``<stem>.png`` (``plot(fig)`` draws on a 6 x 3.5 in figure, resized as it likes); return
+    the JSON's path. Each file is
+    replaced whole (written beside, then renamed), so an interrupted run never leaves half a
+    file."""
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"command": cmd, "commit": commit(), "devices": str(jax.devices())}
+    result = {**result, "meta": {**meta, **result.get("meta", {})}}
+    _replace(out / f"{stem}.json", json.dumps(result, indent=1))
+    if table is not None:
+        _replace(out / f"{stem}.md", f"`{meta['command']}`\n\n{table}\n")
+        print(table)
+    if plot is not None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig = plt.figure(figsize=(6, 3.5), layout="constrained")
+        plot(fig)
+        tmp = out / f".{stem}.png.tmp"
+        fig.savefig(tmp, dpi=100, format="png")
+        plt.close(fig)
+        tmp.replace(out / f"{stem}.png")
+    return out / f"{stem}.json"
+
+
+def _replace(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)

@@ -1,0 +1,283 @@
+"""What a training step costs, one variant against another, timed round-robin in one process
+(one call of each per round, after a warm-up round, so that all see the same machine load);
+each figure is a ratio of medians. Random inputs of row-MNIST's shape (D=28, H=128, T=28,
+B=128; ``--smoke``: tiny, seconds).
+
+    python benchmarks/step_cost.py admm --data-dir ../shared/data  # ADMMiRNN vs BPTT, T grows
+    python benchmarks/step_cost.py nonfinite   # fit's step with and without reject_nonfinite
+    python benchmarks/step_cost.py trainer     # Trainer (fit's loop) against a bare loop
+    python benchmarks/step_cost.py trainer --smoke
+
+``admm``: seconds per ADMMiRNN iteration against seconds per BPTT gradient step (Adam), as T
+grows: the same Elman RNN (``--hidden``), the same ``--batch-size`` MNIST samples re-chunked
+into T steps of 784 / T pixels (``--seq-lens``), each method's step the one fit runs. Also the
+achieved matrix FLOP rate as a fraction of this machine's large-matmul rate (an
+``--matmul-n`` square float32 matmul); FLOPs counted from the step's jaxpr (matrix products
+``2 m n k``, Cholesky ``n^3 / 3``, triangular solves ``m n^2``, scan bodies times their
+length; elementwise work not counted, so the fraction is a lower bound). Writes
+``results/admm_speed.{json,png,md}``.
+
+``nonfinite``: for the gradient optimizers of the registry, the raw optax transformation and
+the same one wrapped in ``admm_jax.reject_nonfinite``, each in fit's compiled step (forward,
+backward, update, finite flag; weights and state donated). The guard's floor: one
+``isfinite`` reduction and one select over the updates and the new state, about
+``2 (1 + k) P`` floats read and ``(1 + k) P`` written for ``P`` parameters and ``k``
+parameter-sized state arrays (Adam: k = 2), against ``~6 N T H (D + H)`` FLOPs of forward and
+backward. Writes ``results/nonfinite_overhead.{json,png,md}``.
+
+``trainer``: ``admm_jax.train.Trainer`` (per step: the next batch from its ``BatchIterator``,
+a host gather and a transfer, the compiled step, the metrics and finite flag read back, a
+history row) against the same compiled executable called on batches already on the device
+with one sync per round: the floor of a host loop. ``--steps`` steps per round, for Adam and
+admm_kfac. Writes ``results/trainer_overhead.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from _harness import (
+    RESULTS,
+    command,
+    compiled_train_step,
+    markdown_table,
+    median_ms,
+    median_ratio,
+    round_robin,
+    write_results,
+)
+from flax import nnx
+
+import admm_jax
+from admm_jax.train import Trainer
+
+# name: (factory, learning rate, parameter-sized arrays in the state)
+GRADIENT_OPTIMIZERS = {"sgd": (optax.sgd, 0.1, 0), "adam": (optax.adam, 1e-3, 2),
+                       "rmsprop": (optax.rmsprop, 1e-3, 1),
+                       "novograd": (admm_jax.novograd, 0.01, 1)}
+TRAINER_METHODS = ("adam", "admm_kfac")
+
+
+def sizes(smoke: bool) -> dict[str, int]:
+    return dict(D=4, H=8, T=5, B=16) if smoke else dict(D=28, H=128, T=28, B=128)
+
+
+def random_batch(n: int, s: dict[str, int], seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return (rng.random((n, s["T"], s["D"]), np.float32),
+            rng.integers(0, 10, n).astype(np.int32))
+
+
+def nonfinite(args, s) -> tuple[dict, str, object]:
+    x, y = (jnp.asarray(a) for a in random_batch(s["B"], s))
+    model = admm_jax.ElmanRNN(s["D"], s["H"], 10, rngs=nnx.Rngs(0))
+    params = sum(v.size for v in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    runs = {}
+    for name, (factory, lr, _) in GRADIENT_OPTIMIZERS.items():
+        for label, tx in (("raw", optax.with_extra_args_support(factory(lr))),
+                          ("guarded", admm_jax.reject_nonfinite(factory(lr)))):
+            fn, a, _ = compiled_train_step(tx, model, x, y)
+            runs[(name, label)] = _stepper(fn, list(a))
+    times = round_robin(runs, args.rounds)
+    rows = [{"optimizer": name, "raw_ms": median_ms(times[(name, "raw")]),
+             "guarded_ms": median_ms(times[(name, "guarded")]),
+             "ratio": median_ratio(times, (name, "guarded"), (name, "raw")),
+             "guard_floats_read": 2 * (1 + k) * params, "guard_floats_written": (1 + k) * params}
+            for name, (_, _, k) in GRADIENT_OPTIMIZERS.items()]
+    result = {"sizes": {**s, "params": int(params)}, "rounds": args.rounds,
+              "step_flops_fwd_bwd": 6 * s["B"] * s["T"] * s["H"] * (s["D"] + s["H"]),
+              "rows": rows}
+
+    def plot(fig):
+        ax = fig.add_subplot()
+        xs = np.arange(len(rows))
+        ax.bar(xs - 0.2, [r["raw_ms"] for r in rows], 0.4, label="optax transformation")
+        ax.bar(xs + 0.2, [r["guarded_ms"] for r in rows], 0.4, label="reject_nonfinite(...)")
+        ax.set_xticks(xs, [r["optimizer"] for r in rows])
+        ax.set_ylabel("ms per training step (median)")
+        ax.set_title(f"fit's step, D={s['D']} H={s['H']} T={s['T']} B={s['B']}, "
+                     f"{args.rounds} rounds round-robin")
+        ax.legend()
+
+    table = markdown_table(rows, {"optimizer": "optimizer", "raw_ms": "raw ms",
+                                  "guarded_ms": "guarded ms", "ratio": "ratio"})
+    return result, table, plot
+
+
+def count_flops(jaxpr) -> float:
+    """Matrix FLOPs of a (closed) jaxpr: dot_general, cholesky, triangular_solve; scans x
+    length."""
+    total = 0.0
+    jaxpr = getattr(jaxpr, "jaxpr", jaxpr)
+    for eqn in jaxpr.eqns:
+        name = eqn.primitive.name
+        if name == "dot_general":
+            (lc, rc), (lb, rb_batch) = eqn.params["dimension_numbers"]
+            a, b = (v.aval.shape for v in eqn.invars)
+            contract = np.prod([a[i] for i in lc]) if lc else 1
+            batch = np.prod([a[i] for i in lb]) if lb else 1
+            m = np.prod([a[i] for i in range(len(a)) if i not in lc and i not in lb])
+            rb = [i for i in range(len(b)) if i not in rc and i not in rb_batch]
+            n = np.prod([b[i] for i in rb]) if rb else 1
+            total += 2.0 * batch * m * n * contract
+        elif name == "cholesky":
+            shape = eqn.invars[0].aval.shape
+            total += np.prod(shape[:-2]) * shape[-1] ** 3 / 3
+        elif name == "triangular_solve":
+            a, b = (v.aval.shape for v in eqn.invars)
+            total += np.prod(b) * a[-1]
+        mult = eqn.params.get("length", 1) if name == "scan" else 1
+        for p in eqn.params.values():
+            subs = p if isinstance(p, tuple | list) else [p]
+            for sub in subs:
+                if hasattr(sub, "eqns") or hasattr(getattr(sub, "jaxpr", None), "eqns"):
+                    inner = count_flops(sub)
+                    total += mult * inner if name != "cond" else inner / max(1, len(subs))
+    return float(total)
+
+
+def admm(args, s) -> tuple[dict, str, object]:
+    from admm_jax import data, optimizers
+    from admm_jax.tasks import rechunk_pixels
+
+    batch = 16 if args.smoke else args.batch_size
+    hidden = 8 if args.smoke else args.hidden
+    seq_lens = [28] if args.smoke else [int(t) for t in args.seq_lens.split(",")]
+    matmul_n = 128 if args.smoke else args.matmul_n
+    x_all, y_all = data.mnist(f"train[:{batch}]", layout="pixels", data_dir=args.data_dir,
+                              download=False)
+    a = jax.random.normal(jax.random.key(0), (matmul_n, matmul_n), jnp.float32)
+    matmul = jax.jit(lambda u, v: u @ v)
+    peak = 2.0 * matmul_n ** 3 / (median_ms(round_robin(
+        {"matmul": lambda: matmul(a, a).block_until_ready()}, args.rounds)["matmul"]) / 1e3)
+    rows = []
+    for t in seq_lens:
+        x, y = jnp.asarray(rechunk_pixels(x_all, t)), jnp.asarray(y_all)
+        model = admm_jax.ElmanRNN(x.shape[2], hidden, 10, rngs=nnx.Rngs(0))
+        runs, flops = {}, {}
+        for name, tx in (("admmirnn", optimizers.get("admmirnn", num_samples=batch, seq_len=t)),
+                         ("bptt", optimizers.get("adam"))):
+            fn, a_, step = compiled_train_step(tx, model, x, y, use_gradients=None)
+            flops[name] = count_flops(jax.make_jaxpr(step)(*a_))
+            runs[name] = _stepper(fn, list(a_))
+        times = round_robin(runs, args.rounds)
+        row = {"T": t, "pixels_per_step": 784 // t}
+        for name in runs:
+            sec = median_ms(times[name]) / 1e3
+            row.update({f"{name}_seconds": sec, f"{name}_flops": flops[name],
+                        f"{name}_flop_rate": flops[name] / sec,
+                        f"{name}_fraction_of_matmul": flops[name] / sec / peak,
+                        f"{name}_times": times[name]})
+        row["admm_over_bptt"] = median_ratio(times, "admmirnn", "bptt")
+        rows.append(row)
+    for r in rows:
+        r["admm_growth"] = r["admmirnn_seconds"] / rows[0]["admmirnn_seconds"]
+        r["bptt_growth"] = r["bptt_seconds"] / rows[0]["bptt_seconds"]
+    result = {"config": {"batch_size": batch, "hidden": hidden, "seq_lens": seq_lens,
+                         "rounds": args.rounds, "matmul_n": matmul_n},
+              "matmul_flop_rate": peak, "rows": rows}
+
+    def plot(fig):
+        fig.set_size_inches(10, 4)
+        ax = fig.subplots(1, 2)
+        ts = [r["T"] for r in rows]
+        ax[0].loglog(ts, [r["admmirnn_seconds"] for r in rows], "o-", label="ADMMiRNN iteration")
+        ax[0].loglog(ts, [r["bptt_seconds"] for r in rows], "s-", label="BPTT step (Adam)")
+        ax[0].set(xlabel="T (steps per sequence)", ylabel="seconds", title="time per iteration")
+        ax[1].semilogx(ts, [r["admmirnn_fraction_of_matmul"] for r in rows], "o-",
+                       label="ADMMiRNN")
+        ax[1].semilogx(ts, [r["bptt_fraction_of_matmul"] for r in rows], "s-", label="BPTT")
+        ax[1].set(xlabel="T", ylabel="achieved / matmul FLOP rate", title="matrix FLOP rate")
+        for a_ in ax:
+            a_.legend()
+            a_.grid(alpha=0.3)
+
+    table = markdown_table(rows, {"T": "T", "pixels_per_step": "px/step",
+                                  "admmirnn_seconds": "ADMM s/it", "bptt_seconds": "BPTT s/step",
+                                  "admm_over_bptt": "ADMM/BPTT",
+                                  "admmirnn_fraction_of_matmul": "ADMM of matmul"})
+    return result, table, plot
+
+
+def _stepper(fn, a):
+    def step():
+        a[0], a[1], _, ok = fn(*a)
+        jax.block_until_ready((a[0], ok))
+
+    return step
+
+
+def trainer(args, s) -> tuple[dict, str, None]:
+    n = s["B"] * args.steps
+    x, y = random_batch(n, s)
+    batches = [(jnp.asarray(x[i:i + s["B"]]), jnp.asarray(y[i:i + s["B"]]),
+                jnp.arange(i, i + s["B"])) for i in range(0, n, s["B"])]
+    runs = {}
+    for m in TRAINER_METHODS:
+        model = admm_jax.ElmanRNN(s["D"], s["H"], 10, rngs=nnx.Rngs(0))
+        tx = optax.adam(1e-3) if m == "adam" else admm_jax.admm_kfac(model, x[:1])
+        t = Trainer(model, tx, (x, y), batch_size=s["B"])
+        runs[(m, "trainer")] = lambda t=t: t.run(args.steps)
+        runs[(m, "bare")] = lambda t=t: _bare_loop(t, batches)
+    times = round_robin(runs, args.rounds)
+    rows = []
+    for m in TRAINER_METHODS:
+        tr, bare = (median_ms(times[(m, k)]) / args.steps for k in ("trainer", "bare"))
+        rows.append({"method": m, "trainer_ms": tr, "bare_ms": bare,
+                     "ratio": median_ratio(times, (m, "trainer"), (m, "bare")),
+                     "overhead_ms": tr - bare})
+    result = {"sizes": s, "rounds": args.rounds, "steps": args.steps, "rows": rows}
+    table = markdown_table(rows, {"method": "method", "trainer_ms": "Trainer ms/step",
+                                  "bare_ms": "bare loop ms/step", "ratio": "ratio",
+                                  "overhead_ms": "overhead ms"})
+    return result, table, None
+
+
+def _bare_loop(t: Trainer, batches) -> None:
+    """The trainer's compiled step on device-resident batches, one sync at the end."""
+    loop = t.loop
+    p, s = loop.params, loop.opt_state
+    for i, (xb, yb, ib) in enumerate(batches):
+        p, s, _, _ = t.compiled_step(p, s, xb, yb, ib, loop.model_kwargs, t.key,
+                                     jnp.asarray(loop.iteration + i, jnp.int32))
+    jax.block_until_ready(p)
+    loop.params, loop.opt_state = p, s
+
+
+CASES = {"admm": (admm, "admm_speed", 5, 1),
+         "nonfinite": (nonfinite, "nonfinite_overhead", 60, 1),
+         "trainer": (trainer, "trainer_overhead", 10, 50)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("case", choices=sorted(CASES))
+    ap.add_argument("--smoke", action="store_true", help="tiny sizes, a few rounds")
+    ap.add_argument("--rounds", type=int, default=None, help="timed rounds (per case default)")
+    ap.add_argument("--steps", type=int, default=None, help="steps per round (trainer)")
+    ap.add_argument("--out", default=str(RESULTS))
+    g = ap.add_argument_group("admm")
+    g.add_argument("--data-dir", default=os.environ.get("ADMM_JAX_DATA"),
+                   help="MNIST folder (default $ADMM_JAX_DATA)")
+    g.add_argument("--seq-lens", default="28,112,392,784", help="T, divisors of 784")
+    g.add_argument("--batch-size", type=int, default=64)
+    g.add_argument("--hidden", type=int, default=64)
+    g.add_argument("--matmul-n", type=int, default=2048, help="size of the reference matmul")
+    args = ap.parse_args(argv)
+    run, stem, rounds, steps = CASES[args.case]
+    args.rounds = args.rounds or (2 if args.smoke else rounds)
+    args.steps = args.steps or (5 if args.smoke else steps)
+    result, table, plot = run(args, sizes(args.smoke))
+    write_results(args.out, stem + ("_smoke" if args.smoke else ""), result,
+                  command(__file__, argv), table=table, plot=plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
