@@ -1,6 +1,7 @@
 """Training: one loop for every optimizer, its history, callbacks and losses."""
 
 from admm_jax.train import losses
+from admm_jax.train.batched import BatchedTrainer, fit_batched, load_runs
 from admm_jax.train.callbacks import Callback, Loop, ModelKwargSchedule, ProgressBar
 from admm_jax.train.checkpoint import Checkpoint, Restored, checkpoint_steps, load_checkpoint
 from admm_jax.train.fit import fit
@@ -9,6 +10,7 @@ from admm_jax.train.steps import evaluate, make_train_step
 from admm_jax.train.trainer import DivergenceError, Evaluation, Stop, Trainer
 
 __all__ = [
+    "BatchedTrainer",
     "Callback",
     "Checkpoint",
     "DivergenceError",
@@ -23,7 +25,9 @@ __all__ = [
     "checkpoint_steps",
     "evaluate",
     "fit",
+    "fit_batched",
     "load_checkpoint",
+    "load_runs",
     "losses",
     "make_train_step",
 ]
