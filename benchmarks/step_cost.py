@@ -7,6 +7,7 @@ B=128; ``--smoke``: tiny, seconds).
     python benchmarks/step_cost.py nonfinite   # fit's step with and without reject_nonfinite
     python benchmarks/step_cost.py trainer     # Trainer (fit's loop) against a bare loop
     python benchmarks/step_cost.py trainer --smoke
+    python benchmarks/step_cost.py runs        # S runs batched vs in sequence, LSTM-128
 
 ``admm``: seconds per ADMMiRNN iteration against seconds per BPTT gradient step (Adam), as T
 grows: the same Elman RNN (``--hidden``), the same ``--batch-size`` MNIST samples re-chunked
@@ -30,6 +31,14 @@ a host gather and a transfer, the compiled step, the metrics and finite flag rea
 history row) against the same compiled executable called on batches already on the device
 with one sync per round: the floor of a host loop. ``--steps`` steps per round, for Adam and
 admm_kfac. Writes ``results/trainer_overhead.{json,md}``.
+
+``runs``: the throughput of S independent LSTM-128 runs (``--runs``, copying T=20 and
+row-MNIST shapes, random data; clip + Adam) trained as one
+``admm_jax.train.BatchedTrainer``, vectorised (``vmap``) or in sequence inside one program
+(``map``, ``group_size=1``), against one run's program called S times; ``--steps-per-call``
+steps per call. Also the compiled program's scratch (temp) size and the page faults per
+step, the two measures that explain a CPU slowdown (docs/training.md). Writes
+``results/batched_runs.{json,png,md}``.
 """
 
 from __future__ import annotations
@@ -250,9 +259,96 @@ def _bare_loop(t: Trainer, batches) -> None:
     loop.params, loop.opt_state = p, s
 
 
+RUNS_WORKLOADS = {  # name: (T, D, classes, batch, many_to_many) of an LSTM-128 training step
+    "copying": (40, 1, 9, 100, True),  # T=20 copying task: 20 + 20 steps, one scalar input
+    "row-mnist": (28, 28, 10, 128, False),
+}
+
+
+def runs(args, s) -> tuple[dict, str, object]:
+    """S runs as one batch (BatchedTrainer: vmap, or the runs in sequence inside one program)
+    against one run's program called S times, steps_per_call steps per call."""
+    import resource
+
+    from admm_jax.train import BatchedTrainer
+
+    hidden = 8 if args.smoke else 128
+    counts = [1, 2] if args.smoke else [int(v) for v in args.runs.split(",")]
+    workloads = ["copying"] if args.smoke else args.workloads.split(",")
+    rows = []
+    for w in workloads:
+        t, d, c, b, m2m = RUNS_WORKLOADS[w]
+        if args.smoke:
+            t, b = 5, 8
+        rng = np.random.default_rng(0)
+        x = rng.random((4 * b, t, d), np.float32)
+        y = rng.integers(0, c, (4 * b, t) if m2m else 4 * b).astype(np.int32)
+        tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
+        for k in [int(v) for v in args.steps_per_call.split(",")]:
+            def trainer(n, group, k=k, t=t, d=d, c=c, b=b, m2m=m2m, x=x, y=y):
+                models = [admm_jax.LSTM(d, hidden, c, rngs=nnx.Rngs(i), many_to_many=m2m)
+                          for i in range(n)]
+                return BatchedTrainer(models, tx, (x, y), batch_size=b, steps_per_call=k,
+                                      group_size=group, validate=False)
+
+            one = trainer(1, None)
+            for n in counts:
+                variants = {"sequential": (one, n), "vmap": (trainer(n, None), 1),
+                            "map": (trainer(n, 1), 1)}
+                faults = {v: [] for v in variants}
+
+                def call(v, tr, calls):
+                    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                    for _ in range(calls):
+                        tr.run(tr.steps_per_call)
+                    jax.block_until_ready(tr.params)
+                    faults[v].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+
+                times = round_robin({v: (lambda v=v, tr=tr, c=cl: call(v, tr, c))
+                                     for v, (tr, cl) in variants.items()}, args.rounds)
+                row = {"workload": w, "runs": n, "steps_per_call": k, "T": t, "batch": b,
+                       "hidden": hidden}
+                for v, (tr, _) in variants.items():
+                    sec = median_ms(times[v]) / 1e3
+                    row[f"{v}_steps_per_s"] = n * k / sec
+                    row[f"{v}_x_sequential"] = median_ratio(times, "sequential", v)
+                    row[f"{v}_faults_per_step"] = float(np.median(faults[v])) / (n * k)
+                    row[f"{v}_temp_mb"] = (tr.compiled.memory_analysis().temp_size_in_bytes
+                                           / 2 ** 20)
+                    row[f"{v}_times"] = times[v]
+                rows.append(row)
+    result = {"config": {"runs": counts, "workloads": workloads, "rounds": args.rounds,
+                         "hidden": hidden, "steps_per_call": args.steps_per_call,
+                         "optimizer": "clip 1.0 + Adam 1e-3"}, "rows": rows}
+
+    def plot(fig):
+        fig.set_size_inches(5 * len(workloads), 3.5)
+        axes = np.atleast_1d(fig.subplots(1, len(workloads)))
+        for ax, w in zip(axes, workloads, strict=True):
+            for k in sorted({r["steps_per_call"] for r in rows}):
+                rs = [r for r in rows if r["workload"] == w and r["steps_per_call"] == k]
+                for v, mark in (("vmap", "o-"), ("map", "s--")):
+                    ax.plot([r["runs"] for r in rs], [r[f"{v}_x_sequential"] for r in rs],
+                            mark, label=f"{v}, {k} steps/call")
+            ax.axhline(1.0, color="gray", lw=0.8)
+            ax.set(xlabel="runs S", ylabel="throughput / S runs in sequence", title=w)
+            ax.legend(fontsize=7)
+
+    table = markdown_table(rows, {"workload": "workload", "runs": "S",
+                                  "steps_per_call": "steps/call",
+                                  "sequential_steps_per_s": "sequential steps/s",
+                                  "vmap_x_sequential": "vmap x seq",
+                                  "map_x_sequential": "map x seq",
+                                  "vmap_temp_mb": "vmap temp MB",
+                                  "vmap_faults_per_step": "vmap faults/step",
+                                  "sequential_faults_per_step": "seq faults/step"})
+    return result, table, plot
+
+
 CASES = {"admm": (admm, "admm_speed", 5, 1),
          "nonfinite": (nonfinite, "nonfinite_overhead", 60, 1),
-         "trainer": (trainer, "trainer_overhead", 10, 50)}
+         "trainer": (trainer, "trainer_overhead", 10, 50),
+         "runs": (runs, "batched_runs", 3, 1)}
 
 
 def main(argv=None) -> int:
@@ -269,6 +365,10 @@ def main(argv=None) -> int:
     g.add_argument("--batch-size", type=int, default=64)
     g.add_argument("--hidden", type=int, default=64)
     g.add_argument("--matmul-n", type=int, default=2048, help="size of the reference matmul")
+    g = ap.add_argument_group("runs")
+    g.add_argument("--runs", default="1,3,6,12", help="numbers of runs S")
+    g.add_argument("--workloads", default="copying,row-mnist", help=str(list(RUNS_WORKLOADS)))
+    g.add_argument("--steps-per-call", default="10", help="steps per compiled call, a list")
     args = ap.parse_args(argv)
     run, stem, rounds, steps = CASES[args.case]
     args.rounds = args.rounds or (2 if args.smoke else rounds)

@@ -54,3 +54,15 @@ def test_admm_times_both_steps_on_mnist(bench, tmp_path, data_dir):
     assert row["admmirnn_flops"] > 0 and row["bptt_flops"] > 0
     assert len(row["admmirnn_times"]) == 2
     assert (tmp_path / "admm_speed_smoke.png").stat().st_size > 10_000
+
+
+def test_runs_times_batched_against_sequential_runs(bench, tmp_path):
+    assert bench.main(["runs", "--smoke", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "batched_runs_smoke.json").read_text())
+    assert [(r["workload"], r["runs"]) for r in res["rows"]] == [("copying", 1), ("copying", 2)]
+    for r in res["rows"]:
+        for v in ("sequential", "vmap", "map"):
+            assert r[f"{v}_steps_per_s"] > 0 and r[f"{v}_temp_mb"] > 0
+            assert r[f"{v}_faults_per_step"] >= 0
+        assert r["sequential_x_sequential"] == 1.0
+    assert "| workload |" in (tmp_path / "batched_runs_smoke.md").read_text()
