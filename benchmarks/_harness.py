@@ -1,6 +1,6 @@
-"""What every benchmark shares: the data (through ``admm_jax.tasks``), the optimizers, the
-round-robin timer with median ratios, seeds, and the JSON + PNG + Markdown writer that
-records the full command and the commit in ``meta``.
+"""What every benchmark shares: the data (through ``admm_jax.tasks``), the validation split
+that tuning scores on, the optimizers, the round-robin timer with median ratios, seeds, and
+the JSON + PNG + Markdown writer that records the full command and the commit in ``meta``.
 
 A script imports it as ``from _harness import ...`` (``benchmarks/`` is on ``sys.path`` when
 the script runs, and the smoke tests put it there).
@@ -42,6 +42,13 @@ def make_optimizer(task: tasks.Task, model: nnx.Module, name: str, **kwargs: Any
     (``task.optimizer`` fills in what the task decides: samples, sequence length, loss; a
     method built for the model, K-FAC, gets ``model`` and an example batch)."""
     return task.optimizer(name, model=model, **kwargs)
+
+
+def validation_split(x, y, parts: int = 10):
+    """``((x_fit, y_fit), (x_val, y_val))``: the last ``len(x) // parts`` samples of the
+    training set held out for tuning (the same split for every method and seed)."""
+    n = len(x) // parts
+    return (x[:-n], y[:-n]), (x[-n:], y[-n:])
 
 
 def seeds(n: int, first: int = 0) -> list[int]:
