@@ -38,11 +38,16 @@ targets are ``a + lam1/rho1 - (U x + W h_prev + b)`` and ``o + lam3/rho3 - (V h 
 
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 
+from admm_jax.admm.coupled import (  # noqa: F401  (re-exported: the coupled block)
+    activation_slope,
+    coupled_linearised_solve,
+    coupled_output_solve,
+    coupled_terms,
+    sweep_coupled,
+)
 from admm_jax.admm.linalg import spd_inverse, spd_solve
 from admm_jax.admm.problem import (
     ADMMConfig,
@@ -58,7 +63,6 @@ from admm_jax.models.elman import activation_fn, input_projection, is_token_inpu
 
 _LINE_SEARCH = 2.0 ** -jnp.arange(12)  # candidate step sizes 1, 1/2, ..., 1/2048
 _ARMIJO = 1e-4
-_COUPLED_BACKTRACKS = 8  # step sizes 1, 1/2, ..., 1/128 of the coupled block
 
 
 # ----------------------------------------------------------------------------- o-block
@@ -474,259 +478,6 @@ def sweep_parallel(params, aux: Auxiliaries, duals: Duals, rho: Penalties, input
     """All ``h_t`` at once (:func:`h_block`), then all ``a_t`` at once (:func:`a_block`)."""
     aux = aux._replace(h=h_block(params, aux, duals, rho, inputs, cfg))
     return aux._replace(a=a_block(params, aux, duals, rho, inputs, cfg))
-
-
-# ------------------------------------------------------------ the time-coupled (a, h) block
-
-
-def activation_slope(a: jax.Array, cfg: ADMMConfig) -> jax.Array:
-    """``f'(a)`` elementwise: ``1 - tanh(a)^2`` for tanh, ``[a > 0]`` for relu.
-
-    >>> float(activation_slope(jnp.zeros(()), ADMMConfig()))
-    1.0
-    """
-    if cfg.activation == "relu":
-        return (a > 0).astype(a.dtype)
-    return 1.0 - jnp.tanh(a) ** 2
-
-
-def _time_major(x: jax.Array) -> jax.Array:
-    return jnp.swapaxes(x, 0, 1)
-
-
-def _linear_forward(W, d, inj):
-    """``y_t = d_t * (W y_{t-1}) + inj_t`` from ``y_0 = 0``; time-major ``[T, N, H]``."""
-    def body(y, xs):
-        d_t, in_t = xs
-        y = d_t * (y @ W.T) + in_t
-        return y, y
-
-    return jax.lax.scan(body, jnp.zeros_like(inj[0]), (d, inj))[1]
-
-
-def _linear_backward(W, d, e):
-    """The transpose of :func:`_linear_forward`: ``g_t = e_t + W^T (d_{t+1} g_{t+1})``."""
-    def body(carry, xs):  # carry: d_{t+1} * g_{t+1}
-        d_t, e_t = xs
-        g = e_t + carry @ W
-        return d_t * g, g
-
-    return jax.lax.scan(body, jnp.zeros_like(e[0]), (d, e), reverse=True)[1]
-
-
-def _output_adjoint(V, y, w, rho3, cfg: ADMMConfig):
-    """``rho3 V^T (V y_t - w_t)`` at the steps with an output, zero elsewhere (time-major;
-    ``w = 0`` gives the linear part)."""
-    if cfg.many_to_many:
-        return rho3 * (y @ V.T - w) @ V
-    return jnp.zeros_like(y).at[-1].set(rho3 * (y[-1] @ V.T - w[0]) @ V)
-
-
-class _CoupledTerms(NamedTuple):
-    """What the coupled block needs of the fixed blocks, computed once."""
-
-    u: jax.Array  # U x_t + b - lam1_t/rho1
-    w: jax.Array  # o_t - c + lam3_t/rho3, [N, |S|, C]
-    fa: jax.Array  # f(a) at the current a
-    slope: jax.Array  # f'(a) at the current a
-    c1: jax.Array  # a - W h_prev - u: the scaled C1 residual at the current point
-
-
-def _coupled_terms(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs, cfg):
-    f = activation_fn(cfg.activation)
-    u = input_projection(params["U"], inputs) + params["b"] - duals.lam1 / rho.rho1
-    return _CoupledTerms(u=u, w=aux.o - params["c"] + duals.lam3 / rho.rho3, fa=f(aux.a),
-                         slope=activation_slope(aux.a, cfg),
-                         c1=aux.a - shift_right(aux.h) @ params["W"].T - u)
-
-
-def coupled_linearised_solve(params, aux: Auxiliaries, duals: Duals, rho: Penalties,
-                             inputs: jax.Array, cfg: ADMMConfig, terms=None):
-    r"""Minimise the (a, h) subproblem with ``f`` linearised at the current ``a``: all steps
-    jointly, by ``cfg.cg_steps`` preconditioned conjugate-gradient iterations.
-
-    With ``D_t = diag f'(a^0_t)`` and ``f(a_t) ~ f(a^0_t) + D_t (a_t - a^0_t)`` the (a, h) part
-    of the augmented Lagrangian becomes the quadratic
-
-    .. math::
-        Q(a, h) = \sum_t \tfrac{\rho_1}{2}|a_t - W h_{t-1} - u_t|^2
-        + \tfrac{\rho_2}{2}|h_t - D_t a_t - v_t|^2 + \sum_{t\in S}\tfrac{\rho_3}{2}|V h_t - w_t|^2
-
-    with ``u_t = U x_t + b - lam1_t/rho1``, ``v_t = f(a^0_t) - D_t a^0_t - lam2_t/rho2``,
-    ``w_t = o_t - c + lam3_t/rho3``: block-tridiagonal in time. Its slacks
-    ``eps_t = a_t - W h_{t-1} - u_t`` and ``del_t = h_t - D_t a_t - v_t`` enter the states only
-    through ``eta_t = D_t eps_t + del_t``: ``h_t = D_t W h_{t-1} + D_t u_t + v_t + eta_t``.
-    Minimising over the split of each ``eta_t`` (elementwise,
-    ``eps = rho2 d eta / (rho1 + rho2 d^2)``) leaves a linear-quadratic control problem
-
-    .. math::
-        \min_\eta \sum_t \tfrac12 \eta_t^\top K_t \eta_t
-        + \sum_{t\in S}\tfrac{\rho_3}{2}|V h_t(\eta) - w_t|^2, \qquad
-        K_t = \mathrm{diag}\frac{\rho_1\rho_2}{\rho_1 + \rho_2 d_t^2},
-
-    whose Hessian ``K + rho3 L^T P^T V^T V P L`` (``L`` the lower block-triangular map
-    ``eta -> h``, ``P`` the selection of ``t in S``) is ``K`` plus a term of rank
-    ``<= C |S|``. Conjugate gradients preconditioned by ``K``, per sample and from the current
-    point (whose ``h(eta^0)`` is the current ``h``), are therefore exact after ``C |S| + 1``
-    iterations in exact arithmetic, whatever ``T``; more are never run. Each iteration is one
-    forward scan (``L p``) and one backward scan (``L^T``) of ``[N, H] x [H, H]`` products:
-    ``4 T H^2`` FLOPs per sample, against ``O(T H^3)`` for a block-tridiagonal (Riccati)
-    factorisation with per-sample blocks.
-
-    Args:
-      params: ``U, W, b, V, c``; aux: the current ``a, h [N, T, H]`` (the linearisation
-        point) and ``o``; duals, rho: multipliers and penalties; inputs: ``[N, T, D]`` or token
-        ids; cfg: ``cg_steps``, ``activation``, ``many_to_many``.
-      terms: precomputed :class:`_CoupledTerms` (internal).
-
-    Returns:
-      ``(a, h)``, both ``[N, T, H]``: the minimiser of ``Q`` after ``cg_steps`` iterations.
-
-    Examples:
-      >>> from admm_jax.admm.problem import Penalties
-      >>> k = jax.random.split(jax.random.key(0), 4)
-      >>> p = {"U": jax.random.normal(k[0], (4, 2)), "W": 0.5 * jnp.eye(4), "b": jnp.zeros(4),
-      ...      "V": jax.random.normal(k[1], (1, 4)), "c": jnp.zeros(1)}
-      >>> x = jax.random.normal(k[2], (3, 5, 2))
-      >>> from admm_jax.models.elman import elman_trace
-      >>> tr = elman_trace(p, x)
-      >>> aux = Auxiliaries(tr.a, tr.h, tr.o + 1.0)   # the outputs should rise by 1
-      >>> zero = Duals(*(jnp.zeros_like(v) for v in aux))
-      >>> a, h = coupled_linearised_solve(p, aux, zero, Penalties(1.0, 10.0, 1.0), x,
-      ...                                 ADMMConfig(loss="mse"))
-      >>> bool(jnp.all(jnp.abs(a - tr.a).sum(-1) > 0))   # every step of every sample moved
-      True
-
-    References:
-      Gauss-Newton on the activation, conjugate gradients: Nocedal & Wright, "Numerical
-      Optimization", 2nd ed., ch. 5 and 10.3; the splitting: Tang et al., ECML-PKDD 2020.
-    """
-    rho1, rho2, rho3 = rho
-    W, V = params["W"], params["V"]
-    t = _coupled_terms(params, aux, duals, rho, inputs, cfg) if terms is None else terms
-    a0, h0, d = aux.a, aux.h, t.slope
-    v = t.fa - d * a0 - duals.lam2 / rho2
-    kappa = rho1 * rho2 / (rho1 + rho2 * d**2)
-    # the current point's injection; h(eta0) = h0, so no forward pass is needed to start
-    eta0 = d * t.c1 + (h0 - d * a0 - v)
-
-    d_tm, k_tm, w_tm = _time_major(d), _time_major(kappa), _time_major(t.w)
-
-    def hess(p):  # (K + rho3 L^T P^T V^T V P L) p, and L p
-        q = _linear_forward(W, d_tm, p)
-        out = _output_adjoint(V, q, jnp.zeros_like(w_tm), rho3, cfg)
-        return k_tm * p + _linear_backward(W, d_tm, out), q
-
-    def dot(x, y):  # per sample
-        return jnp.sum(x * y, axis=(0, 2))
-
-    def safe_div(num, den):
-        return jnp.where(den > 0, num / jnp.where(den > 0, den, 1.0), 0.0)[:, None]
-
-    x, y = _time_major(eta0), _time_major(h0)
-    r = -(k_tm * x + _linear_backward(W, d_tm, _output_adjoint(V, y, w_tm, rho3, cfg)))
-    z = r / k_tm
-
-    def cg(carry, _):
-        x, y, r, p, rz = carry
-        hp, lp = hess(p)
-        alpha = safe_div(rz, dot(p, hp))
-        x, y, r = x + alpha * p, y + alpha * lp, r - alpha * hp
-        z = r / k_tm
-        rz_new = dot(r, z)
-        return (x, y, r, z + safe_div(rz_new, rz) * p, rz_new), None
-
-    # exact after C |S| + 1 iterations: more would only add rounding
-    steps = min(cfg.cg_steps, aux.o.shape[1] * aux.o.shape[2] + 1)
-    (x, y, _, _, _), _ = jax.lax.scan(cg, (x, y, r, z, dot(r, z)), None, length=steps)
-    eta, h = _time_major(x), _time_major(y)
-    eps = rho2 * d * eta / (rho1 + rho2 * d**2)
-    return shift_right(h) @ W.T + t.u + eps, h
-
-
-def sweep_coupled(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: jax.Array,
-                  cfg: ADMMConfig) -> Auxiliaries:
-    r"""The time-coupled (a, h) block: all ``a_t, h_t`` of a sample at once, so one ADMM
-    iteration carries the loss signal through all ``T`` steps.
-
-    With the weights, ``o`` and the multipliers fixed, the augmented Lagrangian's (a, h) part
-
-    .. math::
-        \sum_t \tfrac{\rho_1}{2}|a_t - W h_{t-1} - u_t|^2
-        + \tfrac{\rho_2}{2}|h_t - f(a_t) + \lambda_{2,t}/\rho_2|^2
-        + \sum_{t\in S}\tfrac{\rho_3}{2}|V h_t - w_t|^2
-
-    couples every step with its neighbours (C1: ``a_t`` with ``h_{t-1}``; C2: ``a_t`` with
-    ``h_t``; C3: ``h_t``, ``t in S``, with ``o_t``) and is separable over samples. One
-    Gauss-Newton step:
-
-    1. the minimiser ``(a*, h*)`` of the subproblem with ``f`` linearised at the current ``a``
-       (:func:`coupled_linearised_solve`);
-    2. per sample, ``(a, h) + s ((a*, h*) - (a, h))`` with the largest
-       ``s in {1, 1/2, ..., 1/128}`` that does not increase the *true* subproblem, else
-       ``s = 0``. The linearised model is convex, has the true value and gradient at the
-       current point, and ``(a*, h*)`` lowers it, so the direction descends and a small enough
-       ``s`` exists (in exact arithmetic). Along the segment C1 and C3 are affine in ``s``;
-       only ``f(a)`` is re-evaluated per candidate, and candidates stop as soon as every
-       sample has its step (usually after ``s = 1``).
-
-    No step increases the augmented Lagrangian. Cost per sample: the CG solve's
-    ``4 (k + 1) T H^2`` FLOPs (``k = min(cg_steps, C|S| + 1)``) plus ``4 T H^2`` for the two
-    ``W h_{t-1}`` products, against ``4 T H^2`` for one backward sweep.
-
-    Returns:
-      The auxiliaries with the new ``a, h`` (``o`` unchanged).
-
-    Examples:
-      >>> from admm_jax.admm.problem import Penalties, augmented_lagrangian
-      >>> from admm_jax.models.elman import elman_trace
-      >>> k = jax.random.split(jax.random.key(0), 4)
-      >>> p = {"U": jax.random.normal(k[0], (4, 2)), "W": 0.5 * jnp.eye(4), "b": jnp.zeros(4),
-      ...      "V": jax.random.normal(k[1], (1, 4)), "c": jnp.zeros(1)}
-      >>> x, y = jax.random.normal(k[2], (3, 5, 2)), jnp.ones((3, 1))
-      >>> tr = elman_trace(p, x)
-      >>> aux = Auxiliaries(tr.a, tr.h, tr.o + 1.0)
-      >>> zero = Duals(*(jnp.zeros_like(v) for v in aux))
-      >>> rho, cfg = Penalties(1.0, 10.0, 1.0), ADMMConfig(loss="mse")
-      >>> new = sweep_coupled(p, aux, zero, rho, x, cfg)
-      >>> bool(augmented_lagrangian(p, new, zero, rho, x, y, cfg)
-      ...      < augmented_lagrangian(p, aux, zero, rho, x, y, cfg))
-      True
-
-    References:
-      Tang et al., "ADMMiRNN", ECML-PKDD 2020 (the splitting); Nocedal & Wright, "Numerical
-      Optimization", 2nd ed., sec. 3.1 (backtracking) and 10.3 (Gauss-Newton).
-    """
-    f = activation_fn(cfg.activation)
-    terms = _coupled_terms(params, aux, duals, rho, inputs, cfg)
-    a_lin, h_lin = coupled_linearised_solve(params, aux, duals, rho, inputs, cfg, terms)
-    da, dh = a_lin - aux.a, h_lin - aux.h
-    dc1 = da - shift_right(dh) @ params["W"].T
-    c3_0 = readout_states(aux.h, cfg) @ params["V"].T - terms.w
-    dc3 = readout_states(dh, cfg) @ params["V"].T
-    off2 = duals.lam2 / rho.rho2
-
-    def value(s, fa):
-        c2 = aux.h + s * dh - fa + off2
-        return 0.5 * (rho.rho1 * jnp.sum((terms.c1 + s * dc1) ** 2, axis=(1, 2))
-                      + rho.rho2 * jnp.sum(c2**2, axis=(1, 2))
-                      + rho.rho3 * jnp.sum((c3_0 + s * dc3) ** 2, axis=(1, 2)))
-
-    base = value(0.0, terms.fa)
-
-    def cond(carry):
-        j, chosen = carry
-        return (j < _COUPLED_BACKTRACKS) & jnp.any(chosen < 0)
-
-    def body(carry):
-        j, chosen = carry
-        s = 0.5 ** j.astype(base.dtype)
-        ok = (chosen < 0) & (value(s, f(aux.a + s * da)) <= base)
-        return j + 1, jnp.where(ok, s, chosen)
-
-    _, chosen = jax.lax.while_loop(cond, body, (0, -jnp.ones_like(base)))
-    s = jnp.maximum(chosen, 0.0)[:, None, None]
-    return aux._replace(a=aux.a + s * da, h=aux.h + s * dh)
 
 
 # ----------------------------------------------------------------------------- duals

@@ -408,3 +408,54 @@ def test_coupled_sweep_moves_every_step_in_one_iteration():
     moved_b = np.linalg.norm(backward.a - aux.a, axis=(0, 2))
     assert moved_c[0] > 10 * moved_b[0]
     assert moved_c[0] > 1e-3 * moved_c[-1]
+
+
+@pytest.mark.parametrize("perturb", [0.3, 3.0])
+@pytest.mark.parametrize("name", [n for n, c in CONFIGS.items() if not c.many_to_many])
+def test_output_space_solve_is_the_same_solution_as_the_exact_cg_solve(name, perturb):
+    """The cheaper exact iteration: one backward scan with C adjoints and a C x C solve give
+    the same minimiser of the same linearised subproblem as C|S|+1 conjugate-gradient steps
+    (float64), and the same as the dense solve; its gradient vanishes."""
+    from admm_jax.admm import coupled
+
+    cfg = dataclasses.replace(CONFIGS[name], cg_steps=None)
+    params, aux, duals, rho, x, y = make_problem(21, cfg=cfg, perturb=perturb)
+    a_out, h_out = coupled.coupled_output_solve(params, aux, duals, rho, x, cfg)
+    cg = dataclasses.replace(cfg, cg_steps=_exact_cg_steps(aux))
+    a_cg, h_cg = blocks.coupled_linearised_solve(params, aux, duals, rho, x, cg)
+    np.testing.assert_allclose(a_out, a_cg, rtol=1e-9, atol=1e-11)
+    np.testing.assert_allclose(h_out, h_cg, rtol=1e-9, atol=1e-11)
+    q = _linearised_lagrangian(params, aux, duals, rho, x, y, cfg)
+    assert rel_norm(jax.grad(q)((a_out, h_out)), jax.grad(q)((aux.a, aux.h))) < 1e-9
+    flat, unravel = jax.flatten_util.ravel_pytree((aux.a, aux.h))
+    fn = lambda v: q(unravel(v))  # noqa: E731
+    ref = unravel(flat - np.linalg.solve(np.asarray(jax.hessian(fn)(flat)),
+                                         np.asarray(jax.grad(fn)(flat))))
+    np.testing.assert_allclose(a_out, ref[0], rtol=1e-8, atol=1e-9)
+    np.testing.assert_allclose(h_out, ref[1], rtol=1e-8, atol=1e-9)
+    # and the coupled block uses it: cg_steps=None, many-to-one
+    new = blocks.sweep_coupled(params, aux, duals, rho, x, cfg)
+    new_cg = blocks.sweep_coupled(params, aux, duals, rho, x, cg)
+    np.testing.assert_allclose(new.a, new_cg.a, rtol=1e-9, atol=1e-11)
+
+
+def test_output_space_solve_needs_many_to_one():
+    from admm_jax.admm import coupled
+
+    cfg = ADMMConfig(many_to_many=True)
+    params, aux, duals, rho, x, _ = make_problem(22, cfg=cfg)
+    with pytest.raises(ValueError, match="many_to_many"):
+        coupled.coupled_output_solve(params, aux, duals, rho, x, cfg)
+
+
+@pytest.mark.parametrize("name", ["m2o-ce", "m2m-ce"])
+def test_coupled_step_reports_the_c1_slack_of_its_result(name):
+    """The multiplier step reads C1's residual from the block instead of another W h product:
+    it equals the residual computed from scratch."""
+    from admm_jax.admm import coupled
+
+    cfg = CONFIGS[name]
+    params, aux, duals, rho, x, _ = make_problem(23, cfg=cfg, perturb=1.0)
+    new, c1 = coupled.coupled_step(params, aux, duals, rho, x, cfg)
+    r1 = residuals(params, new, x, cfg).r1
+    np.testing.assert_allclose(c1 - duals.lam1 / rho.rho1, r1, rtol=1e-9, atol=1e-11)
