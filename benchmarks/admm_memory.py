@@ -2,7 +2,8 @@
 
 Two measurements, side by side:
 
-1. compiled (no execution): XLA's memory analysis of one ``admmirnn`` update, at the full
+1. compiled (no execution): XLA's memory analysis of one ``admmirnn(sweep="backward")`` update
+   (the sweep that keeps per-sample multipliers; the coupled default keeps none), at the full
    training set (N=60000) and at a mini-batch, with the per-sample multipliers on the device
    or in host memory (:class:`admm_jax.admm.streaming.HostDuals`). Device bytes =
    arguments + outputs + temporaries - aliased. The working-set factor ``k`` of the memory
@@ -40,7 +41,8 @@ def compiled_bytes(n_state: int, batch: int, hidden: int, auxiliaries: str, dtyp
     dt = jnp.dtype(dtype)
     model = admm_jax.ElmanRNN(D, hidden, C, rngs=nnx.Rngs(0), dtype=dt)
     params = nnx.state(model, nnx.Param)
-    tx = admm_jax.admmirnn(num_samples=n_state, seq_len=T, auxiliaries=auxiliaries)
+    tx = admm_jax.admmirnn(num_samples=n_state, seq_len=T, auxiliaries=auxiliaries,
+                           sweep="backward")
     state = jax.eval_shape(tx.init, params)
     x = jax.ShapeDtypeStruct((batch, T, D), dt)
     y = jax.ShapeDtypeStruct((batch,), jnp.int32)
@@ -72,14 +74,14 @@ base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 params = nnx.state(admm_jax.ElmanRNN(28, hidden, 10, rngs=nnx.Rngs(0)), nnx.Param)
 t0 = time.perf_counter()
 if mode == "full":
-    tx = admm_jax.admmirnn(num_samples=n, seq_len=28)
+    tx = admm_jax.admmirnn(num_samples=n, seq_len=28, sweep="backward")
     state = tx.init(params)
     step = jax.jit(lambda p, s, x, y: tx.update(None, s, p, inputs=x, targets=y))
     u, state = step(params, state, jnp.asarray(x), jnp.asarray(y))
     jax.block_until_ready(u)
     host = 0
 else:
-    tx = admm_jax.admmirnn(num_samples=batch, seq_len=28)
+    tx = admm_jax.admmirnn(num_samples=batch, seq_len=28, sweep="backward")
     state = tx.init(params)
     store = HostDuals.like(params, num_samples=n, seq_len=28)
     @jax.jit
@@ -132,6 +134,7 @@ def main() -> None:
     for name, n_state, batch, aux, host in configs:
         comp = compiled_bytes(n_state, batch, h, aux, args.dtype)
         pred = admm_memory_bytes(n, T, h, C, input_dim=D, batch_size=batch, auxiliaries=aux,
+                                 sweep="backward",
                                  host_duals=host, itemsize=item)
         rows.append({"config": name, "batch": batch, "state_samples": n_state,
                      "compiled": comp, "predicted": pred,

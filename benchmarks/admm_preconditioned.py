@@ -82,7 +82,7 @@ def make_tx(method: str, recipe: dict, steps: int, n: int, seq_len: int):
     if method == "adam":
         return optax.adam(lr(recipe["learning_rate"]))
     if method == "admmirnn":
-        return admm_jax.admmirnn(num_samples=n, seq_len=seq_len)
+        return admm_jax.admmirnn()
     return admm_jax.admm_preconditioned(lr(PC_LEARNING_RATES[0]), lr(PC_LEARNING_RATES[1]),
                                         weight_decay=recipe["weight_decay"])
 

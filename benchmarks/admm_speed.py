@@ -116,7 +116,7 @@ def main() -> None:
         graphdef, params, rest = nnx.split(model, nnx.Param, ...)
         runs = {}
         for name in ("admmirnn", "bptt"):
-            tx = (optimizers.get("admmirnn", num_samples=args.batch_size, seq_len=T)
+            tx = (optimizers.get("admmirnn")
                   if name == "admmirnn" else optimizers.get("adam"))
             state = tx.init(params)
             step = make_train_step(graphdef, rest, tx, cross_entropy, accuracy)  # state decides

@@ -87,7 +87,7 @@ def make_tx(method: str, recipe: dict, steps: int, n: int, seq_len: int, tokens:
                    if recipe.get("schedule") == "cosine" else MUON_ADAM_RATIO * lr)
         return optax.contrib.muon(sched, adam_learning_rate=adam_lr)
     if method == "admmirnn":
-        return admm_jax.admmirnn(num_samples=n, seq_len=seq_len)
+        return admm_jax.admmirnn()
     if method == "admm_preconditioned":
         ro = ((lambda c: 10.0 * sched(c)) if callable(sched) else 10.0 * sched)
         return admm_jax.admm_preconditioned(sched, ro)

@@ -29,7 +29,7 @@ INPUTS = {"float32": np.float32, "float64": np.float64}
 
 
 def build(name):
-    kw = {"num_samples": N, "seq_len": T} if name == "admmirnn" else {}
+    kw = {}
     if name == "random_bases":
         kw["dim"] = 4
     return optimizers.get(name, **kw)

@@ -32,7 +32,7 @@ def model(**kw):
 
 
 def build(name):
-    kw = {"num_samples": N, "seq_len": T} if name == "admmirnn" else {}
+    kw = {}
     if name == "random_bases":
         kw["dim"] = 4
     return optimizers.get(name, **kw)
@@ -260,7 +260,7 @@ class FlaxModel(nnx.Module):
 
 
 def test_6_flax_layouts_that_cannot_be_trained_raise():
-    tx = admm_jax.admmirnn(num_samples=N, seq_len=T)
+    tx = admm_jax.admmirnn()
     rev = nnx.RNN(nnx.SimpleCell(D, H, rngs=nnx.Rngs(0)), reverse=True)
     with pytest.raises(ValueError, match="reverse"):
         admm_jax.adapt_flax_rnn(tx, rev)
@@ -270,8 +270,7 @@ def test_6_flax_layouts_that_cannot_be_trained_raise():
     relu = FlaxModel(nnx.Rngs(0), activation_fn=jax.nn.relu)
     with pytest.raises(ValueError, match="activation='relu'"):
         admm_jax.adapt_flax_rnn(tx, relu.rnn)
-    ok = admm_jax.adapt_flax_rnn(admm_jax.admmirnn(num_samples=N, seq_len=T,
-                                                   activation="relu"), relu.rnn)
+    ok = admm_jax.adapt_flax_rnn(admm_jax.admmirnn(activation="relu"), relu.rnn)
     x, y = batch()
     fit(relu, ok, (x, y), iterations=1, batch_size=N)
     # fit checks the model against the optimizer (no module passed to the adapter)

@@ -183,7 +183,7 @@ def test_one_admm_iteration_through_the_adapter_nnx(residual):
         before = jax.tree.map(jnp.copy, nnx_params(model))
         direct = elman_from_flax(before, residual=residual)
 
-        tx = admm_jax.admmirnn(num_samples=N, seq_len=T)
+        tx = admm_jax.admmirnn()
         optimizer = nnx.Optimizer(model, adapt_flax_rnn(tx, residual=residual), wrt=nnx.Param)
         optimizer.update(model, None, inputs=x, targets=y)
 
@@ -208,7 +208,7 @@ def test_one_admm_iteration_through_the_adapter_linen():
         y = jnp.arange(N) % C
         module = LinenModel(H, C, dtype=jnp.float64)
         params = module.init(jax.random.key(0), x)["params"]
-        tx = admm_jax.admmirnn(num_samples=N, seq_len=T)
+        tx = admm_jax.admmirnn()
         adapted = adapt_flax_rnn(tx)
         u, _ = adapted.update(None, adapted.init(params), params, inputs=x, targets=y)
         new = optax.apply_updates(params, u)
@@ -243,7 +243,7 @@ def test_adapted_optimizer_in_nnx_jit_loop_traces_once():
     x, y = batch(n=32)
     model = NnxModel(D, H, C, rngs=nnx.Rngs(0))
     w0 = model.rnn.cell.dense_h.kernel[...].copy()
-    tx = adapt_flax_rnn(admm_jax.admmirnn(num_samples=32, seq_len=T))
+    tx = adapt_flax_rnn(admm_jax.admmirnn())
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     traces = []
 

@@ -71,7 +71,7 @@ def elman_batch(dtype: Any) -> dict[str, jax.Array]:
 
 CASES: list[Case] = [
     Case("optax.adam (reference)", lambda: optax.adam(1e-2)),
-    Case("admmirnn", lambda: admm_jax.admmirnn(num_samples=N, seq_len=T),
+    Case("admmirnn", lambda: admm_jax.admmirnn(),
          extra_args=elman_batch),
     Case("admm_preconditioned", lambda: admm_jax.admm_preconditioned(), extra_args=elman_batch),
     Case("admm_kfac", lambda: admm_jax.admm_kfac(refresh_every=2), extra_args=elman_batch),
