@@ -38,7 +38,7 @@ AUXILIARY_MODES = ("reset", "persist")
 SWEEPS = ("coupled", "backward", "parallel")
 DEFAULT_RHO_GROWTH = {"geometric": 1.05, "linear": 1.001}
 DEFAULT_A_STEPS = 4
-MANY_TO_MANY_CG_STEPS = 6
+MANY_TO_MANY_CG_STEPS = 1
 
 
 class ADMMDiagnostics(NamedTuple):
@@ -167,7 +167,7 @@ def admmirnn(
       newton_steps: iterations of the o-block's Newton solver (cross entropy).
       a_steps: iterations of the a-block's solver (backward and parallel sweeps; default 4).
       cg_steps: conjugate-gradient iterations of the coupled block; ``None``: the exact
-        output-space solve for many-to-one, 6 iterations for many-to-many (where the output
+        output-space solve for many-to-one, 1 iteration for many-to-many (where the output
         space has ``C T`` dimensions).
 
     Returns:

@@ -74,7 +74,8 @@ def o_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, targets: jax
 
     Cross entropy: damped Newton from the current ``o``. The Hessian
     ``diag(p) - p p^T + rho3 I`` is inverted in ``O(C)`` by Sherman-Morrison, and each step is
-    halved until the Armijo condition holds, so the objective never increases. MSE
+    halved until the Armijo condition holds, so the objective never increases (where the
+    predicted decrease is below rounding, near the minimiser, the full step is taken). MSE
     (``1/2|o - y|^2``): closed form ``(y + rho3 z) / (1 + rho3)``.
 
     Returns:
@@ -91,34 +92,49 @@ def o_block(params, aux: Auxiliaries, duals: Duals, rho: Penalties, targets: jax
     def objective(o):
         return -jnp.sum(onehot * jax.nn.log_softmax(o), -1) + 0.5 * rho3 * jnp.sum((o - z) ** 2, -1)
 
-    def newton(o, _):
+    def newton(carry, _):
+        o, f = carry
         p = jax.nn.softmax(o)
         g = p - onehot + rho3 * (o - z)
         dinv = 1.0 / (p + rho3)
         dg, dp = dinv * g, dinv * p
         step = -(dg + dp * jnp.sum(p * dg, -1, keepdims=True) / (1.0 - jnp.sum(p * dp, -1,
                                                                               keepdims=True)))
-        return _armijo(objective, o, step, jnp.sum(g * step, -1)), None
+        return _armijo(objective, o, step, jnp.sum(g * step, -1), f), None
 
-    o, _ = jax.lax.scan(newton, aux.o, None, length=cfg.newton_steps)
+    (o, _), _ = jax.lax.scan(newton, (aux.o, objective(aux.o)), None, length=cfg.newton_steps)
     return o
 
 
-def _armijo(objective, x, step, slope):
+def _armijo(objective, x, step, slope, f0):
     """Largest step size in ``_LINE_SEARCH`` with sufficient decrease, per leading entry.
 
     ``objective`` maps ``x``-shaped arrays to per-entry values (reduced over the last axis, or
-    elementwise); ``slope`` is the directional derivative. Entries where no candidate
-    decreases keep ``x``.
+    elementwise); ``slope`` is the directional derivative and ``f0 = objective(x)``. Entries
+    where no candidate decreases keep ``x``. Candidates are tried from the largest down and the
+    search stops once every entry has its step (usually after the full step). Returns the new
+    ``x`` and its objective values.
     """
-    f0 = objective(x)
     elementwise = f0.shape == x.shape
     expand = (lambda s: s) if elementwise else (lambda s: s[..., None])
-    chosen = jnp.zeros_like(f0)
-    for s in _LINE_SEARCH[::-1].astype(x.dtype):  # smallest first: the largest passing wins
-        ok = objective(x + s * step) <= f0 + _ARMIJO * s * slope
-        chosen = jnp.where(ok, s, chosen)
-    return x + expand(chosen) * step
+    sizes = _LINE_SEARCH.astype(x.dtype)
+
+    def cond(carry):
+        j, chosen, _ = carry
+        return (j < sizes.shape[0]) & jnp.any(chosen < 0)
+
+    def body(carry):
+        j, chosen, f = carry
+        s = sizes[j]
+        fs = objective(x + s * step)
+        ok = (chosen < 0) & (fs <= f0 + _ARMIJO * s * slope)
+        return j + 1, jnp.where(ok, s, chosen), jnp.where(ok, fs, f)
+
+    # entries whose predicted decrease is below rounding take the full step unevaluated: the
+    # test cannot resolve it there (this is where Newton converges quadratically)
+    tiny = -slope <= 16 * jnp.finfo(f0.dtype).eps * jnp.maximum(jnp.abs(f0), 1.0)
+    _, chosen, f = jax.lax.while_loop(cond, body, (0, jnp.where(tiny, 1.0, -1.0), f0))
+    return x + expand(jnp.maximum(chosen, 0.0)) * step, f
 
 
 # ----------------------------------------------------------------------- weight blocks
