@@ -294,7 +294,7 @@ def diagnostics(opt_state: Any) -> dict[str, jax.Array]:
       >>> from admm_jax import ElmanRNN, admmirnn, optimizers
       >>> params = nnx.state(ElmanRNN(2, 4, 1, rngs=nnx.Rngs(0)), nnx.Param)
       >>> sorted(optimizers.diagnostics(admmirnn().init(params)))
-      ['dual_residual', 'lagrangian', 'loss', 'r1', 'r2', 'r3']
+      ['batch_loss', 'dual_residual', 'lagrangian', 'loss', 'r1', 'r2', 'r3']
       >>> optimizers.diagnostics(optimizers.get("adam").init(params))
       {}
     """

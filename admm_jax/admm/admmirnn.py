@@ -12,25 +12,20 @@ import optax
 
 from admm_jax import _validation as checks
 from admm_jax.admm import blocks
-from admm_jax.admm.coupled import coupled_step, coupled_terms
+from admm_jax.admm.iteration import ADMMDiagnostics, coupled_iteration, per_step_iteration
 from admm_jax.admm.problem import (
     SUMMED_LOSSES,
     ADMMConfig,
     Auxiliaries,
     Duals,
     Penalties,
-    Residuals,
     check_batch,
     config_number,
-    constraint_sides,
     data_loss,
-    lagrangian_from_residuals,
     mean_loss,
-    readout_states,
-    residuals,
 )
 from admm_jax.layouts import merge_elman, split_elman
-from admm_jax.models.elman import ACTIVATIONS, activation_fn, elman_trace
+from admm_jax.models.elman import ACTIVATIONS, elman_trace
 from admm_jax.nonfinite import mark_guarded
 
 RHO_SCHEDULES = ("fixed", "geometric", "linear", "balance")
@@ -39,27 +34,6 @@ SWEEPS = ("coupled", "backward", "parallel")
 DEFAULT_RHO_GROWTH = {"geometric": 1.05, "linear": 1.001}
 DEFAULT_A_STEPS = 4
 MANY_TO_MANY_CG_STEPS = 1
-
-
-class ADMMDiagnostics(NamedTuple):
-    """Per-iteration diagnostics, all measured on the batch of the last call.
-
-    lagrangian: augmented Lagrangian after the iteration; r1, r2, r3: primal residual norms;
-    dual_residual: ``sqrt(sum_i (rho_i |change of the i-th constraint's right side|)^2)``;
-    loss: mean loss of a plain forward pass of the new weights (per target); NaN when the
-      iteration was rejected as non-finite (see :func:`admmirnn`).
-    batch_loss: the batch's mean loss before the step, as :mod:`admm_jax.train.losses`
-      reports it (from the forward pass the iteration starts from; a training loop need not
-      run its own).
-    """
-
-    lagrangian: jax.Array
-    r1: jax.Array
-    r2: jax.Array
-    r3: jax.Array
-    dual_residual: jax.Array
-    loss: jax.Array
-    batch_loss: jax.Array
 
 
 class ADMMiRNNState(NamedTuple):
@@ -225,8 +199,8 @@ def admmirnn(
     # per-sample multipliers carried across visits (backward/parallel sweeps: lagged adjoints)
     per_sample = num_samples is not None
     schedule = (rho_schedule, rho_growth, rho_max)
-    sweep_fn = {"coupled": blocks.sweep_coupled, "backward": blocks.sweep_backward,
-                "parallel": blocks.sweep_parallel}[sweep]
+    sweep_fn = {"backward": blocks.sweep_backward, "parallel": blocks.sweep_parallel,
+                "coupled": None}[sweep]
 
     def init_fn(params) -> ADMMiRNNState:
         p, _, _ = split_elman(params)
@@ -314,14 +288,13 @@ def admmirnn(
                 if i > 0:
                     tr = elman_trace(p_new, inputs, activation=activation,
                                      many_to_many=many_to_many)
-                p_new, duals, rho, diag, out = _coupled_iteration(
+                p_new, duals, rho, diag, out = coupled_iteration(
                     p_new, tr, duals, rho, inputs, targets, cfg, schedule, state.count + i)
         else:
             for i in range(sweeps):
-                forward = Auxiliaries(trace.a, trace.h, trace.o) if i == 0 else None
-                p_new, aux, duals, rho, diag = _iteration(p_new, aux, duals, rho, inputs,
-                                                          targets, cfg, sweep_fn, schedule,
-                                                          state.count + i, forward)
+                p_new, aux, duals, rho, diag = per_step_iteration(
+                    p_new, aux, duals, rho, inputs, targets, cfg, sweep_fn, schedule,
+                    state.count + i)
             out = elman_trace(p_new, inputs, activation=activation,
                               many_to_many=many_to_many).o
         n_targets = out.shape[0] * out.shape[1]
@@ -381,132 +354,6 @@ def _put(store, indices, values, whole):
     """Write the batch's rows back (replace the array, without a scatter, if ``whole``)."""
     values = values.astype(store.dtype)
     return values if whole else store.at[indices].set(values)
-
-
-def _iteration(p, aux, duals, rho, inputs, targets, cfg, sweep_fn, schedule, count,
-               forward=None):
-    """One ADMM iteration: o, (h, a) sweep, (U, W, b), (V, c), multipliers, penalties.
-
-    ``sweep="coupled"`` orders it o, (a, h), multipliers, auxiliaries back to the forward pass
-    of the weights (``forward``, computed when ``None``), (U, W, b), (V, c).
-    """
-    before = constraint_sides(p, aux, inputs, cfg)
-    aux = aux._replace(o=blocks.o_block(p, aux, duals, rho, targets, cfg))
-    aux = sweep_fn(p, aux, duals, rho, inputs, cfg)
-    coupled = cfg.sweep == "coupled"
-    if coupled:
-        # the multipliers take up the (a, h, o) solution's residuals (the adjoint-like
-        # targets); the weight blocks then fit a + lam1/rho1 on the forward pass's states
-        duals = blocks.dual_update(duals, rho, residuals(p, aux, inputs, cfg))
-        if forward is None:
-            forward = Auxiliaries(*elman_trace(p, inputs, activation=cfg.activation,
-                                               many_to_many=cfg.many_to_many))
-        aux = forward
-    uwb, _ = blocks.uwb_block(p, aux, duals, rho, inputs, cfg)
-    p = {**p, **uwb}
-    vc, _ = blocks.vc_block(p, aux, duals, rho, cfg)
-    p = {**p, **vc}
-    after = constraint_sides(p, aux, inputs, cfg)
-    r = Residuals(*(v - side for v, side in zip(aux, after, strict=True)))
-    if not coupled:
-        duals = blocks.dual_update(duals, rho, r)
-    s = [rh * jnp.linalg.norm(a1 - a0) for rh, a0, a1 in zip(rho, before, after, strict=True)]
-    rnorm = [jnp.linalg.norm(ri) for ri in r]
-    lag = lagrangian_from_residuals(p, aux.o, r, duals, rho, targets, cfg)
-    zero = jnp.zeros_like(lag)
-    diag = ADMMDiagnostics(lag, *rnorm, jnp.sqrt(sum(si**2 for si in s)), zero, zero)
-    return p, aux, duals, _next_rho(rho, rnorm, s, schedule, count), diag
-
-
-def _next_rho(rho: Penalties, rnorm, s, schedule, count) -> Penalties:
-    """The penalties after iteration ``count + 1`` (``count`` done before it), with primal
-    residual norms ``rnorm`` and dual residuals ``s`` per family, under ``schedule =
-    (rho_schedule, rho_growth, rho_max)``."""
-    rho_schedule, rho_growth, rho_max = schedule
-    if rho_schedule == "geometric":
-        return Penalties(*(jnp.minimum(rh * rho_growth, rho_max) for rh in rho))
-    if rho_schedule == "linear":  # rho_0 (1 + g k) from rho_0 (1 + g (k - 1)), g = growth - 1
-        g = rho_growth - 1.0
-        k = count.astype(rho.rho1.dtype)
-        factor = (1.0 + g * (k + 1.0)) / (1.0 + g * k)
-        return Penalties(*(jnp.minimum(rh * factor, rho_max) for rh in rho))
-    if rho_schedule == "balance":
-        return Penalties(*(
-            jnp.clip(jnp.where(ri > 10 * si, 2 * rh, jnp.where(si > 10 * ri, rh / 2, rh)),
-                     None, rho_max)
-            for rh, ri, si in zip(rho, rnorm, s, strict=True)))
-    return rho
-
-
-def _shrinkage(dim: int, rows: int) -> float:
-    """``dim / rows``: the proximal weight (in units of the mean Gram eigenvalue) added to a
-    weight block whose ``dim x dim`` Gram matrix is summed over ``rows`` rows of one batch."""
-    return dim / rows
-
-
-def _coupled_iteration(p, trace, duals: Duals, rho: Penalties, inputs, targets, cfg, schedule,
-                       count):
-    """One coupled ADMM iteration from the forward pass ``trace`` of ``p``: o, (a, h),
-    multipliers, (U, W, b) on the forward states, (V, c) on the new weights' states.
-
-    Returns ``(p, duals, rho, diagnostics, o)`` with ``o`` the new weights' outputs on the
-    batch.
-    """
-    fwd = Auxiliaries(trace.a, trace.h, trace.o)
-    aux = fwd._replace(o=blocks.o_block(p, fwd, duals, rho, targets, cfg))
-    n, steps, hidden = fwd.h.shape
-    token = jnp.issubdtype(inputs.dtype, jnp.integer)
-    dim_uwb = hidden + 1 + (0 if token else inputs.shape[-1])
-    mu_uwb = cfg.prox + _shrinkage(dim_uwb, n * steps)
-    mu_vc = cfg.prox + _shrinkage(hidden + 1, n * fwd.o.shape[1])
-    # at the forward pass C1 holds exactly: its scaled slack a - W h_prev - u is lam1/rho1
-    terms = coupled_terms(p, aux, duals, rho, inputs, cfg, c1=duals.lam1 / rho.rho1)
-    aux, c1 = coupled_step(p, aux, duals, rho, inputs, cfg, terms)
-    r = Residuals(c1 - duals.lam1 / rho.rho1, aux.h - activation_fn(cfg.activation)(aux.a),
-                  aux.o - readout_states(aux.h, cfg) @ p["V"].T - p["c"])
-    lag = lagrangian_from_residuals(p, aux.o, r, duals, rho, targets, cfg)
-    lam3_before = duals.lam3
-    duals = blocks.dual_update(duals, rho, r)
-    # (U, W, b): targets a + lam1/rho1 on the forward states, where a = U x + W h_prev + b
-    uwb_gram = blocks.uwb_gram(fwd.h, inputs, p["U"].shape[1])
-    p0 = p
-    uwb, _ = blocks.uwb_step(p, fwd.h, inputs, duals.lam1 / rho.rho1, rho.rho1, cfg,
-                             gram=uwb_gram, prox=mu_uwb)
-    p = {**p, **uwb}
-    # (V, c): targets o + lam3/rho3 on the states of the new (U, W, b), the states it reads
-    h_new = elman_trace(p, inputs, activation=cfg.activation, many_to_many=cfg.many_to_many).h
-    o_new = readout_states(h_new, cfg) @ p["V"].T + p["c"]
-    vc_gram = blocks.vc_gram(h_new, cfg)
-    vc, _ = blocks.vc_step(p, h_new, aux.o + lam3_before / rho.rho3 - o_new, rho.rho3, cfg,
-                           gram=vc_gram, prox=mu_vc)
-    p = {**p, **vc}
-    o_new = readout_states(h_new, cfg) @ p["V"].T + p["c"]
-    # dual residual: rho_i |change of C_i's right side|: C1's on the forward states, C3's on
-    # the new states (|Phi D|^2 = D^T G D from the Gram matrices the blocks used); C2's
-    # right side f(a) is not changed by the weights
-    s = (rho.rho1 * _fitted_norm(uwb_gram, p, p0, inputs, ("U", "W", "b")), 0.0 * lag,
-         rho.rho3 * _fitted_norm((vc_gram,), p, p0, inputs, ("V", "c")))
-    rnorm = [jnp.linalg.norm(ri) for ri in r]
-    zero = jnp.zeros_like(lag)
-    diag = ADMMDiagnostics(lag, *rnorm, jnp.sqrt(sum(si**2 for si in s)), zero, zero)
-    return p, duals, _next_rho(rho, rnorm, s, schedule, count), diag, o_new
-
-
-def _fitted_norm(gram, p, p0, inputs, keys):
-    """``|Phi D|`` for the step ``D`` of the weights ``keys`` (row layout ``[U^T; W^T; b]`` or
-    ``[V^T; c]``) and the Gram statistics of :func:`blocks.uwb_gram` / :func:`blocks.vc_gram`."""
-    if keys == ("V", "c"):
-        d = jnp.concatenate([(p["V"] - p0["V"]).T, (p["c"] - p0["c"])[None]], 0)
-        return jnp.sqrt(jnp.maximum(jnp.sum(d * (gram[0] @ d)), 0.0))
-    dp = jnp.concatenate([(p["W"] - p0["W"]).T, (p["b"] - p0["b"])[None]], 0)
-    du = (p["U"] - p0["U"]).T
-    if len(gram) == 1:  # dense inputs: one Gram matrix over [x; h_prev; 1]
-        d = jnp.concatenate([du, dp], 0)
-        return jnp.sqrt(jnp.maximum(jnp.sum(d * (gram[0] @ d)), 0.0))
-    counts, xt_p, gram_p = gram  # token inputs: diag(counts), X^T P, P^T P
-    sq = (jnp.sum(counts[:, None] * du**2) + 2 * jnp.sum(du * (xt_p @ dp))
-          + jnp.sum(dp * (gram_p @ dp)))
-    return jnp.sqrt(jnp.maximum(sq, 0.0))
 
 
 def _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweep, auxiliaries,
