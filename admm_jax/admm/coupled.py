@@ -72,10 +72,30 @@ class CoupledTerms(NamedTuple):
 
 def coupled_terms(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: jax.Array,
                   cfg: ADMMConfig, c1: jax.Array | None = None) -> CoupledTerms:
-    """The :class:`CoupledTerms` at ``(params, aux, duals)``.
+    r"""The fixed blocks' terms of the coupled subproblem, computed once per call.
 
-    ``c1`` may be given when it is known without the ``W h_{t-1}`` product: at a forward pass
-    of the weights (``a = U x + W h_prev + b``) it is ``lam1 / rho1``.
+    .. math::
+        u_t = U x_t + b - \lambda_{1,t}/\rho_1,\quad w_t = o_t - c + \lambda_{3,t}/\rho_3,
+        \quad c_1 = a - W h_{t-1} - u_t
+
+    Args:
+      params, aux, duals, rho, inputs, cfg: as :func:`sweep_coupled`.
+      c1: the scaled C1 residual when it is known without the ``W h_{t-1}`` product: at a
+        forward pass of the weights (``a = U x + W h_prev + b``) it is ``lam1 / rho1``.
+
+    Returns:
+      :class:`CoupledTerms`.
+
+    Examples:
+      >>> from admm_jax.models.elman import elman_trace
+      >>> p = {"U": jnp.ones((3, 2)), "W": 0.5 * jnp.eye(3), "b": jnp.zeros(3),
+      ...      "V": jnp.ones((1, 3)), "c": jnp.zeros(1)}
+      >>> x = jnp.ones((2, 4, 2))
+      >>> aux = Auxiliaries(*elman_trace(p, x))
+      >>> zero = Duals(*(jnp.zeros_like(v) for v in aux))
+      >>> t = coupled_terms(p, aux, zero, Penalties(1.0, 1.0, 1.0), x, ADMMConfig())
+      >>> float(jnp.abs(t.c1).max()) < 1e-6   # C1 holds at a forward pass
+      True
     """
     f = activation_fn(cfg.activation)
     u = input_projection(params["U"], inputs) + params["b"] - duals.lam1 / rho.rho1
@@ -430,12 +450,39 @@ def sweep_coupled(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs
 
 def coupled_step(params, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs: jax.Array,
                  cfg: ADMMConfig, terms: CoupledTerms | None = None):
-    """:func:`sweep_coupled` and the scaled C1 slack ``a - W h_prev - u`` of its result (what
-    the multiplier step needs, without another ``W h_{t-1}`` product).
+    r"""The coupled block's step (:func:`sweep_coupled`) and the scaled C1 slack of its result.
+
+    .. math::
+        c_1 = a - W h_{t-1} - u_t = c_1^0 + s\,(\epsilon - c_1^0)
+
+    along the backtracked segment (``eps`` the linearised minimiser's slack), so the multiplier
+    step needs no other ``W h_{t-1}`` product.
+
+    Args:
+      params, aux, duals, rho, inputs, cfg: as :func:`sweep_coupled`.
+      terms: precomputed :func:`coupled_terms`.
 
     Returns:
       ``(aux, c1)``: the new auxiliaries and ``c1 [N, T, H]``; the C1 residual is
       ``c1 - lam1 / rho1``.
+
+    Examples:
+      >>> from admm_jax.admm.problem import residuals
+      >>> from admm_jax.models.elman import elman_trace
+      >>> k = jax.random.split(jax.random.key(0), 3)
+      >>> p = {"U": jax.random.normal(k[0], (4, 2)), "W": 0.5 * jnp.eye(4), "b": jnp.zeros(4),
+      ...      "V": jax.random.normal(k[1], (1, 4)), "c": jnp.zeros(1)}
+      >>> x = jax.random.normal(k[2], (3, 5, 2))
+      >>> tr = elman_trace(p, x)
+      >>> aux = Auxiliaries(tr.a, tr.h, tr.o + 1.0)
+      >>> zero = Duals(*(jnp.zeros_like(v) for v in aux))
+      >>> cfg = ADMMConfig(loss="mse")
+      >>> new, c1 = coupled_step(p, aux, zero, Penalties(1.0, 10.0, 1.0), x, cfg)
+      >>> bool(jnp.allclose(c1, residuals(p, new, x, cfg).r1, atol=1e-5))
+      True
+
+    References:
+      Tang et al., "ADMMiRNN", ECML-PKDD 2020 (the splitting).
     """
     f = activation_fn(cfg.activation)
     t = coupled_terms(params, aux, duals, rho, inputs, cfg) if terms is None else terms

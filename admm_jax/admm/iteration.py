@@ -59,6 +59,26 @@ def per_step_iteration(p, aux: Auxiliaries, duals: Duals, rho: Penalties, inputs
 
     Returns:
       ``(p, aux, duals, rho, diagnostics)``.
+
+    Examples:
+      >>> from admm_jax.admm import sweeps
+      >>> from admm_jax.admm.problem import ADMMConfig
+      >>> from admm_jax.models.elman import elman_trace
+      >>> k = jax.random.split(jax.random.key(0), 3)
+      >>> p = {"U": jax.random.normal(k[0], (4, 2)), "W": 0.5 * jnp.eye(4), "b": jnp.zeros(4),
+      ...      "V": jax.random.normal(k[1], (2, 4)), "c": jnp.zeros(2)}
+      >>> x, y = jax.random.normal(k[2], (6, 5, 2)), jnp.arange(6) % 2
+      >>> aux = Auxiliaries(*elman_trace(p, x))
+      >>> zero = Duals(*(jnp.zeros_like(v) for v in aux))
+      >>> rho = Penalties(*(jnp.asarray(r) for r in (10.0, 10.0, 1.0)))
+      >>> out = per_step_iteration(p, aux, zero, rho, x, y, ADMMConfig(sweep="backward"),
+      ...                          sweeps.sweep_backward, ("fixed", 1.0, 1e4), jnp.asarray(0))
+      >>> sorted(out[0]), float(out[4].r1) > 0
+      (['U', 'V', 'W', 'b', 'c'], True)
+
+    References:
+      Tang et al., "ADMMiRNN", ECML-PKDD 2020; Boyd et al., "Distributed Optimization and
+      Statistical Learning via the Alternating Direction Method of Multipliers", 2011.
     """
     before = constraint_sides(p, aux, inputs, cfg)
     aux = aux._replace(o=blocks.o_block(p, aux, duals, rho, targets, cfg))
@@ -146,6 +166,21 @@ def coupled_iteration(p, trace, duals: Duals, rho: Penalties, inputs, targets, c
 
     Returns:
       ``(p, duals, rho, diagnostics, o)``: ``o`` the new weights' outputs on the batch.
+
+    Examples:
+      >>> from admm_jax.admm.problem import ADMMConfig
+      >>> from admm_jax.models.elman import elman_trace
+      >>> k = jax.random.split(jax.random.key(0), 3)
+      >>> p = {"U": jax.random.normal(k[0], (4, 2)), "W": 0.5 * jnp.eye(4), "b": jnp.zeros(4),
+      ...      "V": jax.random.normal(k[1], (2, 4)), "c": jnp.zeros(2)}
+      >>> x, y = jax.random.normal(k[2], (6, 5, 2)), jnp.arange(6) % 2
+      >>> tr = elman_trace(p, x)
+      >>> zero = Duals(*(jnp.zeros_like(v) for v in tr))
+      >>> rho = Penalties(*(jnp.asarray(r) for r in (0.5, 10.0, 0.1)))
+      >>> p2, _, _, diag, o = coupled_iteration(p, tr, zero, rho, x, y, ADMMConfig(),
+      ...                                       ("fixed", 1.0, 1e4), jnp.asarray(0))
+      >>> bool(jnp.allclose(o, elman_trace(p2, x).o, atol=1e-5))   # o: the new weights' outputs
+      True
 
     References:
       Tang et al., "ADMMiRNN", ECML-PKDD 2020; Ledoit & Wolf, J. Multivariate Analysis 88,
