@@ -123,7 +123,7 @@ def main(argv=None) -> int:
 
         timings = []
         if not args.skip_admm:
-            tx = admm_jax.admmirnn(num_samples=n, seq_len=T)
+            tx = admm_jax.admmirnn()
             st = shard_admm_state(tx.init(params), mesh)
             admm_step = jax.jit(lambda p, s, xb, yb, tx=tx: tx.update(None, s, p, inputs=xb,
                                                                       targets=yb))

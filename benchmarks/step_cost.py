@@ -178,7 +178,7 @@ def admm(args, s) -> tuple[dict, str, object]:
         x, y = jnp.asarray(rechunk_pixels(x_all, t)), jnp.asarray(y_all)
         model = admm_jax.ElmanRNN(x.shape[2], hidden, 10, rngs=nnx.Rngs(0))
         runs, flops = {}, {}
-        for name, tx in (("admmirnn", optimizers.get("admmirnn", num_samples=batch, seq_len=t)),
+        for name, tx in (("admmirnn", optimizers.get("admmirnn")),
                          ("bptt", optimizers.get("adam"))):
             fn, a_, step = compiled_train_step(tx, model, x, y, use_gradients=None)
             flops[name] = count_flops(jax.make_jaxpr(step)(*a_))

@@ -143,7 +143,7 @@ def make_tx(method: str, recipe: dict, steps: int | None, n: int, seq_len: int, 
     lr, cosine = recipe.get("learning_rate"), recipe.get("schedule") == "cosine"
     wd = recipe.get("weight_decay")
     if method == "admmirnn":
-        return admm_jax.admmirnn(num_samples=n, seq_len=seq_len)
+        return admm_jax.admmirnn()
     if method in ("admm_kfac", "admm_preconditioned"):
         sched = admm_jax.optimizers.warmup(lr, steps if cosine else None)
         extra = {} if wd is None else {"weight_decay": wd}

@@ -32,7 +32,7 @@ INPUTS = {"float32": np.float32, "float64": np.float64}
 
 
 def build(name, model, x):
-    kw = {"num_samples": N, "seq_len": T} if name == "admmirnn" else {}
+    kw = {}
     if name == "random_bases":
         kw["dim"] = 4
     if optimizers.entry(name).takes_model:  # K-FAC: built for the model and an example batch
