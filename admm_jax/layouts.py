@@ -17,8 +17,7 @@ this module, whatever tree holds them:
       W = [K_{hi}\ K_{hf}\ K_{hg}\ K_{ho}]^T,\quad
       b = [b_{hi}; b_{hf}; b_{hg}; b_{ho}]
 
-  (:func:`stack_lstm_gates` / :func:`unstack_lstm_gates`; whole trees:
-  :func:`to_blocks` / :func:`from_blocks`).
+  (:func:`stack_lstm_gates`, which :class:`admm_jax.LSTM` runs).
 * Flax's own ``SimpleCell`` RNN and linear readout (nnx or Linen), kernels stored
   ``[in, out]``, computing ``h_t = f(x_t K_i + b_i + h_{t-1} K_h\ [+\ h_{t-1}])`` (the
   bracket with ``residual=True``) and ``o = h_T K_o + b_o``. The map is exact and linear
@@ -52,12 +51,6 @@ LSTM_INPUT_KERNELS = ("ii", "if_", "ig", "io")
 
 LSTM_HIDDEN_KERNELS = ("hi", "hf", "hg", "ho")
 """``nnx.LSTMCell``'s recurrent sub-layers (kernels ``[H, H]``, biases ``[H]``), same order."""
-
-LSTM_LEAVES = frozenset(
-    {("cell", k, "kernel") for k in (*LSTM_INPUT_KERNELS, *LSTM_HIDDEN_KERNELS)}
-    | {("cell", k, "bias") for k in LSTM_HIDDEN_KERNELS}
-    | {("readout", "kernel"), ("readout", "bias")})
-"""The leaf paths of :class:`admm_jax.LSTM`'s parameters."""
 
 FLAX_INPUT_LAYERS = ("dense_i", "i")
 """The input layer of ``nnx.SimpleCell`` and ``linen.SimpleCell``."""
@@ -234,170 +227,6 @@ def stack_lstm_gates(cell: Mapping[str, Mapping[str, jax.Array]]) -> dict[str, j
     return {"U": jnp.concatenate([cell[k]["kernel"] for k in LSTM_INPUT_KERNELS], 1).T,
             "W": jnp.concatenate([cell[k]["kernel"] for k in LSTM_HIDDEN_KERNELS], 1).T,
             "b": jnp.concatenate([cell[k]["bias"] for k in LSTM_HIDDEN_KERNELS])}
-
-
-def unstack_lstm_gates(gates: Mapping[str, jax.Array]) -> dict[str, dict[str, jax.Array]]:
-    """The inverse of :func:`stack_lstm_gates`: ``{U, W, b}`` back as an ``nnx.LSTMCell`` dict.
-
-    Gate ``j`` of ``i, f, g, o`` is rows ``j H .. (j+1) H`` of ``U``, ``W`` and ``b``; other
-    keys of ``gates`` (e.g. ``V``, ``c``) are ignored.
-
-    Args:
-      gates: ``{"U": [4H, D], "W": [4H, H], "b": [4H]}``.
-
-    Returns:
-      ``{"ii": {"kernel": [D, H]}, ..., "hi": {"kernel": [H, H], "bias": [H]}, ...}``.
-
-    Examples:
-      >>> from flax import nnx
-      >>> import numpy as np
-      >>> from admm_jax.layouts import stack_lstm_gates, unstack_lstm_gates
-      >>> cell = nnx.to_pure_dict(nnx.state(nnx.LSTMCell(3, 8, rngs=nnx.Rngs(0))))
-      >>> back = unstack_lstm_gates(stack_lstm_gates(cell))
-      >>> bool(np.array_equal(back["if_"]["kernel"], cell["if_"]["kernel"]))
-      True
-    """
-    hidden = gates["W"].shape[1]
-    cell = {}
-    for j, (ki, kh) in enumerate(zip(LSTM_INPUT_KERNELS, LSTM_HIDDEN_KERNELS, strict=True)):
-        rows = slice(j * hidden, (j + 1) * hidden)
-        cell[ki] = {"kernel": gates["U"][rows].T}
-        cell[kh] = {"kernel": gates["W"][rows].T, "bias": gates["b"][rows]}
-    return cell
-
-
-def lstm_leaves(params: Any) -> tuple[dict[tuple[str, ...], jax.Array], Any, list] | None:
-    """The leaves of :class:`admm_jax.LSTM`'s parameters by path, or ``None`` for another tree.
-
-    Args:
-      params: a parameter tree, e.g. ``nnx.state(model, nnx.Param)``.
-
-    Returns:
-      ``None`` when no leaf lies under ``cell``; else ``(by_path, treedef, paths)``: the
-      leaves keyed by their path names (``("cell", "ii", "kernel")``, ...,
-      ``("readout", "bias")``), the tree structure, and every leaf's path in flattening order.
-
-    Raises:
-      ValueError: when the tree has a ``cell`` but is not exactly :class:`admm_jax.LSTM`'s.
-
-    Examples:
-      >>> from flax import nnx
-      >>> import admm_jax
-      >>> from admm_jax.layouts import lstm_leaves
-      >>> by, _, _ = lstm_leaves(nnx.state(admm_jax.LSTM(3, 8, 2, rngs=nnx.Rngs(0))))
-      >>> by[("cell", "hi", "kernel")].shape, by[("readout", "kernel")].shape
-      ((8, 8), (8, 2))
-      >>> lstm_leaves({"U": 1.0}) is None
-      True
-    """
-    leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
-    names = [path_names(path) for path, _ in leaves]
-    if not any(n[:1] == ("cell",) for n in names):
-        return None
-    if set(names) != LSTM_LEAVES or len(names) != len(LSTM_LEAVES):
-        raise ValueError(f"params: expected the parameters of admm_jax.LSTM (cell "
-                         f"{LSTM_INPUT_KERNELS + LSTM_HIDDEN_KERNELS} and readout), got leaves "
-                         f"{names}")
-    return dict(zip(names, (leaf for _, leaf in leaves), strict=True)), treedef, names
-
-
-# ---------------------------------------------------------------------------------------------
-# Blocks: ElmanRNN or LSTM parameters as one Elman-like map {U, W, b, V, c}
-
-
-class BlockLayout(NamedTuple):
-    """How :func:`to_blocks` read a parameter tree, for :func:`from_blocks` to write it back.
-
-    treedef: the tree's structure. names: every leaf's name (``ElmanRNN``) or path
-    (``LSTM``), in flattening order. dtypes: every leaf's dtype by name. lstm: the tree is an
-    :class:`admm_jax.LSTM`'s (the ``4H`` gate rows are stacked).
-    """
-
-    treedef: Any
-    names: list
-    dtypes: dict
-    lstm: bool
-
-
-def to_blocks(params: Any) -> tuple[dict[str, jax.Array], BlockLayout]:
-    r"""An ``ElmanRNN``'s or ``LSTM``'s parameters as one Elman-like map ``{U, W, b, V, c}``.
-
-    ``ElmanRNN``: its own ``U, W, b, V, c`` (:func:`split_elman`). :class:`admm_jax.LSTM`: the
-    four gates stacked (:func:`stack_lstm_gates`), ``U [4H, D], W [4H, H], b [4H]``, and the
-    readout ``V = K_o^T [C, H]``, ``c = b_o``. Every leaf keeps its dtype.
-
-    Args:
-      params: ``nnx.state(model, nnx.Param)`` (or a dict of the same layout) of an
-        :class:`admm_jax.ElmanRNN` or :class:`admm_jax.LSTM`.
-
-    Returns:
-      ``(blocks, layout)``, ``layout`` for :func:`from_blocks`.
-
-    Raises:
-      ValueError: naming the leaves found when the tree is neither layout.
-
-    Examples:
-      >>> from flax import nnx
-      >>> import admm_jax
-      >>> from admm_jax.layouts import from_blocks, to_blocks
-      >>> params = nnx.state(admm_jax.LSTM(3, 8, 2, rngs=nnx.Rngs(0)), nnx.Param)
-      >>> blocks, layout = to_blocks(params)
-      >>> {k: v.shape for k, v in blocks.items()}
-      {'U': (32, 3), 'W': (32, 8), 'b': (32,), 'V': (2, 8), 'c': (2,)}
-      >>> type(from_blocks(blocks, layout)).__name__
-      'State'
-    """
-    lstm = lstm_leaves(params)
-    if lstm is None:
-        named, treedef, names = split_elman(params)
-        dtypes = {k: v.dtype for k, v in named.items()}
-        return dict(named), BlockLayout(treedef, names, dtypes, False)
-    by, treedef, names = lstm
-    cell = {k: {"kernel": by[("cell", k, "kernel")]} for k in LSTM_INPUT_KERNELS}
-    cell |= {k: {"kernel": by[("cell", k, "kernel")], "bias": by[("cell", k, "bias")]}
-             for k in LSTM_HIDDEN_KERNELS}
-    blocks = stack_lstm_gates(cell)
-    blocks |= {"V": by[("readout", "kernel")].T, "c": by[("readout", "bias")]}
-    dtypes = {k: v.dtype for k, v in by.items()}
-    return blocks, BlockLayout(treedef, names, dtypes, True)
-
-
-def from_blocks(values: Mapping[str, jax.Array], layout: BlockLayout) -> Any:
-    """Values ``{U, W, b, V, c}`` in :func:`to_blocks`' layout back as the parameters' tree.
-
-    The inverse of :func:`to_blocks` (exact: only slices and transposes); every leaf is cast
-    to the dtype the parameters had.
-
-    Args:
-      values: ``{U, W, b, V, c}`` shaped as :func:`to_blocks` returned them (e.g. a step).
-      layout: from :func:`to_blocks`.
-
-    Returns:
-      A tree of the parameters' structure, dtypes and shapes.
-
-    Examples:
-      >>> from flax import nnx
-      >>> import jax, numpy as np
-      >>> import admm_jax
-      >>> from admm_jax.layouts import from_blocks, to_blocks
-      >>> params = nnx.state(admm_jax.ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0)), nnx.Param)
-      >>> back = from_blocks(*to_blocks(params))
-      >>> all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(back),
-      ...                                          jax.tree.leaves(params)))
-      True
-    """
-    if not layout.lstm:
-        cast = {k: jnp.asarray(v).astype(layout.dtypes[k]) for k, v in values.items()}
-        return merge_elman(cast, layout.treedef, layout.names)
-    out = {("readout", "kernel"): values["V"].T, ("readout", "bias"): values["c"]}
-    for name, leaves in unstack_lstm_gates(values).items():
-        out |= {("cell", name, kind): leaf for kind, leaf in leaves.items()}
-    leaves = [out[n].astype(layout.dtypes[n]) for n in layout.names]
-    return jax.tree_util.tree_unflatten(layout.treedef, leaves)
-
-
-# ---------------------------------------------------------------------------------------------
-# Flax SimpleCell RNN + linear readout (nnx and Linen)
 
 
 class _FlaxLayout(NamedTuple):

@@ -83,8 +83,19 @@ def _model_kwargs(task: Any) -> dict[str, Any]:
 
 
 def _admmirnn_kwargs(task: Any) -> dict[str, Any]:
-    # per-sample multipliers: their count and the unfolded length
-    return {**_model_kwargs(task), "num_samples": len(task.train[0]), "seq_len": task.seq_len}
+    # the training set's size, for the sweeps that keep per-sample multipliers
+    return {**_model_kwargs(task), "task_size": (len(task.train[0]), task.seq_len)}
+
+
+def _admmirnn(*, task_size: tuple[int, int] | None = None,
+              **kwargs: Any) -> optax.GradientTransformationExtraArgs:
+    """:func:`admm_jax.admmirnn`; ``task_size = (num_samples, seq_len)`` sizes the per-sample
+    multipliers of ``sweep="backward"`` or ``"parallel"`` (unless given); the coupled default
+    keeps none and is not given them."""
+    if (task_size is not None and kwargs.get("sweep", "coupled") != "coupled"
+            and "num_samples" not in kwargs):
+        kwargs = {"num_samples": task_size[0], "seq_len": task_size[1], **kwargs}
+    return admmirnn(**kwargs)
 
 
 def _loss_kwargs(task: Any) -> dict[str, Any]:
@@ -102,6 +113,7 @@ def warmup(learning_rate: float, steps: int | None) -> optax.Schedule:
 
 
 def _admmirnn_bytes(task: Any, hidden: int) -> int:
+    # the registry builds the default sweep ("coupled"), which keeps no per-sample state
     return admm_memory_bytes(len(task.train[0]), task.seq_len, hidden, task.out_features,
                              input_dim=task.in_features,
                              many_to_many=task.many_to_many)["per_sample_state"]
@@ -118,7 +130,7 @@ def _momentum(learning_rate: float, momentum: float = 0.9,
 
 
 _REGISTRY: dict[str, Entry] = {
-    "admmirnn": Entry(admmirnn, None, "ADMMiRNN: ADMM on the unfolded Elman RNN, no gradients",
+    "admmirnn": Entry(_admmirnn, None, "ADMMiRNN: ADMM on the unfolded Elman RNN, no gradients",
                       ADMMiRNNState, _admmirnn_kwargs, _admmirnn_bytes,
                       increase_rho_on_divergence, elman_only=True),
     "admm_preconditioned": Entry(admm_preconditioned, 0.1, "one-sided time-shared K-FAC: each "
@@ -176,8 +188,8 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
     Gradient optimizers take ``learning_rate`` (default: :func:`default_learning_rate`) and
     their factory's other arguments; the K-FAC methods also ``model=`` and ``inputs=`` (an
     example batch: :attr:`Entry.takes_model`); ``admmirnn`` takes
-    :func:`admm_jax.admmirnn`'s (``num_samples``, ``seq_len``, ``rho``, ``loss``,
-    ``many_to_many``, ...) and no learning rate.
+    :func:`admm_jax.admmirnn`'s (``rho``, ``loss``, ``many_to_many``, ``sweep``, ...;
+    ``num_samples``/``seq_len`` for the per-sample sweeps) and no learning rate.
 
     Args:
       name: one of :func:`names` (case-insensitive, ``-`` or ``_``).
@@ -312,7 +324,7 @@ def diagnostics(opt_state: Any) -> dict[str, jax.Array]:
       >>> from admm_jax import ElmanRNN, admmirnn, optimizers
       >>> params = nnx.state(ElmanRNN(2, 4, 1, rngs=nnx.Rngs(0)), nnx.Param)
       >>> sorted(optimizers.diagnostics(admmirnn().init(params)))
-      ['dual_residual', 'lagrangian', 'loss', 'r1', 'r2', 'r3']
+      ['batch_loss', 'dual_residual', 'lagrangian', 'loss', 'r1', 'r2', 'r3']
       >>> optimizers.diagnostics(optimizers.get("adam").init(params))
       {}
     """

@@ -1,6 +1,6 @@
-"""What every benchmark shares: the data (through ``admm_jax.tasks``), the optimizers, the
-round-robin timer with median ratios, seeds, and the JSON + PNG + Markdown writer that
-records the full command and the commit in ``meta``.
+"""What every benchmark shares: the data (through ``admm_jax.tasks``), the validation split
+that tuning scores on, the optimizers, the round-robin timer with median ratios, seeds, and
+the JSON + PNG + Markdown writer that records the full command and the commit in ``meta``.
 
 A script imports it as ``from _harness import ...`` (``benchmarks/`` is on ``sys.path`` when
 the script runs, and the smoke tests put it there).
@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from admm_jax import tasks
-from admm_jax.train import losses, make_train_step
+from admm_jax import optimizers, tasks
+from admm_jax.train import checks, losses, make_train_step
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -44,6 +44,13 @@ def make_optimizer(task: tasks.Task, model: nnx.Module, name: str, **kwargs: Any
     return task.optimizer(name, model=model, **kwargs)
 
 
+def validation_split(x, y, parts: int = 10):
+    """``((x_fit, y_fit), (x_val, y_val))``: the last ``len(x) // parts`` samples of the
+    training set held out for tuning (the same split for every method and seed)."""
+    n = len(x) // parts
+    return (x[:-n], y[:-n]), (x[-n:], y[-n:])
+
+
 def seeds(n: int, first: int = 0) -> list[int]:
     """The seeds of ``n`` repeated runs."""
     return list(range(first, first + n))
@@ -51,14 +58,20 @@ def seeds(n: int, first: int = 0) -> list[int]:
 
 def compiled_train_step(tx, model: nnx.Module, x, y, *, use_gradients: bool | None = True):
     """``(executable, args, step)``: fit's training step (``make_train_step``, cross entropy
-    and accuracy; ``use_gradients=None``: the optimizer's state decides, as in fit) for
-    ``model`` and ``tx``, compiled ahead of time with the weights and state donated, its first
-    arguments (``executable(*args)`` is one step) and the step unjitted (to trace)."""
+    and accuracy; ``use_gradients=None``: the optimizer's state decides, as in fit; a method
+    that reports its batch loss saves the forward pass, as in fit) for ``model`` and ``tx``,
+    compiled ahead of time with the weights and state donated, its first arguments
+    (``executable(*args)`` is one step) and the step unjitted (to trace)."""
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
-    step = make_train_step(graphdef, rest, tx, losses.cross_entropy, losses.accuracy,
-                           use_gradients=use_gradients, step_key=False)
     params = jax.tree.map(jnp.copy, params)
-    args = (params, tx.init(params), x, y, jnp.arange(len(x)), {}, jax.random.key(0),
+    state = tx.init(params)
+    method_loss = (not optimizers.needs_gradients(state)
+                   and "batch_loss" in optimizers.diagnostics(state)
+                   and checks.same_loss(tx, state, "cross_entropy"))
+    step = make_train_step(graphdef, rest, tx, losses.cross_entropy, losses.accuracy,
+                           use_gradients=use_gradients, step_key=False,
+                           method_loss=method_loss)
+    args = (params, state, x, y, jnp.arange(len(x)), {}, jax.random.key(0),
             jnp.asarray(0, jnp.int32))
     return jax.jit(step, donate_argnums=(0, 1)).lower(*args).compile(), args, step
 

@@ -81,11 +81,20 @@ def run(args, name, tx, xtr, ytr, xte, yte, log, *, epochs, budget_seconds=None)
     return history
 
 
+def admm_options(args, num_samples):
+    """The admmirnn options given on the command line (the others keep admmirnn's defaults)."""
+    kw = dict(rho=None if args.rho is None else tuple(args.rho), prox=args.prox,
+              weight_decay=args.weight_decay, sweeps=args.sweeps, sweep=args.sweep,
+              cg_steps=args.cg_steps, rho_schedule=args.rho_schedule,
+              rho_growth=args.rho_growth)
+    kw = {k: v for k, v in kw.items() if v is not None}
+    if args.multipliers == "per-sample":
+        kw.update(num_samples=num_samples, seq_len=28)
+    return kw
+
+
 def run_admm(args, xtr, ytr, xte, yte, log):
-    per_sample = dict(num_samples=len(xtr), seq_len=28) if args.multipliers == "per-sample" else {}
-    tx = admm_jax.admmirnn(**per_sample, rho=tuple(args.rho), prox=args.prox,
-                           weight_decay=args.weight_decay, sweeps=args.sweeps,
-                           sweep=args.sweep, cg_steps=args.cg_steps)
+    tx = admm_jax.admmirnn(**admm_options(args, len(xtr)))
     return run(args, "ADMMiRNN", tx, xtr, ytr, xte, yte, log, epochs=args.max_epochs,
                budget_seconds=args.budget_seconds)
 
@@ -155,16 +164,20 @@ def main(argv=None):
     ap.add_argument("--budget-seconds", type=float, default=900.0,
                     help="ADMMiRNN training budget (evaluation excluded)")
     ap.add_argument("--max-epochs", type=int, default=10_000)
-    # defaults: admmirnn's (the coupled block); the backward sweep was run with
+    # ADMM options: admmirnn's defaults unless given; the backward sweep was run with
     # --sweep backward --rho 10 10 1 --prox 0.1 --weight-decay 1 --multipliers per-sample
-    ap.add_argument("--rho", type=float, nargs=3, default=(0.5, 10.0, 0.1))
-    ap.add_argument("--prox", type=float, default=0.03)
-    ap.add_argument("--weight-decay", type=float, default=0.0)
-    ap.add_argument("--sweeps", type=int, default=1)
-    ap.add_argument("--sweep", default="coupled", choices=("coupled", "backward", "parallel"))
-    ap.add_argument("--cg-steps", type=int, default=6)
+    ap.add_argument("--rho", type=float, nargs=3, default=None)
+    ap.add_argument("--prox", type=float, default=None)
+    ap.add_argument("--weight-decay", type=float, default=None)
+    ap.add_argument("--sweeps", type=int, default=None)
+    ap.add_argument("--sweep", default=None, choices=("coupled", "backward", "parallel"))
+    ap.add_argument("--cg-steps", type=int, default=None)
+    ap.add_argument("--rho-schedule", default=None,
+                    choices=("fixed", "geometric", "linear", "balance"))
+    ap.add_argument("--rho-growth", type=float, default=None)
     ap.add_argument("--multipliers", default="batch", choices=("per-sample", "batch"),
-                    help="per-sample multipliers kept across epochs, or zero at every batch")
+                    help="per-sample multipliers kept across epochs (backward and parallel "
+                         "sweeps), or zero at every batch")
     ap.add_argument("--adam-epochs", type=int, default=5)
     ap.add_argument("--adam-lr", type=float, default=1e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -183,6 +196,7 @@ def main(argv=None):
                                    for k, v in rec.items()}))
 
     result = dict(args={**vars(args), "out": str(args.out)},
+                  admmirnn_options=admm_options(args, len(xtr)),
                   machine=dict(platform=platform.platform(), cpus=os.cpu_count(),
                                jax=jax.__version__, backend=jax.default_backend()))
     result["readout_only_reference"] = readout_only(args, xtr, ytr, xte, yte)

@@ -19,12 +19,14 @@ share the machine's cores, so times show the overhead of partitioning, not a spe
 GPUs (``--platform gpu``, default when one is present) the available GPUs are used.
 
     nice -n 10 python benchmarks/scaling.py            # ~3-4 minutes on 2 cores
+    python benchmarks/scaling.py --smoke --out /tmp/s.json   # 2 devices, tiny: seconds
+
+Writes ``results/scaling_<platform>.{json,md}`` (or ``--out``'s path), the command in ``meta``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import time
@@ -33,7 +35,7 @@ RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 T, D, C = 28, 28, 10
 
 
-def parse():
+def parse(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--platform", choices=("auto", "cpu", "gpu"), default="auto")
     ap.add_argument("--host-devices", type=int, default=8,
@@ -49,11 +51,18 @@ def parse():
     ap.add_argument("--skip-admm", action="store_true", help="time only RBD and SGD")
     ap.add_argument("--out", default=None,
                     help="JSON path (default results/scaling_<platform>.json)")
-    return ap.parse_args()
+    ap.add_argument("--smoke", action="store_true",
+                    help="2 devices, N=8, H=4, dim 4, the default basis, one repeat, random "
+                         "inputs")
+    args = ap.parse_args(argv)
+    if args.smoke:
+        args.devices, args.n, args.hidden, args.dim, args.repeats = "2", 8, 4, 4, 1
+        args.rbd_distributions = "hadamard"
+    return args
 
 
-def main() -> None:
-    args = parse()
+def main(argv=None) -> int:
+    args = parse(argv)
     if args.platform != "gpu" and "xla_force_host_platform_device_count" not in os.environ.get(
             "XLA_FLAGS", ""):
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
@@ -61,6 +70,7 @@ def main() -> None:
     import jax
     import numpy as np
     import optax
+    from _harness import command, load_task, markdown_table, median_ms, round_robin, write_results
     from flax import nnx
     from jax.sharding import PartitionSpec as P
 
@@ -81,8 +91,10 @@ def main() -> None:
     counts = [k for k in map(int, args.devices.split(",")) if k <= len(devices)]
     n, h = args.n, args.hidden
     try:
-        x, y = admm_jax.data.mnist("train", layout="rows")
-        x, y, source = np.asarray(x[:n], np.float32), np.asarray(y[:n], np.int32), "row-MNIST"
+        if args.smoke:
+            raise RuntimeError("--smoke")
+        x, y = load_task("row-mnist", train_subset=n).train
+        x, y, source = np.asarray(x, np.float32), np.asarray(y, np.int32), "row-MNIST"
     except Exception as e:  # noqa: BLE001 - timing does not need the real digits
         print(f"row-MNIST not available ({e}); random inputs")
         rng = np.random.default_rng(0)
@@ -96,14 +108,9 @@ def main() -> None:
         return optax.softmax_cross_entropy_with_integer_labels(elman_apply(q, xb), yb).mean()
 
     def timed(f, *a):
-        out = f(*a)
-        jax.block_until_ready(out)
-        ts = []
-        for _ in range(args.repeats):
-            t0 = time.perf_counter()
-            jax.block_until_ready(f(*a))
-            ts.append(time.perf_counter() - t0)
-        return float(np.median(ts))
+        """Median seconds of one call of ``f(*a)`` (the harness's timer, one warm-up call)."""
+        return median_ms(round_robin({"f": lambda: jax.block_until_ready(f(*a))},
+                                     args.repeats)["f"]) / 1e3
 
     rows = []
     t_start = time.perf_counter()
@@ -116,7 +123,7 @@ def main() -> None:
 
         timings = []
         if not args.skip_admm:
-            tx = admm_jax.admmirnn(num_samples=n, seq_len=T)
+            tx = admm_jax.admmirnn()
             st = shard_admm_state(tx.init(params), mesh)
             admm_step = jax.jit(lambda p, s, xb, yb, tx=tx: tx.update(None, s, p, inputs=xb,
                                                                       targets=yb))
@@ -163,12 +170,12 @@ def main() -> None:
 
     print(f"\nstrong scaling on {platform} ({len(devices)} devices: {devices[0].device_kind}), "
           f"{source}, N={n}, H={h}, D_params={n_params}, RBD dim={args.dim}")
-    print(f"{'method':16s} {'devices':>7s} {'time/call':>10s} {'speed-up':>8s} {'collectives':>11s}"
-          f" {'bytes/device':>13s}")
     base = {r["method"]: r["seconds"] for r in rows if r["devices"] == counts[0]}
     for r in rows:
-        print(f"{r['method']:16s} {r['devices']:7d} {r['seconds'] * 1e3:8.1f}ms "
-              f"{base[r['method']] / r['seconds']:7.2f}x {r['ops']:11d} {r['bytes']:13,d}")
+        r["ms"], r["speed_up"] = r["seconds"] * 1e3, base[r["method"]] / r["seconds"]
+    table = markdown_table(rows, {"method": "method", "devices": "devices", "ms": "ms/call",
+                                  "speed_up": "speed-up", "ops": "collectives",
+                                  "bytes": "bytes/device"})
     print(f"RBD sends dim x devices = {args.dim} x k floats per step; a gradient all-reduce "
           f"D = {n_params} floats ({4 * n_params:,d} bytes)")
     out = {"platform": platform, "device_kind": devices[0].device_kind,
@@ -177,10 +184,10 @@ def main() -> None:
            "xla_flags": os.environ.get("XLA_FLAGS", ""),
            "seconds": time.perf_counter() - t_start}
     path = pathlib.Path(args.out or RESULTS / f"scaling_{platform}.json")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=1))
+    write_results(path.parent, path.stem, out, command(__file__, argv), table=table)
     print(f"wrote {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -6,6 +6,9 @@ B=128; ``--smoke``: tiny, seconds).
     python benchmarks/step_cost.py admm --data-dir ../shared/data  # ADMMiRNN vs BPTT, T grows
     python benchmarks/step_cost.py nonfinite   # fit's step with and without reject_nonfinite
     python benchmarks/step_cost.py trainer     # Trainer (fit's loop) against a bare loop
+    python benchmarks/step_cost.py kfac        # the K-FAC methods against Adam and Muon
+    python benchmarks/step_cost.py kfac --model lstm        # Flax LSTM-128, row-MNIST shapes
+    python benchmarks/step_cost.py kfac --model gru2-imdb   # 2-layer GRU over an embedding
     python benchmarks/step_cost.py trainer --smoke
     python benchmarks/step_cost.py runs        # S runs batched vs in sequence, LSTM-128
 
@@ -39,6 +42,20 @@ row-MNIST shapes, random data; clip + Adam) trained as one
 steps per call. Also the compiled program's scratch (temp) size and the page faults per
 step, the two measures that explain a CPU slowdown (docs/training.md). Writes
 ``results/batched_runs.{json,png,md}``.
+
+``kfac``: fit's step (as ``_harness.compiled_train_step`` builds it) for Adam, Muon,
+admm_preconditioned, admm_kfac and admm_kfac with ``fisher="sampled"``, on ``--model``:
+``elman`` (the package's tanh ``ElmanRNN``), ``lstm`` (``StackedRNN("lstm")``, Flax's
+``LSTMCell``; both row-MNIST's shapes, T=28, D=28) or ``gru2-imdb`` (``StackedRNN("gru",
+layers=2, embed=H)`` over a 10,000-word vocabulary, T=100 tokens, 2 classes); H=128, batch 128,
+random inputs of those shapes. ``--steps`` steps per call, a multiple of admm_kfac's
+``refresh_every`` (10), so its refreshes count at their real rate. Beside each median time
+ratio to Adam: XLA's FLOP count of the compiled step (``compiled.cost_analysis()``, which
+counts a scan body once, so it under-counts every recurrence), the matrix FLOPs of the step's
+jaxpr with scan bodies times their length (the per-step count to compare; a ``cond``'s
+branches averaged, so admm_kfac's refresh counts at 1/2 instead of 1/10 and its
+eigendecompositions not at all) and, for ``elman``, the closed-form count. Writes
+``results/kfac_step_cost_<model>.{json,md,png}``.
 """
 
 from __future__ import annotations
@@ -155,8 +172,8 @@ def admm(args, s) -> tuple[dict, str, object]:
     from admm_jax import data, optimizers
     from admm_jax.tasks import rechunk_pixels
 
-    batch = 16 if args.smoke else args.batch_size
-    hidden = 8 if args.smoke else args.hidden
+    batch = 16 if args.smoke else (args.batch_size or 64)
+    hidden = 8 if args.smoke else (args.hidden or 64)
     seq_lens = [28] if args.smoke else [int(t) for t in args.seq_lens.split(",")]
     matmul_n = 128 if args.smoke else args.matmul_n
     x_all, y_all = data.mnist(f"train[:{batch}]", layout="pixels", data_dir=args.data_dir,
@@ -170,7 +187,7 @@ def admm(args, s) -> tuple[dict, str, object]:
         x, y = jnp.asarray(rechunk_pixels(x_all, t)), jnp.asarray(y_all)
         model = admm_jax.ElmanRNN(x.shape[2], hidden, 10, rngs=nnx.Rngs(0))
         runs, flops = {}, {}
-        for name, tx in (("admmirnn", optimizers.get("admmirnn", num_samples=batch, seq_len=t)),
+        for name, tx in (("admmirnn", optimizers.get("admmirnn")),
                          ("bptt", optimizers.get("adam"))):
             fn, a_, step = compiled_train_step(tx, model, x, y, use_gradients=None)
             flops[name] = count_flops(jax.make_jaxpr(step)(*a_))
@@ -214,9 +231,14 @@ def admm(args, s) -> tuple[dict, str, object]:
     return result, table, plot
 
 
-def _stepper(fn, a):
+def _stepper(fn, a, batches=None, steps: int = 1):
+    """One call: ``steps`` steps of ``fn`` (cycling through ``batches`` of ``(x, y)``, else
+    on ``a``'s own), then a sync."""
     def step():
-        a[0], a[1], _, ok = fn(*a)
+        for i in range(steps):
+            if batches is not None:
+                a[2], a[3] = batches[i % len(batches)]
+            a[0], a[1], _, ok = fn(*a)
         jax.block_until_ready((a[0], ok))
 
     return step
@@ -259,6 +281,114 @@ def _bare_loop(t: Trainer, batches) -> None:
     loop.params, loop.opt_state = p, s
 
 
+KFAC_REFRESH = 10
+# name: (description, in_features (the vocabulary for tokens), T, classes, StackedRNN kwargs
+# or None for the package's ElmanRNN)
+KFAC_MODELS = {"elman": ("row-MNIST ElmanRNN tanh", 28, 28, 10, None),
+               "lstm": ("row-MNIST StackedRNN lstm", 28, 28, 10,
+                        dict(cell="lstm", layers=1)),
+               "gru2-imdb": ("IMDb StackedRNN gru x2 over Embed", 10000, 100, 2,
+                             dict(cell="gru", layers=2, embed=True))}
+
+
+def kfac_workload(name: str, hidden: int, batch: int, smoke: bool, seed: int = 0):
+    """``(model, batches, description)``: the model ``name`` of :data:`KFAC_MODELS` and 8
+    random batches of its shapes (token ids for an embedding; ``smoke``: tiny)."""
+    label, d, t, c, stacked = KFAC_MODELS[name]
+    if smoke:
+        d, t = (50 if stacked and stacked.get("embed") else 4), 5
+    rngs = nnx.Rngs(seed)
+    if stacked is None:
+        model = admm_jax.ElmanRNN(d, hidden, c, rngs=rngs)
+    else:
+        kw = {**stacked, "embed": hidden if stacked.get("embed") else None}
+        model = admm_jax.StackedRNN(kw.pop("cell"), d, hidden, c, rngs=rngs, **kw)
+    rng = np.random.default_rng(seed)
+    n = 8 * batch
+    x = (rng.integers(0, d, (n, t)).astype(np.int32) if stacked and stacked.get("embed")
+         else rng.random((n, t, d), np.float32))
+    y = rng.integers(0, c, n).astype(np.int32)
+    batches = [(jnp.asarray(x[i:i + batch]), jnp.asarray(y[i:i + batch]))
+               for i in range(0, n, batch)]
+    return model, batches, f"{label}, D={d} T={t} H={hidden} B={batch}"
+
+
+def kfac_methods(model, x0) -> dict:
+    """The methods the kfac case times, from the public factories."""
+    return {"adam": optax.adam(1e-3),
+            "muon": optax.contrib.muon(0.02, adam_learning_rate=2e-3),
+            "admm_preconditioned": admm_jax.admm_preconditioned(model, x0),
+            "admm_kfac": admm_jax.admm_kfac(model, x0, refresh_every=KFAC_REFRESH),
+            "admm_kfac_sampled": admm_jax.admm_kfac(model, x0, refresh_every=KFAC_REFRESH,
+                                                    fisher="sampled")}
+
+
+def elman_flops(n, t, d, h, c):
+    """Closed-form FLOPs (2 x multiply-adds) of one step of the Elman RNN: the BPTT gradient
+    (forward, adjoints, weight gradient) and, for admm_kfac, the factor statistics and the
+    four-product solve."""
+    p = d + h + 1
+    fwd = 2 * n * t * (d + h) * h + 2 * n * h * c
+    bwd = 2 * n * t * h * h + 2 * n * t * p * h + 2 * n * (h + 1) * c  # adjoints + dW
+    stats = 2 * n * t * p * p + 2 * n * t * h * h + 2 * n * (h + 1) ** 2 + 2 * n * c * c
+    solve = 2 * (2 * p * p * h + 2 * p * h * h) + 2 * (2 * (h + 1) ** 2 * c + 2 * (h + 1) * c * c)
+    return {"adam": fwd + bwd, "admm_kfac": fwd + bwd + stats + solve}
+
+
+def xla_flops(executable) -> float:
+    cost = executable.cost_analysis()
+    cost = cost[0] if isinstance(cost, list | tuple) else cost
+    return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def kfac(args, s) -> tuple[dict, str, object]:
+    hidden = 8 if args.smoke else (args.hidden or 128)
+    batch = 16 if args.smoke else (args.batch_size or 128)
+    model, batches, label = kfac_workload(args.model, hidden, batch, args.smoke)
+    steps = max(KFAC_REFRESH, args.steps // KFAC_REFRESH * KFAC_REFRESH)
+    runs, flops = {}, {}
+    for name, tx in kfac_methods(model, batches[0][0]).items():
+        fn, a, step = compiled_train_step(tx, model, *batches[0], use_gradients=None)
+        flops[name] = (xla_flops(fn), count_flops(jax.make_jaxpr(step)(*a)))
+        runs[name] = _stepper(fn, list(a), batches, steps)
+    times = round_robin(runs, args.rounds)
+    rows = []
+    for name in runs:
+        per_round = [t / a for t, a in zip(times[name], times["adam"], strict=True)]
+        rows.append({"method": name, "ms_per_step": median_ms(times[name]) / steps,
+                     "ratio_vs_adam": median_ratio(times, name, "adam"),
+                     "ratio_min": min(per_round), "ratio_max": max(per_round),
+                     "ratio_per_round": per_round,
+                     "xla_flops": flops[name][0],
+                     "xla_flops_vs_adam": flops[name][0] / flops["adam"][0],
+                     "jaxpr_flops": flops[name][1],
+                     "jaxpr_flops_vs_adam": flops[name][1] / flops["adam"][1]})
+    result = {"model": args.model, "workload": label, "rounds": args.rounds,
+              "steps_per_round": steps, "refresh_every": KFAC_REFRESH, "rows": rows}
+    if args.model == "elman":
+        x0 = batches[0][0]
+        ana = elman_flops(batch, x0.shape[1], x0.shape[2], hidden, 10)
+        result["closed_form_flops"] = ana
+        result["closed_form_ratio"] = ana["admm_kfac"] / ana["adam"]
+
+    def plot(fig):
+        ax = fig.add_subplot()
+        ax.boxplot([r["ratio_per_round"] for r in rows], tick_labels=[r["method"] for r in rows])
+        ax.axhline(1.5, color="r", ls=":", lw=1, label="1.5x Adam")
+        ax.set_ylabel("step time / Adam's (same round)")
+        ax.tick_params(axis="x", labelrotation=20)
+        ax.set_title(label, fontsize=9)
+        ax.legend()
+
+    table = markdown_table(rows, {"method": "method", "ms_per_step": "ms/step",
+                                  "ratio_vs_adam": "x Adam (median)", "ratio_min": "min",
+                                  "ratio_max": "max", "xla_flops_vs_adam": "XLA FLOPs x Adam",
+                                  "jaxpr_flops_vs_adam": "jaxpr FLOPs x Adam"})
+    if "closed_form_ratio" in result:
+        table += f"\n\nclosed-form FLOPs admm_kfac / Adam: {result['closed_form_ratio']:.2f}"
+    return result, table, plot
+
+
 RUNS_WORKLOADS = {  # name: (T, D, classes, batch, many_to_many) of an LSTM-128 training step
     "copying": (40, 1, 9, 100, True),  # T=20 copying task: 20 + 20 steps, one scalar input
     "row-mnist": (28, 28, 10, 128, False),
@@ -272,7 +402,7 @@ def runs(args, s) -> tuple[dict, str, object]:
 
     from admm_jax.train import BatchedTrainer
 
-    hidden = 8 if args.smoke else 128
+    hidden = 8 if args.smoke else (args.hidden or 128)
     counts = [1, 2] if args.smoke else [int(v) for v in args.runs.split(",")]
     workloads = ["copying"] if args.smoke else args.workloads.split(",")
     rows = []
@@ -285,7 +415,7 @@ def runs(args, s) -> tuple[dict, str, object]:
         y = rng.integers(0, c, (4 * b, t) if m2m else 4 * b).astype(np.int32)
         tx = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(1e-3))
         for k in [int(v) for v in args.steps_per_call.split(",")]:
-            def trainer(n, group, k=k, t=t, d=d, c=c, b=b, m2m=m2m, x=x, y=y):
+            def trainer(n, group, k=k, d=d, c=c, b=b, m2m=m2m, x=x, y=y, tx=tx):
                 models = [admm_jax.LSTM(d, hidden, c, rngs=nnx.Rngs(i), many_to_many=m2m)
                           for i in range(n)]
                 return BatchedTrainer(models, tx, (x, y), batch_size=b, steps_per_call=k,
@@ -297,7 +427,7 @@ def runs(args, s) -> tuple[dict, str, object]:
                             "map": (trainer(n, 1), 1)}
                 faults = {v: [] for v in variants}
 
-                def call(v, tr, calls):
+                def call(v, tr, calls, faults=faults):
                     f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
                     for _ in range(calls):
                         tr.run(tr.steps_per_call)
@@ -348,6 +478,7 @@ def runs(args, s) -> tuple[dict, str, object]:
 CASES = {"admm": (admm, "admm_speed", 5, 1),
          "nonfinite": (nonfinite, "nonfinite_overhead", 60, 1),
          "trainer": (trainer, "trainer_overhead", 10, 50),
+         "kfac": (kfac, "kfac_step_cost_{model}", 10, 40),
          "runs": (runs, "batched_runs", 3, 1)}
 
 
@@ -358,13 +489,16 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds (per case default)")
     ap.add_argument("--steps", type=int, default=None, help="steps per round (trainer)")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--batch-size", type=int, default=None,
+                    help="admm: samples per iteration (default 64); kfac: 128")
+    ap.add_argument("--hidden", type=int, default=None, help="admm: 64 (default); kfac, runs: 128")
     g = ap.add_argument_group("admm")
     g.add_argument("--data-dir", default=os.environ.get("ADMM_JAX_DATA"),
                    help="MNIST folder (default $ADMM_JAX_DATA)")
     g.add_argument("--seq-lens", default="28,112,392,784", help="T, divisors of 784")
-    g.add_argument("--batch-size", type=int, default=64)
-    g.add_argument("--hidden", type=int, default=64)
     g.add_argument("--matmul-n", type=int, default=2048, help="size of the reference matmul")
+    g = ap.add_argument_group("kfac")
+    g.add_argument("--model", choices=tuple(KFAC_MODELS), default="elman")
     g = ap.add_argument_group("runs")
     g.add_argument("--runs", default="1,3,6,12", help="numbers of runs S")
     g.add_argument("--workloads", default="copying,row-mnist", help=str(list(RUNS_WORKLOADS)))
@@ -374,8 +508,8 @@ def main(argv=None) -> int:
     args.rounds = args.rounds or (2 if args.smoke else rounds)
     args.steps = args.steps or (5 if args.smoke else steps)
     result, table, plot = run(args, sizes(args.smoke))
-    write_results(args.out, stem + ("_smoke" if args.smoke else ""), result,
-                  command(__file__, argv), table=table, plot=plot)
+    write_results(args.out, stem.format(model=args.model) + ("_smoke" if args.smoke else ""),
+                  result, command(__file__, argv), table=table, plot=plot)
     return 0
 
 

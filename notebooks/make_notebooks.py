@@ -99,7 +99,7 @@ The training loop. `make_tx` is the only thing that changes between the two runs
 
 ```python
 tx = optax.adam(1e-3)
-tx = admm_jax.adapt_flax_rnn(admm_jax.admmirnn(num_samples=N_TRAIN, seq_len=28))
+tx = admm_jax.adapt_flax_rnn(admm_jax.admmirnn())
 ```
 
 `adapt_flax_rnn` maps the Flax parameters (kernels `[in, out]`) to ADMMiRNN's `U, W, b, V, c`
@@ -141,7 +141,7 @@ def run(make_tx, seed=0):
 runs = {
     "Adam 1e-3": run(lambda: optax.adam(1e-3)),
     "ADMMiRNN": run(lambda: admm_jax.adapt_flax_rnn(
-        admm_jax.admmirnn(num_samples=N_TRAIN, seq_len=28))),
+        admm_jax.admmirnn())),
 }
 for name, (_, h) in runs.items():
     print(f"{name:10s} test accuracy per epoch: {np.round(h['test_acc'], 3)}"

@@ -3,12 +3,40 @@
 from __future__ import annotations
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 
-from admm_jax.admm.problem import ADMMConfig, Auxiliaries, Duals, Penalties
+from admm_jax.admm.problem import ADMMConfig, Auxiliaries, Duals, Penalties, augmented_lagrangian
 from admm_jax.models.elman import elman_trace
 
 DEFAULT_CONFIG = ADMMConfig()
+
+# the problem kinds every block is checked on
+BLOCK_CONFIGS = {
+    "m2o-ce": ADMMConfig(),
+    "m2m-ce": ADMMConfig(many_to_many=True),
+    "m2o-mse": ADMMConfig(loss="mse"),
+    "m2m-mse-relu": ADMMConfig(many_to_many=True, loss="mse", activation="relu"),
+    "decay": ADMMConfig(weight_decay=0.3, prox=0.5),
+}
+
+
+def lagrangian(params, aux, duals, rho, inputs, targets, cfg, **kw):
+    """:func:`admm_jax.admm.problem.augmented_lagrangian`."""
+    return augmented_lagrangian(params, aux, duals, rho, inputs, targets, cfg, **kw)
+
+
+def newton_minimiser(fn, x):
+    """Brute force for a block whose objective is quadratic: one exact Newton step on the
+    dense Hessian that jax computes of the whole objective (no block-specific algebra)."""
+    flat, unravel = jax.flatten_util.ravel_pytree(x)
+
+    def f(v):
+        return fn(unravel(v))
+
+    g = jax.grad(f)(flat)
+    hess = jax.hessian(f)(flat)
+    return unravel(flat - jnp.linalg.solve(hess, g))
 
 
 def make_problem(seed=0, n=6, t=5, d=4, h=7, c=3, *, cfg=DEFAULT_CONFIG, tokens=False,

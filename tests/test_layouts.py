@@ -119,23 +119,6 @@ def test_gate_order_is_the_one_nnx_lstmcell_computes():
         np.testing.assert_allclose(h1, h_ref, rtol=1e-12, atol=1e-12)
 
 
-def test_stacked_gates_run_the_models_own_lstm():
-    """admm_jax.LSTM's forward pass equals an Elman-like recurrence on the stacked blocks."""
-    with jax.enable_x64(True):
-        model = admm_jax.LSTM(3, 5, 2, rngs=nnx.Rngs(0), param_dtype=jnp.float64)
-        blocks, layout = layouts.to_blocks(nnx.state(model, nnx.Param))
-        assert layout.lstm
-        x = jax.random.normal(jax.random.key(1), (4, 6, 3), jnp.float64)
-        c = h = jnp.zeros((4, 5))
-        for t in range(x.shape[1]):
-            z = x[:, t] @ blocks["U"].T + h @ blocks["W"].T + blocks["b"]
-            i, f, g, o = jnp.split(z, 4, axis=-1)
-            c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-            h = jax.nn.sigmoid(o) * jnp.tanh(c)
-        np.testing.assert_allclose(model(x), h @ blocks["V"].T + blocks["c"], rtol=1e-12,
-                                   atol=1e-12)
-
-
 @settings(max_examples=12, deadline=None)
 @given(d=st.integers(1, 5), h=st.integers(1, 6), dtype=st.sampled_from(DTYPES))
 def test_stack_then_unstack_is_the_identity(d, h, dtype):
@@ -150,51 +133,6 @@ def test_stack_then_unstack_is_the_identity(d, h, dtype):
     # gate j is rows j*h..(j+1)*h: the input kernel of the forget gate, transposed
     np.testing.assert_array_equal(np.asarray(gates["U"][h:2 * h], np.float32),
                                   np.asarray(cell["if_"]["kernel"].T, np.float32))
-    assert_trees_identical(layouts.unstack_lstm_gates(gates), cell)
-
-
-def test_lstm_leaves_reads_only_lstm_trees():
-    state = nnx.state(admm_jax.LSTM(3, 4, 2, rngs=nnx.Rngs(0)), nnx.Param)
-    by, _, paths = layouts.lstm_leaves(state)
-    assert set(paths) == layouts.LSTM_LEAVES and set(by) == layouts.LSTM_LEAVES
-    assert layouts.lstm_leaves({k: 1.0 for k in "UWbVc"}) is None
-    broken = nnx.to_pure_dict(state)
-    del broken["cell"]["hi"]["bias"]
-    with pytest.raises(ValueError, match=r"admm_jax.LSTM \(cell .*got leaves"):
-        layouts.lstm_leaves(broken)
-
-
-# ---------------------------------------------------------------------------------------------
-# Blocks: ElmanRNN or LSTM trees as {U, W, b, V, c}
-
-
-@settings(max_examples=10, deadline=None)
-@given(d=st.integers(1, 5), h=st.integers(1, 6), c=st.integers(1, 4),
-       dtype=st.sampled_from(DTYPES), lstm=st.booleans())
-def test_to_blocks_then_from_blocks_is_the_identity(d, h, c, dtype, lstm):
-    make = admm_jax.LSTM if lstm else admm_jax.ElmanRNN
-    kw = {"param_dtype": dtype} if lstm else {"dtype": dtype}
-    state = nnx.state(make(d, h, c, rngs=nnx.Rngs(d + h), **kw), nnx.Param)
-    blocks, layout = layouts.to_blocks(state)
-    z = 4 * h if lstm else h
-    assert {k: v.shape for k, v in blocks.items()} == {"U": (z, d), "W": (z, h), "b": (z,),
-                                                       "V": (c, h), "c": (c,)}
-    assert layout.lstm == lstm
-    assert_trees_identical(layouts.from_blocks(blocks, layout), state)
-    # values computed in float32 come back in the parameters' dtypes
-    wide = {k: v.astype(jnp.float32) for k, v in blocks.items()}
-    assert_trees_identical(layouts.from_blocks(wide, layout), state)
-
-
-def test_from_blocks_maps_a_step_leaf_by_leaf():
-    """A step on one gate block lands on that gate's kernel only (LSTM)."""
-    state = nnx.state(admm_jax.LSTM(2, 3, 2, rngs=nnx.Rngs(0)), nnx.Param)
-    blocks, layout = layouts.to_blocks(state)
-    step = {k: jnp.zeros_like(v) for k, v in blocks.items()}
-    step["W"] = step["W"].at[2 * 3:3 * 3].set(1.0)  # rows of gate g
-    out = nnx.to_pure_dict(layouts.from_blocks(step, layout))
-    for name in layouts.LSTM_HIDDEN_KERNELS:
-        assert float(jnp.abs(out["cell"][name]["kernel"]).sum()) == (9.0 if name == "hg" else 0)
 
 
 # ---------------------------------------------------------------------------------------------

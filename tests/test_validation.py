@@ -210,6 +210,7 @@ def fit_cases(draw):
     name = draw(st.sampled_from(["adam", "sgd", "admmirnn"]))
     if name == "admmirnn":
         opt_kw = {"num_samples": pick(n, n + 1), "seq_len": pick(t, t + 1),
+                  "sweep": "backward",  # the sweep that keeps per-sample state
                   "rho": pick(1.0, 0.0, -1.0, 1e30),
                   "loss": loss if loss in ("cross_entropy", "mse") else "mse"}
     else:

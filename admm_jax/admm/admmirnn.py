@@ -12,44 +12,28 @@ import optax
 
 from admm_jax import _validation as checks
 from admm_jax.admm import blocks
+from admm_jax.admm.iteration import ADMMDiagnostics, coupled_iteration, per_step_iteration
 from admm_jax.admm.problem import (
     SUMMED_LOSSES,
     ADMMConfig,
     Auxiliaries,
     Duals,
     Penalties,
-    Residuals,
     check_batch,
     config_number,
-    constraint_sides,
     data_loss,
-    lagrangian_from_residuals,
-    residuals,
+    mean_loss,
 )
 from admm_jax.layouts import merge_elman, split_elman
 from admm_jax.models.elman import ACTIVATIONS, elman_trace
 from admm_jax.nonfinite import mark_guarded
 
-RHO_SCHEDULES = ("fixed", "geometric", "balance")
+RHO_SCHEDULES = ("fixed", "geometric", "linear", "balance")
 AUXILIARY_MODES = ("reset", "persist")
 SWEEPS = ("coupled", "backward", "parallel")
-
-
-class ADMMDiagnostics(NamedTuple):
-    """Per-iteration diagnostics, all measured on the batch of the last call.
-
-    lagrangian: augmented Lagrangian after the iteration; r1, r2, r3: primal residual norms;
-    dual_residual: ``sqrt(sum_i (rho_i |change of the i-th constraint's right side|)^2)``;
-    loss: mean loss of a plain forward pass of the new weights (per target); NaN when the
-      iteration was rejected as non-finite (see :func:`admmirnn`).
-    """
-
-    lagrangian: jax.Array
-    r1: jax.Array
-    r2: jax.Array
-    r3: jax.Array
-    dual_residual: jax.Array
-    loss: jax.Array
+DEFAULT_RHO_GROWTH = {"geometric": 1.05, "linear": 1.001}
+DEFAULT_A_STEPS = 4
+MANY_TO_MANY_CG_STEPS = 1
 
 
 class ADMMiRNNState(NamedTuple):
@@ -85,115 +69,92 @@ def admmirnn(
     sweep: str = "coupled",
     auxiliaries: str = "reset",
     rho_schedule: str = "fixed",
-    rho_growth: float = 1.05,
+    rho_growth: float | None = None,
     rho_max: float = 1e4,
     activation: str = "tanh",
     many_to_many: bool = False,
     loss: str = "cross_entropy",
     newton_steps: int = 8,
-    a_steps: int = 4,
-    cg_steps: int = 6,
+    a_steps: int | None = None,
+    cg_steps: int | None = None,
 ) -> optax.GradientTransformationExtraArgs:
     r"""ADMMiRNN: train an Elman RNN by ADMM on its unfolded form; no backpropagation.
 
-    Splitting (Tang et al., 2020): every pre-activation, state and output gets a variable,
+    Every pre-activation, state and output of the unfolded RNN gets a variable (Tang et al.,
+    2020):
 
     .. math::
         \min \sum_n\sum_{t\in S} \ell(o_{n,t}, y_{n,t}) + \tfrac{\beta}{2}(|U|^2+|W|^2+|V|^2)
         \ \text{s.t.}\ a_t = U x_t + W h_{t-1} + b,\ h_t = f(a_t),\ o_t = V h_t + c,
 
     and one call of ``update`` runs ``sweeps`` ADMM iterations on the batch. The default
-    iteration (``sweep="coupled"``) is
+    iteration (``sweep="coupled"``) starts from the forward pass of the weights:
 
     1. the o-block (per sample, exact);
-    2. the time-coupled (a, h) block (:func:`admm_jax.admm.blocks.sweep_coupled`): all
-       ``a_t, h_t`` of a sample at once, by one Gauss-Newton step on the activation solved by
-       conjugate gradients over time and backtracked on the true augmented Lagrangian, so the
-       loss signal reaches every step in one iteration;
-    3. the multiplier step ``lam_i += rho_i r_i``; the residuals ``r1 = a - (U x + W h_prev
-       + b)`` of that solution are the targets the weights should move by;
-    4. the auxiliaries back to the forward pass of the weights (as at the start of every
-       call), then the proximal least-squares blocks of ``(U, W, b)`` (targets
-       ``a + lam1/rho1``) and ``(V, c)`` (targets ``o + lam3/rho3``).
+    2. the time-coupled (a, h) block (:func:`admm_jax.admm.coupled.sweep_coupled`): all
+       ``a_t, h_t`` of a sample at once, one Gauss-Newton step backtracked on the true
+       augmented Lagrangian. Many-to-one: solved exactly in the ``C``-dimensional output space
+       (one backward scan with ``C`` adjoints); many-to-many: ``cg_steps`` conjugate-gradient
+       iterations;
+    3. the multiplier step ``lam_i += rho_i r_i``;
+    4. ``(U, W, b)``: proximal least squares of ``a + lam1/rho1`` on the forward states;
+    5. ``(V, c)``: proximal least squares of ``o + lam3/rho3`` on the states of the new
+       ``(U, W, b)``.
 
-    ``sweep="backward"`` or ``"parallel"`` run the earlier iteration instead: o, a Gauss-Seidel
-    sweep over ``(h_t, a_t)`` (backward in time, or all steps at once), ``(U, W, b)``,
-    ``(V, c)``, multipliers. Every primal block is solved exactly or by a backtracked step, so
-    none increases the augmented Lagrangian (see :mod:`admm_jax.admm.blocks`). No gradient of
-    the loss is taken: the coupled block's solve runs the transpose of the *linearised*
-    recurrence (its Gauss-Newton model), on the quadratic penalty terms only. The gradient
-    argument of ``update`` is ignored (pass ``None`` or the gradients you have); the returned
-    updates are ``new_params - params``. In Flax: ``nnx.Optimizer(model, tx,
-    wrt=nnx.Param).update(model, None, inputs=x, targets=y, indices=idx)``; for Flax's own
-    ``nnx.RNN(nnx.SimpleCell)`` or Linen models see :func:`admm_jax.adapt_flax_rnn` and
-    :func:`admm_jax.apply_gradients`.
+    The weight blocks' proximal weight is ``kappa = (prox + dim/rows) rho tr(G)/dim`` (``G``
+    the block's ``dim x dim`` Gram matrix over ``rows`` rows of the batch). ``sweep="backward"``
+    or ``"parallel"`` run o, a Gauss-Seidel sweep over ``(h_t, a_t)`` (backward in time, or
+    all steps at once), ``(U, W, b)``, ``(V, c)``, multipliers, with per-sample multipliers
+    carried across calls. Every primal block is solved exactly or by a backtracked step (see
+    :mod:`admm_jax.admm.blocks`); no gradient of the loss is taken. The gradient argument of
+    ``update`` is ignored (pass ``None``); the returned updates are ``new_params - params``.
+    Flax: ``nnx.Optimizer(model, tx, wrt=nnx.Param).update(model, None, inputs=x,
+    targets=y)``; see also :func:`admm_jax.adapt_flax_rnn`. Sharded over devices: inputs,
+    targets and state sharded along the samples (:func:`admm_jax.shard_batch`,
+    :func:`admm_jax.shard_admm_state`), without ``indices``.
 
-    Sharded over devices: pass inputs, targets and state sharded along the samples
-    (:func:`admm_jax.shard_batch`, :func:`admm_jax.shard_admm_state`) to the jitted update,
-    without ``indices``; the Gram sums become one all-reduce per iteration. Beyond memory
-    (backward sweep): mini-batches with the multipliers in host memory,
-    :class:`admm_jax.HostDuals`.
-
-    Defaults (chosen by experiment on the adding task and row-MNIST; the figures and the
-    commands that measured them: ``docs/admmirnn.md``, "How the defaults were chosen"):
-
-    * ``sweep="coupled"``, with its multipliers within one call: ``num_samples``/``seq_len``
-      are accepted and ignored. Per-sample multipliers carried across epochs would re-apply a
-      stale adjoint on every visit. The backward and parallel sweeps need them
-      (``num_samples`` + ``indices=``): there they act as lagged adjoints, carrying the
-      signal one more step back per visit.
-    * ``rho = (rho1, rho2, rho3) = (0.5, 10, 0.1)``: linearised, the block's C1 residuals are
-      ``(rho3/rho1)`` times the back-propagated ``-dL/da_t`` of the o-block's quadratic, so
-      ``rho3/rho1`` acts as a learning rate, and ``rho2 >> rho1`` puts the correction on the
-      pre-activations (which the weights can fit) rather than on C2. The backward sweep's
-      values are ``(10, 10, 1)``, with ``prox=0.1`` and ``weight_decay=1.0``.
-    * ``weight_decay = 0`` and ``prox = 0.03``: the weight blocks' proximal weight is
-      ``kappa = prox * rho * trace(G)/dim(G)``.
-    * ``cg_steps = 6``, capped at ``C |S| + 1``, where the block is exact.
-    * ``auxiliaries="reset"``: each call starts the auxiliaries from a forward pass of the
-      current weights. ``"persist"`` (backward or parallel sweep only) keeps them per sample.
-
-    Divergence guard: an iteration that produces a non-finite weight, residual or Lagrangian is
-    rejected: ``update`` returns zero updates and leaves the penalties, the batch's multipliers
-    and auxiliaries and ``count`` as they were, and sets ``diagnostics.loss`` to NaN (the other
-    diagnostics show the failed iteration). :func:`admm_jax.train.fit` then stops or raises
-    :class:`admm_jax.DivergenceError`; wrapped in :func:`admm_jax.increase_rho_on_divergence`,
-    the iteration is first retried with larger penalties.
+    An iteration that produces a non-finite weight, residual or Lagrangian is rejected:
+    ``update`` returns zero updates, leaves the state as it was and sets ``diagnostics.loss``
+    to NaN (:func:`admm_jax.increase_rho_on_divergence` retries it with larger penalties).
 
     Args:
-      num_samples: size of the training set, for per-sample multipliers (backward and
-        parallel sweeps; and auxiliaries with ``"persist"``). ``None``, or
-        ``sweep="coupled"``: no per-sample state.
-      seq_len: ``T``, given together with ``num_samples`` (the state stores ``[N, T, H]``).
-      rho: one penalty for all three constraints, or ``(rho1, rho2, rho3)``.
-      prox: ``mu`` of the proximal weight blocks (``0`` gives plain ADMM blocks).
+      num_samples: training-set size, for the per-sample multipliers of ``sweep="backward"``
+        and ``"parallel"`` (with ``indices=``); ``None``: multipliers within one call. The
+        coupled sweep keeps no per-sample state and takes none (``ValueError``).
+      seq_len: ``T``, given together with ``num_samples``.
+      rho: one penalty for all three constraints, or ``(rho1, rho2, rho3)``; all three
+        scaled by ``g`` scale the weights' steps by about ``1/g``.
+      prox: ``mu`` of the proximal weight blocks.
       weight_decay: ``beta`` on ``U, W, V``.
       sweeps: ADMM iterations per ``update`` call.
-      sweep: ``"coupled"`` (the time-coupled (a, h) block and the iteration above),
-        ``"backward"`` (one sequential Gauss-Seidel scan h_T, a_T, ..., h_1, a_1: the signal
-        reaches every step, attenuated by <= 1/4 per step) or ``"parallel"`` (all steps at
-        once: one step per iteration).
-      cg_steps: conjugate-gradient iterations of the coupled block (at most ``C |S| + 1``
-        are used: the block is exact there).
-      auxiliaries: ``"reset"`` or ``"persist"`` (see above).
-      rho_schedule: ``"fixed"``; ``"geometric"`` (``rho *= rho_growth`` per iteration up to
-        ``rho_max``); or ``"balance"`` (residual balancing, Boyd et al. 2011 sec. 3.4.1: a
-        family's rho doubles when its primal residual exceeds 10x its dual residual and halves
-        in the opposite case). Multipliers are stored unscaled, so a change of rho needs no
-        rescaling of them.
-      activation, many_to_many: must match the model (``ElmanRNN``'s arguments).
+      sweep: ``"coupled"``, ``"backward"`` or ``"parallel"`` (see above).
+      auxiliaries: ``"reset"`` (every call starts from a forward pass) or ``"persist"``
+        (backward and parallel sweeps with ``num_samples``: per-sample auxiliaries).
+      rho_schedule: ``"fixed"``; ``"geometric"`` (``rho *= rho_growth`` per iteration);
+        ``"linear"`` (``rho = rho_0 (1 + (rho_growth - 1) k)`` after ``k`` iterations: a step
+        that decays like ``1/k``); ``"balance"`` (residual balancing, Boyd et al. sec.
+        3.4.1). Penalties stop at ``rho_max``.
+      rho_growth: ``> 1``, for ``"geometric"`` and ``"linear"`` (default 1.05 and 1.001).
+      rho_max: the largest penalty.
+      activation, many_to_many: as the model's (``ElmanRNN``'s arguments).
       loss: ``"cross_entropy"`` (integer targets) or ``"mse"`` (real targets).
-      newton_steps, a_steps: iterations of the o-block and a-block solvers.
+      newton_steps: iterations of the o-block's Newton solver (cross entropy).
+      a_steps: iterations of the a-block's solver (backward and parallel sweeps; default 4).
+      cg_steps: conjugate-gradient iterations of the coupled block; ``None``: the exact
+        output-space solve for many-to-one, 1 iteration for many-to-many (where the output
+        space has ``C T`` dimensions).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``. ``update(grads, state, params, *, inputs,
       targets, indices=None)``: ``inputs [B, T, D]`` floats or ``[B, T]`` token ids,
       ``targets [B]`` / ``[B, T]`` classes (or reals with ``loss="mse"``), ``indices [B]`` the
-      samples' positions in the training set (default ``arange(B)``, which requires
-      ``B == num_samples``): distinct, in ``[0, num_samples)``; concrete ones are checked
-      (``ValueError``), traced ones that are not reject the iteration (nothing is written).
-      Float hyperparameters may be 0-d arrays or injected (``optax.inject_hyperparams``); the
-      integer ones set shapes and loop lengths and must stay static (``static_args``).
+      samples' positions in the training set (per-sample multipliers only; default
+      ``arange(B)``, which requires ``B == num_samples``). Float hyperparameters may be 0-d
+      arrays or injected (``optax.inject_hyperparams``); the integer ones are static.
+
+    Raises:
+      ValueError: an option out of range, or one that does nothing under the chosen
+        ``sweep`` or ``rho_schedule`` (naming it).
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -203,7 +164,7 @@ def admmirnn(
       >>> params = nnx.state(model, nnx.Param)
       >>> x = jax.random.normal(jax.random.key(1), (16, 5, 3))
       >>> y = (x[:, :, 0].sum(1) > 0).astype(jnp.int32)
-      >>> tx = admm_jax.admmirnn(num_samples=16, seq_len=5)
+      >>> tx = admm_jax.admmirnn()
       >>> state = tx.init(params)
       >>> updates, state = tx.update(None, state, params, inputs=x, targets=y)
       >>> params = optax.apply_updates(params, updates)
@@ -213,25 +174,33 @@ def admmirnn(
     References:
       Tang et al., "ADMMiRNN: Training RNN with Stable Convergence via an Efficient ADMM
       Approach", ECML-PKDD 2020; Boyd et al., "Distributed Optimization and Statistical
-      Learning via the Alternating Direction Method of Multipliers", 2011.
+      Learning via the Alternating Direction Method of Multipliers", 2011; Ledoit & Wolf, "A
+      well-conditioned estimator for large-dimensional covariance matrices", J. Multivariate
+      Analysis 88, 2004 (the ``dim/rows`` shrinkage).
     """
     rhos = (rho,) * 3 if np.ndim(rho) == 0 else tuple(rho)
     num_samples = checks.positive_int("num_samples", num_samples, allow_none=True)
     seq_len = checks.positive_int("seq_len", seq_len, allow_none=True)
     sweeps = checks.positive_int("sweeps", sweeps)
-    _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweeps, sweep, auxiliaries,
-                   rho_schedule, rho_growth, rho_max, activation, loss, newton_steps, a_steps)
-    cg_steps = checks.positive_int("cg_steps", cg_steps)
+    cg_steps = checks.positive_int("cg_steps", cg_steps, allow_none=True)
+    a_steps = checks.positive_int("a_steps", a_steps, allow_none=True)
+    _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweep, auxiliaries,
+                   rho_schedule, rho_growth, rho_max, activation, loss, newton_steps, a_steps,
+                   cg_steps)
+    if rho_growth is None:
+        rho_growth = DEFAULT_RHO_GROWTH.get(rho_schedule, 1.0)
+    if cg_steps is None and many_to_many:
+        cg_steps = MANY_TO_MANY_CG_STEPS
     cfg = ADMMConfig(activation=activation, many_to_many=many_to_many, loss=loss,
                      weight_decay=config_number(weight_decay), prox=config_number(prox),
-                     newton_steps=int(newton_steps), a_steps=int(a_steps), sweep=sweep,
-                     cg_steps=int(cg_steps))
-    # per-sample multipliers carried across visits: the backward/parallel sweeps need them
-    # (lagged adjoints); the coupled iteration carries the signal within a call, and stale
-    # multipliers made it diverge (adding task), so its multipliers live within one call
-    per_sample = num_samples is not None and sweep != "coupled"
-    sweep_fn = {"coupled": blocks.sweep_coupled, "backward": blocks.sweep_backward,
-                "parallel": blocks.sweep_parallel}[sweep]
+                     newton_steps=int(newton_steps),
+                     a_steps=DEFAULT_A_STEPS if a_steps is None else a_steps, sweep=sweep,
+                     cg_steps=cg_steps)
+    # per-sample multipliers carried across visits (backward/parallel sweeps: lagged adjoints)
+    per_sample = num_samples is not None
+    schedule = (rho_schedule, rho_growth, rho_max)
+    sweep_fn = {"backward": blocks.sweep_backward, "parallel": blocks.sweep_parallel,
+                "coupled": None}[sweep]
 
     def init_fn(params) -> ADMMiRNNState:
         p, _, _ = split_elman(params)
@@ -258,7 +227,7 @@ def admmirnn(
             seen=jnp.zeros((n_aux,), bool),
             rho=Penalties(*(jnp.asarray(r, dtype) for r in rhos)),
             count=jnp.zeros((), jnp.int32),
-            diagnostics=ADMMDiagnostics(zero, zero, zero, zero, zero, zero),
+            diagnostics=ADMMDiagnostics(*(zero,) * 7),
         )
 
     def update_fn(updates, state: ADMMiRNNState, params=None, *, inputs=None, targets=None,
@@ -313,14 +282,24 @@ def admmirnn(
 
         rho = state.rho
         p_new = dict(p)
-        for i in range(sweeps):
-            forward = Auxiliaries(trace.a, trace.h, trace.o) if i == 0 else None
-            p_new, aux, duals, rho, diag = _iteration(p_new, aux, duals, rho, inputs, targets,
-                                                      cfg, sweep_fn, rho_schedule, rho_growth,
-                                                      rho_max, forward)
-        out = elman_trace(p_new, inputs, activation=activation, many_to_many=many_to_many).o
+        if sweep == "coupled":
+            tr = trace
+            for i in range(sweeps):
+                if i > 0:
+                    tr = elman_trace(p_new, inputs, activation=activation,
+                                     many_to_many=many_to_many)
+                p_new, duals, rho, diag, out = coupled_iteration(
+                    p_new, tr, duals, rho, inputs, targets, cfg, schedule, state.count + i)
+        else:
+            for i in range(sweeps):
+                p_new, aux, duals, rho, diag = per_step_iteration(
+                    p_new, aux, duals, rho, inputs, targets, cfg, sweep_fn, schedule,
+                    state.count + i)
+            out = elman_trace(p_new, inputs, activation=activation,
+                              many_to_many=many_to_many).o
         n_targets = out.shape[0] * out.shape[1]
-        diag = diag._replace(loss=data_loss(out, targets, cfg) / n_targets)
+        diag = diag._replace(loss=data_loss(out, targets, cfg) / n_targets,
+                             batch_loss=mean_loss(trace.o, targets, cfg))
 
         # divergence guard: a non-finite iteration is rejected (weights, penalties, the batch's
         # multipliers and auxiliaries keep their old values; batch-sized selects only) and
@@ -377,54 +356,10 @@ def _put(store, indices, values, whole):
     return values if whole else store.at[indices].set(values)
 
 
-def _iteration(p, aux, duals, rho, inputs, targets, cfg, sweep_fn, rho_schedule, rho_growth,
-               rho_max, forward=None):
-    """One ADMM iteration: o, (h, a) sweep, (U, W, b), (V, c), multipliers, penalties.
-
-    ``sweep="coupled"`` orders it o, (a, h), multipliers, auxiliaries back to the forward pass
-    of the weights (``forward``, computed when ``None``), (U, W, b), (V, c).
-    """
-    before = constraint_sides(p, aux, inputs, cfg)
-    aux = aux._replace(o=blocks.o_block(p, aux, duals, rho, targets, cfg))
-    aux = sweep_fn(p, aux, duals, rho, inputs, cfg)
-    coupled = cfg.sweep == "coupled"
-    if coupled:
-        # the multipliers take up the (a, h, o) solution's residuals (the adjoint-like
-        # targets); the weight blocks then fit a + lam1/rho1 on the forward pass's states
-        duals = blocks.dual_update(duals, rho, residuals(p, aux, inputs, cfg))
-        if forward is None:
-            forward = Auxiliaries(*elman_trace(p, inputs, activation=cfg.activation,
-                                               many_to_many=cfg.many_to_many))
-        aux = forward
-    uwb, _ = blocks.uwb_block(p, aux, duals, rho, inputs, cfg)
-    p = {**p, **uwb}
-    vc, _ = blocks.vc_block(p, aux, duals, rho, cfg)
-    p = {**p, **vc}
-    after = constraint_sides(p, aux, inputs, cfg)
-    r = Residuals(*(v - side for v, side in zip(aux, after, strict=True)))
-    if not coupled:
-        duals = blocks.dual_update(duals, rho, r)
-    s = [rh * jnp.linalg.norm(a1 - a0) for rh, a0, a1 in zip(rho, before, after, strict=True)]
-    rnorm = [jnp.linalg.norm(ri) for ri in r]
-    lag = lagrangian_from_residuals(p, aux.o, r, duals, rho, targets, cfg)
-    diag = ADMMDiagnostics(lag, *rnorm, jnp.sqrt(sum(si**2 for si in s)), jnp.zeros_like(lag))
-    if rho_schedule == "geometric":
-        rho = Penalties(*(jnp.minimum(rh * rho_growth, rho_max) for rh in rho))
-    elif rho_schedule == "balance":
-        rho = Penalties(*(
-            jnp.clip(jnp.where(ri > 10 * si, 2 * rh, jnp.where(si > 10 * ri, rh / 2, rh)),
-                     None, rho_max)
-            for rh, ri, si in zip(rho, rnorm, s, strict=True)))
-    return p, aux, duals, rho, diag
-
-
-def _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweeps, sweep, auxiliaries,
-                   rho_schedule, rho_growth, rho_max, activation, loss, newton_steps, a_steps):
-    checks.positive_int("num_samples", num_samples, allow_none=True)
-    checks.positive_int("seq_len", seq_len, allow_none=True)
-    checks.positive_int("sweeps", sweeps)
+def _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweep, auxiliaries,
+                   rho_schedule, rho_growth, rho_max, activation, loss, newton_steps, a_steps,
+                   cg_steps):
     checks.positive_int("newton_steps", newton_steps)
-    checks.positive_int("a_steps", a_steps)
     if len(rhos) != 3:
         raise ValueError(f"rho: expected a positive number or three positive numbers, got {rhos}")
     for r in rhos:
@@ -434,21 +369,37 @@ def _check_options(num_samples, seq_len, rhos, prox, weight_decay, sweeps, sweep
                              f"{rhos}")
     checks.nonnegative_number("prox", prox)
     checks.nonnegative_number("weight_decay", weight_decay)
-    checks.positive_number("rho_growth", rho_growth)
-    growth = checks.scalar("rho_growth", rho_growth, "a number >= 1")
-    if growth is not None and not growth >= 1:
-        raise ValueError(f"rho_growth: expected a number >= 1, got {rho_growth!r}")
     checks.positive_number("rho_max", rho_max)
     for name, v, valid in (("sweep", sweep, SWEEPS), ("auxiliaries", auxiliaries, AUXILIARY_MODES),
                            ("rho_schedule", rho_schedule, RHO_SCHEDULES),
                            ("activation", activation, ACTIVATIONS), ("loss", loss, SUMMED_LOSSES)):
         checks.one_of(name, v, valid)
+    if rho_growth is not None:
+        if rho_schedule not in DEFAULT_RHO_GROWTH:
+            raise ValueError(f"rho_growth: only rho_schedule='geometric' or 'linear' grows rho "
+                             f"(got rho_schedule={rho_schedule!r})")
+        growth = checks.scalar("rho_growth", rho_growth, "a number > 1")
+        if growth is not None and not (math.isfinite(growth) and growth > 1):
+            raise ValueError(f"rho_growth: expected a finite number > 1, got {rho_growth!r}")
     if (num_samples is None) != (seq_len is None):
         raise ValueError("num_samples, seq_len: per-sample state is [num_samples, seq_len, H]; "
                          f"give both or neither (got {num_samples}, {seq_len})")
-    if auxiliaries == "persist" and sweep == "coupled":
-        raise ValueError("auxiliaries: 'persist' needs sweep='backward' or 'parallel' (the "
-                         "'coupled' iteration ends at the forward pass, nothing to persist)")
-    if auxiliaries == "persist" and num_samples is None:
-        raise ValueError("auxiliaries: 'persist' stores per-sample auxiliaries; give num_samples "
-                         "and seq_len")
+    if sweep == "coupled":
+        if auxiliaries == "persist":
+            raise ValueError("auxiliaries: 'persist' needs sweep='backward' or 'parallel' (the "
+                             "'coupled' iteration starts from the forward pass, nothing to "
+                             "persist)")
+        if num_samples is not None:
+            raise ValueError("num_samples, seq_len: sweep='coupled' keeps no per-sample state "
+                             "(its multipliers live within one call); they are for "
+                             "sweep='backward' or 'parallel'")
+        if a_steps is not None:
+            raise ValueError("a_steps: the a-block's solver belongs to sweep='backward' or "
+                             "'parallel'; the coupled sweep solves (a, h) jointly")
+    else:
+        if cg_steps is not None:
+            raise ValueError(f"cg_steps: the conjugate gradients belong to sweep='coupled' "
+                             f"(got sweep={sweep!r})")
+        if auxiliaries == "persist" and num_samples is None:
+            raise ValueError("auxiliaries: 'persist' stores per-sample auxiliaries; give "
+                             "num_samples and seq_len")

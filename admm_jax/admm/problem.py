@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -13,39 +14,67 @@ from admm_jax.layouts import check_elman_shapes
 from admm_jax.models.elman import activation_fn, input_projection
 
 
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["weight_decay", "prox"],
+                   meta_fields=["activation", "many_to_many", "loss", "newton_steps", "a_steps",
+                                "sweep", "cg_steps"])
 @dataclasses.dataclass(frozen=True)
 class ADMMConfig:
-    """Static (hashable) description of the problem and of how its blocks are solved.
+    """The problem and how its blocks are solved: a pytree whose structure is static.
+
+    The static fields (``activation`` ... ``cg_steps``) choose code paths, shapes and loop
+    lengths and are checked on construction; ``weight_decay`` and ``prox`` are its leaves
+    (numbers, or arrays that may be traced, e.g. under ``optax.inject_hyperparams``). The
+    defaults are :func:`admm_jax.admmirnn`'s.
 
     Attributes:
       activation: ``"tanh"`` or ``"relu"``.
       many_to_many: targets at every step (``S = 1..T``) instead of the last (``S = {T}``).
       loss: ``"cross_entropy"`` (integer class targets) or ``"mse"`` (real targets,
         ``1/2 |o - y|^2`` summed, :func:`half_sum_of_squares`; not the mean).
+      newton_steps: Newton iterations of the o-block (cross entropy).
+      a_steps: safeguarded Gauss-Newton iterations of the a-block (tanh; backward and
+        parallel sweeps).
+      sweep: ``"coupled"`` (all ``(a_t, h_t)`` jointly, :mod:`admm_jax.admm.coupled`),
+        ``"backward"`` (h_T, a_T, h_{T-1}, ... in one scan) or ``"parallel"`` (all h_t at
+        once, then all a_t at once).
+      cg_steps: conjugate-gradient iterations of the coupled block; ``None``: exact (in the
+        output space when ``S = {T}``, else ``C |S| + 1`` iterations).
       weight_decay: ``beta`` on ``|U|^2 + |W|^2 + |V|^2`` (biases are not decayed).
       prox: ``mu``: each weight block adds the proximal term
         ``kappa/2 |theta - theta_prev|^2`` with ``kappa = mu * rho * trace(G) / dim(G)``, ``G``
         the block's Gram matrix and ``rho`` its penalty (``rho1`` for ``(U, W, b)``, ``rho3``
-        for ``(V, c)``); 0 disables it. (``kappa``, not ``lam``: ``lam1..lam3`` are the
-        multipliers.)
-      newton_steps: Newton iterations of the o-block (cross entropy).
-      a_steps: safeguarded Gauss-Newton iterations of the a-block (tanh).
-      sweep: ``"coupled"`` (all ``(a_t, h_t)`` jointly: one Gauss-Newton step solved by
-        conjugate gradients over time, :func:`admm_jax.admm.blocks.sweep_coupled`),
-        ``"backward"`` (h_T, a_T, h_{T-1}, ... in one scan) or ``"parallel"`` (all h_t at
-        once, then all a_t at once).
-      cg_steps: conjugate-gradient iterations of the ``"coupled"`` block.
+        for ``(V, c)``); 0 disables it.
+
+    Examples:
+      >>> cfg = ADMMConfig(loss="mse")
+      >>> jax.tree_util.tree_leaves(cfg)
+      [0.0, 0.03]
+      >>> ADMMConfig(sweep="forward")
+      Traceback (most recent call last):
+      ...
+      ValueError: sweep: expected one of ('coupled', 'backward', 'parallel'), got 'forward'
     """
 
     activation: str = "tanh"
     many_to_many: bool = False
     loss: str = "cross_entropy"
-    weight_decay: float = 0.0
-    prox: float = 0.1
     newton_steps: int = 8
     a_steps: int = 4
-    sweep: str = "backward"
-    cg_steps: int = 3
+    sweep: str = "coupled"
+    cg_steps: int | None = None
+    weight_decay: float | jax.Array = 0.0
+    prox: float | jax.Array = 0.03
+
+    def __post_init__(self):
+        checks.one_of("activation", self.activation, ("tanh", "relu"))
+        checks.one_of("loss", self.loss, tuple(SUMMED_LOSSES))
+        checks.one_of("sweep", self.sweep, ("coupled", "backward", "parallel"))
+        if not isinstance(self.many_to_many, bool):
+            raise ValueError(f"many_to_many: expected a bool, got {self.many_to_many!r}")
+        checks.positive_int("newton_steps", self.newton_steps)
+        checks.positive_int("a_steps", self.a_steps)
+        checks.positive_int("cg_steps", self.cg_steps, allow_none=True)
 
 
 def config_number(v):
@@ -183,6 +212,24 @@ def data_loss(o: jax.Array, targets: jax.Array, cfg: ADMMConfig) -> jax.Array:
       The scalar summed loss.
     """
     return SUMMED_LOSSES[cfg.loss](o, targets_as_steps(targets, cfg))
+
+
+def mean_loss(o: jax.Array, targets: jax.Array, cfg: ADMMConfig) -> jax.Array:
+    """The batch's mean loss as :mod:`admm_jax.train.losses` reports it.
+
+    Cross entropy: the mean over samples and steps with a target. ``"mse"``: the mean of the
+    squares over samples, steps and outputs (without the 1/2 of :func:`half_sum_of_squares`).
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> float(mean_loss(jnp.ones((2, 1, 3)), jnp.zeros((2, 3)), ADMMConfig(loss="mse")))
+      1.0
+    """
+    n, steps, outputs = o.shape
+    total = data_loss(o, targets, cfg)
+    if cfg.loss == "mse":
+        return 2.0 * total / (n * steps * outputs)
+    return total / (n * steps)
 
 
 def targets_as_steps(targets: jax.Array, cfg: ADMMConfig) -> jax.Array:

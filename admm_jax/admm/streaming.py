@@ -1,8 +1,9 @@
 r"""ADMMiRNN beyond memory: per-sample multipliers in host memory, and the memory formula.
 
-Mini-batch ADMMiRNN (``auxiliaries="reset"``, the default) needs no per-sample auxiliaries:
-every call rebuilds them from a forward pass of the current weights and runs ``sweeps``
-iterations on the batch. What persists per sample are the multipliers
+The default ``sweep="coupled"`` keeps no per-sample state: its multipliers live within one
+call, and its memory is the batch working set below. The backward and parallel sweeps in
+mini-batch mode (``auxiliaries="reset"``) rebuild the auxiliaries from a forward pass every call
+too, but persist per sample the multipliers
 ``lam1, lam2 [T, H]`` and ``lam3 [|S|, C]``; for full row-MNIST at ``H = 128`` they are
 60000 x 28 x 128 x 2 (+ 60000 x 10) float32 = 1.72 GB. :class:`HostDuals` keeps them in host
 (numpy) memory and moves only the batch's slice to the device around the jitted step, so the
@@ -15,18 +16,19 @@ Memory, in bytes, with ``s`` bytes per float, ``S = T`` (many-to-many) or ``1``,
 ==========================  ====================================  ============================
 what                        where                                 bytes
 ==========================  ====================================  ============================
-per-sample multipliers      device (``num_samples=N``) or host    ``N m s``
+per-sample multipliers      device (``num_samples=N``) or host    ``N m s`` (not coupled)
                             (:class:`HostDuals`)
 persisted auxiliaries       device (``auxiliaries="persist"``)    ``N (m s + 1)``
 batch working set           device, per call                      ``~ k B m s + B T D s``
 parameters, Gram matrices   device                                ``~ 4 P s + (D+H+1)^2 s``
 ==========================  ====================================  ============================
 
-``k`` (auxiliaries, their multipliers, the sweep's precomputed right-hand sides, the a-block's
-temporaries and the forward pass) was measured from XLA's compiled memory analysis:
-``k ~ 8`` at float32 for row-MNIST (``benchmarks/admm_memory.py``). Full-batch ADMM on all of
-row-MNIST therefore needs ``~ (2 + k) N m s ~ 16 GB`` of device memory; mini-batch with host
-multipliers ``~ k B m s`` (a few MB at ``B = 128``) on the device plus ``N m s`` on the host.
+``k`` (auxiliaries, their multipliers, the sweep's temporaries and the forward passes) was
+measured from XLA's compiled memory analysis (:data:`WORKING_SET_FACTOR`): ``k ~ 8`` at float32
+for the backward sweep on row-MNIST (``benchmarks/admm_memory.py``), ``k ~ 11-14`` for the
+coupled one. Full-batch backward-sweep ADMM on all of row-MNIST therefore needs
+``~ (2 + k) N m s ~ 16 GB`` of device memory; mini-batch with host multipliers ``~ k B m s``
+(a few MB at ``B = 128``) on the device plus ``N m s`` on the host.
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ from admm_jax import _validation as checks
 from admm_jax.admm.problem import Duals
 from admm_jax.layouts import split_elman
 
-WORKING_SET_FACTOR = 8.0  # k above, measured by benchmarks/admm_memory.py (float32, row-MNIST)
+WORKING_SET_FACTOR = {"coupled": 12.0, "backward": 8.0, "parallel": 8.0}
+"""``k`` above per sweep: XLA's compiled memory analysis of one update (float32). Backward
+sweep: ``benchmarks/admm_memory.py`` (row-MNIST); coupled: 11.0 at row-MNIST sizes (H = 32 or
+128, B = 128 or 2048) and 13.5 for a many-to-many text batch (T = 25, C = 60, B = 32), checked
+in ``tests/admm/test_streaming.py``."""
 
 
 class HostDuals:
@@ -140,37 +146,61 @@ class HostDuals:
 
 def admm_memory_bytes(num_samples: int, seq_len: int, hidden: int, classes: int, *,
                       input_dim: int, batch_size: int | None = None,
-                      many_to_many: bool = False, auxiliaries: str = "reset",
-                      host_duals: bool = False, itemsize: int = 4,
-                      working_set_factor: float = WORKING_SET_FACTOR) -> dict[str, int]:
+                      many_to_many: bool = False, sweep: str = "coupled",
+                      auxiliaries: str = "reset", host_duals: bool = False, itemsize: int = 4,
+                      working_set_factor: float | None = None) -> dict[str, int]:
     r"""Predicted memory of ADMMiRNN, in bytes (the table in :mod:`admm_jax.admm.streaming`).
 
     With ``m = 2 T H + |S| C`` floats per sample and ``B = batch_size`` (default ``N``,
     full batch):
 
-    * ``per_sample_state = N m s`` (multipliers) ``+ N (m s + 1)`` with persisted auxiliaries;
-      on the host with ``host_duals`` (multipliers only);
-    * ``batch_working_set = k B m s + B T D s`` (``k = working_set_factor``);
+    * ``per_sample_state``: none for ``sweep="coupled"`` (its multipliers live within one
+      call); else ``N m s`` (multipliers) ``+ N (m s + 1)`` with persisted auxiliaries (on
+      the host with ``host_duals``, multipliers only);
+    * ``batch_working_set = k B m s + B T D s`` (``k = working_set_factor``, default
+      :data:`WORKING_SET_FACTOR` of the sweep);
     * ``device = batch_working_set + device part of per_sample_state + parameters``.
 
-    >>> m = admm_memory_bytes(60000, 28, 128, 10, input_dim=28, batch_size=128,
-    ...                       host_duals=True)
-    >>> round(m["host"] / 1e9, 2), round(m["device"] / 1e6, 1)
-    (1.72, 30.2)
+    Args:
+      num_samples, seq_len, hidden, classes: ``N, T, H, C``.
+      input_dim: ``D`` (the vocabulary for token inputs).
+      batch_size: ``B``; ``None``: full batch.
+      many_to_many: ``|S| = T`` instead of 1.
+      sweep: ``"coupled"``, ``"backward"`` or ``"parallel"``, as :func:`admm_jax.admmirnn`'s.
+      auxiliaries, host_duals: as for :func:`admm_jax.admmirnn` and :class:`HostDuals`
+        (per-sample sweeps only).
+      itemsize: bytes per float.
+      working_set_factor: ``k``.
 
     Returns:
       ``{"device": ..., "host": ..., "per_sample_state": ..., "batch_working_set": ...,
       "parameters": ...}``.
+
+    Raises:
+      ValueError: an unknown ``sweep``, or per-sample options with ``sweep="coupled"``.
+
+    Examples:
+      >>> m = admm_memory_bytes(60000, 28, 128, 10, input_dim=28, batch_size=128,
+      ...                       sweep="backward", host_duals=True)
+      >>> round(m["host"] / 1e9, 2), round(m["device"] / 1e6, 1)
+      (1.72, 30.2)
+      >>> admm_memory_bytes(60000, 28, 128, 10, input_dim=28, batch_size=128)["per_sample_state"]
+      0
     """
+    checks.one_of("sweep", sweep, tuple(WORKING_SET_FACTOR))
+    coupled = sweep == "coupled"
+    if coupled and (auxiliaries != "reset" or host_duals):
+        raise ValueError("auxiliaries, host_duals: sweep='coupled' keeps no per-sample state")
     n, t, h, c, d = num_samples, seq_len, hidden, classes, input_dim
     b = n if batch_size is None else batch_size
     s = itemsize
+    k = WORKING_SET_FACTOR[sweep] if working_set_factor is None else working_set_factor
     m = 2 * t * h + (t if many_to_many else 1) * c
-    duals = n * m * s
+    duals = 0 if coupled else n * m * s
     aux = n * (m * s + 1) if auxiliaries == "persist" else 0
     n_params = h * (d + h + 1) + c * (h + 1)
     params = 4 * n_params * s + (d + h + 1) ** 2 * s
-    working = int(working_set_factor * b * m * s + b * t * d * s)
+    working = int(k * b * m * s + b * t * d * s)
     device = working + params + aux + (0 if host_duals else duals)
     return {"device": int(device), "host": duals if host_duals else 0,
             "per_sample_state": duals + aux, "batch_working_set": working,

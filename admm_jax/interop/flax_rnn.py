@@ -79,7 +79,7 @@ def adapt_flax_rnn(
       ...     def __call__(self, x):
       ...         return self.head(self.rnn(x)[:, -1])
       >>> model = Model(nnx.Rngs(0))
-      >>> tx = admm_jax.adapt_flax_rnn(admm_jax.admmirnn(num_samples=16, seq_len=5), model.rnn)
+      >>> tx = admm_jax.adapt_flax_rnn(admm_jax.admmirnn(), model.rnn)
       >>> optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
       >>> x = jax.random.normal(jax.random.key(1), (16, 5, 3))
       >>> y = (x[:, :, 0].sum(1) > 0).astype(jnp.int32)

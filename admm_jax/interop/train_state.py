@@ -45,7 +45,7 @@ def apply_gradients(state: S, grads: Any = None, **extra_args: Any) -> S:
       >>> model = nn.Sequential([nn.RNN(nn.SimpleCell(8)), lambda h: h[:, -1], nn.Dense(2)])
       >>> x = jax.random.normal(jax.random.key(1), (16, 5, 3))
       >>> y = (x[:, :, 0].sum(1) > 0).astype(jnp.int32)
-      >>> tx = admm_jax.adapt_flax_rnn(admm_jax.admmirnn(num_samples=16, seq_len=5))
+      >>> tx = admm_jax.adapt_flax_rnn(admm_jax.admmirnn())
       >>> state = TrainState.create(apply_fn=model.apply,
       ...                           params=model.init(jax.random.key(0), x)["params"], tx=tx)
       >>> state = jax.jit(admm_jax.apply_gradients)(state, inputs=x, targets=y)

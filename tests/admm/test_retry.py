@@ -45,7 +45,7 @@ def _flaky_admm(threshold, **kw):
 
 def test_increase_rho_retries_from_the_last_good_state():
     x, y = tiny_data(32)
-    kw = dict(num_samples=32, seq_len=5)
+    kw = dict(num_samples=32, seq_len=5, sweep="backward")  # per-sample state to restore
     m1 = ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0))
     h1 = fit(m1, increase_rho_on_divergence(_flaky_admm(50.0, rho=(10.0, 10.0, 1.0), **kw)),
              (x, y), iterations=6, batch_size=16)

@@ -105,6 +105,37 @@ def test_memory_formula_matches_xla_memory_analysis():
                      donate_argnums=(1,)).lower(params, state, x, y).compile().memory_analysis()
         xla = (ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
                - ma.alias_size_in_bytes)
-        pred = admm_memory_bytes(n, t, h, c, input_dim=d, batch_size=batch, host_duals=host)
+        pred = admm_memory_bytes(n, t, h, c, input_dim=d, batch_size=batch, host_duals=host,
+                                 sweep="backward")
         assert 0.7 < pred["device"] / xla < 1.3, (state_n, pred, xla)
         assert pred["host"] == (n * (2 * t * h + c) * 4 if host else 0)
+
+
+@pytest.mark.parametrize("many_to_many", [False, True])
+def test_memory_formula_of_the_coupled_sweep(many_to_many):
+    """The coupled default keeps no per-sample state: the formula says 0 bytes for it (so no
+    caller refuses a run for state it never allocates), and its device bytes match XLA's
+    accounting of the compiled update (many-to-one row-MNIST sizes; a many-to-many text
+    batch)."""
+    if many_to_many:
+        n, t, d, h, c, b = 60000, 25, 60, 64, 60, 32
+    else:
+        n, t, d, h, c, b = 60000, 28, 28, 32, 10, 128
+    model = admm_jax.ElmanRNN(d, h, c, rngs=nnx.Rngs(0), dtype=jnp.float32,
+                              many_to_many=many_to_many)
+    params = nnx.state(model, nnx.Param)
+    tx = admm_jax.admmirnn(many_to_many=many_to_many)
+    state = jax.eval_shape(tx.init, params)
+    x = jax.ShapeDtypeStruct((b, t, d), jnp.float32)
+    y = jax.ShapeDtypeStruct((b, t) if many_to_many else (b,), jnp.int32)
+    ma = jax.jit(lambda p, s, x, y: tx.update(None, s, p, inputs=x, targets=y),
+                 donate_argnums=(1,)).lower(params, state, x, y).compile().memory_analysis()
+    xla = (ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes
+           - ma.alias_size_in_bytes)
+    pred = admm_memory_bytes(n, t, h, c, input_dim=d, batch_size=b, many_to_many=many_to_many)
+    assert pred["per_sample_state"] == 0 and pred["host"] == 0
+    assert 0.7 < pred["device"] / xla < 1.3, (pred, xla)
+    with pytest.raises(ValueError, match="auxiliaries, host_duals"):
+        admm_memory_bytes(n, t, h, c, input_dim=d, host_duals=True)
+    with pytest.raises(ValueError, match="sweep"):
+        admm_memory_bytes(n, t, h, c, input_dim=d, sweep="forward")

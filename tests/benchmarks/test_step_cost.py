@@ -5,6 +5,7 @@ import json
 
 import pytest
 from benchmark_scripts import load
+from flax import nnx
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +56,38 @@ def test_admm_times_both_steps_on_mnist(bench, tmp_path, data_dir):
     assert len(row["admmirnn_times"]) == 2
     assert (tmp_path / "admm_speed_smoke.png").stat().st_size > 10_000
 
+
+def test_kfac_times_every_method_and_counts_the_step(bench, tmp_path):
+    assert bench.main(["kfac", "--smoke", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "kfac_step_cost_elman_smoke.json").read_text())
+    assert [r["method"] for r in res["rows"]] == ["adam", "muon", "admm_preconditioned",
+                                                  "admm_kfac", "admm_kfac_sampled"]
+    assert res["steps_per_round"] % res["refresh_every"] == 0
+    for r in res["rows"]:
+        assert r["ms_per_step"] > 0 and len(r["ratio_per_round"]) == 2
+        assert r["ratio_min"] <= max(r["ratio_per_round"]) <= r["ratio_max"]
+        assert r["xla_flops"] > 0 and r["jaxpr_flops"] > 0
+    rows = {r["method"]: r for r in res["rows"]}
+    # the jaxpr count (scans x length) is Adam's closed-form BPTT count; K-FAC adds work
+    assert rows["adam"]["jaxpr_flops"] == pytest.approx(res["closed_form_flops"]["adam"],
+                                                        rel=0.05)
+    assert rows["admm_kfac"]["jaxpr_flops_vs_adam"] > 1
+    assert "| admm_kfac |" in (tmp_path / "kfac_step_cost_elman_smoke.md").read_text()
+
+
+@pytest.mark.parametrize("name, shape, dtype", [("lstm", (16, 5, 4), "float32"),
+                                                ("gru2-imdb", (16, 5), "int32")])
+def test_kfac_workloads_beyond_the_package_models(bench, name, shape, dtype):
+    """Flax's own cells (StackedRNN), with token inputs through an embedding: the K-FAC
+    methods are built for them."""
+    model, batches, label = bench.kfac_workload(name, 8, 16, smoke=True)
+    assert type(model).__name__ == "StackedRNN" and len(batches) == 8
+    x, y = batches[0]
+    assert x.shape == shape and str(x.dtype) == dtype
+    assert model(x).shape == (16, bench.KFAC_MODELS[name][3])
+    params = nnx.state(model, nnx.Param)
+    for tx in bench.kfac_methods(model, x).values():
+        tx.init(params)
 
 def test_runs_times_batched_against_sequential_runs(bench, tmp_path):
     assert bench.main(["runs", "--smoke", "--out", str(tmp_path)]) == 0

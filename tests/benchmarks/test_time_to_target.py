@@ -1,4 +1,5 @@
-"""Smoke test of benchmarks/time_to_target.py on the real data at a tiny budget."""
+"""Smoke tests of benchmarks/time_to_target.py on the real data at a tiny budget: each
+comparison (kfac, preconditioned, novograd) tunes, runs its seeds and writes its results."""
 
 import json
 
@@ -22,7 +23,8 @@ def test_smoke_tunes_every_method_runs_every_seed_and_writes_results(tmp_path, d
     for m in ("admm_kfac", "adam"):
         scores = res["validation"][m]
         assert {(r["learning_rate"], r["schedule"]) for r in scores} == {
-            (bench.GRIDS[m][0], s) for s in ("constant", "cosine")}
+            (bench.COMPARISONS["kfac"].grids("mnist")[m]["learning_rate"][0], s)
+            for s in ("constant", "cosine")}
         best = max(scores, key=lambda r: r["validation_accuracy"])
         assert res["recipes"][m] == {"learning_rate": best["learning_rate"],
                                      "schedule": best["schedule"]}
@@ -55,7 +57,7 @@ def test_smoke_imdb_with_a_replaced_grid(tmp_path, data_dir):
     assert rc == 0
     res = json.loads((tmp_path / "time_to_target_imdb_elman_tokeninit_smoke.json").read_text())
     assert res["meta"]["command"].count(" --token-init") == 1
-    assert res["meta"]["grids"]["adam"] == [0.002, 0.01]
+    assert res["meta"]["grids"]["adam"] == {"learning_rate": [0.002, 0.01]}
     assert {r["learning_rate"] for r in res["validation"]["adam"]} == {0.002}
     assert {r["learning_rate"] for r in res["validation"]["admm_kfac"]} == {0.1}
     assert "--lrs admm_kfac=0.1,0.2 --lrs adam=0.002,0.01" in res["meta"]["command"]
@@ -67,6 +69,59 @@ def test_smoke_imdb_with_a_replaced_grid(tmp_path, data_dir):
             assert row["time_to_target_vs_adam"] == pytest.approx(
                 row["seconds_to_target_mean"] / adam)
     assert "| admm_kfac |" in res["table"]
+
+
+def test_preconditioned_stops_every_method_at_adams_time(tmp_path, data_dir):
+    """The preconditioned comparison: Adam's grid and admm_preconditioned's schedule x weight
+    decay x budget scored on validation; admm_preconditioned stops at its budget, admmirnn
+    (no budget) at Adam's final training time."""
+    bench = _bench()
+    rc = bench.main([
+        "--compare", "preconditioned", "--data-dir", str(data_dir), "--train-subset", "1280",
+        "--test-subset", "500", "--hidden", "16", "--seeds", "1", "--epochs", "2",
+        "--lrs", "adam=1e-3,1e-2", "--schedules", "cosine", "--budgets",
+        "admm_preconditioned=1", "--evals-per-epoch", "2", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "admm_preconditioned_mnist_elman.json").read_text())
+    assert "--compare preconditioned" in res["meta"]["command"]
+    assert "--budgets admm_preconditioned=1" in res["meta"]["command"]
+    adam_grid = res["validation"]["adam"]
+    assert {(r["learning_rate"], r["schedule"]) for r in adam_grid} == {
+        (1e-3, "cosine"), (1e-2, "cosine")}
+    best = max(adam_grid, key=lambda r: r["validation_accuracy"])
+    assert res["recipes"]["adam"]["learning_rate"] == best["learning_rate"]
+    assert {(r["epochs"], r["weight_decay"]) for r in res["validation"]["admm_preconditioned"]} \
+        == {(1.0, 0.0), (1.0, 0.3)}
+    assert res["recipes"]["admmirnn"] == {"epochs": None}
+    seed = res["seeds"]["0"]
+    per_epoch = 1280 // 128
+    assert seed["adam"]["steps"] == 2 * per_epoch
+    assert seed["admm_preconditioned"]["steps"] <= per_epoch
+    # admmirnn's last chunk started before Adam's final time: at most one chunk past it
+    assert 0 < seed["admmirnn"]["steps"] and len(seed["adam"]["epoch_loss"]) == 2
+    for m in ("admm_preconditioned", "adam", "admmirnn"):
+        assert 0.0 <= res["summary"][m]["accuracy_at_adam_time_mean"] <= 1.0
+        assert len(res["summary"][m]["max_epoch_loss_rise"]) == 1
+    assert (tmp_path / "admm_preconditioned_mnist_elman.png").stat().st_size > 10_000
+
+
+def test_novograd_reports_half_of_adams_state(tmp_path, data_dir):
+    bench = _bench()
+    rc = bench.main(["--compare", "novograd", "--model", "lstm", "--data-dir", str(data_dir),
+                     "--smoke", "--hidden", "8", "--out", str(tmp_path)])
+    assert rc == 0
+    res = json.loads((tmp_path / "novograd_mnist_lstm_smoke.json").read_text())
+    assert res["recipes"] == {"novograd": {"learning_rate": 3e-3, "schedule": "constant",
+                                           "weight_decay": 0.0},
+                              "adam": {"learning_rate": 1e-3, "schedule": "constant"},
+                              "adamw": {"learning_rate": 1e-3, "schedule": "constant",
+                                        "weight_decay": 1e-2}}
+    s = res["summary"]
+    for m in ("novograd", "adam", "adamw"):
+        assert 0.0 <= s[m]["final_accuracy_mean"] <= 1.0 and res["seeds"]["0"][m]["seconds"] > 0
+    # NovoGrad keeps one scalar per leaf for its second moment, Adam a full copy
+    assert s["novograd"]["state_bytes"] < 0.6 * s["adam"]["state_bytes"]
+    assert s["adamw"]["state_bytes"] == s["adam"]["state_bytes"]
 
 
 def test_resume_key_ignores_only_the_seed_count():
@@ -85,6 +140,9 @@ def test_resume_key_ignores_only_the_seed_count():
     ("--methods", "muon", "--methods: must include adam"),
     ("--schedules", "linear", "--schedules: expected constant and/or cosine"),
     ("--token-init", "--smoke", "--token-init: for token inputs (--task imdb) only"),
+    ("--budgets", "adam=3", "--budgets: expected METHOD=EPOCHS,EPOCHS,... with METHOD one of"),
+    ("--weight-decays", "admm_kfac=-1", "--weight-decays: expected non-negative numbers"),
+    ("--compare", "sgd", "argument --compare: invalid choice"),
 ])
 def test_benchmark_rejects_bad_options(flag, value, message, capsys):
     with pytest.raises(SystemExit):

@@ -34,7 +34,7 @@ def test_nnx_optimizer_grads_argument_is_ignored():
     (That the nnx.Optimizer step equals the functional one is tests/optim/test_conformance.py.)
     """
     x, y = data()
-    tx = admm_jax.admmirnn(num_samples=N, seq_len=T)
+    tx = admm_jax.admmirnn()
     want = None
 
     @nnx.jit
@@ -84,7 +84,7 @@ def train_step(model, optimizer, x, y, idx):
 losses = [train_step(model, optimizer, xb, yb, idx) for xb, yb, idx in batches]
 """
 ADAM = LOOP.format(tx="optax.adam(1e-2)")
-ADMM = LOOP.format(tx="admm_jax.adapt_flax_rnn(admm_jax.admmirnn(num_samples=N, seq_len=T))")
+ADMM = LOOP.format(tx="admm_jax.adapt_flax_rnn(admm_jax.admmirnn())")
 
 
 class Model(nnx.Module):
@@ -137,7 +137,7 @@ def _linen_train_state_helpers():
     x = x.astype(jnp.float64)
     module = LinenModel(jnp.float64)
     params = module.init(jax.random.key(0), x)["params"]
-    inner = admm_jax.admmirnn(num_samples=N, seq_len=T)
+    inner = admm_jax.admmirnn()
     tx = admm_jax.adapt_flax_rnn(inner)
 
     # Linen's own apply_gradients cannot forward the batch: the error says what is missing

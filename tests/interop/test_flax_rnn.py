@@ -184,7 +184,7 @@ def test_one_admm_iteration_through_the_adapter_nnx(residual):
         before = jax.tree.map(jnp.copy, nnx_params(model))
         direct = elman_from_flax(before, residual=residual)
 
-        tx = admm_jax.admmirnn(num_samples=N, seq_len=T)
+        tx = admm_jax.admmirnn()
         optimizer = nnx.Optimizer(model, adapt_flax_rnn(tx, residual=residual), wrt=nnx.Param)
         optimizer.update(model, None, inputs=x, targets=y)
 
@@ -209,7 +209,7 @@ def test_one_admm_iteration_through_the_adapter_linen():
         y = jnp.arange(N) % C
         module = LinenModel(H, C, dtype=jnp.float64)
         params = module.init(jax.random.key(0), x)["params"]
-        tx = admm_jax.admmirnn(num_samples=N, seq_len=T)
+        tx = admm_jax.admmirnn()
         adapted = adapt_flax_rnn(tx)
         u, _ = adapted.update(None, adapted.init(params), params, inputs=x, targets=y)
         new = optax.apply_updates(params, u)
@@ -244,7 +244,7 @@ def test_adapted_optimizer_in_nnx_jit_loop_traces_once():
     x, y = batch(n=32)
     model = NnxModel(D, H, C, rngs=nnx.Rngs(0))
     w0 = model.rnn.cell.dense_h.kernel[...].copy()
-    tx = adapt_flax_rnn(admm_jax.admmirnn(num_samples=32, seq_len=T))
+    tx = adapt_flax_rnn(admm_jax.admmirnn())
     optimizer = nnx.Optimizer(model, tx, wrt=nnx.Param)
     traces = []
 
@@ -331,7 +331,7 @@ class FlaxModel(nnx.Module):
 
 
 def test_flax_layouts_that_cannot_be_trained_raise():
-    tx = admm_jax.admmirnn(num_samples=N, seq_len=T)
+    tx = admm_jax.admmirnn()
     rev = nnx.RNN(nnx.SimpleCell(D, H, rngs=nnx.Rngs(0)), reverse=True)
     with pytest.raises(ValueError, match="reverse"):
         admm_jax.adapt_flax_rnn(tx, rev)
@@ -341,8 +341,7 @@ def test_flax_layouts_that_cannot_be_trained_raise():
     relu = FlaxModel(nnx.Rngs(0), activation_fn=jax.nn.relu)
     with pytest.raises(ValueError, match="activation='relu'"):
         admm_jax.adapt_flax_rnn(tx, relu.rnn)
-    ok = admm_jax.adapt_flax_rnn(admm_jax.admmirnn(num_samples=N, seq_len=T,
-                                                   activation="relu"), relu.rnn)
+    ok = admm_jax.adapt_flax_rnn(admm_jax.admmirnn(activation="relu"), relu.rnn)
     x, y = batch()
     fit(relu, ok, (x, y), iterations=1, batch_size=N)
     # fit checks the model against the optimizer (no module passed to the adapter)

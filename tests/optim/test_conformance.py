@@ -103,7 +103,7 @@ def kfac_case(name: str, factory, model, params, batch, loss, **kw) -> Case:
 
 CASES: list[Case] = [
     Case("optax.adam (reference)", lambda dtype: optax.adam(1e-2)),
-    Case("admmirnn", lambda dtype: admm_jax.admmirnn(num_samples=N, seq_len=T),
+    Case("admmirnn", lambda dtype: admm_jax.admmirnn(),
          extra_args=elman_batch),
     kfac_case("admm_preconditioned", admm_jax.admm_preconditioned, elman_model,
               lambda d: nnx.state(elman_model(d), nnx.Param), elman_batch,

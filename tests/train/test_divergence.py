@@ -43,7 +43,7 @@ class Sabotage(Callback):
 def test_divergence_raises_and_keeps_the_last_good_checkpoint(tmp_path, name, how):
     x, y = tiny_data()
     if name == "admmirnn":
-        tx = admmirnn(num_samples=64, seq_len=5)
+        tx = admmirnn()
     else:
         tx = optax.with_extra_args_support(optax.inject_hyperparams(
             getattr(optax, name))(learning_rate=1e-2))

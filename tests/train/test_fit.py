@@ -33,7 +33,7 @@ def tiny_data(n=64, t=5, seed=0):
 
 def build(name, n, t, model=None, x=None):
     if name == "admmirnn":
-        return optimizers.get(name, num_samples=n, seq_len=t)
+        return optimizers.get(name)
     if name == "random_bases":  # dim well below the model's 114 parameters (default 250)
         return optimizers.get(name, dim=20)
     if optimizers.entry(name).takes_model:
@@ -69,8 +69,7 @@ def test_admm_path_never_differentiates(monkeypatch):
     x, y = tiny_data()
     _forbid_differentiation(monkeypatch)
     model = ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0))
-    h = fit(model, optimizers.get("admmirnn", num_samples=64, seq_len=5), (x, y), iterations=3,
-            batch_size=16)
+    h = fit(model, optimizers.get("admmirnn"), (x, y), iterations=3, batch_size=16)
     assert h.meta["uses_gradients"] is False and len(h.steps["loss"]) == 3
     # the check can fail: a gradient optimizer trips it
     with pytest.raises(AssertionError, match="differentiation called"):
