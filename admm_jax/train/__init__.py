@@ -1,10 +1,16 @@
 """Training: one loop for every optimizer, its history, callbacks and losses."""
 
 from admm_jax.train import losses
-from admm_jax.train.batched import BatchedTrainer, fit_batched, load_runs
+from admm_jax.train.batched import BatchedTrainer
 from admm_jax.train.callbacks import Callback, Loop, ModelKwargSchedule, ProgressBar
-from admm_jax.train.checkpoint import Checkpoint, Restored, checkpoint_steps, load_checkpoint
-from admm_jax.train.fit import fit
+from admm_jax.train.checkpoint import (
+    Checkpoint,
+    Restored,
+    checkpoint_steps,
+    load_checkpoint,
+    load_runs,
+)
+from admm_jax.train.fit import fit, fit_batched
 from admm_jax.train.history import History
 from admm_jax.train.steps import evaluate, make_train_step
 from admm_jax.train.trainer import DivergenceError, Evaluation, Stop, Trainer

@@ -1,14 +1,14 @@
-"""Many independent runs in one compiled step: the weights and optimizer states of S runs
-stacked on a leading run axis, each run with its own seed, data order, hyperparameters and
-model arguments, a diverged run frozen without stopping the others."""
+"""Many independent runs in one compiled step: `BatchedTrainer`, the host side of S stacked
+runs (each run's seed, batch order, hyperparameters and model arguments, its history,
+evaluation and checkpoint; a diverged run frozen without stopping the others). The stacked
+pytrees and the compiled program live in ``admm_jax.train.stacked``, the loop
+that drives a batch to its stop is [`fit_batched`][admm_jax.train.fit_batched]."""
 
 from __future__ import annotations
 
 import math
 import os
-import pathlib
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -21,75 +21,12 @@ from flax import nnx
 from admm_jax import _validation as validation
 from admm_jax.data import BatchIterator
 from admm_jax.optimizers import diagnostics, needs_gradients
-from admm_jax.train import checks, losses
+from admm_jax.train import checks, losses, stacked
 from admm_jax.train.callbacks import Loop
-from admm_jax.train.checkpoint import Checkpoint, Restored, checkpoint_steps, load_checkpoint
+from admm_jax.train.checkpoint import Checkpoint, Restored, run_folder
 from admm_jax.train.history import History
 from admm_jax.train.steps import apply_fn, make_eval_fn, make_train_step
 from admm_jax.train.trainer import Evaluation, Stop, _evaluation
-
-_INJECTED = (optax.InjectHyperparamsState, optax.InjectStatefulHyperparamsState)
-
-
-def stack(trees: Sequence[Any]) -> Any:
-    """``trees`` (one per run, the same structure) stacked leaf by leaf on a new leading axis."""
-    return jax.tree_util.tree_map(lambda *a: jnp.stack(a), *trees)
-
-
-def unstack(tree: Any, run: int) -> Any:
-    """Run ``run``'s slice of a stacked ``tree``."""
-    return jax.tree_util.tree_map(lambda a: a[run], tree)
-
-
-def set_hyperparams(opt_state: Any, values: Mapping[str, Any]) -> Any:
-    """``opt_state`` with the hyperparameters ``values`` written into every
-    ``optax.inject_hyperparams`` state that holds them (an int given for a PRNG-key
-    hyperparameter becomes ``jax.random.key(int)``)."""
-    found: set[str] = set()
-
-    def put(node):
-        if not isinstance(node, _INJECTED):
-            return node
-        hp = dict(node.hyperparams)
-        for name, v in values.items():
-            if name in hp:
-                found.add(name)
-                old = hp[name]
-                if jax.dtypes.issubdtype(old.dtype, jax.dtypes.prng_key):
-                    v = v if isinstance(v, jax.Array) and v.dtype == old.dtype \
-                        else jax.random.key(int(v))
-                else:
-                    v = jnp.asarray(v, old.dtype)
-                if v.shape != old.shape:
-                    raise ValueError(f"hyperparams: {name} has shape {old.shape} in the "
-                                     f"optimizer's state, got {v.shape}")
-                hp[name] = v
-        return node._replace(hyperparams=hp)
-
-    out = jax.tree_util.tree_map(put, opt_state, is_leaf=lambda n: isinstance(n, _INJECTED))
-    missing = sorted(set(values) - found)
-    if missing:
-        have = sorted({k for n in jax.tree_util.tree_leaves(
-            opt_state, is_leaf=lambda n: isinstance(n, _INJECTED))
-            if isinstance(n, _INJECTED) for k in n.hyperparams})
-        raise ValueError(f"hyperparams: {missing} not in the optimizer's state (build it with "
-                         f"optax.inject_hyperparams(...)); it holds {have or 'none'}")
-    return out
-
-
-def _per_run(name: str, values: Mapping[str, Any] | None, runs: int) -> dict[str, list]:
-    """``{key: value or S values}`` as ``{key: [S values]}``; a length other than S is an
-    error naming ``name``."""
-    out = {}
-    for k, v in (values or {}).items():
-        if isinstance(v, Sequence | np.ndarray) and not isinstance(v, str) and np.ndim(v) > 0:
-            if len(v) != runs:
-                raise ValueError(f"{name}: {k!r} has {len(v)} values, expected one per run "
-                                 f"({runs}) or a single value")
-            out[k] = list(v)
-        else:
-            out[k] = [v] * runs
-    return out
 
 
 class BatchedTrainer:
@@ -122,7 +59,10 @@ class BatchedTrainer:
       models: S ``nnx.Module``s of one structure (their weights may differ); only their
         ``nnx.Param``s differ between runs.
       optimizer: one optax transformation for all runs; hyperparameters that differ between
-        runs must be ``optax.inject_hyperparams`` values (``hyperparams``).
+        runs must be ``optax.inject_hyperparams`` values (``hyperparams``). The methods
+        built for a model (the K-FAC methods: ``optimizers.Entry.takes_model``) are built
+        for one of the models: they keep its structure and non-parameter state, which
+        all runs share, and take each run's weights from its slice of the stack.
       train_data: ``(inputs, targets)``, shared by the runs (each in its own order).
       loss, metric, batch_size, stop, evaluation, step_key, validate: as
         [`Trainer`][admm_jax.train.Trainer].
@@ -242,12 +182,12 @@ class BatchedTrainer:
         for name, pair in named:
             checks.fits_model(name, pair, models[0], (apply, params[0]),
                               (self.loss_fn, self.metric_fn), validate)
-        hp = _per_run("hyperparams", hyperparams, s)
+        hp = stacked.per_run("hyperparams", hyperparams, s)
         states = []
         for i, (p, r) in enumerate(zip(params, resume, strict=True)):
             checks.resumed_opt_state(r.opt_state, optimizer, p)
             o = optimizer.init(p) if r.opt_state is None else r.opt_state
-            states.append(set_hyperparams(o, {k: v[i] for k, v in hp.items()}) if hp else o)
+            states.append(stacked.set_hyperparams(o, {k: v[i] for k, v in hp.items()}) if hp else o)
         self.uses_gradients = needs_gradients(states[0])
         checks.gradient_free_first(states[0])
         same = checks.same_loss(optimizer, states[0], loss)
@@ -255,7 +195,7 @@ class BatchedTrainer:
         self._step = make_train_step(self._graphdef, self._rest, optimizer, self.loss_fn,
                                      self.metric_fn, use_gradients=self.uses_gradients,
                                      step_key=step_key, method_loss=method_loss)
-        kw = _per_run("model_kwargs", model_kwargs, s)
+        kw = stacked.per_run("model_kwargs", model_kwargs, s)
         self.model_kwargs = {k: jnp.asarray(v, jnp.result_type(float) if all(
             isinstance(e, float) for e in v) else None) for k, v in kw.items()}
         self.keys = jnp.stack([jax.random.key(v) for v in seeds])
@@ -265,7 +205,7 @@ class BatchedTrainer:
                                         seed=v, start=resume[0].position) for v in seeds]
         self.steps_per_epoch = self.iterators[0].steps_per_epoch
         self._batches = [iter(it) for it in self.iterators]
-        self.params, self.opt_state = stack(params), stack(states)
+        self.params, self.opt_state = stacked.stack(params), stacked.stack(states)
         self.histories = [History() if r.history is None else r.history for r in resume]
         self.live = np.array([h.meta.get("live", True) for h in self.histories])
         self.iteration = max(h.meta.get("batch_iteration", len(h.steps.get("iteration", [])))
@@ -276,12 +216,9 @@ class BatchedTrainer:
         self._eval = None
         t0 = time.perf_counter()
         k, b = self.steps_per_call, self.iterators[0].batch_size
-        with warnings.catch_warnings():  # CPU backends cannot donate: nothing to report
-            warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-            self.compiled = jax.jit(self._program, donate_argnums=(0, 1)).lower(
-                self.params, self.opt_state, self.live, self._x, self._y,
-                np.zeros((k, s, b), np.int32), self.model_kwargs, self.keys,
-                np.int32(0), np.int32(k)).compile()
+        self.compiled = stacked.compile_program(
+            stacked.program(self._step, s, self.group_size), self.params, self.opt_state,
+            self.live, self._x, self._y, self.model_kwargs, self.keys, k, b)
         compile_seconds = time.perf_counter() - t0
         for i, h in enumerate(self.histories):
             h.meta.update(
@@ -290,46 +227,11 @@ class BatchedTrainer:
                 num_samples=len(train_data[0]), steps_per_epoch=self.steps_per_epoch,
                 eval_samples=0 if self.evaluation is None else len(self.evaluation.data[0]),
                 eval_seconds=h.meta.get("eval_seconds", 0.0), run=i, runs=s,
-                hyperparams={k: _jsonable(v[i]) for k, v in hp.items()},
-                model_kwargs={k: _jsonable(v[i]) for k, v in kw.items()})
+                hyperparams={k: stacked.jsonable(v[i]) for k, v in hp.items()},
+                model_kwargs={k: stacked.jsonable(v[i]) for k, v in kw.items()})
         self._epoch_rows: list[list[dict]] = [
             [{c: h.steps[c][j] for c in h.steps} for j, e in enumerate(h.steps.get("epoch", []))
              if e == self.position[0]] for h in self.histories]
-
-    # ------------------------------------------------------------------ the compiled program
-
-    def _over_runs(self, fn, *args):
-        """``fn`` mapped over the leading run axis of ``args``, ``group_size`` runs at a time."""
-        g = self.runs if self.group_size is None else min(self.group_size, self.runs)
-        if g == 1:
-            return jax.lax.map(lambda a: fn(*a), args)
-        if g == self.runs:
-            return jax.vmap(fn)(*args)
-        return jax.lax.map(lambda a: fn(*a), args, batch_size=g)
-
-    def _program(self, params, opt_state, live, x, y, indices, kwargs, keys, iteration, n):
-        def one_run(p, o, alive, idx, kw, key, it):
-            new_p, new_o, m, ok = self._step(p, o, x[idx], y[idx], idx, kw, key, it)
-            go = alive & ok
-
-            def keep(new, old):
-                return jax.tree_util.tree_map(lambda a, b: jnp.where(go, a, b), new, old)
-
-            return keep(new_p, p), keep(new_o, o), m, ok
-
-        def body(carry, inp):
-            p, o, alive = carry
-            k, idx = inp
-            it = iteration + k
-            active = alive & (k < n)
-            p, o, m, ok = self._over_runs(
-                lambda *a: one_run(*a, it), p, o, active, idx, kwargs, keys)
-            return (p, o, alive & (ok | (k >= n))), (m, ok)
-
-        ks = jnp.arange(indices.shape[0], dtype=jnp.int32)
-        (params, opt_state, live), (metrics, ok) = jax.lax.scan(
-            body, (params, opt_state, live), (ks, indices))
-        return params, opt_state, live, metrics, ok
 
     # ------------------------------------------------------------------ stepping
 
@@ -420,8 +322,8 @@ class BatchedTrainer:
         t = time.perf_counter()
         if self._eval is None:
             chunk = make_eval_fn(self._graphdef, self._rest, self.loss_fn, self.metric_fn)
-            self._eval = jax.jit(lambda p, x, y, m: self._over_runs(
-                lambda q: chunk(q, x, y, m), p))
+            self._eval = jax.jit(lambda p, x, y, m: stacked.over_runs(
+                lambda q: chunk(q, x, y, m), self.runs, self.group_size, p))
         x, y = data
         size = len(x)
         b = min(batch_size, size)
@@ -460,7 +362,7 @@ class BatchedTrainer:
                       iterations=len(h.steps.get("iteration", [])))
         kw = {k: v[run] for k, v in self.model_kwargs.items()}
         return Loop(h, self.iteration, self.position[0], self.position, self.train_seconds,
-                    unstack(self.params, run), unstack(self.opt_state, run), kw,
+                    stacked.unstack(self.params, run), stacked.unstack(self.opt_state, run), kw,
                     self.stop.iterations_left(self.iteration, self.steps_per_epoch),
                     self.stop.budget_seconds,
                     "accuracy" if self.metric_fn is not None else "loss")
@@ -470,7 +372,7 @@ class BatchedTrainer:
         (fit's format: a run can be resumed alone with `fit`, or all with
         [`load_runs`][admm_jax.train.load_runs])."""
         for r in range(self.runs):
-            cp = Checkpoint(pathlib.Path(directory) / f"run_{r:03d}", max_to_keep=max_to_keep)
+            cp = Checkpoint(run_folder(directory, r), max_to_keep=max_to_keep)
             try:
                 cp.save(self.loop(r))
             finally:
@@ -482,122 +384,4 @@ class BatchedTrainer:
         batch's)."""
         for r, m in enumerate(self.models):
             self.loop(r)
-            nnx.update(m, unstack(self.params, r))
-
-
-def _jsonable(v: Any) -> Any:
-    if isinstance(v, jax.Array) and jax.dtypes.issubdtype(v.dtype, jax.dtypes.prng_key):
-        return np.asarray(jax.random.key_data(v)).tolist()
-    return np.asarray(v).tolist() if hasattr(v, "shape") else v
-
-
-def load_runs(directory: str | os.PathLike, params: Any, opt_state: Any) -> list[Restored]:
-    """[`load_checkpoint`][admm_jax.train.load_checkpoint] of each ``run_<i>`` folder that
-    [`BatchedTrainer.save`][admm_jax.train.BatchedTrainer.save] wrote; ``params`` and
-    ``opt_state`` are one run's templates.
-
-    Raises:
-      FileNotFoundError: ``directory`` holds no run folder with a checkpoint.
-    """
-    runs = sorted(p for p in pathlib.Path(directory).glob("run_*") if checkpoint_steps(p))
-    if not runs:
-        raise FileNotFoundError(f"directory: no run_<i> checkpoint folder in {directory}")
-    return [load_checkpoint(p, params, opt_state) for p in runs]
-
-
-def fit_batched(
-    models: Sequence[nnx.Module],
-    optimizer: optax.GradientTransformation,
-    train_data: tuple[np.ndarray, np.ndarray],
-    *,
-    epochs: int | None = None,
-    iterations: int | None = None,
-    budget_seconds: float | None = None,
-    evaluation: Evaluation | tuple[np.ndarray, np.ndarray] | None = None,
-    checkpoint: str | os.PathLike | None = None,
-    resume: Sequence[Restored] | None = None,
-    **kwargs: Any,
-) -> list[History]:
-    r"""Train S runs as one batch ([`BatchedTrainer`][admm_jax.train.BatchedTrainer]) as
-    [`fit`][admm_jax.train.fit] trains one; return their histories.
-
-    Evaluation runs before the first step, as ``evaluation`` says (default: every epoch)
-    and at the end; with ``checkpoint``, every run is saved after every epoch and at the
-    end (``checkpoint/run_<i>``, fit's format), and ``resume=load_runs(checkpoint, ...)``
-    continues. A diverged run is frozen at its last good weights and recorded in its
-    ``meta["diverged_at"]``; the others go on (no error is raised).
-
-    Args:
-      models, optimizer, train_data: as [`BatchedTrainer`][admm_jax.train.BatchedTrainer].
-      epochs, iterations, budget_seconds: the stopping rules of [`fit`][admm_jax.train.fit]
-        (at least one), for the batch.
-      evaluation: as [`fit`][admm_jax.train.fit].
-      checkpoint: a directory to save the runs to.
-      resume: S [`Restored`][admm_jax.train.Restored] to continue from.
-      **kwargs: the other arguments of [`BatchedTrainer`][admm_jax.train.BatchedTrainer]
-        (``loss``, ``metric``, ``batch_size``, ``seeds``, ``hyperparams``,
-        ``model_kwargs``, ``step_key``, ``validate``, ``steps_per_call``, ``group_size``).
-
-    Returns:
-      One [`History`][admm_jax.History] per run (``meta["run"]`` its index); the models hold
-      the final (or last good) weights.
-
-    Examples:
-      Five seeds of Adam and five of h-detach (\( p = 0.5 \)) on the copying task, one call:
-
-      >>> import optax
-      >>> from flax import nnx
-      >>> from admm_jax import LSTM, data
-      >>> from admm_jax.train import fit_batched, losses
-      >>> x, y = data.copying(5, 200, seed=0)
-      >>> models = [LSTM(1, 16, 9, rngs=nnx.Rngs(s), many_to_many=True)
-      ...           for s in [0, 1, 2, 3, 4] * 2]
-      >>> hs = fit_batched(models, optax.adam(1e-3), (x, y), iterations=6, batch_size=20,
-      ...                  seeds=[0, 1, 2, 3, 4] * 2, step_key=True,
-      ...                  model_kwargs={"p_detach": [0.0] * 5 + [0.5] * 5},
-      ...                  metric=losses.last_steps_accuracy(10))
-      >>> [h.meta["model_kwargs"]["p_detach"] for h in hs][::5], len(hs[9].steps["loss"])
-      ([0.0, 0.5], 6)
-
-    Raises:
-      ValueError, TypeError: as [`BatchedTrainer`][admm_jax.train.BatchedTrainer]; no
-        stopping rule.
-    """
-    stop = Stop(epochs, iterations, budget_seconds)
-    if stop == Stop():
-        raise ValueError("epochs, iterations, budget_seconds: give at least one stopping rule")
-    t = BatchedTrainer(models, optimizer, train_data, stop=stop, evaluation=evaluation,
-                       resume=resume, **kwargs)
-    ev = t.evaluation
-    if checkpoint is not None:
-        for r in range(t.runs):
-            Checkpoint(pathlib.Path(checkpoint) / f"run_{r:03d}").on_train_begin(t.loop(r))
-    if ev is not None and not t.histories[0].evals:
-        t.evaluate()
-    last_it = t.histories[0].last("evals", "iteration", t.iteration)
-    last_t = t.histories[0].last("evals", "time", t.train_seconds)
-    per_epoch = ev is None or (ev.every is None and ev.every_seconds is None)
-    while not t.done:
-        left = t.steps_per_epoch - t.position[1]
-        if ev is not None and ev.every_seconds is not None:
-            left = t.steps_per_call
-        if ev is not None and ev.every is not None:
-            left = min(left, max(1, ev.every - (t.iteration - last_it)))
-        epoch = t.position[0]
-        t.run(left)
-        ended = t.position[0] != epoch
-        due = ev is not None and (
-            (per_epoch and ended)
-            or (ev.every is not None and t.iteration - last_it >= ev.every)
-            or (ev.every_seconds is not None and t.train_seconds - last_t >= ev.every_seconds))
-        if due:
-            t.evaluate()
-            last_it, last_t = t.iteration, t.train_seconds
-        if checkpoint is not None and ended:
-            t.save(checkpoint)
-    if ev is not None and t.histories[0].last("evals", "iteration", None) != t.iteration:
-        t.evaluate()
-    t.finish()
-    if checkpoint is not None:
-        t.save(checkpoint)
-    return t.histories
+            nnx.update(m, stacked.unstack(self.params, r))

@@ -298,3 +298,22 @@ def load_checkpoint(directory: str | os.PathLike, params: Any, opt_state: Any, *
     finally:
         mgr.close()
     raise FileNotFoundError(f"directory: no readable checkpoint in {d}: {errors}")
+
+
+def run_folder(directory: str | os.PathLike, run: int) -> pathlib.Path:
+    """Run ``run``'s checkpoint folder of a batch saved to ``directory``: ``run_<i>``."""
+    return pathlib.Path(directory) / f"run_{run:03d}"
+
+
+def load_runs(directory: str | os.PathLike, params: Any, opt_state: Any) -> list[Restored]:
+    """[`load_checkpoint`][admm_jax.train.load_checkpoint] of each ``run_<i>`` folder that
+    [`BatchedTrainer.save`][admm_jax.train.BatchedTrainer.save] wrote; ``params`` and
+    ``opt_state`` are one run's templates.
+
+    Raises:
+      FileNotFoundError: ``directory`` holds no run folder with a checkpoint.
+    """
+    runs = sorted(p for p in pathlib.Path(directory).glob("run_*") if checkpoint_steps(p))
+    if not runs:
+        raise FileNotFoundError(f"directory: no run_<i> checkpoint folder in {directory}")
+    return [load_checkpoint(p, params, opt_state) for p in runs]

@@ -1,7 +1,9 @@
-"""One training loop for every optimizer: it asks the optimizer's state, never its name."""
+"""One training loop for every optimizer: it asks the optimizer's state, never its name;
+`fit` trains one run, `fit_batched` S runs as one batch."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,8 +13,9 @@ from flax import nnx
 
 from admm_jax import _validation as validation
 from admm_jax.train import losses
+from admm_jax.train.batched import BatchedTrainer
 from admm_jax.train.callbacks import Callback, ProgressBar
-from admm_jax.train.checkpoint import Restored
+from admm_jax.train.checkpoint import Checkpoint, Restored, run_folder
 from admm_jax.train.history import History
 from admm_jax.train.trainer import DivergenceError, Evaluation, Stop, Trainer
 
@@ -204,3 +207,101 @@ def fit(
     for cb in cbs:
         cb.on_train_end(loop)
     return history
+
+
+def fit_batched(
+    models: Sequence[nnx.Module],
+    optimizer: optax.GradientTransformation,
+    train_data: tuple[np.ndarray, np.ndarray],
+    *,
+    epochs: int | None = None,
+    iterations: int | None = None,
+    budget_seconds: float | None = None,
+    evaluation: Evaluation | tuple[np.ndarray, np.ndarray] | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    resume: Sequence[Restored] | None = None,
+    **kwargs: Any,
+) -> list[History]:
+    r"""Train S runs as one batch ([`BatchedTrainer`][admm_jax.train.BatchedTrainer]) as
+    [`fit`][admm_jax.train.fit] trains one; return their histories.
+
+    Evaluation runs before the first step, as ``evaluation`` says (default: every epoch)
+    and at the end; with ``checkpoint``, every run is saved after every epoch and at the
+    end (``checkpoint/run_<i>``, fit's format), and ``resume=load_runs(checkpoint, ...)``
+    continues. A diverged run is frozen at its last good weights and recorded in its
+    ``meta["diverged_at"]``; the others go on (no error is raised).
+
+    Args:
+      models, optimizer, train_data: as [`BatchedTrainer`][admm_jax.train.BatchedTrainer].
+      epochs, iterations, budget_seconds: the stopping rules of [`fit`][admm_jax.train.fit]
+        (at least one), for the batch.
+      evaluation: as [`fit`][admm_jax.train.fit].
+      checkpoint: a directory to save the runs to.
+      resume: S [`Restored`][admm_jax.train.Restored] to continue from.
+      **kwargs: the other arguments of [`BatchedTrainer`][admm_jax.train.BatchedTrainer]
+        (``loss``, ``metric``, ``batch_size``, ``seeds``, ``hyperparams``,
+        ``model_kwargs``, ``step_key``, ``validate``, ``steps_per_call``, ``group_size``).
+
+    Returns:
+      One [`History`][admm_jax.History] per run (``meta["run"]`` its index); the models hold
+      the final (or last good) weights.
+
+    Examples:
+      Five seeds of Adam and five of h-detach (\( p = 0.5 \)) on the copying task, one call:
+
+      >>> import optax
+      >>> from flax import nnx
+      >>> from admm_jax import LSTM, data
+      >>> from admm_jax.train import fit_batched, losses
+      >>> x, y = data.copying(5, 200, seed=0)
+      >>> models = [LSTM(1, 16, 9, rngs=nnx.Rngs(s), many_to_many=True)
+      ...           for s in [0, 1, 2, 3, 4] * 2]
+      >>> hs = fit_batched(models, optax.adam(1e-3), (x, y), iterations=6, batch_size=20,
+      ...                  seeds=[0, 1, 2, 3, 4] * 2, step_key=True,
+      ...                  model_kwargs={"p_detach": [0.0] * 5 + [0.5] * 5},
+      ...                  metric=losses.last_steps_accuracy(10))
+      >>> [h.meta["model_kwargs"]["p_detach"] for h in hs][::5], len(hs[9].steps["loss"])
+      ([0.0, 0.5], 6)
+
+    Raises:
+      ValueError, TypeError: as [`BatchedTrainer`][admm_jax.train.BatchedTrainer]; no
+        stopping rule.
+    """
+    stop = Stop(epochs, iterations, budget_seconds)
+    if stop == Stop():
+        raise ValueError("epochs, iterations, budget_seconds: give at least one stopping rule")
+    t = BatchedTrainer(models, optimizer, train_data, stop=stop, evaluation=evaluation,
+                       resume=resume, **kwargs)
+    ev = t.evaluation
+    if checkpoint is not None:
+        for r in range(t.runs):
+            Checkpoint(run_folder(checkpoint, r)).on_train_begin(t.loop(r))
+    if ev is not None and not t.histories[0].evals:
+        t.evaluate()
+    last_it = t.histories[0].last("evals", "iteration", t.iteration)
+    last_t = t.histories[0].last("evals", "time", t.train_seconds)
+    per_epoch = ev is None or (ev.every is None and ev.every_seconds is None)
+    while not t.done:
+        left = t.steps_per_epoch - t.position[1]
+        if ev is not None and ev.every_seconds is not None:
+            left = t.steps_per_call
+        if ev is not None and ev.every is not None:
+            left = min(left, max(1, ev.every - (t.iteration - last_it)))
+        epoch = t.position[0]
+        t.run(left)
+        ended = t.position[0] != epoch
+        due = ev is not None and (
+            (per_epoch and ended)
+            or (ev.every is not None and t.iteration - last_it >= ev.every)
+            or (ev.every_seconds is not None and t.train_seconds - last_t >= ev.every_seconds))
+        if due:
+            t.evaluate()
+            last_it, last_t = t.iteration, t.train_seconds
+        if checkpoint is not None and ended:
+            t.save(checkpoint)
+    if ev is not None and t.histories[0].last("evals", "iteration", None) != t.iteration:
+        t.evaluate()
+    t.finish()
+    if checkpoint is not None:
+        t.save(checkpoint)
+    return t.histories
