@@ -1,5 +1,6 @@
 """What every benchmark shares: the data (through ``admm_jax.tasks``), the validation split
-that tuning scores on, the optimizers, the round-robin timer with median ratios, seeds, and
+that tuning scores on, the optimizers, the round-robin timer with median ratios, seeds, the
+loop that drives a batch of runs (``BatchedTrainer``) with periodic evaluation, and
 the JSON + PNG + Markdown writer that records the full command and the commit in ``meta``.
 
 A script imports it as ``from _harness import ...`` (``benchmarks/`` is on ``sys.path`` when
@@ -104,6 +105,30 @@ def median_ms(times: Sequence[float]) -> float:
 def median_ratio(times: dict, a: Hashable, b: Hashable) -> float:
     """``median(times[a]) / median(times[b])``: the figure a round-robin comparison reports."""
     return statistics.median(times[a]) / statistics.median(times[b])
+
+
+# ---------------------------------------------------------------------------- batched runs
+
+
+def train_batch(trainer, every: int, *, on_eval: Callable | None = None,
+                checkpoint: str | pathlib.Path | None = None, save_every: int = 1) -> None:
+    """Train ``trainer`` (an ``admm_jax.train.BatchedTrainer``) to its stop, evaluating every
+    run every ``every`` iterations (``trainer.evaluate()``, its rows in each history's
+    ``evals``) and then calling ``on_eval(trainer, rows)`` (e.g. to freeze solved runs); with
+    ``checkpoint``, every ``save_every`` evaluations and at the end every run is saved there
+    (``load_runs(checkpoint, ...)`` resumes). Ends with ``trainer.finish()``."""
+    n = 0
+    while not trainer.done:
+        trainer.run(every - trainer.iteration % every)  # a resumed batch realigns
+        rows = trainer.evaluate()
+        if on_eval is not None:
+            on_eval(trainer, rows)
+        n += 1
+        if checkpoint is not None and n % save_every == 0:
+            trainer.save(checkpoint)
+    trainer.finish()
+    if checkpoint is not None:
+        trainer.save(checkpoint)
 
 
 # ---------------------------------------------------------------------------- the writer

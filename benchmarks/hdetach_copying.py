@@ -15,11 +15,21 @@ else it runs to its ``--iters`` budget. p is constant (no annealing: runs stop a
 Training seconds exclude the diagnostic. Results are written after every (T, seed) pair, and
 ``--resume`` skips the pairs already in the JSON, so a run cut short keeps its finished rows.
 
+Batched mode (``--batched``): the seeds x methods of one T train as one
+``admm_jax.train.BatchedTrainer`` (one compiled program, p_detach a per-run model argument):
+a fixed training set of ``--train-size`` sequences in each seed's own order (both methods of
+a seed see the same batches from the same weights), the held-out accuracy of ``--val-size``
+sequences every ``--chunk`` iterations as the evaluation point, a run frozen once it holds the
+target, the batch stopped at its ``--iters`` budget or after ``--budget-seconds`` of training.
+``--checkpoint DIR`` saves the batch at every ``--save-every`` evaluation points and resumes
+from it; ``--resume`` keeps the finished T's. Same JSON rows, table and plot as the trend mode.
+
 Full mode (``--full``, for a GPU machine; not run on CPU here): the paper's T = 100/200/300,
 600 epochs of 1,000 iterations on a fixed set of 100,000 sequences, p switched off for the last
 40 epochs, validation accuracy on 5,000 held-out sequences after every epoch.
 
     python benchmarks/hdetach_copying.py --Ts 20,50,100 --seeds 3 --iters 20:4000,50:4000,100:3000
+    python benchmarks/hdetach_copying.py --batched --Ts 100,200 --iters 20000 --budget-seconds 80
     python benchmarks/hdetach_copying.py --smoke
 """
 
@@ -299,6 +309,88 @@ def full_mode(args, methods, *, epochs: int = 600, per_epoch: int = 1000, anneal
     return 0
 
 
+def batched_mode(args, methods, budgets: dict[int, int], path: pathlib.Path,
+                 rows: list[dict], config: dict) -> None:
+    """Each T's seeds x methods as one BatchedTrainer (see the module docstring); a row per
+    run in the trend mode's format (``acc``/``loss``: held-out accuracy and mean training
+    loss at each evaluation point), written after each T."""
+    from _harness import train_batch
+
+    from admm_jax.train import BatchedTrainer, Stop, checkpoint_steps, load_runs, losses
+
+    tx = optax.chain(optax.clip_by_global_norm(args.clip), optax.adam(args.lr))
+    runs = [(name, p, seed) for seed in range(args.seeds) for name, p in methods]
+    for T in args.Ts:
+        if any(r["T"] == T for r in rows):
+            continue
+        models = [LSTM(1, args.hidden, N_CLASSES, rngs=nnx.Rngs(seed), many_to_many=True)
+                  for _, _, seed in runs]
+        ck = None if args.checkpoint is None else args.checkpoint / f"T{T}"
+        resume = None
+        if ck is not None and checkpoint_steps(ck / "run_000"):
+            p0 = nnx.state(models[0], nnx.Param)
+            resume = load_runs(ck, p0, tx.init(p0))
+            print(f"T={T}: resuming the batch at iteration "
+                  f"{resume[0].history.meta['batch_iteration']}", flush=True)
+        trainer = BatchedTrainer(
+            models, tx, copying(T, args.train_size, seed=T),
+            metric=losses.last_steps_accuracy(N_COPY), batch_size=args.batch,
+            seeds=[seed for *_, seed in runs], step_key=True,
+            model_kwargs={"p_detach": [p for _, p, _ in runs]},
+            stop=Stop(iterations=budgets[T], budget_seconds=args.budget_seconds),
+            evaluation=copying(T, args.val_size, seed=123_456_789 + T), resume=resume,
+            steps_per_call=args.chunk, group_size=args.group_size, validate=False)
+
+        def solved(t, _rows, T=T):  # freeze a run once it holds the target
+            for r, h in enumerate(t.histories):
+                acc = h.evals["accuracy"][-args.hold:]
+                if t.live[r] and len(acc) == args.hold and min(acc) >= args.target:
+                    t.freeze(r)
+            if args.progress_every and len(t.histories[0].evals["iteration"]) \
+                    % args.progress_every == 0:
+                print(f"  T={T} it {t.iteration}: acc " + " ".join(
+                    f"{h.evals['accuracy'][-1]:.2f}" for h in t.histories), flush=True)
+
+        t0 = time.perf_counter()
+        train_batch(trainer, args.chunk, on_eval=solved, checkpoint=ck,
+                    save_every=args.save_every)
+        for (name, p, seed), h in zip(runs, trainer.histories, strict=True):
+            ev, st = h.evals, h.steps
+            iters = [int(i) for i in ev["iteration"]]
+            step_it = np.asarray(st.get("iteration", []))
+            loss = [float(np.mean(np.asarray(st["loss"])[(step_it > lo) & (step_it <= hi)]))
+                    if np.any((step_it > lo) & (step_it <= hi)) else float("nan")
+                    for lo, hi in zip([0, *iters[:-1]], iters, strict=True)]
+            hit = next((k for k, a in enumerate(ev["accuracy"]) if a >= args.target), None)
+            done = len(st.get("iteration", []))
+            stopped = ("solved" if "frozen_at" in h.meta else
+                       "diverged" if "diverged_at" in h.meta else "budget")
+            rows.append({"method": name, "p_detach": p, "seed": seed, "T": T,
+                         "iters": iters, "acc": list(ev["accuracy"]), "loss": loss,
+                         "seconds": list(ev["time"]), "train_seconds": trainer.train_seconds,
+                         "solved_iter": None if hit is None else iters[hit],
+                         "solved_seconds": None if hit is None else ev["time"][hit],
+                         "diag_iters": [], "diag": [], "iterations_done": done,
+                         "budget_iters": budgets[T], "stopped": stopped,
+                         "final_acc": ev["accuracy"][-1],
+                         "final_loss": next((v for v in loss[::-1] if np.isfinite(v)),
+                                            float("nan")),
+                         "val_acc": ev["accuracy"][-1], "val_loss": ev["loss"][-1],
+                         "seconds_per_iteration": trainer.train_seconds / max(1, trainer.iteration),
+                         "runs_in_batch": trainer.runs,
+                         "compile_seconds": h.meta["compile_seconds"]})
+        print(f"T={T}: {trainer.runs} runs batched, {trainer.iteration} iterations in "
+              f"{trainer.train_seconds:.0f} s of training [{time.perf_counter() - t0:.0f} s "
+              f"wall]: " + ", ".join(f"{r['method']}/{r['seed']} {r['stopped']} "
+                                    f"{r['val_acc']:.2f}" for r in rows if r["T"] == T),
+              flush=True)
+        result = {"benchmark": "hdetach_copying", "config": config | {"Ts": args.Ts},
+                  "data_source": DATA_SOURCE, "device": str(jax.devices()[0]),
+                  "summary": summarize(rows, args.Ts, methods), "runs": rows, "paper": PAPER}
+        path.write_text(json.dumps(result, indent=1))
+        plot(path.with_suffix(".png"), json.loads(path.read_text()))
+
+
 def resumable_rows(path: pathlib.Path, benchmark: str, config: dict, keys) -> list[dict]:
     """The finished rows of ``path``, after checking it was written with the same recipe."""
     old = json.loads(path.read_text())
@@ -342,6 +434,19 @@ def main(argv: list[str] | None = None) -> int:
                     help="a few seconds: T=5, hidden 16, 2 chunks of 5 iterations, 1 seed")
     ap.add_argument("--full", action="store_true",
                     help="the paper's T=100/200/300, 600 x 1,000 iterations (GPU machine)")
+    g = ap.add_argument_group("batched mode")
+    g.add_argument("--batched", action="store_true",
+                   help="the seeds x methods of each T as one BatchedTrainer")
+    g.add_argument("--train-size", type=int, default=100_000,
+                   help="fixed training set (sequences) of the batched mode")
+    g.add_argument("--budget-seconds", type=float, default=None,
+                   help="batched: stop each T's batch after this many training seconds")
+    g.add_argument("--group-size", type=int, default=None,
+                   help="batched: runs vectorised together (default all; 1: in sequence)")
+    g.add_argument("--checkpoint", type=pathlib.Path, default=None,
+                   help="batched: save each T's batch here (DIR/T<T>) and resume from it")
+    g.add_argument("--save-every", type=int, default=20,
+                   help="batched: evaluation points between checkpoints")
     ap.add_argument("--replot", type=pathlib.Path, default=None,
                     help="only redraw the PNG beside this results JSON")
     args = ap.parse_args(argv)
@@ -354,7 +459,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.smoke:  # smaller defaults; flags given explicitly still win
         smoke = {"Ts": "5", "hidden": 16, "seeds": 1, "iters": "10", "chunk": 5,
-                 "diag_every": 1, "val_size": 50, "batch": 20, "name": "hdetach_copying_smoke"}
+                 "diag_every": 1, "val_size": 50, "batch": 20, "name": "hdetach_copying_smoke",
+                 "train_size": 200}
         for k, v in smoke.items():
             if getattr(args, k) == ap.get_default(k):
                 setattr(args, k, v)
@@ -384,8 +490,14 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     if args.resume and path.exists():
         rows = resumable_rows(path, "hdetach_copying", config,
-                              ("hidden", "batch", "lr", "clip", "p", "chunk", "target", "hold"))
+                              ("hidden", "batch", "lr", "clip", "p", "chunk", "target", "hold",
+                               *(("batched", "train_size") if args.batched else ())))
         print(f"resuming: {len(rows)} finished runs in {path}")
+    if args.batched:
+        batched_mode(args, methods, budgets, path, rows, config)
+        print_table(json.loads(path.read_text())["summary"], args.target)
+        print(f"wrote {path} and {path.with_suffix('.png')}")
+        return 0
     tx = optax.chain(optax.clip_by_global_norm(args.clip), optax.adam(args.lr))
     for T in Ts:
         fns = make_fns(tx, T + 2 * N_COPY)
@@ -467,7 +579,8 @@ def plot(path: pathlib.Path, result: dict) -> None:
                      + ", ".join(f"T={s['T']}: " + "/".join(
                          str(b) for b in sorted(set(s["budget_iters_per_seed"]))) + " it"
                          for s in result["summary"][::2])
-                     + f", batch {cfg['batch']}, hidden {cfg['hidden']}, CPU",
+                     + f", batch {cfg['batch']}, hidden {cfg['hidden']}, "
+                     + result.get("device", "CPU"),
                      va="top", wrap=True, fontsize=8, transform=axes[1, -1].transAxes)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

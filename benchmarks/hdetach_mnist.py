@@ -15,10 +15,18 @@ both. Validation accuracy after every epoch; the test accuracy is taken at the b
 epoch. Training seconds exclude evaluation. Results are written after every (seed, layout) pair,
 and ``--resume`` keeps the finished pairs, so a run cut short keeps its finished rows.
 
+Batched mode (``--batched``): the seeds x methods of one layout train as one
+``admm_jax.train.BatchedTrainer`` (one compiled program; p_detach a per-run model argument;
+each seed's own order over the 50k, both methods of a seed on the same batches from the same
+weights), an evaluation point every ``--epoch-size`` examples, the batch stopped after
+``--epochs`` such points or ``--budget-seconds`` of training. Same rows, table and plot.
+
 Full mode (``--full``, for a GPU machine; not run on CPU here): the paper's 784 x 1 pixel
 steps, 200 epochs of the full 50k, p = 0 for the last 40 epochs.
 
     python benchmarks/hdetach_mnist.py --pixels-per-step 4 --seeds 3 --epochs 2
+    python benchmarks/hdetach_mnist.py --batched --pixels-per-step 1 --layouts pixels \
+        --epochs 4 --epoch-size 25000 --budget-seconds 100   # full length, 1,000 iterations
     python benchmarks/hdetach_mnist.py --smoke
 """
 
@@ -159,6 +167,60 @@ def run_pair(layout, seed, data, methods, args, fns) -> list[dict]:
     return rows
 
 
+def run_batched(layout, data, methods, args) -> list[dict]:
+    """Every seed x method of ``layout`` as one BatchedTrainer; the rows of `run_pair`."""
+    from _harness import train_batch
+
+    from admm_jax.train import BatchedTrainer, Evaluation, Stop, losses, stacked
+    from admm_jax.train.steps import evaluate_in_chunks, make_eval_fn
+
+    (xtr, ytr), (xva, yva), (xte, yte) = data
+    tx = optax.chain(optax.clip_by_global_norm(args.clip), optax.adam(args.lr))
+    runs = [(name, p, seed) for seed in range(args.seeds) for name, p in methods]
+    models = [LSTM(args.pixels_per_step, args.hidden, 10, rngs=nnx.Rngs(seed))
+              for *_, seed in runs]
+    steps = args.epoch_size // args.batch
+    trainer = BatchedTrainer(
+        models, tx, (xtr, ytr), batch_size=args.batch, seeds=[seed for *_, seed in runs],
+        step_key=True, model_kwargs={"p_detach": [p for _, p, _ in runs]},
+        stop=Stop(iterations=args.epochs * steps, budget_seconds=args.budget_seconds),
+        evaluation=Evaluation((xva, yva), batch_size=args.eval_batch),
+        steps_per_call=args.chunk, group_size=args.group_size, validate=False)
+    best = [(-1.0, 0, None)] * len(runs)
+
+    def on_eval(t, rows):
+        epoch = len(t.histories[0].evals["iteration"])
+        for r, row in enumerate(rows):
+            if row["accuracy"] > best[r][0]:
+                best[r] = (row["accuracy"], epoch, jax.device_get(stacked.unstack(t.params, r)))
+        if epoch >= args.epochs - args.anneal_epochs:
+            t.set_model_kwarg("p_detach", 0.0)
+        print(f"  {layout} epoch {epoch} (it {t.iteration}, {t.train_seconds:.0f} s): val "
+              + " ".join(f"{row['accuracy']:.3f}" for row in rows), flush=True)
+
+    train_batch(trainer, steps, on_eval=on_eval)
+    graphdef, _, rest = nnx.split(models[0], nnx.Param, ...)
+    correct = make_eval_fn(graphdef, rest, losses.cross_entropy, losses.accuracy)
+    out = []
+    for (name, p, seed), h, (val, best_epoch, params) in zip(runs, trainer.histories, best,
+                                                             strict=True):
+        ev, st = h.evals, h.steps
+        it, step_it = list(ev["iteration"]), np.asarray(st["iteration"])
+        train_loss = [float(np.mean(np.asarray(st["loss"])[(step_it > lo) & (step_it <= hi)]))
+                      for lo, hi in zip([0, *it[:-1]], it, strict=True)]
+        test = evaluate_in_chunks(correct, params, (xte, yte), args.eval_batch)["accuracy"]
+        out.append({"layout": layout, "seed": seed, "method": name, "p_detach": p,
+                    "history": {"epoch": list(range(1, len(it) + 1)), "iteration": it,
+                                "train_loss": train_loss, "val_acc": list(ev["accuracy"]),
+                                "seconds": list(ev["time"])},
+                    "best_val_epoch": best_epoch, "best_val_acc": val,
+                    "test_acc_at_best_val": test, "iterations": len(st["iteration"]),
+                    "train_seconds": trainer.train_seconds,
+                    "seconds_per_iteration": trainer.train_seconds / max(1, trainer.iteration),
+                    "runs_in_batch": trainer.runs, "compile_seconds": h.meta["compile_seconds"]})
+    return out
+
+
 def summarize(rows, layouts, methods) -> list[dict]:
     out = []
     for layout in layouts:
@@ -223,7 +285,7 @@ def resumable_rows(path: pathlib.Path, config: dict) -> list[dict]:
         raise SystemExit(f"--resume: {path} is not an hdetach_mnist results file of this "
                          "version; move it away or drop --resume")
     keys = ("pixels_per_step", "hidden", "batch", "lr", "clip", "p", "epochs", "epoch_size",
-            "anneal_epochs", "chunk")
+            "anneal_epochs", "chunk", *(("batched",) if config.get("batched") else ()))
     diff = [f"{k}={old['config'].get(k)!r} (now {config[k]!r})" for k in keys
             if old["config"].get(k) != config[k]]
     if diff:
@@ -262,6 +324,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="the paper's recipe: 784 x 1 px, 200 epochs, anneal 40 (GPU machine)")
     ap.add_argument("--replot", type=pathlib.Path, default=None,
                     help="only redraw the PNG beside this results JSON")
+    g = ap.add_argument_group("batched mode")
+    g.add_argument("--batched", action="store_true",
+                   help="the seeds x methods of each layout as one BatchedTrainer")
+    g.add_argument("--budget-seconds", type=float, default=None,
+                   help="batched: stop each layout's batch after this many training seconds")
+    g.add_argument("--group-size", type=int, default=None,
+                   help="batched: runs vectorised together (default all; 1: in sequence)")
     args = ap.parse_args(argv)
     if args.replot is not None:
         plot(args.replot.with_suffix(".png"), json.loads(args.replot.read_text()))
@@ -311,7 +380,10 @@ def main(argv: list[str] | None = None) -> int:
             if any(r["layout"] == layout and r["seed"] == seed for r in rows):
                 continue
             t0 = time.perf_counter()
-            new = run_pair(layout, seed, data[layout], methods, args, fns)
+            if args.batched:  # every seed of the layout at once
+                new = run_batched(layout, data[layout], methods, args)
+            else:
+                new = run_pair(layout, seed, data[layout], methods, args, fns)
             rows += new
             desc = ", ".join(f"{r['method']}: val {r['best_val_acc']:.4f} test "
                              f"{r['test_acc_at_best_val']:.4f}" for r in new)

@@ -14,6 +14,15 @@ parameters and state, so ``--resume`` continues an interrupted run.
 
     python benchmarks/random_bases.py --epochs 100 --seeds 0,1,2    # the paper's budget
     python benchmarks/random_bases.py --smoke --out /tmp/rb.json     # seconds: 2 tiny epochs
+    python benchmarks/random_bases.py --batched --methods rbd --distribution normal \
+        --seeds 0,1,2 --epochs 100                                    # the seeds as one batch
+
+``--batched``: the seeds of each method train as one ``admm_jax.train.BatchedTrainer`` (one
+compiled program; the basis seed of each run an ``optax.inject_hyperparams`` value, the model
+an ``nnx`` module of the same MLP and initialiser; each run's batch order the trainer's, not
+the round-robin loop's), evaluated after every epoch, checkpointed every ``--save-every``
+epochs beside ``--out`` (``--resume`` continues), stopped at ``--epochs`` or after
+``--budget-seconds`` of training. The JSON has the same ``runs`` and curves.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax import nnx
 
 from admm_jax import random_bases
 
@@ -97,6 +107,84 @@ def make_tx(method: str, seed: int, args):
     return random_bases(args.lr_rbd, args.dim, seed=seed, redraw=name == "rbd", **kw)
 
 
+class MLP(nnx.Module):
+    """:func:`mlp` as an ``nnx`` module (Glorot-uniform kernels, zero biases), for the
+    batched mode."""
+
+    def __init__(self, rngs: nnx.Rngs):
+        glorot = nnx.initializers.glorot_uniform()
+        self.hidden = nnx.Linear(784, 128, kernel_init=glorot, rngs=rngs)
+        self.out = nnx.Linear(128, 10, kernel_init=glorot, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(jax.nn.relu(self.hidden(x.reshape(x.shape[0], -1))))
+
+
+def make_batched_tx(method: str, args):
+    """``(tx, hyperparams)``: :func:`make_tx`'s method for all seeds of a batch, the basis seed
+    an injected hyperparameter (``{"seed": seeds}``; SGD: none)."""
+    name, _, dist = method.partition(":")
+    dist = dist or args.distribution
+    if name == "sgd":
+        return optax.sgd(args.lr_sgd), {}
+    make_tx(method, 0, args)  # the method's own checks
+    kw = {} if dist is None else {"distribution": dist}
+    tx = optax.inject_hyperparams(random_bases, static_args=(
+        "dim", "distribution", "redraw", "block_size", "rng", "compartments"))(
+        learning_rate=args.lr_rbd, dim=args.dim, seed=jax.random.key(0),
+        redraw=name == "rbd", **kw)
+    return tx, {"seed": [int(s) for s in args.seeds.split(",")]}
+
+
+def run_batched(args, data, out: pathlib.Path) -> dict:
+    """Each method's seeds as one BatchedTrainer (see the module docstring); ``runs`` as the
+    round-robin loop writes them."""
+    sys.path.insert(0, str(pathlib.Path(__file__).parent))
+    from _harness import train_batch
+
+    from admm_jax.train import BatchedTrainer, Stop, checkpoint_steps, load_runs
+
+    (x_tr, y_tr), (x_va, y_va) = data
+    seeds = [int(s) for s in args.seeds.split(",")]
+    runs, meta = {}, {}
+    for m in args.methods.split(","):
+        tx, hp = make_batched_tx(m, args)
+        models = [MLP(nnx.Rngs(s)) for s in seeds]
+        ck = out.with_suffix(".ckpt") / m.replace(":", "_")
+        resume = None
+        if args.resume and checkpoint_steps(ck / "run_000"):
+            p0 = nnx.state(models[0], nnx.Param)
+            resume = load_runs(ck, p0, tx.init(p0))
+        t = BatchedTrainer(models, tx, (x_tr, y_tr), batch_size=args.batch, seeds=seeds,
+                           hyperparams=hp, stop=Stop(epochs=args.epochs,
+                                                     budget_seconds=args.budget_seconds),
+                           evaluation=(x_va, y_va), resume=resume,
+                           steps_per_call=min(args.steps_per_call, len(x_tr) // args.batch),
+                           validate=False)
+
+        def log(t, rows, m=m):
+            print(f"{m} epoch {t.position[0]}: val " + " ".join(
+                f"{100 * r['accuracy']:.2f}" for r in rows) + f"  ({t.train_seconds:.0f} s)",
+                flush=True)
+
+        train_batch(t, t.steps_per_epoch, on_eval=log, checkpoint=ck,
+                    save_every=args.save_every)
+        meta[m] = {"compile_seconds": t.histories[0].meta["compile_seconds"],
+                   "train_seconds": t.train_seconds, "iterations": t.iteration,
+                   "runs_in_batch": t.runs}
+        for s, h in zip(seeds, t.histories, strict=True):
+            ev, ep = h.evals, h.epochs
+            curve = [{"epoch": i + 1, "seconds": sec,
+                      "epoch_seconds": sec - (ev["time"][i - 1] if i else 0.0),
+                      "val_acc": 100 * acc,
+                      "train_loss": ep["loss"][i] if i < len(ep.get("loss", [])) else None}
+                     for i, (sec, acc) in enumerate(zip(ev["time"], ev["accuracy"],
+                                                        strict=True))]
+            runs[f"{m}/{s}"] = {"method": m, "seed": s, "seconds": t.train_seconds,
+                                "epochs_planned": args.epochs, "curve": curve}
+    return {"runs": runs, "batches": meta}
+
+
 def parse(argv):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data-dir", default=os.environ.get("ADMM_JAX_DATA"))
@@ -121,6 +209,15 @@ def parse(argv):
     ap.add_argument("--smoke", action="store_true",
                     help="2 epochs of 20 steps on 640 images: checks that it runs")
     ap.add_argument("--out", default="benchmarks/results/random_bases.json")
+    g = ap.add_argument_group("batched mode")
+    g.add_argument("--batched", action="store_true",
+                   help="each method's seeds as one BatchedTrainer (no --extra)")
+    g.add_argument("--budget-seconds", type=float, default=None,
+                   help="batched: stop each method's batch after this many training seconds")
+    g.add_argument("--steps-per-call", type=int, default=125,
+                   help="batched: steps per compiled call")
+    g.add_argument("--save-every", type=int, default=10,
+                   help="batched: epochs between checkpoints")
     return ap.parse_args(argv)
 
 
@@ -141,6 +238,33 @@ def main(argv: list[str] | None = None) -> dict:
                 for m in args.extra.split(",") if m]
     out = pathlib.Path(args.out)
     ckpt = out.with_suffix(".ckpt.npz")
+
+    def header():
+        n_params = sum(x.size for x in jax.tree.leaves(init_mlp(jax.random.key(0))))
+        return {
+            "command": "python benchmarks/random_bases.py " + " ".join(
+                argv if argv is not None else sys.argv[1:]),
+            "setting": {"model": "784-128-10 relu MLP", "params_D": int(n_params),
+                        "dim": args.dim, "batch": args.batch, "steps_per_epoch": steps,
+                        "lr_rbd": args.lr_rbd, "lr_sgd": args.lr_sgd,
+                        "distribution": args.distribution or "library default (rademacher)",
+                        "epochs_planned": args.epochs, "seeds": seeds,
+                        "validation": f"MNIST test set ({x_va.shape[0]})",
+                        "smoke": args.smoke, "batched": args.batched},
+            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
+                        "jax": jax.__version__, "backend": jax.default_backend(),
+                        "device": str(jax.devices()[0])},
+            "paper_table1_100_epochs": PAPER}
+
+    if args.batched:
+        if args.extra or args.other_seeds_epochs:
+            raise SystemExit("--batched: every method runs all --seeds for --epochs (no "
+                             "--extra, --other-seeds-epochs)")
+        result = header() | run_batched(args, ((x_tr, y_tr), (x_va, y_va)), out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1))
+        plot(result, out.with_suffix(".png"))
+        return result
 
     runs = {}
     for m, m_seeds, m_epochs in methods:
@@ -164,20 +288,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(f"resumed at epochs {[len(r['curve']) for r in runs.values()]}")
 
     def write():
-        n_params = sum(x.size for x in jax.tree.leaves(init_mlp(jax.random.key(0))))
-        result = {
-            "command": "python benchmarks/random_bases.py " + " ".join(
-                argv if argv is not None else sys.argv[1:]),
-            "setting": {"model": "784-128-10 relu MLP", "params_D": int(n_params),
-                        "dim": args.dim, "batch": args.batch, "steps_per_epoch": steps,
-                        "lr_rbd": args.lr_rbd, "lr_sgd": args.lr_sgd,
-                        "distribution": args.distribution or "library default (rademacher)",
-                        "epochs_planned": args.epochs, "seeds": seeds,
-                        "validation": f"MNIST test set ({x_va.shape[0]})",
-                        "smoke": args.smoke},
-            "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
-                        "jax": jax.__version__, "backend": jax.default_backend()},
-            "paper_table1_100_epochs": PAPER,
+        result = header() | {
             "runs": {k: {"method": r["method"], "seed": r["seed"], "seconds": r["seconds"],
                          "epochs_planned": r["epochs"], "curve": r["curve"]}
                      for k, r in runs.items()},
