@@ -2,6 +2,8 @@
 imported), print one JSON line of measurements; tests/test_distributed.py asserts on them.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice_checks.py admm
+
+``admm`` also runs the K-FAC check (one subprocess, one JAX start-up for both).
 """
 
 from __future__ import annotations
@@ -138,6 +140,50 @@ def admm_checks():
     return out
 
 
+def kfac_checks():
+    """admm_kfac on a 2-layer GRU over token embeddings, float32: 3 steps (inverse refreshes
+    at steps 0 and 2) with the batch sharded over the devices and the parameters replicated,
+    against the same steps on one device."""
+    mesh = data_mesh()
+    vocab = 10
+    model = admm_jax.StackedRNN("gru", vocab, H, C, layers=2, embed=4, rngs=nnx.Rngs(0))
+    x = jax.random.randint(jax.random.key(1), (N, T), 0, vocab, jnp.int32)
+    y = (x[:, -1] % C).astype(jnp.int32)
+    tx = admm_jax.admm_kfac(model, x, 0.3, refresh_every=2)
+    params = nnx.state(model, nnx.Param)
+
+    def run(params, x, y, mesh=None):
+        state = tx.init(params)
+        if mesh is not None:
+            params, state = replicate(params, mesh), replicate(state, mesh)
+            x, y = shard_batch((x, y), mesh)
+
+        @jax.jit
+        def step(params, state, x, y):
+            updates, state = tx.update(None, state, params, inputs=x, targets=y)
+            return optax.apply_updates(params, updates), state
+
+        for _ in range(3):
+            params, state = step(params, state, x, y)
+        kfac = next(s for s in jax.tree.leaves(
+            state, is_leaf=lambda s: isinstance(s, admm_jax.KFACState))
+            if isinstance(s, admm_jax.KFACState))
+        return params, kfac, step.lower(params, state, x, y).compile()
+
+    p1, k1, _ = run(params, x, y)
+    p8, k8, compiled = run(params, x, y, mesh)
+    return {"devices": len(jax.devices()), "dtype": str(jax.tree.leaves(p8)[0].dtype),
+            "count": int(k8.count), "param_rel": rel(p1, p8),
+            "moved": float(optax.global_norm(jax.tree.map(jnp.subtract, p1, params))
+                           / optax.global_norm(params)),
+            "factor_rel": rel((k1.a, k1.s), (k8.a, k8.s)),
+            "inverse_rel": rel((k1.a_inv, k1.s_inv), (k8.a_inv, k8.s_inv)),
+            "loss_rel": abs(float(k1.loss - k8.loss)) / abs(float(k1.loss)),
+            "replicated": all(len(v.sharding.device_set) == 8 and v.sharding.is_fully_replicated
+                              for v in jax.tree.leaves(p8)),
+            "collectives": [c._asdict() for c in collectives(compiled)]}
+
+
 def rbd_checks(distribution="hadamard"):
     mesh = data_mesh()
     workers = len(jax.devices())
@@ -197,6 +243,7 @@ def rbd_checks(distribution="hadamard"):
 
 
 if __name__ == "__main__":
-    checks = {"admm": admm_checks, "rbd": rbd_checks,
+    checks = {"admm": lambda: {**admm_checks(), "kfac": kfac_checks()}, "kfac": kfac_checks,
+              "rbd": rbd_checks,
               "rbd_rademacher": lambda: rbd_checks("rademacher")}
     print(json.dumps(checks[sys.argv[1]]()))
