@@ -59,10 +59,12 @@ def problem(activation="tanh", loss="cross_entropy", tokens=False):
     return params, x, y
 
 
-def run_admm(tx, params, x, y, iterations, mesh=None):
+def run_steps(tx, params, x, y, iterations, mesh=None, place_state=shard_admm_state):
+    """``iterations`` jitted batch steps of ``tx`` (``grads=None``); with a mesh, the batch
+    sharded, the parameters replicated and the state placed by ``place_state(state, mesh)``."""
     state = tx.init(params)
     if mesh is not None:
-        params, state = replicate(params, mesh), shard_admm_state(state, mesh)
+        params, state = replicate(params, mesh), place_state(state, mesh)
         x, y = shard_batch((x, y), mesh)
 
     @jax.jit
@@ -81,10 +83,10 @@ def admm_checks():
     for name, kw in (("exact", dict(activation="relu", loss="mse")), ("default", {})):
         params, x, y = problem(**kw)
         tx = admm_jax.admmirnn(sweep="backward", num_samples=N, seq_len=T, **kw)
-        p1, s1, _ = run_admm(tx, params, x, y, 3)
-        p8, s8, compiled = run_admm(tx, params, x, y, 3, mesh)
+        p1, s1, _ = run_steps(tx, params, x, y, 3)
+        p8, s8, compiled = run_steps(tx, params, x, y, 3, mesh)
         rev = jnp.arange(N)[::-1]  # the same problem, samples in reverse order, one device
-        pr, _, _ = run_admm(tx, params, x[rev], y[rev], 3)
+        pr, _, _ = run_steps(tx, params, x[rev], y[rev], 3)
         out[name] = {
             "param_rel": rel(p1, p8), "dual_rel": rel(s1.duals, s8.duals),
             "reorder_param_rel": rel(p1, pr),
@@ -96,13 +98,13 @@ def admm_checks():
     # three sweeps in one call: one Gram all-reduce per iteration
     params, x, y = problem()
     tx3 = admm_jax.admmirnn(sweep="backward", num_samples=N, seq_len=T, sweeps=3)
-    _, _, compiled3 = run_admm(tx3, params, x, y, 1, mesh)
+    _, _, compiled3 = run_steps(tx3, params, x, y, 1, mesh)
     out["sweeps3_collectives"] = [c._asdict() for c in collectives(compiled3)]
     # token inputs (segment sums for the input Gram)
     params, x, y = problem(tokens=True)
     tx = admm_jax.admmirnn(sweep="backward", num_samples=N, seq_len=T)
-    p1, _, _ = run_admm(tx, params, x, y, 1)
-    p8, _, ctok = run_admm(tx, params, x, y, 1, mesh)
+    p1, _, _ = run_steps(tx, params, x, y, 1)
+    p8, _, ctok = run_steps(tx, params, x, y, 1, mesh)
     out["tokens"] = {"param_rel": rel(p1, p8),
                      "collectives": [c._asdict() for c in collectives(ctok)]}
     # mini-batches with host multipliers, batches sharded, vs device multipliers + indices
@@ -152,26 +154,14 @@ def kfac_checks():
     tx = admm_jax.admm_kfac(model, x, 0.3, refresh_every=2)
     params = nnx.state(model, nnx.Param)
 
-    def run(params, x, y, mesh=None):
-        state = tx.init(params)
-        if mesh is not None:
-            params, state = replicate(params, mesh), replicate(state, mesh)
-            x, y = shard_batch((x, y), mesh)
-
-        @jax.jit
-        def step(params, state, x, y):
-            updates, state = tx.update(None, state, params, inputs=x, targets=y)
-            return optax.apply_updates(params, updates), state
-
-        for _ in range(3):
-            params, state = step(params, state, x, y)
-        kfac = next(s for s in jax.tree.leaves(
+    def kfac_state(state):
+        return next(s for s in jax.tree.leaves(
             state, is_leaf=lambda s: isinstance(s, admm_jax.KFACState))
             if isinstance(s, admm_jax.KFACState))
-        return params, kfac, step.lower(params, state, x, y).compile()
 
-    p1, k1, _ = run(params, x, y)
-    p8, k8, compiled = run(params, x, y, mesh)
+    p1, s1, _ = run_steps(tx, params, x, y, 3)
+    p8, s8, compiled = run_steps(tx, params, x, y, 3, mesh, place_state=replicate)
+    k1, k8 = kfac_state(s1), kfac_state(s8)
     return {"devices": len(jax.devices()), "dtype": str(jax.tree.leaves(p8)[0].dtype),
             "count": int(k8.count), "param_rel": rel(p1, p8),
             "moved": float(optax.global_norm(jax.tree.map(jnp.subtract, p1, params))
