@@ -1,8 +1,10 @@
-"""Sharded ADMMiRNN and data-parallel RBD on 8 forced host devices (in subprocesses, since
-XLA_FLAGS must be set before jax is imported), and the collective counting they rely on."""
+"""Sharded ADMMiRNN, data-parallel K-FAC and data-parallel RBD on 8 forced host devices (in
+subprocesses, since XLA_FLAGS must be set before jax is imported), and the collective counting
+they rely on."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -20,6 +22,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 N, T, D, H, C = 32, 6, 3, 8, 2  # as in multidevice_checks.py
 
 
+@functools.cache  # the ADMMiRNN and K-FAC tests read one run of "admm"
 def run_checks(which: str) -> dict:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu",
@@ -75,6 +78,18 @@ def test_sharded_admmirnn_equals_unsharded_and_all_reduces_only_the_grams():
     hd = r["host_duals"]
     assert hd["moved"] > 1e-2
     assert hd["param_rel"] < 1e-9 and hd["dual_rel"] < 1e-9, hd
+
+
+def test_sharded_kfac_equals_unsharded_and_only_all_reduces():
+    # admm_kfac, 2-layer GRU over token embeddings, float32, 3 steps with two inverse
+    # refreshes: batch sharded over 8 devices, parameters replicated = one device. The
+    # factors are batch means, so XLA all-reduces them (and the gradients); nothing else moves.
+    r = run_checks("admm")["kfac"]
+    assert r["devices"] == 8 and r["dtype"] == "float32" and r["count"] == 3
+    assert r["moved"] > 1e-2 and r["replicated"]
+    assert r["loss_rel"] < 1e-5 and r["factor_rel"] < 1e-5, r
+    assert r["inverse_rel"] < 1e-4 and r["param_rel"] < 1e-4, r
+    assert r["collectives"] and {c["kind"] for c in r["collectives"]} == {"all-reduce"}
 
 
 @pytest.mark.parametrize("which", ["rbd", "rbd_rademacher"])  # SRHT (default), i.i.d. signs
