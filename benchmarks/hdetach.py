@@ -60,6 +60,7 @@ from _harness import (
     load_task,
     stopwatch,
     timed,
+    validation_split,
     write_json,
     write_plot,
     write_results,
@@ -510,14 +511,15 @@ def copying_plot(fig, result: dict) -> None:
 # ---------------------------------------------------------------------------- mnist
 
 
-def load_mnist(layout: str, pixels_per_step: int, data_dir):
-    """``(x_train, y_train), (x_val, y_val), (x_test, y_test)`` as ``[N, 784/pps, pps]``
-    (``admm_jax.tasks``: pixel- or permuted-MNIST, permutation seed 0)."""
+def mnist_splits(layout: str, pixels_per_step: int, data_dir):
+    """``(x_train, y_train), (x_val, y_val), (x_test, y_test)`` as ``[N, 784/pps, pps]``: the
+    task (pixel- or permuted-MNIST, permutation seed 0), its training set split 50k/10k by the
+    harness's ``validation_split``."""
     task = load_task("pixel-mnist" if layout == "pixels" else "permuted-mnist",
                      seq_len=N_PIXELS // pixels_per_step, data_dir=data_dir)
     (xtr, ytr), (xte, yte) = ((np.asarray(x, np.float32), np.asarray(y, np.int32))
                               for x, y in (task.train, task.test))
-    return (xtr[:50000], ytr[:50000]), (xtr[50000:], ytr[50000:]), (xte, yte)
+    return (*validation_split(xtr, ytr, parts=6), (xte, yte))
 
 
 def make_mnist_fns(tx, seq_len: int):
@@ -688,7 +690,7 @@ def mnist_main(args, argv, ap) -> int:
     if args.resume and path.exists():
         rows = resumable_rows(path, "hdetach_mnist", config, RESUME_KEYS["mnist"])
         print(f"resuming: {len(rows)} finished runs in {path}")
-    data = {layout: load_mnist(layout, args.pixels_per_step, args.data_dir)
+    data = {layout: mnist_splits(layout, args.pixels_per_step, args.data_dir)
             for layout in layouts}
     if args.eval_size < 50000:  # smoke runs: evaluate on the first examples only
         data = {k: (tr, (va[0][:args.eval_size], va[1][:args.eval_size]),
