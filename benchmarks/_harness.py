@@ -44,6 +44,24 @@ def make_optimizer(task: tasks.Task, model: nnx.Module, name: str, **kwargs: Any
     return task.optimizer(name, model=model, **kwargs)
 
 
+def imdb_text_task(data_dir, reviews: int, seq_len: int) -> tasks.Task:
+    """The ``text`` task (next character) on the first ``reviews`` IMDb training reviews:
+    lower-cased, ``<br />`` as a space, printable ASCII only, one review per line (written to
+    a temporary file for ``tasks.load("text")``; the last 10% of windows held out)."""
+    import string
+    import tempfile
+
+    from admm_jax.data import imdb_texts
+
+    keep = set(string.printable) - set("\t\r\x0b\x0c")
+    texts, _ = imdb_texts(f"train[:{reviews}]", data_dir=data_dir, download=False)
+    lines = ("".join(c for c in t.replace("<br />", " ").lower() if c in keep) for t in texts)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "imdb_chars.txt"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return tasks.load("text", text_path=path, seq_len=seq_len)
+
+
 def validation_split(x, y, parts: int = 10):
     """``((x_fit, y_fit), (x_val, y_val))``: the last ``len(x) // parts`` samples of the
     training set held out for tuning (the same split for every method and seed)."""
@@ -94,6 +112,27 @@ def round_robin(runs: dict[Hashable, Callable[[], Any]], rounds: int,
                 if r >= warmup:
                     times[k].append(time.perf_counter() - t)
     return times
+
+
+def stopwatch() -> Callable[[], float]:
+    """A function that returns the seconds since this call (a training clock, a run's wall
+    time)."""
+    t0 = time.perf_counter()
+    return lambda: time.perf_counter() - t0
+
+
+def timed(fn: Callable, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """``(out, seconds)``: ``out = fn(*args, **kwargs)``, waited for (``jax.block_until_ready``),
+    and the seconds it took: one timed call of a training clock that excludes evaluation."""
+    clock = stopwatch()
+    out = jax.block_until_ready(fn(*args, **kwargs))
+    return out, clock()
+
+
+def round_ratios(times: dict, a: Hashable, b: Hashable) -> list[float]:
+    """``times[a][i] / times[b][i]`` for each round ``i`` of :func:`round_robin` (the spread of
+    a comparison; its median is more robust to a round's load than :func:`median_ratio`)."""
+    return [t / u for t, u in zip(times[a], times[b], strict=True)]
 
 
 def median_ms(times: Sequence[float]) -> float:
@@ -150,23 +189,39 @@ def write_results(out: str | pathlib.Path, stem: str, result: dict, cmd: str, *,
     out.mkdir(parents=True, exist_ok=True)
     meta = {"command": cmd, "commit": commit(), "devices": str(jax.devices())}
     result = {**result, "meta": {**meta, **result.get("meta", {})}}
-    _replace(out / f"{stem}.json", json.dumps(result, indent=1))
+    write_json(out / f"{stem}.json", result)
     if table is not None:
         _replace(out / f"{stem}.md", f"`{meta['command']}`\n\n{table}\n")
         print(table)
     if plot is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig = plt.figure(figsize=(6, 3.5), layout="constrained")
-        plot(fig)
-        tmp = out / f".{stem}.png.tmp"
-        fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
-        tmp.replace(out / f"{stem}.png")
+        write_plot(out, stem, plot)
     return out / f"{stem}.json"
+
+
+def write_plot(out: str | pathlib.Path, stem: str, plot: Callable) -> pathlib.Path:
+    """Write ``<out>/<stem>.png``: ``plot(fig)`` draws on a 6 x 3.5 in figure (constrained
+    layout), resized as it likes; replaced whole, as :func:`write_results` does (a script's
+    ``--replot`` redraws a PNG from its JSON with it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig = plt.figure(figsize=(6, 3.5), layout="constrained")
+    plot(fig)
+    tmp = out / f".{stem}.png.tmp"
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    tmp.replace(out / f"{stem}.png")
+    return out / f"{stem}.png"
+
+
+def write_json(path: str | pathlib.Path, obj: Any) -> None:
+    """Replace ``path`` whole with ``obj`` as JSON (written beside, then renamed): a resumable
+    benchmark writes its finished runs with it, and an interrupted write loses none of them."""
+    _replace(pathlib.Path(path), json.dumps(obj, indent=1))
 
 
 def _replace(path: pathlib.Path, text: str) -> None:

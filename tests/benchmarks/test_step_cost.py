@@ -57,6 +57,21 @@ def test_admm_times_both_steps_on_mnist(bench, tmp_path, data_dir):
     assert (tmp_path / "admm_speed_smoke.png").stat().st_size > 10_000
 
 
+def test_iteration_times_every_variant_against_adam(bench, tmp_path, data_dir):
+    assert bench.main(["iteration", "--smoke", "--cg-steps", "1", "--data-dir", str(data_dir),
+                       "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "admm_iteration_cost_smoke.json").read_text())
+    rows = res["rows"]
+    assert [r["method"] for r in rows] == ["adam", "admmirnn", "admmirnn_cg1"]
+    assert res["config"]["T"] == 28 and res["config"]["warmup"] == 1
+    for r in rows:
+        assert len(r["times"]) == 2 and r["flops"] > 0 and r["median_over_adam"] > 0
+        assert r["min_seconds"] <= r["median_seconds"]
+    assert rows[0]["flops_over_adam"] == 1.0 and rows[0]["median_over_adam"] == 1.0
+    assert "| admmirnn_cg1 |" in (tmp_path / "admm_iteration_cost_smoke.md").read_text()
+    assert "step_cost.py iteration --smoke" in res["meta"]["command"]
+
+
 def test_kfac_times_every_method_and_counts_the_step(bench, tmp_path):
     assert bench.main(["kfac", "--smoke", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "kfac_step_cost_elman_smoke.json").read_text())
