@@ -168,6 +168,17 @@ def _embed_site(eqn, origins):
     return ok or None
 
 
+class _Scope(NamedTuple):
+    """What the walk knows of one jaxpr while it goes through its equations."""
+
+    origin: Callable  # var -> its Origin (None: not derived from the parameters)
+    orig: dict  # var -> Origin, written as origins are found
+    chain: dict  # site output var (through transposes/casts) -> (site path, out axis)
+    consumers: dict  # var -> how many equations read it
+    first: dict  # var -> the first equation that reads it
+    uses: int  # how many times the jaxpr runs per call (scan lengths multiplied)
+
+
 class Walk:
     """One walk over a model's jaxpr: to find its sites (``taps=None``), or to run it with
     the taps of a plan (``taps``: the [Tap][admm_jax.kfac.taps.Tap] for each site path)."""
@@ -202,20 +213,18 @@ class Walk:
         def origin(v):
             return None if isinstance(v, jcore.Literal) else orig.get(v)
 
-        consumers = _consumers(jaxpr)
-        first = _first_consumer(jaxpr)
-        chain: dict = {}  # site output var (through transposes/casts) -> (site path, out axis)
+        scope = _Scope(origin, orig, {}, _consumers(jaxpr), _first_consumer(jaxpr), uses)
         for i, eqn in enumerate(jaxpr.eqns):
             here = (*path, i)
-            outs = self._eqn(eqn, here, [read(v) for v in eqn.invars], origin, orig, chain,
-                             consumers, first, uses)
+            outs = self._eqn(eqn, here, [read(v) for v in eqn.invars], scope)
             if outs is not None:
                 for v, val in zip(eqn.outvars, outs, strict=True):
                     env[v] = val
         return [read(v) for v in jaxpr.outvars], [origin(v) for v in jaxpr.outvars]
 
-    def _eqn(self, eqn, here, vals, origin, orig, chain, consumers, first, uses):
+    def _eqn(self, eqn, here, vals, scope: _Scope):
         name = eqn.primitive.name
+        origin, orig, chain, consumers = scope.origin, scope.orig, scope.chain, scope.consumers
         ins = [origin(v) for v in eqn.invars]
         running = self.taps is not None
 
@@ -243,10 +252,10 @@ class Walk:
         if name == "dot_general":
             found = _dense_site(eqn, origin)
             if found is not None:
-                return self._dense(eqn, here, vals, ins, found, chain, consumers, first, uses)
+                return self._dense(eqn, here, vals, ins, found, scope)
         if name == "gather":
             if _embed_site(eqn, origin):
-                return self._embed(eqn, here, vals, ins, chain, consumers, first, uses)
+                return self._embed(eqn, here, vals, ins, scope)
 
         if not any(o is not None for o in ins):  # nothing of the parameters inside
             return self._bind(eqn, vals) if running else None
@@ -255,12 +264,12 @@ class Walk:
             inner = eqn.params["jaxpr"]
             closed = inner if isinstance(inner, jcore.ClosedJaxpr) else jcore.ClosedJaxpr(
                 inner, ())
-            outs, out_orig = self.run(closed.jaxpr, closed.consts, vals, ins, here, uses)
+            outs, out_orig = self.run(closed.jaxpr, closed.consts, vals, ins, here, scope.uses)
             for v, o in zip(eqn.outvars, out_orig, strict=True):
                 orig[v] = o
             return outs if running else None
         if name == "scan":
-            return self._scan(eqn, here, vals, ins, uses)
+            return self._scan(eqn, here, vals, ins, scope.uses)
         if name == "while":
             leaves = sorted({i for o in ins if o is not None for i in o.leaves})
             raise UnsupportedModelError(
@@ -281,8 +290,9 @@ class Walk:
         return out if eqn.primitive.multiple_results else [out]
 
     # -- linear maps
-    def _dense(self, eqn, here, vals, ins, found, chain, consumers, first, uses):
+    def _dense(self, eqn, here, vals, ins, found, scope: _Scope):
         k, kc, xc, out_axis = found
+        chain, consumers, first, uses = scope.chain, scope.consumers, scope.first, scope.uses
         x = eqn.invars[1 - k]
         d_in = eqn.invars[k].aval.shape[kc]
         d_out = eqn.invars[k].aval.shape[1 - kc]
@@ -300,7 +310,8 @@ class Walk:
             return self._bind(eqn, vals)
         return [dense_tap(eqn, k, xc, out_axis, tap, vals, self.dummies)]
 
-    def _embed(self, eqn, here, vals, ins, chain, consumers, first, uses):
+    def _embed(self, eqn, here, vals, ins, scope: _Scope):
+        chain, consumers, first, uses = scope.chain, scope.consumers, scope.first, scope.uses
         table, idx = eqn.invars
         v, d = table.aval.shape
         rows = math.prod(idx.aval.shape[:-1])
