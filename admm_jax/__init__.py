@@ -5,7 +5,8 @@ optax transformations, beside the methods they are compared with: NovoGrad, rand
 descent and h-detach LSTM training.
 """
 
-from admm_jax import data, distributed, layouts, optimizers, train
+# _xla first: it sets an XLA CPU flag before JAX's backend starts (its docstring says why)
+from admm_jax import _xla, data, distributed, layouts, optimizers, train  # noqa: F401
 from admm_jax.admm import (
     ADMMDiagnostics,
     ADMMiRNNState,

@@ -269,6 +269,22 @@ def _model_options(args) -> dict:
     return {"cell": args.cell, "layers": args.layers, "embed": args.embed}
 
 
+def _check_model(parser, args, names, flag: str = "--optimizers") -> None:
+    """The model flags fit together and every optimizer can train that model, before any
+    data is read."""
+    from admm_jax import optimizers
+
+    if args.cell == "elman" and (args.layers != 1 or args.embed is not None):
+        parser.error("--layers, --embed: --cell elman is the package's one-layer ElmanRNN; "
+                     "use --cell simple (Flax's SimpleCell) to stack layers or embed tokens")
+    if args.cell in ("elman", "simple"):
+        return
+    for name in names:
+        if optimizers.entry(name).elman_only:
+            parser.error(f"{flag}: {name} trains the Elman recurrence only (--cell elman "
+                         f"or simple), not --cell {args.cell}")
+
+
 def _check_state_memory(parser, task, names, hidden) -> None:
     for name in names:
         gib = task.state_bytes(name, hidden) / 2**30
@@ -294,6 +310,7 @@ def _compare(parser, args) -> int:
         except ValueError as e:
             parser.error(f"--optimizers: {e}")
     names = [optimizers.canonical_name(n) for n in names]
+    _check_model(parser, args, names)
     lrs = _parse_lrs(parser, args.lr, names)
     budget = args.budget_seconds
     if budget is None and args.iterations is None:
@@ -356,6 +373,7 @@ def _train(parser, args) -> int:
         parser.error(f"--optimizer: {e}")
     if args.resume and not args.checkpoint_dir:
         parser.error("--resume: needs --checkpoint-dir")
+    _check_model(parser, args, [name], "--optimizer")
     if args.learning_rate is not None and optimizers.default_learning_rate(name) is None:
         parser.error(f"--learning-rate: {name} takes no learning rate")
     task = _load_task(parser, args)

@@ -1,7 +1,8 @@
 """What every benchmark shares: the data (through ``admm_jax.tasks``), the validation split
 that tuning scores on, the optimizers, the round-robin timer with median ratios, seeds, the
-loop that drives a batch of runs (``BatchedTrainer``) with periodic evaluation, and
-the JSON + PNG + Markdown writer that records the full command and the commit in ``meta``.
+training clock, the loop that drives a batch of runs (``BatchedTrainer``) with periodic
+evaluation, checkpoints and resume, and the JSON + PNG + Markdown writer that records the full
+command and the commit in ``meta``.
 
 A script imports it as ``from _harness import ...`` (``benchmarks/`` is on ``sys.path`` when
 the script runs, and the smoke tests put it there).
@@ -22,6 +23,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from admm_jax import optimizers, tasks
@@ -43,6 +45,24 @@ def make_optimizer(task: tasks.Task, model: nnx.Module, name: str, **kwargs: Any
     (``task.optimizer`` fills in what the task decides: samples, sequence length, loss; a
     method built for the model, K-FAC, gets ``model`` and an example batch)."""
     return task.optimizer(name, model=model, **kwargs)
+
+
+def imdb_text_task(data_dir, reviews: int, seq_len: int) -> tasks.Task:
+    """The ``text`` task (next character) on the first ``reviews`` IMDb training reviews:
+    lower-cased, ``<br />`` as a space, printable ASCII only, one review per line (written to
+    a temporary file for ``tasks.load("text")``; the last 10% of windows held out)."""
+    import string
+    import tempfile
+
+    from admm_jax.data import imdb_texts
+
+    keep = set(string.printable) - set("\t\r\x0b\x0c")
+    texts, _ = imdb_texts(f"train[:{reviews}]", data_dir=data_dir, download=False)
+    lines = ("".join(c for c in t.replace("<br />", " ").lower() if c in keep) for t in texts)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = pathlib.Path(tmp) / "imdb_chars.txt"
+        path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return tasks.load("text", text_path=path, seq_len=seq_len)
 
 
 def validation_split(x, y, parts: int = 10):
@@ -97,6 +117,27 @@ def round_robin(runs: dict[Hashable, Callable[[], Any]], rounds: int,
     return times
 
 
+def stopwatch() -> Callable[[], float]:
+    """A function that returns the seconds since this call (a training clock, a run's wall
+    time)."""
+    t0 = time.perf_counter()
+    return lambda: time.perf_counter() - t0
+
+
+def timed(fn: Callable, *args: Any, **kwargs: Any) -> tuple[Any, float]:
+    """``(out, seconds)``: ``out = fn(*args, **kwargs)``, waited for (``jax.block_until_ready``),
+    and the seconds it took: one timed call of a training clock that excludes evaluation."""
+    clock = stopwatch()
+    out = jax.block_until_ready(fn(*args, **kwargs))
+    return out, clock()
+
+
+def round_ratios(times: dict, a: Hashable, b: Hashable) -> list[float]:
+    """``times[a][i] / times[b][i]`` for each round ``i`` of :func:`round_robin` (the spread of
+    a comparison; its median is more robust to a round's load than :func:`median_ratio`)."""
+    return [t / u for t, u in zip(times[a], times[b], strict=True)]
+
+
 def median_ms(times: Sequence[float]) -> float:
     """The median of ``times`` (seconds), in milliseconds."""
     return 1e3 * statistics.median(times)
@@ -129,6 +170,39 @@ def train_batch(trainer, every: int, *, on_eval: Callable | None = None,
     trainer.finish()
     if checkpoint is not None:
         trainer.save(checkpoint)
+
+
+def resume_batch(checkpoint: str | pathlib.Path | None, model: nnx.Module, tx):
+    """The runs saved in ``checkpoint`` by :func:`train_batch` (``load_runs``, read with the
+    structure of ``model``'s parameters and ``tx``'s state), for ``BatchedTrainer(...,
+    resume=)``; ``None`` when there is nothing to resume."""
+    from admm_jax.train import checkpoint_steps, load_runs
+
+    if checkpoint is None or not checkpoint_steps(pathlib.Path(checkpoint) / "run_000"):
+        return None
+    params = nnx.state(model, nnx.Param)
+    return load_runs(checkpoint, params, tx.init(params))
+
+
+def batch_figures(trainer, history) -> dict:
+    """A batch's figures for a run's results: the training seconds (shared by the runs of a
+    ``BatchedTrainer``), seconds per iteration, runs in the batch and compile seconds
+    (``history``: the run's)."""
+    return {"train_seconds": trainer.train_seconds,
+            "seconds_per_iteration": trainer.train_seconds / max(1, trainer.iteration),
+            "runs_in_batch": trainer.runs, "compile_seconds": history.meta["compile_seconds"]}
+
+
+def interval_means(steps: dict, key: str, iterations: Sequence[int]) -> list[float]:
+    """The mean of a batched history's per-step ``steps[key]`` over each interval between
+    evaluation points ``iterations`` (``(0, i_0], (i_0, i_1], ...``; NaN where a frozen run
+    took no step)."""
+    it, values = np.asarray(steps.get("iteration", [])), np.asarray(steps.get(key, []))
+    out = []
+    for lo, hi in zip([0, *iterations[:-1]], iterations, strict=True):
+        sel = (it > lo) & (it <= hi)
+        out.append(float(np.mean(values[sel])) if sel.any() else float("nan"))
+    return out
 
 
 # ---------------------------------------------------------------------------- the writer
@@ -175,23 +249,39 @@ def write_results(out: str | pathlib.Path, stem: str, result: dict, cmd: str, *,
     out.mkdir(parents=True, exist_ok=True)
     meta = {"command": cmd, "commit": commit(), "devices": str(jax.devices())}
     result = {**result, "meta": {**meta, **result.get("meta", {})}}
-    _replace(out / f"{stem}.json", json.dumps(result, indent=1))
+    write_json(out / f"{stem}.json", result)
     if table is not None:
         _replace(out / f"{stem}.md", f"`{meta['command']}`\n\n{table}\n")
         print(table)
     if plot is not None:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig = plt.figure(figsize=(6, 3.5), layout="constrained")
-        plot(fig)
-        tmp = out / f".{stem}.png.tmp"
-        fig.savefig(tmp, dpi=100, format="png")
-        plt.close(fig)
-        tmp.replace(out / f"{stem}.png")
+        write_plot(out, stem, plot)
     return out / f"{stem}.json"
+
+
+def write_plot(out: str | pathlib.Path, stem: str, plot: Callable) -> pathlib.Path:
+    """Write ``<out>/<stem>.png``: ``plot(fig)`` draws on a 6 x 3.5 in figure (constrained
+    layout), resized as it likes; replaced whole, as :func:`write_results` does (a script's
+    ``--replot`` redraws a PNG from its JSON with it)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    fig = plt.figure(figsize=(6, 3.5), layout="constrained")
+    plot(fig)
+    tmp = out / f".{stem}.png.tmp"
+    fig.savefig(tmp, dpi=100, format="png")
+    plt.close(fig)
+    tmp.replace(out / f"{stem}.png")
+    return out / f"{stem}.png"
+
+
+def write_json(path: str | pathlib.Path, obj: Any) -> None:
+    """Replace ``path`` whole with ``obj`` as JSON (written beside, then renamed): a resumable
+    benchmark writes its finished runs with it, and an interrupted write loses none of them."""
+    _replace(pathlib.Path(path), json.dumps(obj, indent=1))
 
 
 def _replace(path: pathlib.Path, text: str) -> None:

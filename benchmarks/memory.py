@@ -30,11 +30,10 @@ import json
 import resource
 import subprocess
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
-from _harness import RESULTS, command, median_ratio, round_robin, write_results
+from _harness import RESULTS, command, median_ratio, round_robin, stopwatch, write_results
 
 from admm_jax import scale_by_random_bases
 from admm_jax.optim.random_bases import basis_block
@@ -140,7 +139,7 @@ def admm(args) -> tuple[str, dict]:
     if args.smoke:  # the two ends (each compile of an update takes seconds)
         configs = [configs[0], configs[-1]]
     rows = []
-    t0 = time.perf_counter()
+    elapsed = stopwatch()
     for name, n_state, batch, aux, host in configs:
         comp = compiled_bytes(n_state, batch, h, aux, args.dtype, args.sweep)
         pred = admm_memory_bytes(n, T, h, C, input_dim=D, batch_size=batch, auxiliaries=aux,
@@ -172,7 +171,7 @@ def admm(args) -> tuple[str, dict]:
         "T": T, "D": D, "C": C, "hidden": h, "dtype": args.dtype, "sweep": args.sweep,
         "n": n, "batch": b,
         "compiled": rows, "k_full_batch": k_fit, "k_mini_batch": k_mini, "measured": meas,
-        "seconds": time.perf_counter() - t0,
+        "seconds": elapsed(),
         "peak_rss_this_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 

@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
-import time
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 T, D, C = 28, 28, 10
@@ -70,7 +69,15 @@ def main(argv=None) -> int:
     import jax
     import numpy as np
     import optax
-    from _harness import command, load_task, markdown_table, median_ms, round_robin, write_results
+    from _harness import (
+        command,
+        load_task,
+        markdown_table,
+        median_ms,
+        round_robin,
+        stopwatch,
+        write_results,
+    )
     from flax import nnx
     from jax.sharding import PartitionSpec as P
 
@@ -113,7 +120,7 @@ def main(argv=None) -> int:
                                      args.repeats)["f"]) / 1e3
 
     rows = []
-    t_start = time.perf_counter()
+    elapsed = stopwatch()
     for k in counts:
         if n % k:
             continue
@@ -166,7 +173,7 @@ def main(argv=None) -> int:
             rows.append({"method": name, "devices": k, "seconds": t, "collectives": stats,
                          "bytes": sum(v["bytes"] for v in stats.values()),
                          "ops": sum(v["count"] for v in stats.values())})
-        print(f"{k} device(s) done ({time.perf_counter() - t_start:.0f}s)", flush=True)
+        print(f"{k} device(s) done ({elapsed():.0f}s)", flush=True)
 
     print(f"\nstrong scaling on {platform} ({len(devices)} devices: {devices[0].device_kind}), "
           f"{source}, N={n}, H={h}, D_params={n_params}, RBD dim={args.dim}")
@@ -182,7 +189,7 @@ def main(argv=None) -> int:
            "n_devices_available": len(devices), "source": source, "n": n, "hidden": h,
            "dim": args.dim, "n_params": n_params, "repeats": args.repeats, "rows": rows,
            "xla_flags": os.environ.get("XLA_FLAGS", ""),
-           "seconds": time.perf_counter() - t_start}
+           "seconds": elapsed()}
     path = pathlib.Path(args.out or RESULTS / f"scaling_{platform}.json")
     write_results(path.parent, path.stem, out, command(__file__, argv), table=table)
     print(f"wrote {path}")

@@ -4,6 +4,7 @@ each figure is a ratio of medians. Random inputs of row-MNIST's shape (D=28, H=1
 B=128; ``--smoke``: tiny, seconds).
 
     python benchmarks/step_cost.py admm --data-dir ../shared/data  # ADMMiRNN vs BPTT, T grows
+    python benchmarks/step_cost.py iteration --data-dir "$ADMM_JAX_DATA"  # ADMMiRNN vs Adam, ~1 min
     python benchmarks/step_cost.py nonfinite   # fit's step with and without reject_nonfinite
     python benchmarks/step_cost.py trainer     # Trainer (fit's loop) against a bare loop
     python benchmarks/step_cost.py kfac        # the K-FAC methods against Adam and Muon
@@ -20,6 +21,16 @@ achieved matrix FLOP rate as a fraction of this machine's large-matmul rate (an
 ``2 m n k``, Cholesky ``n^3 / 3``, triangular solves ``m n^2``, scan bodies times their
 length; elementwise work not counted, so the fraction is a lower bound). Writes
 ``results/admm_speed.{json,png,md}``.
+
+``iteration``: the cost of one ADMMiRNN iteration against one Adam BPTT step at row-MNIST's
+sizes (T=28 rows of D=28 pixels of real images, ``--hidden`` 128, ``--batch-size`` 128; issue
+28's bar: an iteration within 3x an Adam step), each the step fit runs (ADMMiRNN reports the
+batch loss itself, so its step makes no extra forward pass), ``--rounds`` 50 after ``--warmup``
+5: the median and the minimum per method and their ratios to Adam's, and the matrix FLOPs of
+each step's jaxpr (counted as in ``admm``). Variants: ``adam`` (lr 1e-3), ``admmirnn`` (the
+default: the exact output-space solve of the coupled block) and ``admmirnn_cg<k>`` (the coupled
+block by ``k`` conjugate-gradient iterations) for ``k`` in ``--cg-steps``. Writes
+``results/admm_iteration_cost.{json,md}``.
 
 ``nonfinite``: for the gradient optimizers of the registry, the raw optax transformation and
 the same one wrapped in ``admm_jax.reject_nonfinite``, each in fit's compiled step (forward,
@@ -63,6 +74,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -72,9 +84,11 @@ from _harness import (
     RESULTS,
     command,
     compiled_train_step,
+    load_task,
     markdown_table,
     median_ms,
     median_ratio,
+    round_ratios,
     round_robin,
     write_results,
 )
@@ -110,7 +124,7 @@ def nonfinite(args, s) -> tuple[dict, str, object]:
                           ("guarded", admm_jax.reject_nonfinite(factory(lr)))):
             fn, a, _ = compiled_train_step(tx, model, x, y)
             runs[(name, label)] = _stepper(fn, list(a))
-    times = round_robin(runs, args.rounds)
+    times = round_robin(runs, args.rounds, args.warmup)
     rows = [{"optimizer": name, "raw_ms": median_ms(times[(name, "raw")]),
              "guarded_ms": median_ms(times[(name, "guarded")]),
              "ratio": median_ratio(times, (name, "guarded"), (name, "raw")),
@@ -169,19 +183,20 @@ def count_flops(jaxpr) -> float:
 
 
 def admm(args, s) -> tuple[dict, str, object]:
-    from admm_jax import data, optimizers
+    from admm_jax import optimizers
     from admm_jax.tasks import rechunk_pixels
 
     batch = 16 if args.smoke else (args.batch_size or 64)
     hidden = 8 if args.smoke else (args.hidden or 64)
     seq_lens = [28] if args.smoke else [int(t) for t in args.seq_lens.split(",")]
     matmul_n = 128 if args.smoke else args.matmul_n
-    x_all, y_all = data.mnist(f"train[:{batch}]", layout="pixels", data_dir=args.data_dir,
-                              download=False)
+    x_all, y_all = load_task("pixel-mnist", data_dir=args.data_dir, train_subset=batch,
+                             test_subset=1).train
     a = jax.random.normal(jax.random.key(0), (matmul_n, matmul_n), jnp.float32)
     matmul = jax.jit(lambda u, v: u @ v)
     peak = 2.0 * matmul_n ** 3 / (median_ms(round_robin(
-        {"matmul": lambda: matmul(a, a).block_until_ready()}, args.rounds)["matmul"]) / 1e3)
+        {"matmul": lambda: matmul(a, a).block_until_ready()}, args.rounds,
+        args.warmup)["matmul"]) / 1e3)
     rows = []
     for t in seq_lens:
         x, y = jnp.asarray(rechunk_pixels(x_all, t)), jnp.asarray(y_all)
@@ -192,7 +207,7 @@ def admm(args, s) -> tuple[dict, str, object]:
             fn, a_, step = compiled_train_step(tx, model, x, y, use_gradients=None)
             flops[name] = count_flops(jax.make_jaxpr(step)(*a_))
             runs[name] = _stepper(fn, list(a_))
-        times = round_robin(runs, args.rounds)
+        times = round_robin(runs, args.rounds, args.warmup)
         row = {"T": t, "pixels_per_step": 784 // t}
         for name in runs:
             sec = median_ms(times[name]) / 1e3
@@ -231,6 +246,42 @@ def admm(args, s) -> tuple[dict, str, object]:
     return result, table, plot
 
 
+def iteration(args, s) -> tuple[dict, str, None]:
+    batch = 8 if args.smoke else (args.batch_size or 128)
+    hidden = 8 if args.smoke else (args.hidden or 128)
+    x, y = (jnp.asarray(a) for a in load_task("row-mnist", data_dir=args.data_dir,
+                                               train_subset=batch, test_subset=1).train)
+    variants = {"adam": optax.adam(1e-3), "admmirnn": admm_jax.admmirnn()}
+    for k in (int(c) for c in args.cg_steps.split(",") if c.strip()):
+        variants[f"admmirnn_cg{k}"] = admm_jax.admmirnn(cg_steps=k)
+    runs, flops = {}, {}
+    for name, tx in variants.items():
+        model = admm_jax.ElmanRNN(x.shape[2], hidden, 10, rngs=nnx.Rngs(0))
+        fn, a, step = compiled_train_step(tx, model, x, y, use_gradients=None)
+        flops[name] = count_flops(jax.make_jaxpr(step)(*a))
+        runs[name] = _stepper(fn, list(a))
+    times = round_robin(runs, args.rounds, args.warmup)
+    rows = [{"method": name, "median_seconds": median_ms(times[name]) / 1e3,
+             "min_seconds": min(times[name]),
+             "median_over_adam": median_ratio(times, name, "adam"),
+             "min_over_adam": min(times[name]) / min(times["adam"]),
+             "flops": flops[name], "flops_over_adam": flops[name] / flops["adam"],
+             "times": times[name]} for name in runs]
+    result = {"config": {"T": int(x.shape[1]), "D": int(x.shape[2]), "hidden": hidden,
+                         "batch_size": batch, "cg_steps": args.cg_steps, "rounds": args.rounds,
+                         "warmup": args.warmup},
+              "platform": jax.devices()[0].platform, "cpu_count": os.cpu_count(),
+              "load_average": os.getloadavg(), "rows": rows}
+    for r in rows:
+        r["median_ms"], r["min_ms"] = 1e3 * r["median_seconds"], 1e3 * r["min_seconds"]
+        r["gflop"] = r["flops"] / 1e9
+    table = markdown_table(rows, {"method": "method", "median_ms": "median ms",
+                                  "min_ms": "min ms", "median_over_adam": "x Adam (median)",
+                                  "min_over_adam": "x Adam (min)", "gflop": "GFLOP",
+                                  "flops_over_adam": "x Adam FLOPs"})
+    return result, table, None
+
+
 def _stepper(fn, a, batches=None, steps: int = 1):
     """One call: ``steps`` steps of ``fn`` (cycling through ``batches`` of ``(x, y)``, else
     on ``a``'s own), then a sync."""
@@ -256,7 +307,7 @@ def trainer(args, s) -> tuple[dict, str, None]:
         t = Trainer(model, tx, (x, y), batch_size=s["B"])
         runs[(m, "trainer")] = lambda t=t: t.run(args.steps)
         runs[(m, "bare")] = lambda t=t: _bare_loop(t, batches)
-    times = round_robin(runs, args.rounds)
+    times = round_robin(runs, args.rounds, args.warmup)
     rows = []
     for m in TRAINER_METHODS:
         tr, bare = (median_ms(times[(m, k)]) / args.steps for k in ("trainer", "bare"))
@@ -351,10 +402,10 @@ def kfac(args, s) -> tuple[dict, str, object]:
         fn, a, step = compiled_train_step(tx, model, *batches[0], use_gradients=None)
         flops[name] = (xla_flops(fn), count_flops(jax.make_jaxpr(step)(*a)))
         runs[name] = _stepper(fn, list(a), batches, steps)
-    times = round_robin(runs, args.rounds)
+    times = round_robin(runs, args.rounds, args.warmup)
     rows = []
     for name in runs:
-        per_round = [t / a for t, a in zip(times[name], times["adam"], strict=True)]
+        per_round = round_ratios(times, name, "adam")
         rows.append({"method": name, "ms_per_step": median_ms(times[name]) / steps,
                      "ratio_vs_adam": median_ratio(times, name, "adam"),
                      "ratio_min": min(per_round), "ratio_max": max(per_round),
@@ -403,7 +454,7 @@ def runs(args, s) -> tuple[dict, str, object]:
     from admm_jax.train import BatchedTrainer
 
     hidden = 8 if args.smoke else (args.hidden or 128)
-    counts = [1, 2] if args.smoke else [int(v) for v in args.runs.split(",")]
+    counts = [2] if args.smoke else [int(v) for v in args.runs.split(",")]
     workloads = ["copying"] if args.smoke else args.workloads.split(",")
     rows = []
     for w in workloads:
@@ -435,7 +486,8 @@ def runs(args, s) -> tuple[dict, str, object]:
                     faults[v].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
 
                 times = round_robin({v: (lambda v=v, tr=tr, c=cl: call(v, tr, c))
-                                     for v, (tr, cl) in variants.items()}, args.rounds)
+                                     for v, (tr, cl) in variants.items()}, args.rounds,
+                                     args.warmup)
                 row = {"workload": w, "runs": n, "steps_per_call": k, "T": t, "batch": b,
                        "hidden": hidden}
                 for v, (tr, _) in variants.items():
@@ -475,11 +527,20 @@ def runs(args, s) -> tuple[dict, str, object]:
     return result, table, plot
 
 
-CASES = {"admm": (admm, "admm_speed", 5, 1),
-         "nonfinite": (nonfinite, "nonfinite_overhead", 60, 1),
-         "trainer": (trainer, "trainer_overhead", 10, 50),
-         "kfac": (kfac, "kfac_step_cost_{model}", 10, 40),
-         "runs": (runs, "batched_runs", 3, 1)}
+class Case(NamedTuple):
+    run: object  # (args, sizes) -> (result, Markdown table, plot callback or None)
+    stem: str  # of the result files
+    rounds: int  # timed rounds, by default
+    steps: int = 1  # steps per round, by default
+    warmup: int = 1  # untimed rounds first, by default
+
+
+CASES = {"admm": Case(admm, "admm_speed", 5),
+         "iteration": Case(iteration, "admm_iteration_cost", 50, warmup=5),
+         "nonfinite": Case(nonfinite, "nonfinite_overhead", 60),
+         "trainer": Case(trainer, "trainer_overhead", 10, 50),
+         "kfac": Case(kfac, "kfac_step_cost_{model}", 10, 40),
+         "runs": Case(runs, "batched_runs", 3)}
 
 
 def main(argv=None) -> int:
@@ -487,16 +548,23 @@ def main(argv=None) -> int:
     ap.add_argument("case", choices=sorted(CASES))
     ap.add_argument("--smoke", action="store_true", help="tiny sizes, a few rounds")
     ap.add_argument("--rounds", type=int, default=None, help="timed rounds (per case default)")
+    ap.add_argument("--warmup", type=int, default=None,
+                    help="untimed rounds first (iteration: 5, the others 1)")
     ap.add_argument("--steps", type=int, default=None, help="steps per round (trainer)")
     ap.add_argument("--out", default=str(RESULTS))
+    ap.add_argument("--tag", default=None, help="stem of the result files (per case default)")
     ap.add_argument("--batch-size", type=int, default=None,
-                    help="admm: samples per iteration (default 64); kfac: 128")
-    ap.add_argument("--hidden", type=int, default=None, help="admm: 64 (default); kfac, runs: 128")
+                    help="admm: samples per iteration (default 64); kfac, iteration, runs: 128")
+    ap.add_argument("--hidden", type=int, default=None,
+                    help="admm: 64 (default); kfac, iteration, runs: 128")
+    ap.add_argument("--data-dir", default=os.environ.get("ADMM_JAX_DATA"),
+                    help="admm, iteration: MNIST folder (default $ADMM_JAX_DATA)")
     g = ap.add_argument_group("admm")
-    g.add_argument("--data-dir", default=os.environ.get("ADMM_JAX_DATA"),
-                   help="MNIST folder (default $ADMM_JAX_DATA)")
     g.add_argument("--seq-lens", default="28,112,392,784", help="T, divisors of 784")
     g.add_argument("--matmul-n", type=int, default=2048, help="size of the reference matmul")
+    g = ap.add_argument_group("iteration")
+    g.add_argument("--cg-steps", default="2,6",
+                   help="comma-separated k of the admmirnn_cg<k> variants ('' for none)")
     g = ap.add_argument_group("kfac")
     g.add_argument("--model", choices=tuple(KFAC_MODELS), default="elman")
     g = ap.add_argument_group("runs")
@@ -504,12 +572,14 @@ def main(argv=None) -> int:
     g.add_argument("--workloads", default="copying,row-mnist", help=str(list(RUNS_WORKLOADS)))
     g.add_argument("--steps-per-call", default="10", help="steps per compiled call, a list")
     args = ap.parse_args(argv)
-    run, stem, rounds, steps = CASES[args.case]
-    args.rounds = args.rounds or (2 if args.smoke else rounds)
-    args.steps = args.steps or (5 if args.smoke else steps)
-    result, table, plot = run(args, sizes(args.smoke))
-    write_results(args.out, stem.format(model=args.model) + ("_smoke" if args.smoke else ""),
-                  result, command(__file__, argv), table=table, plot=plot)
+    case = CASES[args.case]
+    args.rounds = args.rounds or (2 if args.smoke else case.rounds)
+    args.steps = args.steps or (5 if args.smoke else case.steps)
+    if args.warmup is None:
+        args.warmup = 1 if args.smoke else case.warmup
+    result, table, plot = case.run(args, sizes(args.smoke))
+    stem = args.tag or case.stem.format(model=args.model) + ("_smoke" if args.smoke else "")
+    write_results(args.out, stem, result, command(__file__, argv), table=table, plot=plot)
     return 0
 
 

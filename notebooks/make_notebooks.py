@@ -255,7 +255,7 @@ plt.show()
 '''),
     ("md", """\
 The small budget only shows that the loop runs. Even at T=100 and 150 iterations
-(`benchmarks/hdetach_copying.py`, 2 seeds per method) both variants are still on the
+(`benchmarks/hdetach.py copying`, 2 seeds per method) both variants are still on the
 blank-prediction plateau (0 % of the symbols recalled, loss 2.2 -> 0.47); the paper trains
 for thousands of iterations before h-detach pulls ahead."""),
 ])

@@ -13,7 +13,7 @@ BENCHMARKS = pathlib.Path(__file__).resolve().parents[1] / "benchmarks"
 
 def load(name: str) -> ModuleType:
     """``benchmarks/<name>.py`` as a fresh module named ``<name>_bench``."""
-    if str(BENCHMARKS) not in sys.path:  # a script may import a sibling (random_bases_speed)
+    if str(BENCHMARKS) not in sys.path:  # the scripts import _harness from beside them
         sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"{name}_bench", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)

@@ -2,7 +2,7 @@
 linear map output gets a zero tap per time step, differentiated with ``jax.grad``.
 
 Each model is written out by hand (the cell equations as in Flax's source), independently of
-the jaxpr walk in ``admm_jax.kfac.trace``. For a map ``y_t = x_t K (+ b)`` used at steps
+the jaxpr walk in ``admm_jax.kfac.walk``. For a map ``y_t = x_t K (+ b)`` used at steps
 ``t``, with ``g_t = d(sum of loss terms)/d y_t`` (a sample's own adjoint):
 
     A = sum_{n,t} [x; 1][x; 1]^T / N,   S = sum_{n,t} g g^T / (N T),

@@ -2,6 +2,8 @@
 imported), print one JSON line of measurements; tests/test_distributed.py asserts on them.
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice_checks.py admm
+
+``admm`` also runs the K-FAC check (one subprocess, one JAX start-up for both).
 """
 
 from __future__ import annotations
@@ -57,10 +59,12 @@ def problem(activation="tanh", loss="cross_entropy", tokens=False):
     return params, x, y
 
 
-def run_admm(tx, params, x, y, iterations, mesh=None):
+def run_steps(tx, params, x, y, iterations, mesh=None, place_state=shard_admm_state):
+    """``iterations`` jitted batch steps of ``tx`` (``grads=None``); with a mesh, the batch
+    sharded, the parameters replicated and the state placed by ``place_state(state, mesh)``."""
     state = tx.init(params)
     if mesh is not None:
-        params, state = replicate(params, mesh), shard_admm_state(state, mesh)
+        params, state = replicate(params, mesh), place_state(state, mesh)
         x, y = shard_batch((x, y), mesh)
 
     @jax.jit
@@ -79,10 +83,10 @@ def admm_checks():
     for name, kw in (("exact", dict(activation="relu", loss="mse")), ("default", {})):
         params, x, y = problem(**kw)
         tx = admm_jax.admmirnn(sweep="backward", num_samples=N, seq_len=T, **kw)
-        p1, s1, _ = run_admm(tx, params, x, y, 3)
-        p8, s8, compiled = run_admm(tx, params, x, y, 3, mesh)
+        p1, s1, _ = run_steps(tx, params, x, y, 3)
+        p8, s8, compiled = run_steps(tx, params, x, y, 3, mesh)
         rev = jnp.arange(N)[::-1]  # the same problem, samples in reverse order, one device
-        pr, _, _ = run_admm(tx, params, x[rev], y[rev], 3)
+        pr, _, _ = run_steps(tx, params, x[rev], y[rev], 3)
         out[name] = {
             "param_rel": rel(p1, p8), "dual_rel": rel(s1.duals, s8.duals),
             "reorder_param_rel": rel(p1, pr),
@@ -94,13 +98,13 @@ def admm_checks():
     # three sweeps in one call: one Gram all-reduce per iteration
     params, x, y = problem()
     tx3 = admm_jax.admmirnn(sweep="backward", num_samples=N, seq_len=T, sweeps=3)
-    _, _, compiled3 = run_admm(tx3, params, x, y, 1, mesh)
+    _, _, compiled3 = run_steps(tx3, params, x, y, 1, mesh)
     out["sweeps3_collectives"] = [c._asdict() for c in collectives(compiled3)]
     # token inputs (segment sums for the input Gram)
     params, x, y = problem(tokens=True)
     tx = admm_jax.admmirnn(sweep="backward", num_samples=N, seq_len=T)
-    p1, _, _ = run_admm(tx, params, x, y, 1)
-    p8, _, ctok = run_admm(tx, params, x, y, 1, mesh)
+    p1, _, _ = run_steps(tx, params, x, y, 1)
+    p8, _, ctok = run_steps(tx, params, x, y, 1, mesh)
     out["tokens"] = {"param_rel": rel(p1, p8),
                      "collectives": [c._asdict() for c in collectives(ctok)]}
     # mini-batches with host multipliers, batches sharded, vs device multipliers + indices
@@ -136,6 +140,38 @@ def admm_checks():
                                                                            store.lam3)))),
                          "moved": rel(pd, params)}
     return out
+
+
+def kfac_checks():
+    """admm_kfac on a 2-layer GRU over token embeddings, float32: 3 steps (inverse refreshes
+    at steps 0 and 2) with the batch sharded over the devices and the parameters replicated,
+    against the same steps on one device."""
+    mesh = data_mesh()
+    vocab = 10
+    model = admm_jax.StackedRNN("gru", vocab, H, C, layers=2, embed=4, rngs=nnx.Rngs(0))
+    x = jax.random.randint(jax.random.key(1), (N, T), 0, vocab, jnp.int32)
+    y = (x[:, -1] % C).astype(jnp.int32)
+    tx = admm_jax.admm_kfac(model, x, 0.3, refresh_every=2)
+    params = nnx.state(model, nnx.Param)
+
+    def kfac_state(state):
+        return next(s for s in jax.tree.leaves(
+            state, is_leaf=lambda s: isinstance(s, admm_jax.KFACState))
+            if isinstance(s, admm_jax.KFACState))
+
+    p1, s1, _ = run_steps(tx, params, x, y, 3)
+    p8, s8, compiled = run_steps(tx, params, x, y, 3, mesh, place_state=replicate)
+    k1, k8 = kfac_state(s1), kfac_state(s8)
+    return {"devices": len(jax.devices()), "dtype": str(jax.tree.leaves(p8)[0].dtype),
+            "count": int(k8.count), "param_rel": rel(p1, p8),
+            "moved": float(optax.global_norm(jax.tree.map(jnp.subtract, p1, params))
+                           / optax.global_norm(params)),
+            "factor_rel": rel((k1.a, k1.s), (k8.a, k8.s)),
+            "inverse_rel": rel((k1.a_inv, k1.s_inv), (k8.a_inv, k8.s_inv)),
+            "loss_rel": abs(float(k1.loss - k8.loss)) / abs(float(k1.loss)),
+            "replicated": all(len(v.sharding.device_set) == 8 and v.sharding.is_fully_replicated
+                              for v in jax.tree.leaves(p8)),
+            "collectives": [c._asdict() for c in collectives(compiled)]}
 
 
 def rbd_checks(distribution="hadamard"):
@@ -197,6 +233,7 @@ def rbd_checks(distribution="hadamard"):
 
 
 if __name__ == "__main__":
-    checks = {"admm": admm_checks, "rbd": rbd_checks,
+    checks = {"admm": lambda: {**admm_checks(), "kfac": kfac_checks()}, "kfac": kfac_checks,
+              "rbd": rbd_checks,
               "rbd_rademacher": lambda: rbd_checks("rademacher")}
     print(json.dumps(checks[sys.argv[1]]()))

@@ -67,6 +67,20 @@ def test_compare_smoke(task, tmp_path, data_dir, capsys, monkeypatch):
     assert f"out/compare_{task}.png" in out
 
 
+def test_compare_trains_a_flax_cell_model_with_k_fac(tmp_path, data_dir, capsys):
+    """--cell/--layers/--embed build admm_jax.StackedRNN (an nnx.Embed, two GRU layers); the
+    default optimizer list drops the Elman-only admmirnn and keeps admm_kfac."""
+    rc = cli.main(["compare", "--task", "imdb", *TASK_ARGS["imdb"], "--cell", "gru",
+                   "--layers", "2", "--embed", "8", "--iterations", "3", "--out", str(tmp_path),
+                   "--data-dir", str(data_dir), *TINY])
+    out = capsys.readouterr().out
+    assert rc == 0 and "gru RNN H=8 x 2" in out
+    res = json.loads((tmp_path / "compare_imdb.json").read_text())
+    names = [row["optimizer"] for row in res["rows"]]
+    assert "admm_kfac" in names and "admmirnn" not in names
+    assert all(row["iterations"] == 3 for row in res["rows"])
+
+
 def test_train_checkpoint_and_resume(tmp_path):
     base = ["train", "--task", "adding", "--seq-len", "6", "--num-train", "64", "--num-test",
             "16", "--hidden", "8", "--batch-size", "16", "--no-progress", "--optimizer", "adam",
@@ -204,6 +218,11 @@ BAD_FLAGS = [
     (["compare", "--target", "inf"], "--target"),
     (["compare", "--budget-seconds", "0"], "--budget-seconds"),
     (["compare", "--iterations", "-3"], "--iterations"),
+    (["compare", "--layers", "2"], "--layers"),
+    (["train", "--embed", "8"], "--embed"),
+    (["compare", "--cell", "lstm", "--optimizers", "admmirnn,adam"], "--optimizers"),
+    (["train", "--cell", "gru", "--optimizer", "admmirnn"], "--optimizer:"),
+    (["compare", "--cell", "rnn"], "--cell"),
 ]
 
 

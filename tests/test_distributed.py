@@ -1,8 +1,10 @@
-"""Sharded ADMMiRNN and data-parallel RBD on 8 forced host devices (in subprocesses, since
-XLA_FLAGS must be set before jax is imported), and the collective counting they rely on."""
+"""Sharded ADMMiRNN, data-parallel K-FAC and data-parallel RBD on 8 forced host devices (in
+subprocesses, since XLA_FLAGS must be set before jax is imported), and the collective counting
+they rely on."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import pathlib
@@ -20,6 +22,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 N, T, D, H, C = 32, 6, 3, 8, 2  # as in multidevice_checks.py
 
 
+@functools.cache  # the ADMMiRNN and K-FAC tests read one run of "admm"
 def run_checks(which: str) -> dict:
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
                JAX_PLATFORMS="cpu",
@@ -37,6 +40,11 @@ GRAM_SHAPES = [f"f64[{D + H + 1},{D + H + 1}]", f"f64[{D + H + 1},{H}]", f"f64[{
 def matrix_collectives(cs):
     """Collectives moving anything but scalars (the diagnostics' sums are scalars)."""
     return [c for c in cs if any(s != "f64[]" for s in c["shapes"])]
+
+
+def matrices(c):
+    """The non-scalar shapes one collective moves, sorted."""
+    return sorted(s for s in c["shapes"] if s != "f64[]")
 
 
 def test_sharded_admmirnn_equals_unsharded_and_all_reduces_only_the_grams():
@@ -60,10 +68,12 @@ def test_sharded_admmirnn_equals_unsharded_and_all_reduces_only_the_grams():
     for cs in (ex["collectives"], de["collectives"]):
         assert {c["kind"] for c in cs} == {"all-reduce"}
         mats = matrix_collectives(cs)
-        assert len(mats) == 1 and sorted(mats[0]["shapes"]) == sorted(GRAM_SHAPES)
-        assert mats[0]["nbytes"] == 8 * ((D + H + 1) * (D + H + 1 + H) + (H + 1) * (H + 1 + C))
+        assert len(mats) == 1 and matrices(mats[0]) == sorted(GRAM_SHAPES)
+        scalars = len(mats[0]["shapes"]) - len(GRAM_SHAPES)  # the Grams' row count rides along
+        assert mats[0]["nbytes"] == 8 * ((D + H + 1) * (D + H + 1 + H) + (H + 1) * (H + 1 + C)
+                                         + scalars)
     mats3 = matrix_collectives(r["sweeps3_collectives"])
-    assert len(mats3) == 3 and all(sorted(m["shapes"]) == sorted(GRAM_SHAPES) for m in mats3)
+    assert len(mats3) == 3 and all(matrices(m) == sorted(GRAM_SHAPES) for m in mats3)
     assert {c["kind"] for c in r["sweeps3_collectives"]} == {"all-reduce"}
     # token inputs: counts and segment sums all-reduced too, nothing gathered
     tok = r["tokens"]
@@ -75,6 +85,18 @@ def test_sharded_admmirnn_equals_unsharded_and_all_reduces_only_the_grams():
     hd = r["host_duals"]
     assert hd["moved"] > 1e-2
     assert hd["param_rel"] < 1e-9 and hd["dual_rel"] < 1e-9, hd
+
+
+def test_sharded_kfac_equals_unsharded_and_only_all_reduces():
+    # admm_kfac, 2-layer GRU over token embeddings, float32, 3 steps with two inverse
+    # refreshes: batch sharded over 8 devices, parameters replicated = one device. The
+    # factors are batch means, so XLA all-reduces them (and the gradients); nothing else moves.
+    r = run_checks("admm")["kfac"]
+    assert r["devices"] == 8 and r["dtype"] == "float32" and r["count"] == 3
+    assert r["moved"] > 1e-2 and r["replicated"]
+    assert r["loss_rel"] < 1e-5 and r["factor_rel"] < 1e-5, r
+    assert r["inverse_rel"] < 1e-4 and r["param_rel"] < 1e-4, r
+    assert r["collectives"] and {c["kind"] for c in r["collectives"]} == {"all-reduce"}
 
 
 @pytest.mark.parametrize("which", ["rbd", "rbd_rademacher"])  # SRHT (default), i.i.d. signs

@@ -25,8 +25,9 @@ parameters, Gram matrices   device                                ``~ 4 P s + (D
 
 ``k`` (auxiliaries, their multipliers, the sweep's temporaries and the forward passes) was
 measured from XLA's compiled memory analysis (:data:`WORKING_SET_FACTOR`): ``k ~ 8`` at float32
-for the backward sweep on row-MNIST (``benchmarks/admm_memory.py``), ``k ~ 11-14`` for the
-coupled one. Full-batch backward-sweep ADMM on all of row-MNIST therefore needs
+for the backward sweep on row-MNIST (``benchmarks/memory.py admm``), ``k ~ 6-7`` for the
+coupled one (``k ~ 10.5`` with XLA's breadth-first CPU scheduler, which the package turns off:
+``admm_jax/_xla.py``). Full-batch backward-sweep ADMM on all of row-MNIST therefore needs
 ``~ (2 + k) N m s ~ 16 GB`` of device memory; mini-batch with host multipliers ``~ k B m s``
 (a few MB at ``B = 128``) on the device plus ``N m s`` on the host.
 """
@@ -43,11 +44,12 @@ from admm_jax import _validation as checks
 from admm_jax.admm.problem import Duals
 from admm_jax.layouts import split_elman
 
-WORKING_SET_FACTOR = {"coupled": 12.0, "backward": 8.0, "parallel": 8.0}
-"""``k`` above per sweep: XLA's compiled memory analysis of one update (float32). Backward
-sweep: ``benchmarks/admm_memory.py`` (row-MNIST); coupled: 11.0 at row-MNIST sizes (H = 32 or
-128, B = 128 or 2048) and 13.5 for a many-to-many text batch (T = 25, C = 60, B = 32), checked
-in ``tests/admm/test_streaming.py``."""
+WORKING_SET_FACTOR = {"coupled": 7.0, "backward": 8.0, "parallel": 8.0}
+"""``k`` above per sweep: XLA's compiled memory analysis of one update (float32, the
+depth-first CPU scheduler the package selects). Backward sweep: ``benchmarks/memory.py admm``
+(row-MNIST); coupled: 6.9 at row-MNIST sizes (H = 32, B = 128) and 5.8 for a many-to-many
+text batch (T = 25, C = 60, B = 32), checked in ``tests/admm/test_streaming.py`` (10.6 and
+10.3 with XLA's breadth-first scheduler)."""
 
 
 class HostDuals:

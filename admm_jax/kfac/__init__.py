@@ -7,8 +7,8 @@ its named methods, ``optax.chain`` s with optax's weight decay and learning rate
 """
 
 from admm_jax.kfac.alias import admm_kfac, admm_preconditioned
-from admm_jax.kfac.trace import UnsupportedModelError
 from admm_jax.kfac.transform import KFACDiagnostics, KFACState, scale_by_kfac
+from admm_jax.kfac.walk import UnsupportedModelError
 
 __all__ = ["KFACDiagnostics", "KFACState", "UnsupportedModelError", "admm_kfac",
            "admm_preconditioned", "scale_by_kfac"]

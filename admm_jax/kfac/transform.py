@@ -32,7 +32,7 @@ from flax import nnx
 from jax.extend import core as jcore
 
 from admm_jax import _validation as checks
-from admm_jax.kfac import factors, trace
+from admm_jax.kfac import factors, trace, walk
 
 FISHERS = ("empirical", "sampled")
 OUTPUT_FACTORS = ("gates", "full", "identity")
@@ -168,20 +168,20 @@ def model_plan(bound: BoundModel, params: Any, inputs: Any, gates: bool = True):
     (``gates``: one output factor per gate, :func:`admm_jax.kfac.trace.make_plan`)."""
     leaves, p = _structured(bound, params)
     try:
-        closed = trace.inline_calls(jax.make_jaxpr(bound.apply)(p, bound.extra, inputs))
-    except trace.UnsupportedModelError:
+        closed = walk.inline_calls(jax.make_jaxpr(bound.apply)(p, bound.extra, inputs))
+    except walk.UnsupportedModelError:
         raise
     except Exception as e:  # noqa: BLE001 - a model that does not run on these inputs
         raise ValueError(f"inputs: the model does not run on inputs {inputs.dtype}"
                          f"{tuple(inputs.shape)}: {type(e).__name__}: "
                          f"{str(e).splitlines()[0] if str(e) else ''}") from None
     if len(closed.out_avals) != 1:
-        raise trace.UnsupportedModelError(
+        raise walk.UnsupportedModelError(
             f"model: expected one output array (the logits), got {len(closed.out_avals)}")
     names = trace.leaf_names(params)
     plan = trace.make_plan(closed, len(leaves), names, gates)
     if not plan.blocks:
-        raise trace.UnsupportedModelError(
+        raise walk.UnsupportedModelError(
             "model: no linear map (a dense layer or an embedding applied to the data) was "
             f"found among its parameters {list(names)[:6]}: there is nothing to precondition; "
             "use a gradient method such as optax.adam")

@@ -26,7 +26,7 @@ from admm_jax.train.callbacks import Loop
 from admm_jax.train.checkpoint import Checkpoint, Restored, run_folder
 from admm_jax.train.history import History
 from admm_jax.train.steps import apply_fn, make_eval_fn, make_train_step
-from admm_jax.train.trainer import Evaluation, Stop, _evaluation
+from admm_jax.train.trainer import Evaluation, Stop, _eval_data, _evaluation
 
 
 class BatchedTrainer:
@@ -82,8 +82,8 @@ class BatchedTrainer:
       iteration, position, train_seconds: the batch's steps, next ``(epoch, step)`` and
         training seconds.
       params, opt_state: the stacked weights and optimizer states.
-      compiled: the compiled program ``(params, opt_state, live, x, y, indices [K, S, B],
-        model_kwargs, keys, iteration, n) -> (params, opt_state, live, metrics [K, S],
+      compiled: the compiled program ``((params, opt_state, live), x, y, indices [K, S, B],
+        model_kwargs, keys, iteration, n) -> ((params, opt_state, live), metrics [K, S],
         ok [K, S])``.
 
     Examples:
@@ -217,8 +217,9 @@ class BatchedTrainer:
         t0 = time.perf_counter()
         k, b = self.steps_per_call, self.iterators[0].batch_size
         self.compiled = stacked.compile_program(
-            stacked.program(self._step, s, self.group_size), self.params, self.opt_state,
-            self.live, self._x, self._y, self.model_kwargs, self.keys, k, b)
+            stacked.program(self._step, s, self.group_size),
+            (self.params, self.opt_state, self.live), (self._x, self._y), self.model_kwargs,
+            self.keys, k, b)
         compile_seconds = time.perf_counter() - t0
         for i, h in enumerate(self.histories):
             h.meta.update(
@@ -273,8 +274,8 @@ class BatchedTrainer:
             epochs.append(batch.epoch)
         live = self.live.copy()
         t = time.perf_counter()
-        self.params, self.opt_state, _, metrics, ok = self.compiled(
-            self.params, self.opt_state, live, self._x, self._y, idx, self.model_kwargs,
+        (self.params, self.opt_state, _), metrics, ok = self.compiled(
+            (self.params, self.opt_state, live), self._x, self._y, idx, self.model_kwargs,
             self.keys, np.int32(self.iteration), np.int32(n))
         metrics, ok = jax.device_get((metrics, ok))
         seconds = time.perf_counter() - t
@@ -313,12 +314,7 @@ class BatchedTrainer:
         """Evaluate every run's current weights (a plain forward pass, vectorised over the
         runs) and append each run's row to its ``history.evals``; return the rows. Defaults
         as [`Trainer.evaluate`][admm_jax.train.Trainer.evaluate]."""
-        ev = self.evaluation
-        if data is None and ev is None:
-            raise ValueError("data: this BatchedTrainer was given no evaluation; pass the "
-                             "(inputs, targets) to evaluate on")
-        data = ev.data if data is None else data
-        batch_size = (500 if ev is None else ev.batch_size) if batch_size is None else batch_size
+        data, batch_size = _eval_data(self.evaluation, data, batch_size, "BatchedTrainer")
         t = time.perf_counter()
         if self._eval is None:
             chunk = make_eval_fn(self._graphdef, self._rest, self.loss_fn, self.metric_fn)

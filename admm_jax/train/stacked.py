@@ -100,8 +100,8 @@ def over_runs(fn: Callable, runs: int, group_size: int | None, *args: Any) -> An
 
 def program(step: Callable, runs: int, group_size: int | None) -> Callable:
     """The program that runs ``K`` steps of ``runs`` stacked runs:
-    ``(params, opt_state, live, x, y, indices [K, S, B], model_kwargs, keys, iteration, n)
-    -> (params, opt_state, live, metrics [K, S], ok [K, S])``.
+    ``(carry, x, y, indices [K, S, B], model_kwargs, keys, iteration, n)
+    -> (carry, metrics [K, S], ok [K, S])``, ``carry`` the runs' ``(params, opt_state, live)``.
 
     ``step`` is one run's step of [`make_train_step`][admm_jax.train.make_train_step]; the
     training data ``x, y`` is shared and each run's batch is gathered from its indices. The
@@ -109,40 +109,40 @@ def program(step: Callable, runs: int, group_size: int | None) -> Callable:
     are the runs not ``live``; a run whose step is not finite keeps its weights and state and
     leaves ``live``."""
 
-    def one_run(p, o, alive, idx, kw, key, it, x, y):
-        new_p, new_o, m, ok = step(p, o, x[idx], y[idx], idx, kw, key, it)
-        go = alive & ok
-
-        def keep(new, old):
-            return jax.tree_util.tree_map(lambda a, b: jnp.where(go, a, b), new, old)
-
-        return keep(new_p, p), keep(new_o, o), m, ok
-
-    def run(params, opt_state, live, x, y, indices, kwargs, keys, iteration, n):
+    def run(carry, x, y, indices, kwargs, keys, iteration, n):
         def body(carry, inp):
             p, o, alive = carry
             k, idx = inp
             it = iteration + k
-            active = alive & (k < n)
-            p, o, m, ok = over_runs(lambda *a: one_run(*a, it, x, y), runs, group_size,
-                                    p, o, active, idx, kwargs, keys)
+
+            def one_run(p, o, go, idx, kw, key):
+                new_p, new_o, m, ok = step(p, o, x[idx], y[idx], idx, kw, key, it)
+                go = go & ok
+
+                def keep(new, old):
+                    return jax.tree_util.tree_map(lambda a, b: jnp.where(go, a, b), new, old)
+
+                return keep(new_p, p), keep(new_o, o), m, ok
+
+            p, o, m, ok = over_runs(one_run, runs, group_size, p, o, alive & (k < n), idx,
+                                    kwargs, keys)
             return (p, o, alive & (ok | (k >= n))), (m, ok)
 
         ks = jnp.arange(indices.shape[0], dtype=jnp.int32)
-        (params, opt_state, live), (metrics, ok) = jax.lax.scan(
-            body, (params, opt_state, live), (ks, indices))
-        return params, opt_state, live, metrics, ok
+        carry, (metrics, ok) = jax.lax.scan(body, carry, (ks, indices))
+        return carry, metrics, ok
 
     return run
 
 
-def compile_program(run: Callable, params: Any, opt_state: Any, live: np.ndarray, x: Any,
-                    y: Any, model_kwargs: Any, keys: Any, steps: int, batch_size: int) -> Any:
-    """``run`` (a `program`) compiled for these stacked
-    arrays and ``steps`` steps of ``batch_size`` samples, the weights and optimizer states
-    donated."""
+def compile_program(run: Callable, carry: tuple, data: tuple, model_kwargs: Any, keys: Any,
+                    steps: int, batch_size: int) -> Any:
+    """``run`` (a `program`) compiled for the stacked ``carry`` (``(params, opt_state,
+    live)``, donated), the training ``data`` ``(x, y)`` and ``steps`` steps of ``batch_size``
+    samples."""
+    live = carry[2]
     with warnings.catch_warnings():  # CPU backends cannot donate: nothing to report
         warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
-        return jax.jit(run, donate_argnums=(0, 1)).lower(
-            params, opt_state, live, x, y, np.zeros((steps, len(live), batch_size), np.int32),
-            model_kwargs, keys, np.int32(0), np.int32(steps)).compile()
+        return jax.jit(run, donate_argnums=(0,)).lower(
+            carry, *data, np.zeros((steps, len(live), batch_size), np.int32), model_kwargs,
+            keys, np.int32(0), np.int32(steps)).compile()

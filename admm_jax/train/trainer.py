@@ -133,6 +133,19 @@ def _evaluation(evaluation: Any, validate: bool) -> Evaluation | None:
     return evaluation._replace(data=checks.data("evaluation.data", evaluation.data, validate))
 
 
+def _eval_data(evaluation: Evaluation | None, data: Any, batch_size: int | None,
+               owner: str) -> tuple[Any, int]:
+    """``(data, batch_size)`` of an ``evaluate`` call: those given, else ``evaluation``'s
+    (``500`` rows without one); no data at all is an error naming ``owner``."""
+    if data is None and evaluation is None:
+        raise ValueError(f"data: this {owner} was given no evaluation; pass the "
+                         "(inputs, targets) to evaluate on")
+    data = evaluation.data if data is None else data
+    if batch_size is None:
+        batch_size = 500 if evaluation is None else evaluation.batch_size
+    return data, batch_size
+
+
 def _distinct_buffers(tree: Any) -> Any:
     """``tree`` with repeated leaf objects copied: a donated argument may not hold one buffer
     twice (e.g. a state whose fields share one zero array)."""
@@ -387,12 +400,7 @@ class Trainer:
         metric). ``data`` and ``batch_size`` default to those of `evaluation` (``500``
         rows without one); the seconds spent count in ``history.meta["eval_seconds"]``, not in
         the training time."""
-        ev = self.evaluation
-        if data is None and ev is None:
-            raise ValueError("data: this Trainer was given no evaluation; pass the "
-                             "(inputs, targets) to evaluate on")
-        data = ev.data if data is None else data
-        batch_size = (500 if ev is None else ev.batch_size) if batch_size is None else batch_size
+        data, batch_size = _eval_data(self.evaluation, data, batch_size, "Trainer")
         t = time.perf_counter()
         if self._eval_chunk is None:
             self._eval_chunk = make_eval_fn(self._graphdef, self._rest, self.loss_fn,

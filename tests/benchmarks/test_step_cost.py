@@ -57,6 +57,21 @@ def test_admm_times_both_steps_on_mnist(bench, tmp_path, data_dir):
     assert (tmp_path / "admm_speed_smoke.png").stat().st_size > 10_000
 
 
+def test_iteration_times_every_variant_against_adam(bench, tmp_path, data_dir):
+    assert bench.main(["iteration", "--smoke", "--cg-steps", "1", "--data-dir", str(data_dir),
+                       "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "admm_iteration_cost_smoke.json").read_text())
+    rows = res["rows"]
+    assert [r["method"] for r in rows] == ["adam", "admmirnn", "admmirnn_cg1"]
+    assert res["config"]["T"] == 28 and res["config"]["warmup"] == 1
+    for r in rows:
+        assert len(r["times"]) == 2 and r["flops"] > 0 and r["median_over_adam"] > 0
+        assert r["min_seconds"] <= r["median_seconds"]
+    assert rows[0]["flops_over_adam"] == 1.0 and rows[0]["median_over_adam"] == 1.0
+    assert "| admmirnn_cg1 |" in (tmp_path / "admm_iteration_cost_smoke.md").read_text()
+    assert "step_cost.py iteration --smoke" in res["meta"]["command"]
+
+
 def test_kfac_times_every_method_and_counts_the_step(bench, tmp_path):
     assert bench.main(["kfac", "--smoke", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "kfac_step_cost_elman_smoke.json").read_text())
@@ -88,14 +103,3 @@ def test_kfac_workloads_beyond_the_package_models(bench, name, shape, dtype):
     params = nnx.state(model, nnx.Param)
     for tx in bench.kfac_methods(model, x).values():
         tx.init(params)
-
-def test_runs_times_batched_against_sequential_runs(bench, tmp_path):
-    assert bench.main(["runs", "--smoke", "--out", str(tmp_path)]) == 0
-    res = json.loads((tmp_path / "batched_runs_smoke.json").read_text())
-    assert [(r["workload"], r["runs"]) for r in res["rows"]] == [("copying", 1), ("copying", 2)]
-    for r in res["rows"]:
-        for v in ("sequential", "vmap", "map"):
-            assert r[f"{v}_steps_per_s"] > 0 and r[f"{v}_temp_mb"] > 0
-            assert r[f"{v}_faults_per_step"] >= 0
-        assert r["sequential_x_sequential"] == 1.0
-    assert "| workload |" in (tmp_path / "batched_runs_smoke.md").read_text()
