@@ -84,6 +84,7 @@ class KFACState(NamedTuple):
     takes_batch = True  # update(grads, state, params, inputs=x, targets=y)
     computes_gradients = True  # grads may be None: its own backward pass supplies them
     loss_name = "cross_entropy"  # the loss its batch_loss and statistics use (a class attribute)
+    reported = ("loss", "step_norm")  # a rejected step still reports these (reject_nonfinite)
 
     @property
     def diagnostics(self) -> KFACDiagnostics:
@@ -497,4 +498,9 @@ def scale_by_kfac(
             mu=tuple(mus), nu=tuple(nus))
         return jax.tree.unflatten(jax.tree.structure(params), out), new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    def forward(params, x):  # the model it was built for, for fit's check_forward
+        return bound.apply(_structured(bound, params)[1], bound.extra, x)
+
+    return checks.register_model_options(
+        optax.GradientTransformationExtraArgs(init_fn, update_fn), name="scale_by_kfac",
+        forward=forward, forward_note="the model it was built for (build it for this one)")

@@ -3,6 +3,7 @@
 from admm_jax.train import losses
 from admm_jax.train.callbacks import Callback, Loop, ModelKwargSchedule, ProgressBar
 from admm_jax.train.checkpoint import Checkpoint, Restored, checkpoint_steps, load_checkpoint
+from admm_jax.train.checks import check_forward
 from admm_jax.train.fit import fit
 from admm_jax.train.history import History
 from admm_jax.train.steps import evaluate, make_train_step
@@ -20,6 +21,7 @@ __all__ = [
     "Stop",
     "Trainer",
     "ModelKwargSchedule",
+    "check_forward",
     "checkpoint_steps",
     "evaluate",
     "fit",

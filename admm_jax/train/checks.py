@@ -202,6 +202,78 @@ def gradient_free_first(opt_state: Any) -> None:
                              "larger batch_size)")
 
 
+def check_forward(optimizer: Any, model: nnx.Module, inputs: Any) -> None:
+    r"""Check that the model a method trains is ``model``: a method that runs a forward pass
+    of its own (ADMMiRNN's Elman RNN, through [`admm_jax.adapt_flax_rnn`][] for a Flax model;
+    K-FAC's model it was built for) must compute ``model``'s outputs, or its steps and the
+    batch loss it reports belong to another model.
+
+    $$
+    \max |f_{\text{method}}(\theta, x) - f_{\text{model}}(\theta, x)|
+    \le \tau\,(1 + \max |f_{\text{model}}(\theta, x)|),\quad
+    \tau = \max(10^{-4}, 16\,\epsilon_{\text{dtype}})
+    $$
+
+    [`admm_jax.train.fit`][] calls it on the first two training samples before compiling; a
+    hand-written loop calls it once on an example batch. A no-op for an optimizer that records
+    no forward pass (the gradient methods, and any method inside ``optax.chain`` or
+    ``inject_hyperparams``, whose options the wrapper does not carry). Cost: one forward pass of
+    each on ``inputs``, eagerly.
+
+    Args:
+      optimizer: the transformation (its registered model options hold ``forward``).
+      model: the ``nnx.Module`` being trained.
+      inputs: an example batch (a few samples suffice).
+
+    Raises:
+      ValueError: the outputs differ (naming the largest difference and what the method runs),
+        or the method's forward pass fails on the model's parameters.
+
+    Examples:
+      >>> import jax, optax
+      >>> from flax import nnx
+      >>> import admm_jax
+      >>> class MeanHead(nnx.Module):  # reads the mean over time, not the last step
+      ...     def __init__(self, rngs):
+      ...         self.rnn = nnx.RNN(nnx.SimpleCell(3, 8, rngs=rngs))
+      ...         self.head = nnx.Linear(8, 2, rngs=rngs)
+      ...     def __call__(self, x):
+      ...         return self.head(self.rnn(x).mean(1))
+      >>> model = MeanHead(nnx.Rngs(0))
+      >>> tx = admm_jax.adapt_flax_rnn(admm_jax.admmirnn(), model.rnn)
+      >>> x = jax.random.normal(jax.random.key(1), (2, 5, 3))
+      >>> check_forward(tx, model, x)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: optimizer: admmirnn trains its own forward pass (...), which differs ...
+    """
+    opts = validation.model_options(optimizer) or {}
+    own = opts.get("forward")
+    if own is None:
+        return
+    name, note = opts.get("name", "the optimizer"), opts.get("forward_note", "its own model")
+    inputs = jax.numpy.asarray(inputs)
+    want = np.asarray(model(inputs), np.float64)
+    try:
+        got = np.asarray(own(nnx.state(model, nnx.Param), inputs), np.float64)
+    except Exception as e:  # noqa: BLE001 - any failure: the method cannot run this model
+        raise ValueError(f"optimizer: {name} trains its own forward pass ({note}), which fails "
+                         f"on this model's parameters: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    scale = float(np.max(np.abs(want))) if want.size else 0.0
+    eps = float(jax.numpy.finfo(jax.numpy.result_type(*jax.tree_util.tree_leaves(
+        nnx.state(model, nnx.Param)))).eps)
+    tol = max(1e-4, 16 * eps) * (1.0 + scale)
+    diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else np.inf
+    if not diff <= tol:
+        shapes = "" if got.shape == want.shape else f"; outputs {got.shape} vs {want.shape}"
+        raise ValueError(
+            f"optimizer: {name} trains its own forward pass ({note}), which differs from the "
+            f"model's on the same inputs (max |difference| {diff:.3g} for outputs up to "
+            f"{scale:.3g}{shapes}): its steps and the loss it reports would belong to another "
+            "model")
+
+
 def method_loss_name(optimizer: Any, opt_state: Any) -> str | None:
     """The loss a method's ``batch_loss`` is measured with: its state's ``loss_name`` (a class
     attribute), else the ``loss`` it was registered with."""

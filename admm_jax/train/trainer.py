@@ -262,6 +262,7 @@ class Trainer:
             nnx.update(model, resume.params)
         self._graphdef, params, self._rest = nnx.split(model, nnx.Param, ...)
         checks.trainable(model, optimizer, params, len(train_data[0]))
+        checks.check_forward(optimizer, model, train_data[0][:2])  # the model it trains is ours
         apply = apply_fn(self._graphdef, self._rest)
         named = [("train_data", train_data)]
         if self.evaluation is not None:
