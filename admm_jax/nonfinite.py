@@ -111,8 +111,9 @@ def reject_nonfinite(inner: optax.GradientTransformation) -> optax.GradientTrans
     its ``diagnostics``), which show the failed step's values (NaN). Unlike
     ``optax.apply_if_finite`` the state keeps ``inner``'s own type (no wrapper state), so code
     that reads ``state.count`` or finds the state by type is unchanged. Every optimizer of
-    [`admm_jax.optimizers.get`][] is wrapped, and [`admm_jax.admm_preconditioned`][] and
-    [`admm_jax.admm_kfac`][] apply it themselves; [`admm_jax.admmirnn`][] applies the
+    [`admm_jax.optimizers.get`][] is wrapped, and [`admm_jax.admm_preconditioned`][],
+    [`admm_jax.admm_kfac`][], [`admm_jax.novograd`][] and [`admm_jax.random_bases`][] apply it
+    themselves; [`admm_jax.admmirnn`][] applies the
     same rule to the batch's rows of its per-sample state (selecting the whole state would
     cost a pass over every sample).
     Wrapping twice is a no-op.

@@ -194,7 +194,8 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` that rejects a non-finite step (zero
-      update, state unchanged: :func:`admm_jax.reject_nonfinite`).
+      update, state unchanged) and names a state built for other parameters
+      (:func:`admm_jax.reject_nonfinite`).
 
     Raises:
       ValueError: unknown name (the message lists the valid ones).
@@ -234,7 +235,7 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
         checks.learning_rate("learning_rate", lr)
         tx = e.factory(lr, **kwargs)
     # one rule for all: a non-finite step is not applied (zero update, state unchanged);
-    # a no-op for admmirnn and admm_preconditioned, which apply it themselves
+    # a no-op for the package's own methods, which apply it themselves
     return reject_nonfinite(tx)
 
 

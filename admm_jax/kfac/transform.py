@@ -501,6 +501,9 @@ def scale_by_kfac(
     def forward(params, x):  # the model it was built for, for fit's check_forward
         return bound.apply(_structured(bound, params)[1], bound.extra, x)
 
+    # a model with the same graph computes the same forward pass: fit need not run both
+    graph = nnx.split(model, nnx.Param, ...)[0] if isinstance(model, nnx.Module) else None
     return checks.register_model_options(
         optax.GradientTransformationExtraArgs(init_fn, update_fn), name="scale_by_kfac",
-        forward=forward, forward_note="the model it was built for (build it for this one)")
+        forward=forward, forward_graph=graph,
+        forward_note="the model it was built for (build it for this one)")

@@ -10,11 +10,9 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
 from flax import nnx
 
 from admm_jax import _validation as validation
-from admm_jax.optimizers import needs_gradients
 from admm_jax.train import losses
 from admm_jax.train.checkpoint import Restored
 from admm_jax.train.history import History
@@ -179,29 +177,6 @@ def resumed_opt_state(opt_state: Any, optimizer: Any, params: Any) -> None:
                                   what="optimizer.init(params) of this model")
 
 
-def gradient_free_first(opt_state: Any) -> None:
-    """A method that takes the batch and never reads gradients (``takes_batch`` without
-    ``computes_gradients``) is what first receives them: a transformation before it (a clip
-    in ``optax.chain``, ``optax.MultiSteps``' accumulation) would act on gradients it
-    ignores, silently."""
-    if not needs_gradients(opt_state):  # it (or a wrapper passing the batch on) comes first
-        return
-    for node in jax.tree_util.tree_leaves(
-            opt_state, is_leaf=lambda n: getattr(type(n), "takes_batch", False) is True):
-        kind = type(node)
-        if getattr(kind, "takes_batch", False) is True and \
-                getattr(kind, "computes_gradients", False) is not True:
-            multi = jax.tree_util.tree_leaves(
-                opt_state, is_leaf=lambda x: isinstance(x, optax.MultiStepsState))
-            wrapped = ("optax.MultiSteps" if any(isinstance(x, optax.MultiStepsState)
-                                                  for x in multi)
-                       else "a transformation before it (optax.chain)")
-            raise ValueError(f"optimizer: {kind.__name__} takes the batch instead of "
-                             f"gradients, so {wrapped} would act on gradients it never reads; "
-                             "use it alone or first in a chain (instead of MultiSteps: a "
-                             "larger batch_size)")
-
-
 def check_forward(optimizer: Any, model: nnx.Module, inputs: Any) -> None:
     r"""Check that the model a method trains is ``model``: a method that runs a forward pass
     of its own (ADMMiRNN's Elman RNN, through [`admm_jax.adapt_flax_rnn`][] for a Flax model;
@@ -218,7 +193,8 @@ def check_forward(optimizer: Any, model: nnx.Module, inputs: Any) -> None:
     hand-written loop calls it once on an example batch. A no-op for an optimizer that records
     no forward pass (the gradient methods, and any method inside ``optax.chain`` or
     ``inject_hyperparams``, whose options the wrapper does not carry). Cost: one forward pass of
-    each on ``inputs``, eagerly.
+    each on ``inputs``, eagerly; none when the method was built from a module with ``model``'s
+    graph (K-FAC built for this model or an identical one).
 
     Args:
       optimizer: the transformation (its registered model options hold ``forward``).
@@ -249,7 +225,8 @@ def check_forward(optimizer: Any, model: nnx.Module, inputs: Any) -> None:
     """
     opts = validation.model_options(optimizer) or {}
     own = opts.get("forward")
-    if own is None:
+    graph = opts.get("forward_graph")  # the module it was built from: the same graph, no run
+    if own is None or (graph is not None and nnx.split(model, nnx.Param, ...)[0] == graph):
         return
     name, note = opts.get("name", "the optimizer"), opts.get("forward_note", "its own model")
     inputs = jax.numpy.asarray(inputs)
