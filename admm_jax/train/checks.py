@@ -178,10 +178,12 @@ def resumed_opt_state(opt_state: Any, optimizer: Any, params: Any) -> None:
 
 
 def check_forward(optimizer: Any, model: nnx.Module, inputs: Any) -> None:
-    r"""Check that the model a method trains is ``model``: a method that runs a forward pass
-    of its own (ADMMiRNN's Elman RNN, through [`admm_jax.adapt_flax_rnn`][] for a Flax model;
-    K-FAC's model it was built for) must compute ``model``'s outputs, or its steps and the
-    batch loss it reports belong to another model.
+    r"""Check that the model a method trains is ``model``.
+
+    A method that runs a forward pass of its own (one that reads an Elman RNN from the
+    parameters, through [`admm_jax.adapt_flax_rnn`][] for a Flax model; K-FAC's model it was
+    built for) must compute ``model``'s outputs, or its steps and the batch loss it reports
+    belong to another model:
 
     $$
     \max |f_{\text{method}}(\theta, x) - f_{\text{model}}(\theta, x)|
@@ -206,22 +208,18 @@ def check_forward(optimizer: Any, model: nnx.Module, inputs: Any) -> None:
         or the method's forward pass fails on the model's parameters.
 
     Examples:
-      >>> import jax, optax
+      >>> import jax
       >>> from flax import nnx
       >>> import admm_jax
-      >>> class MeanHead(nnx.Module):  # reads the mean over time, not the last step
-      ...     def __init__(self, rngs):
-      ...         self.rnn = nnx.RNN(nnx.SimpleCell(3, 8, rngs=rngs))
-      ...         self.head = nnx.Linear(8, 2, rngs=rngs)
-      ...     def __call__(self, x):
-      ...         return self.head(self.rnn(x).mean(1))
-      >>> model = MeanHead(nnx.Rngs(0))
-      >>> tx = admm_jax.adapt_flax_rnn(admm_jax.admmirnn(), model.rnn)
+      >>> tanh = admm_jax.ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0))
+      >>> relu = admm_jax.ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0), activation="relu")
       >>> x = jax.random.normal(jax.random.key(1), (2, 5, 3))
-      >>> check_forward(tx, model, x)  # doctest: +ELLIPSIS
+      >>> tx = admm_jax.scale_by_kfac(tanh, x)  # built for the tanh model
+      >>> check_forward(tx, tanh, x)  # the same graph: nothing to run
+      >>> check_forward(tx, relu, x)  # doctest: +ELLIPSIS
       Traceback (most recent call last):
       ...
-      ValueError: optimizer: admmirnn trains its own forward pass (...), which differs ...
+      ValueError: optimizer: scale_by_kfac trains its own forward pass (...), which differs ...
     """
     opts = validation.model_options(optimizer) or {}
     own = opts.get("forward")

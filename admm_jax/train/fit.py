@@ -140,7 +140,7 @@ def fit(
         vocabulary; a model holding RNG streams; ``optax.MultiSteps`` around (or a transformation
         in ``optax.chain`` before) a method that reads no gradients, raised while the step
         compiles; a method whose own forward pass is not the model's
-        ([`check_forward`][admm_jax.train.check_forward]: ADMMiRNN on a Flax RNN whose head
+        ([`check_forward`][admm_jax.train.check_forward]: an Elman method on a Flax RNN whose head
         reads other than the last step, K-FAC built for another model).
       TypeError: a model that is not an ``nnx.Module``, an optimizer without ``init``/``update``,
         data that is not a pair of numeric arrays, an ``evaluation`` or ``resume`` of the wrong
