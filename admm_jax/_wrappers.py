@@ -25,8 +25,8 @@ def refuse_gradient_wrappers(name: str) -> None:
     transformation in an ``optax.chain`` (or ``named_chain``) or inside ``optax.MultiSteps``.
 
     A chain's position is read from the chain's own frame (the states of the transformations
-    already run), so ``optax.chain(method, optax.scale(2.0))`` and a chain nested first in
-    another chain's first place are accepted. Cost: a walk up the Python stack, once per trace
+    already run), so ``optax.chain(method, optax.scale(2.0))`` is accepted, also as the first
+    element of an outer chain. Cost: a walk up the Python stack, once per trace
     under ``jit`` (per call in an eager loop, microseconds).
 
     Examples:

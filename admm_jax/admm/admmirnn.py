@@ -119,9 +119,9 @@ def admmirnn(
     ``update`` returns zero updates, leaves the state as it was and sets ``diagnostics.loss``
     to NaN (:func:`admm_jax.increase_rho_on_divergence` retries it with larger penalties).
     It reads no gradients, so it refuses to run behind a transformation that acts on them: a
-    transformation before it in ``optax.chain`` or ``optax.MultiSteps`` (which would drop
-    all but one mini-batch in ``k``) raise a ``ValueError`` at the first call; first in a
-    chain (``optax.chain(admmirnn(), ...)``) it is fine.
+    transformation before it in ``optax.chain``, or ``optax.MultiSteps`` around it (which
+    would drop all but one mini-batch in ``k``), raises a ``ValueError`` at the first call;
+    first in a chain (``optax.chain(admmirnn(), ...)``) it is fine.
 
     Args:
       num_samples: training-set size, for the per-sample multipliers of ``sweep="backward"``
@@ -161,6 +161,9 @@ def admmirnn(
     Raises:
       ValueError: an option out of range, or one that does nothing under the chosen
         ``sweep`` or ``rho_schedule`` (naming it).
+      ValueError: at ``update``: class labels outside ``[0, C)`` in an eager call; a
+        transformation before it in ``optax.chain``, or ``optax.MultiSteps`` around it; a
+        state built for other parameters.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -344,6 +347,7 @@ def admmirnn(
 
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
     mark_guarded(tx)  # its own non-finite rule, on the batch's rows (see above)
+
     def forward(params, inputs):  # the model it trains, for fit's check (check_forward)
         return elman_apply(split_elman(params)[0], inputs, activation=activation,
                            many_to_many=many_to_many)
