@@ -15,6 +15,7 @@ import math
 import os
 import pathlib
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -264,6 +265,24 @@ def _load_task(parser, args):
     return task
 
 
+def _check_folder(parser, flag: str, path: str | None) -> None:
+    """``path`` can be a folder this process writes into: it is one, or it can be created (its
+    nearest existing ancestor is a folder that takes a new entry). Checked up front by a probe
+    folder created and removed again, so a bad path is one line and exit code 2, never a
+    traceback after training."""
+    if path is None:
+        return
+    p = pathlib.Path(path)
+    existing = next((a for a in (p, *p.parents) if a.exists()), pathlib.Path("."))
+    if not existing.is_dir():
+        where = "" if existing == p else f" (its ancestor {existing})"
+        parser.error(f"{flag}: {path}{where} is a file, not a folder")
+    try:
+        os.rmdir(tempfile.mkdtemp(prefix=".admm-jax-probe-", dir=existing))
+    except OSError as e:
+        parser.error(f"{flag}: cannot write into {existing}: {e.strerror or e}")
+
+
 def _model_options(args) -> dict:
     """``cell``, ``layers``, ``embed`` for :meth:`admm_jax.tasks.Task.model`."""
     return {"cell": args.cell, "layers": args.layers, "embed": args.embed}
@@ -304,6 +323,7 @@ def _compare(parser, args) -> int:
     names = [n.strip() for n in chosen.split(",") if n.strip()]
     if not names:
         parser.error("--optimizers: give at least one name")
+    _check_folder(parser, "--out", args.out)
     for n in names:
         try:
             optimizers.entry(n)
@@ -374,6 +394,8 @@ def _train(parser, args) -> int:
     if args.resume and not args.checkpoint_dir:
         parser.error("--resume: needs --checkpoint-dir")
     _check_model(parser, args, [name], "--optimizer")
+    _check_folder(parser, "--out", args.out)
+    _check_folder(parser, "--checkpoint-dir", args.checkpoint_dir)
     if args.learning_rate is not None and optimizers.default_learning_rate(name) is None:
         parser.error(f"--learning-rate: {name} takes no learning rate")
     task = _load_task(parser, args)

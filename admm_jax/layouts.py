@@ -136,7 +136,9 @@ def split_elman(params: Any) -> tuple[dict[str, jax.Array], Any, list[str]]:
     if missing or extra or len(names) != len(ELMAN_NAMES):
         raise ValueError(
             f"params: expected exactly the Elman parameters {ELMAN_NAMES} "
-            f"(e.g. nnx.state(ElmanRNN(...), nnx.Param)), got leaves named {names}"
+            f"(e.g. nnx.state(ElmanRNN(...), nnx.Param)), got leaves named {names}; for a "
+            "Flax nnx.RNN(nnx.SimpleCell) with a Linear head, wrap the method: "
+            "admm_jax.adapt_flax_rnn(admm_jax.admmirnn(), model.rnn)"
         )
     return named, treedef, names
 

@@ -33,6 +33,7 @@ retry-on-divergence wrapper (:attr:`Entry.retry`).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -119,14 +120,10 @@ def _admmirnn_bytes(task: Any, hidden: int) -> int:
                              many_to_many=task.many_to_many)["per_sample_state"]
 
 
-def _random_bases(learning_rate: float, dim: int = 250, *, seed: int = 0,
-                  **kwargs: Any) -> optax.GradientTransformationExtraArgs:
-    return random_bases(learning_rate, dim, seed=seed, **kwargs)
-
-
-def _momentum(learning_rate: float, momentum: float = 0.9,
-              **kwargs: Any) -> optax.GradientTransformationExtraArgs:
-    return optax.sgd(learning_rate, momentum=momentum, **kwargs)
+# keyword defaults bound with partial: the factories keep a plain signature, which
+# optax.inject_hyperparams reads (a **kwargs wrapper would hide the arguments from it)
+_random_bases = functools.partial(random_bases, dim=250, seed=0)
+_momentum = functools.partial(optax.sgd, momentum=0.9)
 
 
 _REGISTRY: dict[str, Entry] = {
@@ -197,7 +194,8 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
 
     Returns:
       An ``optax.GradientTransformationExtraArgs`` that rejects a non-finite step (zero
-      update, state unchanged: :func:`admm_jax.reject_nonfinite`).
+      update, state unchanged) and names a state built for other parameters
+      (:func:`admm_jax.reject_nonfinite`).
 
     Raises:
       ValueError: unknown name (the message lists the valid ones).
@@ -237,7 +235,7 @@ def get(name: str, **kwargs: Any) -> optax.GradientTransformationExtraArgs:
         checks.learning_rate("learning_rate", lr)
         tx = e.factory(lr, **kwargs)
     # one rule for all: a non-finite step is not applied (zero update, state unchanged);
-    # a no-op for admmirnn and admm_preconditioned, which apply it themselves
+    # a no-op for the package's own methods, which apply it themselves
     return reject_nonfinite(tx)
 
 

@@ -223,14 +223,27 @@ BAD_FLAGS = [
     (["compare", "--cell", "lstm", "--optimizers", "admmirnn,adam"], "--optimizers"),
     (["train", "--cell", "gru", "--optimizer", "admmirnn"], "--optimizer:"),
     (["compare", "--cell", "rnn"], "--cell"),
+    # issue 29: paths checked up front ({file}: an existing file; /proc takes no new folder)
+    (["compare", "--out", "{file}"], "--out"),
+    (["compare", "--out", "{file}/results"], "--out"),
+    (["compare", "--out", "/proc/admm-jax-results"], "--out"),
+    (["train", "--out", "{file}"], "--out"),
+    (["train", "--out", "/proc/admm-jax-results"], "--out"),
+    (["train", "--checkpoint-dir", "{file}"], "--checkpoint-dir"),
+    (["train", "--checkpoint-dir", "{file}/ck", "--resume"], "--checkpoint-dir"),
+    (["train", "--checkpoint-dir", "/proc/admm-jax-ck"], "--checkpoint-dir"),
 ]
 
 
 @pytest.mark.parametrize("argv, flag", BAD_FLAGS, ids=[" ".join(a) for a, _ in BAD_FLAGS])
 def test_bad_flag_exits_2_with_one_line_naming_it(argv, flag, capsys, tmp_path):
+    file = tmp_path / "a_file"
+    file.write_text("not a folder")
+    argv = [a.replace("{file}", str(file)) for a in argv]
+    out = [] if "--out" in argv else ["--out", str(tmp_path)]
     with pytest.raises(SystemExit) as e:
         # the bad flag last: it overrides ADDING's value of the same flag
-        cli.main([argv[0], *ADDING, *argv[1:], "--out", str(tmp_path)])
+        cli.main([argv[0], *ADDING, *argv[1:], *out])
     err = capsys.readouterr().err
     assert e.value.code == 2, err
     lines = err.strip().splitlines()

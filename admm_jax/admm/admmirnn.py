@@ -11,6 +11,7 @@ import numpy as np
 import optax
 
 from admm_jax import _validation as checks
+from admm_jax._wrappers import refuse_gradient_wrappers
 from admm_jax.admm import blocks
 from admm_jax.admm.iteration import ADMMDiagnostics, coupled_iteration, per_step_iteration
 from admm_jax.admm.problem import (
@@ -25,7 +26,7 @@ from admm_jax.admm.problem import (
     mean_loss,
 )
 from admm_jax.layouts import merge_elman, split_elman
-from admm_jax.models.elman import ACTIVATIONS, elman_trace
+from admm_jax.models.elman import ACTIVATIONS, elman_apply, elman_trace
 from admm_jax.nonfinite import mark_guarded
 
 RHO_SCHEDULES = ("fixed", "geometric", "linear", "balance")
@@ -113,9 +114,14 @@ def admmirnn(
     targets and state sharded along the samples (:func:`admm_jax.shard_batch`,
     :func:`admm_jax.shard_admm_state`), without ``indices``.
 
-    An iteration that produces a non-finite weight, residual or Lagrangian is rejected:
+    An iteration that produces a non-finite weight, residual or Lagrangian, or whose batch
+    holds a class label outside ``[0, C)`` under ``jit`` (eager calls raise), is rejected:
     ``update`` returns zero updates, leaves the state as it was and sets ``diagnostics.loss``
     to NaN (:func:`admm_jax.increase_rho_on_divergence` retries it with larger penalties).
+    It reads no gradients, so it refuses to run behind a transformation that acts on them: a
+    transformation before it in ``optax.chain``, or ``optax.MultiSteps`` around it (which
+    would drop all but one mini-batch in ``k``), raises a ``ValueError`` at the first call;
+    first in a chain (``optax.chain(admmirnn(), ...)``) it is fine.
 
     Args:
       num_samples: training-set size, for the per-sample multipliers of ``sweep="backward"``
@@ -155,6 +161,9 @@ def admmirnn(
     Raises:
       ValueError: an option out of range, or one that does nothing under the chosen
         ``sweep`` or ``rho_schedule`` (naming it).
+      ValueError: at ``update``: class labels outside ``[0, C)`` in an eager call; a
+        transformation before it in ``optax.chain``, or ``optax.MultiSteps`` around it; a
+        state built for other parameters.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -233,6 +242,7 @@ def admmirnn(
     def update_fn(updates, state: ADMMiRNNState, params=None, *, inputs=None, targets=None,
                   indices=None, **extra_args: Any):
         del updates, extra_args
+        refuse_gradient_wrappers("admmirnn")  # a clip before it, MultiSteps: named errors
         p_orig, treedef, names = split_elman(params)
         # the solves need at least float32 (no bfloat16 Cholesky); updates go back in p's dtype
         compute = jnp.promote_types(p_orig["W"].dtype, jnp.float32)
@@ -261,7 +271,10 @@ def admmirnn(
         if indices.shape != (batch,) or not jnp.issubdtype(indices.dtype, jnp.integer):
             raise ValueError(f"indices: expected int array of shape ({batch},), got "
                              f"{indices.dtype}{tuple(indices.shape)}")
-        valid = jnp.asarray(True)
+        # labels in [0, C): concrete ones were checked by check_batch; traced ones that are
+        # not reject the iteration (diagnostics.loss = NaN), never train a wrapped-around class
+        valid = (jnp.all((targets >= 0) & (targets < classes)) if loss == "cross_entropy"
+                 else jnp.asarray(True))
         if not whole and per_sample:
             # concrete: a ValueError now; traced (under jit): the iteration is rejected below
             n_store = state.duals.lam1.shape[0]
@@ -305,7 +318,7 @@ def admmirnn(
         # multipliers and auxiliaries keep their old values; batch-sized selects only) and
         # reported by diagnostics.loss = NaN, so a caller retries or stops from a good state
         ok = jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in (*p_new.values(), *diag)]))
-        ok = ok & valid  # out-of-range or repeated indices (traced): rejected, nothing written
+        ok = ok & valid  # bad labels or indices (traced): rejected, nothing written
         diag = diag._replace(loss=jnp.where(ok, diag.loss, jnp.nan))
 
         def keep(new, old):
@@ -334,9 +347,16 @@ def admmirnn(
 
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
     mark_guarded(tx)  # its own non-finite rule, on the batch's rows (see above)
-    return checks.register_model_options(tx, activation=activation, many_to_many=many_to_many,
-                                         loss=loss, name="admmirnn",
-                                         num_samples=num_samples if per_sample else None)
+
+    def forward(params, inputs):  # the model it trains, for fit's check (check_forward)
+        return elman_apply(split_elman(params)[0], inputs, activation=activation,
+                           many_to_many=many_to_many)
+
+    return checks.register_model_options(
+        tx, activation=activation, many_to_many=many_to_many, loss=loss, name="admmirnn",
+        num_samples=num_samples if per_sample else None, forward=forward,
+        forward_note=f"an Elman RNN with activation={activation!r} reading "
+                     f"{'every step' if many_to_many else 'the last step'}")
 
 
 def _valid_indices(indices, n):

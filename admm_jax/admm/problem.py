@@ -299,7 +299,8 @@ def check_batch(p, inputs, targets, cfg: ADMMConfig):
 
     Raises:
       ValueError: naming the argument and the shape or dtype expected; concrete token ids
-        outside ``[0, D)`` too (traced ones give a NaN projection, and the step is rejected).
+        outside ``[0, D)`` and class labels outside ``[0, C)`` too (traced ones give a NaN
+        projection or are checked by the iteration, and the step is rejected).
 
     Examples:
       >>> import jax.numpy as jnp
@@ -337,6 +338,8 @@ def check_batch(p, inputs, targets, cfg: ADMMConfig):
         if targets.shape != want or not jnp.issubdtype(targets.dtype, jnp.integer):
             raise ValueError(f"targets: expected integer classes of shape {want}, "
                              f"got {targets.dtype}{targets.shape}")
+        if not isinstance(targets, jax.core.Tracer):  # traced: the iteration is rejected
+            checks.labels("targets", targets, c)
     else:
         want = (n, t, c) if cfg.many_to_many else (n, c)
         if targets.shape != want:

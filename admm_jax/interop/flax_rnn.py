@@ -121,7 +121,16 @@ def adapt_flax_rnn(
         return elman_to_flax(delta, params), state
 
     tx = optax.GradientTransformationExtraArgs(init_fn, update_fn)
-    return tx if opts is None else checks.register_model_options(tx, **opts)
+    if opts is None:
+        return tx
+    if "forward" in opts:  # inner's model, read through the map (for fit's check_forward)
+        inner_forward = opts["forward"]
+        opts = {**opts, "forward_note": f"{opts.get('forward_note', 'its model')} mapped from "
+                "the Flax parameters by adapt_flax_rnn: the model must compute "
+                "head(rnn(x)[:, -1]) (head(rnn(x)) for many_to_many=True) from a zero carry",
+                "forward": lambda params, x: inner_forward(
+                    elman_from_flax(params, residual=residual), x)}
+    return checks.register_model_options(tx, **opts)
 
 
 _GRID = np.linspace(-3.0, 3.0, 13, dtype=np.float32)

@@ -108,14 +108,18 @@ def admm_kfac(
     """
     checks.learning_rate("learning_rate", learning_rate)
     checks.nonnegative_number("weight_decay", weight_decay)
-    return reject_nonfinite(optax.chain(
-        scale_by_kfac(model, inputs, loss=loss, damping=damping, ema=ema,
-                      refresh_every=refresh_every, stats_every=stats_every, fisher=fisher,
-                      output_factor=output_factor,
-                      normalize_output=normalize_output, adaptive_damping=adaptive_damping,
-                      fallback_scale=fallback_scale, seed=seed),
-        optax.add_decayed_weights(weight_decay, mask=_matrices),
+    direction = scale_by_kfac(model, inputs, loss=loss, damping=damping, ema=ema,
+                              refresh_every=refresh_every, stats_every=stats_every,
+                              fisher=fisher, output_factor=output_factor,
+                              normalize_output=normalize_output,
+                              adaptive_damping=adaptive_damping,
+                              fallback_scale=fallback_scale, seed=seed)
+    tx = reject_nonfinite(optax.chain(
+        direction, optax.add_decayed_weights(weight_decay, mask=_matrices),
         optax.scale_by_learning_rate(learning_rate)))
+    # the model it was built for, which fit compares with the model it trains (check_forward)
+    return checks.register_model_options(tx, **{**checks.model_options(direction),
+                                                "name": "admm_kfac"})
 
 
 def admm_preconditioned(

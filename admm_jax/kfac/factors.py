@@ -23,11 +23,16 @@ of one-hot inputs); a one-sided block has \(S = I\).
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
 from admm_jax.admm.linalg import spd_inverse
 from admm_jax.kfac.trace import Plan
+
+RISE = 1.1  # adaptive damping: "the loss is rising" when its fast average > RISE * slow one
+MAX_DAMPING = 1e6
 
 
 def batch_factors(plan: Plan, a_stats, s_stats, batch_size: int, loss_terms: int):
@@ -132,3 +137,23 @@ def precondition(plan: Plan, grads: list, a_inv, s_inv) -> dict[int, jax.Array]:
         right = None if s_inv is None else s_inv[b.s_slot]
         out.update(to_leaves(b, kernel_step(b, a_inv[b.a_slot], right, g), grads))
     return out
+
+
+def damping_update(state: Any, loss_now, adaptive):
+    """The running loss averages and the adaptive damping factor after this batch's loss.
+
+    Levenberg-Marquardt style, driven by the observed loss: ``fast`` (weight 1/2) and
+    ``slow`` (1/20, with its running variance ``v``) averages; when ``fast > 1.1 slow`` and
+    ``fast - slow > 3 sqrt(v/3)`` (a rise beyond batch noise), or the loss is not finite, the
+    factor doubles; otherwise it decays by 0.97 down to 1. Returns
+    ``(fast, slow, var, factor)``; ``state`` is a [KFACState][admm_jax.KFACState].
+    """
+    first = state.count == 0
+    fast = jnp.where(first, loss_now, 0.5 * state.loss_fast + 0.5 * loss_now)
+    dev = loss_now - state.loss_slow
+    slow = jnp.where(first, loss_now, state.loss_slow + 0.05 * dev)
+    var = jnp.where(first, 0.0, 0.95 * (state.loss_var + 0.05 * dev**2))
+    rising = ~((fast <= RISE * slow) | (fast - slow <= 3.0 * jnp.sqrt(var / 3.0)))
+    moved = jnp.clip(jnp.where(rising, 2.0 * state.factor, 0.97 * state.factor), 1.0,
+                     MAX_DAMPING)
+    return fast, slow, var, jnp.where(adaptive, moved, state.factor)

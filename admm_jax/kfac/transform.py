@@ -36,8 +36,6 @@ from admm_jax.kfac import factors, trace, walk
 
 FISHERS = ("empirical", "sampled")
 OUTPUT_FACTORS = ("gates", "full", "identity")
-RISE = 1.1  # adaptive damping: "the loss is rising" when its fast average > RISE * slow one
-MAX_DAMPING = 1e6
 BETAS = (0.9, 0.999)  # the fallback's Adam moments
 
 
@@ -84,6 +82,7 @@ class KFACState(NamedTuple):
     takes_batch = True  # update(grads, state, params, inputs=x, targets=y)
     computes_gradients = True  # grads may be None: its own backward pass supplies them
     loss_name = "cross_entropy"  # the loss its batch_loss and statistics use (a class attribute)
+    reported = ("loss", "step_norm")  # a rejected step still reports these (reject_nonfinite)
 
     @property
     def diagnostics(self) -> KFACDiagnostics:
@@ -229,26 +228,6 @@ def _sampled_adjoint(loss, out, key, terms: int):
     else:
         g = -jax.random.normal(key, out.shape, out.dtype)
     return g / terms
-
-
-def damping_update(state: KFACState, loss_now, adaptive):
-    """The running loss averages and the adaptive damping factor after this batch's loss.
-
-    Levenberg-Marquardt style, driven by the observed loss: ``fast`` (weight 1/2) and
-    ``slow`` (1/20, with its running variance ``v``) averages; when ``fast > 1.1 slow`` and
-    ``fast - slow > 3 sqrt(v/3)`` (a rise beyond batch noise), or the loss is not finite, the
-    factor doubles; otherwise it decays by 0.97 down to 1. Returns
-    ``(fast, slow, var, factor)``.
-    """
-    first = state.count == 0
-    fast = jnp.where(first, loss_now, 0.5 * state.loss_fast + 0.5 * loss_now)
-    dev = loss_now - state.loss_slow
-    slow = jnp.where(first, loss_now, state.loss_slow + 0.05 * dev)
-    var = jnp.where(first, 0.0, 0.95 * (state.loss_var + 0.05 * dev**2))
-    rising = ~((fast <= RISE * slow) | (fast - slow <= 3.0 * jnp.sqrt(var / 3.0)))
-    moved = jnp.clip(jnp.where(rising, 2.0 * state.factor, 0.97 * state.factor), 1.0,
-                     MAX_DAMPING)
-    return fast, slow, var, jnp.where(adaptive, moved, state.factor)
 
 
 def _check_options(damping, ema, refresh_every, fallback_scale, fisher, output_factor, loss):
@@ -468,7 +447,7 @@ def scale_by_kfac(
         first = state.count == 0
         a = factors.running_average(state.a, a_new, jnp.where(due_stats, ema, 1.0), first)
         s = factors.running_average(state.s, s_new, jnp.where(due_stats, ema, 1.0), first)
-        fast, slow, var, factor = damping_update(state, loss_now.astype(dtype),
+        fast, slow, var, factor = factors.damping_update(state, loss_now.astype(dtype),
                                                  adaptive_damping)
         mu = (damping * factor).astype(dtype)
         due = (state.count % refresh_every == 0) | (mu != state.inverse_damping)
@@ -497,4 +476,12 @@ def scale_by_kfac(
             mu=tuple(mus), nu=tuple(nus))
         return jax.tree.unflatten(jax.tree.structure(params), out), new_state
 
-    return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+    def forward(params, x):  # the model it was built for, for fit's check_forward
+        return bound.apply(_structured(bound, params)[1], bound.extra, x)
+
+    # a model with the same graph computes the same forward pass: fit need not run both
+    graph = nnx.split(model, nnx.Param, ...)[0] if isinstance(model, nnx.Module) else None
+    return checks.register_model_options(
+        optax.GradientTransformationExtraArgs(init_fn, update_fn), name="scale_by_kfac",
+        forward=forward, forward_graph=graph,
+        forward_note="the model it was built for (build it for this one)")

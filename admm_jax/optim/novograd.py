@@ -10,6 +10,7 @@ import optax
 
 from admm_jax import _validation as validation
 from admm_jax._dtypes import compute_dtype
+from admm_jax.nonfinite import reject_nonfinite
 from admm_jax.optim._groups import GroupSpec, leaf_groups
 
 
@@ -192,7 +193,9 @@ def novograd(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; its state is
-      ``(NovoGradState, optax.ScaleByScheduleState | optax.EmptyState)``.
+      ``(NovoGradState, optax.ScaleByScheduleState | optax.EmptyState)``. A step with a
+      non-finite update or state is not applied, and a state built for other parameters is a
+      named error ([`admm_jax.reject_nonfinite`][]).
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -210,8 +213,8 @@ def novograd(
       Ginsburg et al., "Stochastic Gradient Methods with Layer-wise Adaptive Moments for
       Training of Deep Networks", arXiv:1905.11286, 2019.
     """
-    return optax.chain(
+    return reject_nonfinite(optax.chain(
         scale_by_novograd(b1, b2, eps, weight_decay, grad_averaging=grad_averaging,
                           layers=layers, mu_dtype=mu_dtype),
         optax.scale_by_learning_rate(learning_rate),
-    )
+    ))

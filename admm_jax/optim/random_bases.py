@@ -12,6 +12,7 @@ import optax
 
 from admm_jax import _validation as validation
 from admm_jax._dtypes import compute_dtype
+from admm_jax.nonfinite import reject_nonfinite
 from admm_jax.optim import hadamard
 from admm_jax.optim._groups import GroupSpec, leaf_groups
 from admm_jax.optim.counter_hash import hash_rows
@@ -42,6 +43,9 @@ def _base_key(seed: Any) -> jax.Array:
         return seed
     if isinstance(seed, jax.Array) and seed.dtype == jnp.uint32 and seed.shape == (2,):
         return jax.random.wrap_key_data(seed)
+    if hasattr(seed, "dtype") and jnp.ndim(seed) == 0:
+        raise TypeError(f"seed: expected a Python int or a JAX PRNG key, got an array of dtype "
+                        f"{seed.dtype} (with optax.inject_hyperparams list it in static_args)")
     raise TypeError(f"seed: expected an int or a JAX PRNG key, got {seed!r}")
 
 
@@ -174,6 +178,10 @@ def _resolve_dims(dim: int | Sequence[int], n: int) -> tuple[int, ...]:
             raise ValueError(
                 f"dim: got {len(dims)} dimensions but the parameters have {n} compartments"
             )
+    elif hasattr(dim, "dtype") and jnp.ndim(dim) == 0:
+        raise TypeError(f"dim: expected a Python int (it sets array shapes), got an array of "
+                        f"dtype {dim.dtype} (with optax.inject_hyperparams list it in "
+                        "static_args)")
     else:
         raise TypeError(f"dim: expected an int or a sequence of ints, got {dim!r}")
     if any(d <= 0 for d in dims):
@@ -405,7 +413,8 @@ def random_bases(
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``; state
-      ``(RandomBasesState, optax.ScaleByScheduleState | optax.EmptyState)``.
+      ``(RandomBasesState, optax.ScaleByScheduleState | optax.EmptyState)``. A step with a
+      non-finite update or state is not applied ([`admm_jax.reject_nonfinite`][]).
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax
@@ -423,12 +432,12 @@ def random_bases(
       Gressmann, Eaton-Rosen, Luschi, "Improving Neural Network Training in Low Dimensional Random
       Bases", NeurIPS 2020, arXiv:2011.04720.
     """
-    return optax.chain(
+    return reject_nonfinite(optax.chain(
         scale_by_random_bases(dim, seed=seed, distribution=distribution,
                               compartments=compartments, redraw=redraw, block_size=block_size,
                               rng=rng, axis_name=axis_name, axis_size=axis_size),
         optax.scale_by_learning_rate(learning_rate),
-    )
+    ))
 
 
 def random_bases_vector(

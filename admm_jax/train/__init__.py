@@ -10,6 +10,7 @@ from admm_jax.train.checkpoint import (
     load_checkpoint,
     load_runs,
 )
+from admm_jax.train.checks import check_forward
 from admm_jax.train.fit import fit, fit_batched
 from admm_jax.train.history import History
 from admm_jax.train.steps import evaluate, make_train_step
@@ -28,6 +29,7 @@ __all__ = [
     "Stop",
     "Trainer",
     "ModelKwargSchedule",
+    "check_forward",
     "checkpoint_steps",
     "evaluate",
     "fit",

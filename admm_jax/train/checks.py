@@ -10,11 +10,9 @@ from typing import Any
 
 import jax
 import numpy as np
-import optax
 from flax import nnx
 
 from admm_jax import _validation as validation
-from admm_jax.optimizers import needs_gradients
 from admm_jax.train import losses
 from admm_jax.train.checkpoint import Restored
 from admm_jax.train.history import History
@@ -179,27 +177,76 @@ def resumed_opt_state(opt_state: Any, optimizer: Any, params: Any) -> None:
                                   what="optimizer.init(params) of this model")
 
 
-def gradient_free_first(opt_state: Any) -> None:
-    """A method that takes the batch and never reads gradients (``takes_batch`` without
-    ``computes_gradients``) is what first receives them: a transformation before it (a clip
-    in ``optax.chain``, ``optax.MultiSteps``' accumulation) would act on gradients it
-    ignores, silently."""
-    if not needs_gradients(opt_state):  # it (or a wrapper passing the batch on) comes first
+def check_forward(optimizer: Any, model: nnx.Module, inputs: Any) -> None:
+    r"""Check that the model a method trains is ``model``.
+
+    A method that runs a forward pass of its own (one that reads an Elman RNN from the
+    parameters, through [`admm_jax.adapt_flax_rnn`][] for a Flax model; K-FAC's model it was
+    built for) must compute ``model``'s outputs, or its steps and the batch loss it reports
+    belong to another model:
+
+    $$
+    \max |f_{\text{method}}(\theta, x) - f_{\text{model}}(\theta, x)|
+    \le \tau\,(1 + \max |f_{\text{model}}(\theta, x)|),\quad
+    \tau = \max(10^{-4}, 16\,\epsilon_{\text{dtype}})
+    $$
+
+    [`admm_jax.train.fit`][] calls it on the first two training samples before compiling; a
+    hand-written loop calls it once on an example batch. A no-op for an optimizer that records
+    no forward pass (the gradient methods, and any method inside ``optax.chain`` or
+    ``inject_hyperparams``, whose options the wrapper does not carry). Cost: one forward pass of
+    each on ``inputs``, eagerly; none when the method was built from a module with ``model``'s
+    graph (K-FAC built for this model or an identical one).
+
+    Args:
+      optimizer: the transformation (its registered model options hold ``forward``).
+      model: the ``nnx.Module`` being trained.
+      inputs: an example batch (a few samples suffice).
+
+    Raises:
+      ValueError: the outputs differ (naming the largest difference and what the method runs),
+        or the method's forward pass fails on the model's parameters.
+
+    Examples:
+      >>> import jax
+      >>> from flax import nnx
+      >>> import admm_jax
+      >>> tanh = admm_jax.ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0))
+      >>> relu = admm_jax.ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0), activation="relu")
+      >>> x = jax.random.normal(jax.random.key(1), (2, 5, 3))
+      >>> tx = admm_jax.scale_by_kfac(tanh, x)  # built for the tanh model
+      >>> check_forward(tx, tanh, x)  # the same graph: nothing to run
+      >>> check_forward(tx, relu, x)  # doctest: +ELLIPSIS
+      Traceback (most recent call last):
+      ...
+      ValueError: optimizer: scale_by_kfac trains its own forward pass (...), which differs ...
+    """
+    opts = validation.model_options(optimizer) or {}
+    own = opts.get("forward")
+    graph = opts.get("forward_graph")  # the module it was built from: the same graph, no run
+    if own is None or (graph is not None and nnx.split(model, nnx.Param, ...)[0] == graph):
         return
-    for node in jax.tree_util.tree_leaves(
-            opt_state, is_leaf=lambda n: getattr(type(n), "takes_batch", False) is True):
-        kind = type(node)
-        if getattr(kind, "takes_batch", False) is True and \
-                getattr(kind, "computes_gradients", False) is not True:
-            multi = jax.tree_util.tree_leaves(
-                opt_state, is_leaf=lambda x: isinstance(x, optax.MultiStepsState))
-            wrapped = ("optax.MultiSteps" if any(isinstance(x, optax.MultiStepsState)
-                                                  for x in multi)
-                       else "a transformation before it (optax.chain)")
-            raise ValueError(f"optimizer: {kind.__name__} takes the batch instead of "
-                             f"gradients, so {wrapped} would act on gradients it never reads; "
-                             "use it alone or first in a chain (instead of MultiSteps: a "
-                             "larger batch_size)")
+    name, note = opts.get("name", "the optimizer"), opts.get("forward_note", "its own model")
+    inputs = jax.numpy.asarray(inputs)
+    want = np.asarray(model(inputs), np.float64)
+    try:
+        got = np.asarray(own(nnx.state(model, nnx.Param), inputs), np.float64)
+    except Exception as e:  # noqa: BLE001 - any failure: the method cannot run this model
+        raise ValueError(f"optimizer: {name} trains its own forward pass ({note}), which fails "
+                         f"on this model's parameters: {type(e).__name__}: "
+                         f"{str(e).splitlines()[0] if str(e) else ''}") from None
+    scale = float(np.max(np.abs(want))) if want.size else 0.0
+    eps = float(jax.numpy.finfo(jax.numpy.result_type(*jax.tree_util.tree_leaves(
+        nnx.state(model, nnx.Param)))).eps)
+    tol = max(1e-4, 16 * eps) * (1.0 + scale)
+    diff = float(np.max(np.abs(got - want))) if got.shape == want.shape else np.inf
+    if not diff <= tol:
+        shapes = "" if got.shape == want.shape else f"; outputs {got.shape} vs {want.shape}"
+        raise ValueError(
+            f"optimizer: {name} trains its own forward pass ({note}), which differs from the "
+            f"model's on the same inputs (max |difference| {diff:.3g} for outputs up to "
+            f"{scale:.3g}{shapes}): its steps and the loss it reports would belong to another "
+            "model")
 
 
 def method_loss_name(optimizer: Any, opt_state: Any) -> str | None:

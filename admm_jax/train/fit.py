@@ -140,8 +140,11 @@ def fit(
         to resume that does not match ``optimizer.init`` of the model's parameters; an
         optimizer built for another number of samples, activation or readout than the data
         and the model (or a Flax RNN it cannot train); token ids outside the model's
-        vocabulary; a model holding RNG streams; ``optax.MultiSteps`` around an optimizer that
-        takes the batch.
+        vocabulary; a model holding RNG streams; ``optax.MultiSteps`` around (or a transformation
+        in ``optax.chain`` before) a method that reads no gradients, raised while the step
+        compiles; a method whose own forward pass is not the model's
+        ([`check_forward`][admm_jax.train.check_forward]: an Elman method on a Flax RNN whose head
+        reads other than the last step, K-FAC built for another model).
       TypeError: a model that is not an ``nnx.Module``, an optimizer without ``init``/``update``,
         data that is not a pair of numeric arrays, an ``evaluation`` or ``resume`` of the wrong
         type.

@@ -16,10 +16,26 @@ def _per_sample_mean(v: jax.Array) -> jax.Array:
 
 
 def cross_entropy(outputs: jax.Array, targets: jax.Array) -> jax.Array:
-    """Softmax cross entropy per sample: logits ``[B, C]``/``[B, T, C]``, classes ``[B]``/``[B, T]``
-    (mean over the steps)."""
-    return _per_sample_mean(
-        optax.softmax_cross_entropy_with_integer_labels(outputs, targets.astype(jnp.int32)))
+    r"""Softmax cross entropy per sample: logits ``[B, C]``/``[B, T, C]``, classes
+    ``[B]``/``[B, T]`` (mean over the steps).
+
+    $$
+    \ell_n = \tfrac1T \textstyle\sum_t \big(\log \sum_c e^{o_{n,t,c}} - o_{n,t,y_{n,t}}\big)
+    $$
+
+    A class outside ``[0, C)`` gives NaN for its sample (a label ``-1`` would otherwise wrap
+    around to class ``C - 1``): under ``jit``, where labels cannot be checked, the step is
+    non-finite, so it is rejected and reported, never trained on a wrong class.
+
+    Examples:
+      >>> import jax.numpy as jnp
+      >>> cross_entropy(jnp.zeros((3, 2)), jnp.array([0, -1, 2]))
+      Array([0.6931472,       nan,       nan], dtype=float32)
+    """
+    targets = targets.astype(jnp.int32)
+    ce = optax.softmax_cross_entropy_with_integer_labels(outputs, targets)
+    inside = (targets >= 0) & (targets < outputs.shape[-1])
+    return _per_sample_mean(jnp.where(inside, ce, jnp.nan))
 
 
 def mse(outputs: jax.Array, targets: jax.Array) -> jax.Array:

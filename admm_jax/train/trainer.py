@@ -275,6 +275,7 @@ class Trainer:
             nnx.update(model, resume.params)
         self._graphdef, params, self._rest = nnx.split(model, nnx.Param, ...)
         checks.trainable(model, optimizer, params, len(train_data[0]))
+        checks.check_forward(optimizer, model, train_data[0][:2])  # the model it trains is ours
         apply = apply_fn(self._graphdef, self._rest)
         named = [("train_data", train_data)]
         if self.evaluation is not None:
@@ -287,7 +288,8 @@ class Trainer:
         opt_state = _distinct_buffers(
             optimizer.init(params) if resume.opt_state is None else resume.opt_state)
         self.uses_gradients = needs_gradients(opt_state)
-        checks.gradient_free_first(opt_state)
+        # a method that reads no gradients refuses a wrapper acting on them (MultiSteps, a clip
+        # before it in a chain) when its update is traced, in compile_train_step below
         kwargs = {k: jnp.asarray(v, jnp.result_type(float) if isinstance(v, float) else None)
                   for k, v in (model_kwargs or {}).items()}
         self.key = jax.random.key(seed)

@@ -6,10 +6,12 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from flax import nnx
 
-from admm_jax import ElmanRNN, optimizers
+import admm_jax
+from admm_jax import ElmanRNN, admmirnn, optimizers
 from admm_jax.train import (
     Callback,
     Checkpoint,
@@ -239,3 +241,49 @@ def test_a_method_reporting_its_batch_loss_saves_the_forward_pass(loss):
             loss=losses.LOSSES[loss], metric=None, iterations=1, batch_size=32)
     assert h.steps["loss"][0] == pytest.approx(before, rel=1e-5)
     assert "batch_loss" in h.steps
+
+
+class FlaxRNN(nnx.Module):
+    """A user's Flax RNN whose head reads the last step, or (``reads="mean"``) the mean."""
+
+    def __init__(self, reads="last"):
+        rngs = nnx.Rngs(0)
+        self.rnn = nnx.RNN(nnx.SimpleCell(3, 8, rngs=rngs), rngs=False)
+        self.head = nnx.Linear(8, 2, rngs=rngs)
+        self.reads = reads
+
+    def __call__(self, x):
+        h = self.rnn(x, initial_carry=jnp.zeros((x.shape[0], 8), x.dtype))
+        return self.head(h.mean(1) if self.reads == "mean" else h[:, -1])
+
+
+def test_the_history_is_the_models_loss_or_the_run_is_refused():
+    """Issue 29, item 1: through adapt_flax_rnn ADMMiRNN trains the Elman RNN it reads from
+    the parameters; fit records its batch loss only when that RNN is the model."""
+    x, y = tiny_data(32)
+    model = FlaxRNN()
+    before = evaluate(model, (x, y))["loss"]
+    h = fit(model, admm_jax.adapt_flax_rnn(admmirnn(), model.rnn), (x, y), iterations=1,
+            batch_size=32)
+    assert h.steps["loss"][0] == pytest.approx(before, rel=1e-5)  # the model's own loss
+    mean = FlaxRNN("mean")
+    with pytest.raises(ValueError, match=r"^optimizer: admmirnn trains its own forward pass "
+                                         r"\(.*adapt_flax_rnn.*\), which differs from the "
+                                         r"model's"):
+        fit(mean, admm_jax.adapt_flax_rnn(admmirnn(), mean.rnn), (x, y), iterations=1,
+            batch_size=32)
+    # K-FAC built for another model with the same parameters (tanh, trained as relu)
+    tanh, relu = (ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0), activation=a) for a in ("tanh", "relu"))
+    with pytest.raises(ValueError, match="admm_kfac trains its own forward pass"):
+        fit(relu, admm_jax.admm_kfac(tanh, x), (x, y), iterations=1, batch_size=32)
+
+
+def test_admmirnn_behind_a_gradient_wrapper_is_refused_and_apply_if_finite_is_not():
+    x, y = tiny_data(32)
+    for tx, match in ((optax.chain(optax.clip_by_global_norm(1.0), admmirnn()), "optax.chain"),
+                      (optax.MultiSteps(admmirnn(), 2), "MultiSteps")):
+        with pytest.raises(ValueError, match=rf"^optimizer: admmirnn .*{match}"):
+            fit(ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0)), tx, (x, y), iterations=1, batch_size=16)
+    h = fit(ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0)), optax.apply_if_finite(admmirnn(), 3), (x, y),
+            iterations=2, batch_size=16)
+    assert h.meta["uses_gradients"] and len(h.steps["loss"]) == 2
