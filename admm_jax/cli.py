@@ -1,11 +1,5 @@
-"""The ``admm-jax`` command line: compare optimizers on a task, or train one run.
-
-    admm-jax compare                                  # adding task, 5 optimizers, ~2 min on CPU
-    admm-jax compare --task row-mnist --data-dir ../shared/data \\
-        --optimizers admmirnn,adam,sgd,rmsprop,novograd --budget-seconds 60
-    admm-jax train --task copying --optimizer adam --epochs 2 --checkpoint-dir runs/copy
-    admm-jax list                                     # tasks and optimizers
-"""
+"""The ``admm-jax`` command line: compare optimizers on a task (``admm-jax compare``), train
+one run (``admm-jax train``), list tasks and optimizers (``admm-jax list``); docs/training.md."""
 
 from __future__ import annotations
 
@@ -115,8 +109,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-batch-size", type=_positive_int, default=500,
                    help="samples per evaluation forward pass (default 500)")
     g.add_argument("--clip-norm", type=_positive_float, default=None,
-                   help="clip gradients to this global norm (gradient optimizers only; "
-                        "default: no clipping)")
+                   help="clip gradients to this global norm before every method that uses "
+                        "them, K-FAC included (not admmirnn; default: no clipping)")
     g.add_argument("--p-detach", type=_probability, default=None,
                    help="h-detach probability in [0, 1] for gradient training (compare: adds a "
                         "NAME+hdetachP run for every gradient optimizer; default: none)")
@@ -266,10 +260,8 @@ def _load_task(parser, args):
 
 
 def _check_folder(parser, flag: str, path: str | None) -> None:
-    """``path`` can be a folder this process writes into: it is one, or it can be created (its
-    nearest existing ancestor is a folder that takes a new entry). Checked up front by a probe
-    folder created and removed again, so a bad path is one line and exit code 2, never a
-    traceback after training."""
+    """``path`` is, or can be made, a folder this process writes into (probed up front: a bad
+    path is one line and exit code 2, never a traceback after training)."""
     if path is None:
         return
     p = pathlib.Path(path)
@@ -283,14 +275,12 @@ def _check_folder(parser, flag: str, path: str | None) -> None:
         parser.error(f"{flag}: cannot write into {existing}: {e.strerror or e}")
 
 
-def _model_options(args) -> dict:
-    """``cell``, ``layers``, ``embed`` for :meth:`admm_jax.tasks.Task.model`."""
+def _model_options(args) -> dict:  # for admm_jax.tasks.Task.model
     return {"cell": args.cell, "layers": args.layers, "embed": args.embed}
 
 
 def _check_model(parser, args, names, flag: str = "--optimizers") -> None:
-    """The model flags fit together and every optimizer can train that model, before any
-    data is read."""
+    """The model flags fit together and every optimizer can train that model."""
     from admm_jax import optimizers
 
     if args.cell == "elman" and (args.layers != 1 or args.embed is not None):

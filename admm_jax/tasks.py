@@ -107,8 +107,9 @@ class Task:
         in (its registry entry's ``task_kwargs``: the task's ``loss``, and the like; for a
         method built for the model, :attr:`admm_jax.optimizers.Entry.takes_model`, the
         ``model`` and an example batch). ``clip_norm`` clips the gradients' global norm first
-        (``optax.clip_by_global_norm``; gradient optimizers only: the others are used as they
-        are)."""
+        (``optax.clip_by_global_norm``) for every method that uses gradients, the K-FAC methods
+        included (they precondition the clipped gradient); a gradient-free method (ADMMiRNN)
+        is used as it is."""
         e = optimizers.entry(name)
         if e.task_kwargs is not None:
             kwargs = {**e.task_kwargs(self), **kwargs}
@@ -118,7 +119,9 @@ class Task:
                                 "model it trains: task.optimizer(name, model=model)")
             kwargs = {"model": model, "inputs": self.train[0][:1], **kwargs}
         tx = optimizers.get(name, **kwargs)
-        if clip_norm is None or optimizers.takes_batch(name):
+        gradient_free = (optimizers.takes_batch(name)
+                         and not getattr(e.state, "computes_gradients", False))
+        if clip_norm is None or gradient_free:
             return tx
         return optax.with_extra_args_support(
             optax.chain(optax.clip_by_global_norm(clip_norm), tx))

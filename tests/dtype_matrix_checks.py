@@ -16,7 +16,8 @@ import warnings
 
 import jax
 
-jax.config.update("jax_enable_x64", sys.argv[1] == "on")
+if __name__ == "__main__":  # before anything is traced; the test imports only the cell lists
+    jax.config.update("jax_enable_x64", sys.argv[1] == "on")
 
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from admm_jax import tasks
+from admm_jax import optimizers, tasks
 from admm_jax.data import copying
 from admm_jax.optimizers import admm_state
 
@@ -68,7 +68,7 @@ def test_mnist_rows_and_subsets(data_dir):
     np.testing.assert_array_equal(p.train[0].reshape(10, 28, 28), t.train[0][:10])
 
 
-def test_clip_norm_wraps_gradient_optimizers_only():
+def test_clip_norm_wraps_every_method_that_uses_gradients():
     import jax.numpy as jnp
 
     t = tasks.load("adding", num_train=8, num_test=4, seq_len=4)
@@ -78,3 +78,9 @@ def test_clip_norm_wraps_gradient_optimizers_only():
     np.testing.assert_allclose(u["w"], [-0.3, -0.4], rtol=1e-6)  # norm 5 clipped to 0.5
     admm = t.optimizer("admmirnn", clip_norm=0.5)
     assert admm_state(admm.init(nnx.state(t.model(4), nnx.Param))) is not None
+    # K-FAC preconditions the gradient it is given: the clip comes first, and fit passes
+    # gradients to a chain whose first member is the clip
+    model = t.model(4)
+    kfac = t.optimizer("admm_kfac", model=model, clip_norm=0.5)
+    state = kfac.init(nnx.state(model, nnx.Param))
+    assert optimizers.needs_gradients(state) and optimizers.takes_batch_somewhere(state)

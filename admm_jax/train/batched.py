@@ -26,7 +26,7 @@ from admm_jax.train.callbacks import Loop
 from admm_jax.train.checkpoint import Checkpoint, Restored, run_folder
 from admm_jax.train.history import History
 from admm_jax.train.steps import apply_fn, make_eval_fn, make_train_step
-from admm_jax.train.trainer import Evaluation, Stop, _eval_data, _evaluation
+from admm_jax.train.trainer import Evaluation, Stop, checked_evaluation, evaluation_data
 
 
 class BatchedTrainer:
@@ -150,7 +150,7 @@ class BatchedTrainer:
             raise ValueError(f"resume: the runs are at different positions "
                              f"{[r.position for r in resume]}; a batch advances in lockstep")
         train_data = checks.data("train_data", train_data, validate)
-        self.evaluation = _evaluation(evaluation, validate)
+        self.evaluation = checked_evaluation(evaluation, validate)
         self.loss_fn = losses.resolve("loss", loss, losses.LOSSES)
         self.metric_fn = losses.resolve("metric", metric, losses.METRICS)
         self.models = list(models)
@@ -175,6 +175,7 @@ class BatchedTrainer:
                                      "model 0's; only nnx.Param may differ between runs")
             params.append(p)
         checks.trainable(models[0], optimizer, params[0], len(train_data[0]))
+        checks.check_forward(optimizer, models[0], train_data[0][:2])  # as the Trainer does
         apply = apply_fn(self._graphdef, self._rest)
         named = [("train_data", train_data)]
         if self.evaluation is not None:
@@ -189,7 +190,6 @@ class BatchedTrainer:
             o = optimizer.init(p) if r.opt_state is None else r.opt_state
             states.append(stacked.set_hyperparams(o, {k: v[i] for k, v in hp.items()}) if hp else o)
         self.uses_gradients = needs_gradients(states[0])
-        checks.gradient_free_first(states[0])
         same = checks.same_loss(optimizer, states[0], loss)
         method_loss = not self.uses_gradients and "batch_loss" in diagnostics(states[0]) and same
         self._step = make_train_step(self._graphdef, self._rest, optimizer, self.loss_fn,
@@ -314,7 +314,7 @@ class BatchedTrainer:
         """Evaluate every run's current weights (a plain forward pass, vectorised over the
         runs) and append each run's row to its ``history.evals``; return the rows. Defaults
         as [`Trainer.evaluate`][admm_jax.train.Trainer.evaluate]."""
-        data, batch_size = _eval_data(self.evaluation, data, batch_size, "BatchedTrainer")
+        data, batch_size = evaluation_data(self.evaluation, data, batch_size, "BatchedTrainer")
         t = time.perf_counter()
         if self._eval is None:
             chunk = make_eval_fn(self._graphdef, self._rest, self.loss_fn, self.metric_fn)

@@ -116,7 +116,7 @@ class Evaluation(NamedTuple):
     batch_size: int = 500
 
 
-def _evaluation(evaluation: Any, validate: bool) -> Evaluation | None:
+def checked_evaluation(evaluation: Any, validate: bool) -> Evaluation | None:
     """``evaluation`` (an [`Evaluation`][admm_jax.train.Evaluation], a pair or ``None``) as an
     [`Evaluation`][admm_jax.train.Evaluation] with checked periods and data arrays."""
     if evaluation is None:
@@ -133,7 +133,7 @@ def _evaluation(evaluation: Any, validate: bool) -> Evaluation | None:
     return evaluation._replace(data=checks.data("evaluation.data", evaluation.data, validate))
 
 
-def _eval_data(evaluation: Evaluation | None, data: Any, batch_size: int | None,
+def evaluation_data(evaluation: Evaluation | None, data: Any, batch_size: int | None,
                owner: str) -> tuple[Any, int]:
     """``(data, batch_size)`` of an ``evaluate`` call: those given, else ``evaluation``'s
     (``500`` rows without one); no data at all is an error naming ``owner``."""
@@ -263,7 +263,7 @@ class Trainer:
         self.stop = Stop() if stop is None else stop
         resume = checks.resume(resume)
         train_data = checks.data("train_data", train_data, validate)
-        self.evaluation = _evaluation(evaluation, validate)
+        self.evaluation = checked_evaluation(evaluation, validate)
         self.loss_fn = losses.resolve("loss", loss, losses.LOSSES)
         self.metric_fn = losses.resolve("metric", metric, losses.METRICS)
         self.model = model
@@ -402,7 +402,7 @@ class Trainer:
         metric). ``data`` and ``batch_size`` default to those of `evaluation` (``500``
         rows without one); the seconds spent count in ``history.meta["eval_seconds"]``, not in
         the training time."""
-        data, batch_size = _eval_data(self.evaluation, data, batch_size, "Trainer")
+        data, batch_size = evaluation_data(self.evaluation, data, batch_size, "Trainer")
         t = time.perf_counter()
         if self._eval_chunk is None:
             self._eval_chunk = make_eval_fn(self._graphdef, self._rest, self.loss_fn,

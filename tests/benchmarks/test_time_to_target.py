@@ -46,6 +46,7 @@ def test_smoke_tunes_every_method_runs_every_seed_and_writes_results(tmp_path, d
     assert (tmp_path / "time_to_target_mnist_elman_smoke.png").stat().st_size > 10_000
 
 
+@pytest.mark.slow  # the default suite runs the row-MNIST smoke test of the protocol
 def test_smoke_imdb_with_a_replaced_grid(tmp_path, data_dir):
     """Token inputs (IMDb, the token-scale initialisation), ``--lrs`` replacing a grid (smoke:
     its first rate only), and a time-to-target ratio that is None, not a division by zero,
@@ -71,6 +72,7 @@ def test_smoke_imdb_with_a_replaced_grid(tmp_path, data_dir):
     assert "| admm_kfac |" in res["table"]
 
 
+@pytest.mark.slow  # the default suite runs the row-MNIST smoke test of the protocol
 def test_preconditioned_stops_every_method_at_adams_time(tmp_path, data_dir):
     """The preconditioned comparison: Adam's grid and admm_preconditioned's schedule x weight
     decay x budget scored on validation; admm_preconditioned stops at its budget, admmirnn

@@ -22,6 +22,8 @@ from flax import nnx
 
 DTYPES = [jnp.float32, jnp.bfloat16]
 ids = [c.name for c in CASES]
+OPTAX_OWN = ("sgd", "momentum", "rmsprop", "adagrad", "adam")  # optax's code; -m slow runs them
+SUITE = [pytest.param(c, marks=pytest.mark.slow) if c.name in OPTAX_OWN else c for c in CASES]
 
 
 def grads_of(case: Case, params: Any, dtype: Any) -> Any:
@@ -33,7 +35,7 @@ def dtypes(tree: Any) -> list[Any]:
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=["float32", "bfloat16"])
-@pytest.mark.parametrize("case", CASES, ids=ids)
+@pytest.mark.parametrize("case", SUITE, ids=ids)
 def test_jit_without_recompilation_and_dtypes_preserved(case, dtype):
     tx = case.make(dtype)
     params = case.params(dtype)
@@ -62,7 +64,7 @@ def test_jit_without_recompilation_and_dtypes_preserved(case, dtype):
                for x in jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize("case", CASES, ids=ids)
+@pytest.mark.parametrize("case", SUITE, ids=ids)
 def test_inside_optax_chain_and_unknown_kwargs(case):
     dtype = jnp.float32
     params, extra = case.params(dtype), case.extra_args(dtype)
@@ -93,7 +95,7 @@ def test_inside_optax_chain_and_unknown_kwargs(case):
         assert jax.tree.structure(u3) == jax.tree.structure(params)
 
 
-@pytest.mark.parametrize("case", CASES, ids=ids)
+@pytest.mark.parametrize("case", SUITE, ids=ids)
 def test_with_nnx_optimizer(case):
     dtype = jnp.float32
     model = case.model(dtype)

@@ -182,7 +182,13 @@ def build(name, model, x):
     return optimizers.get(name, **kw)
 
 
-@pytest.mark.parametrize("name", [*optimizers.names(), "admmirnn_per_sample"])
+# one of each kind in the default suite (a gradient method, K-FAC, ADMMiRNN); all in -m slow
+DEFAULT_SUITE = ("adam", "admm_kfac", "admmirnn")
+
+
+@pytest.mark.parametrize("name", [
+    n if n in DEFAULT_SUITE else pytest.param(n, marks=pytest.mark.slow)
+    for n in [*optimizers.names(), "admmirnn_per_sample"]])
 def test_every_registry_optimizer_runs_batched_as_alone(name):
     """Gradient optimizers, the K-FAC methods (built for model 0, its structure traced under
     vmap) and ADMMiRNN (the batch and its indices per run): 2 runs x 4 steps equal the
