@@ -131,7 +131,7 @@ def test_snippet_directives_are_read():
     blocks = doc_snippets.snippets(page, ROOT)
     assert len(blocks) == 5 and [b.skip is None for b in blocks] == [True, False, True, True, True]
     assert "N, T = 8, 5" in blocks[0].setup
-    assert "batches(x, y, batch_size=batch_size" in blocks[3].code
+    assert "batches(x, y, batch_size=batch_size" in blocks[2].code
     assert "admm_kfac(model, x)" in blocks[4].code and "model = " in blocks[4].setup
 
 
