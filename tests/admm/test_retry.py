@@ -51,13 +51,14 @@ def test_increase_rho_retries_from_the_last_good_state():
              (x, y), iterations=6, batch_size=16)
     assert h1.steps["rho_increases"] == [1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
     # the retry started from the untouched state: same run as starting with the larger rho
+    # (two compiled programs: equal up to float32 rounding)
     m2 = ElmanRNN(3, 8, 2, rngs=nnx.Rngs(0))
     h2 = fit(m2, admmirnn(rho=(100.0, 100.0, 10.0), **kw), (x, y), iterations=6,
              batch_size=16)
     for k in "UWbVc":
-        np.testing.assert_array_equal(np.asarray(getattr(m1, k)[...]),
-                                      np.asarray(getattr(m2, k)[...]))
-    assert h1.steps["r1"] == h2.steps["r1"]
+        np.testing.assert_allclose(np.asarray(getattr(m1, k)[...]),
+                                   np.asarray(getattr(m2, k)[...]), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h1.steps["r1"], h2.steps["r1"], rtol=1e-3)  # a residual
     # a batch that no rho can fix: three increases, then fit stops with the error
     bad = x.copy()
     bad[:, 0, 0] = np.nan

@@ -85,9 +85,9 @@ def test_each_run_is_the_run_alone(group_size):
 
 def test_float64_runs_are_the_runs_alone_to_rounding():
     """In float64, runs laid out one after another (group_size=1) give exactly the Trainer's
-    losses and its weights to the last bit or two (the compiler fuses the update differently
-    inside the batch's loop: measured 2e-16 relative on one bias); vectorised (one batched
-    product per layer), to 1e-12."""
+    losses and its weights to the last few bits (the compiler fuses the update differently
+    inside the batch's loop: measured 2e-16 relative on one bias, 1.1e-15 with the suite's
+    fast-compile flags); vectorised (one batched product per layer), to 1e-12."""
     with jax.enable_x64(True):
         x, y = tiny_data(dtype=np.float64)
         ref = [elman(s, jnp.float64) for s in range(2)]
@@ -99,14 +99,14 @@ def test_float64_runs_are_the_runs_alone_to_rounding():
                                group_size=group_size)
             t.run(6)
             t.finish()
-            rtol = 1e-15 if group_size == 1 else 1e-12
+            rtol = 4e-15 if group_size == 1 else 1e-12
             for hb, ha in zip(t.histories, hist, strict=True):
                 if group_size == 1:
                     assert hb.steps["loss"] == ha.steps["loss"]
                 np.testing.assert_allclose(hb.steps["loss"], ha.steps["loss"], rtol=rtol)
             for mb, ma in zip(models, ref, strict=True):
                 for a, b in zip(weights(mb), weights(ma), strict=True):
-                    np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-300)
+                    np.testing.assert_allclose(a, b, rtol=rtol, atol=1e-16)
 
 
 def test_the_batch_compiles_once():
