@@ -61,7 +61,8 @@ admm_preconditioned, admm_kfac and admm_kfac with ``fisher="sampled"``, on ``--m
 layers=2, embed=H)`` over a 10,000-word vocabulary, T=100 tokens, 2 classes); H=128, batch 128,
 random inputs of those shapes. ``--steps`` steps per call, a multiple of admm_kfac's
 ``refresh_every`` (10), so its refreshes count at their real rate. Beside each median time
-ratio to Adam: XLA's FLOP count of the compiled step (``compiled.cost_analysis()``, which
+ratio to Adam (``--stats-every K,...`` adds admm_kfac rows with ``stats_every=K``): XLA's
+FLOP count of the compiled step (``compiled.cost_analysis()``, which
 counts a scan body once, so it under-counts every recurrence), the matrix FLOPs of the step's
 jaxpr with scan bodies times their length (the per-step count to compare; a ``cond``'s
 branches averaged, so admm_kfac's refresh counts at 1/2 instead of 1/10 and its
@@ -364,14 +365,19 @@ def kfac_workload(name: str, hidden: int, batch: int, smoke: bool, seed: int = 0
     return model, batches, f"{label}, D={d} T={t} H={hidden} B={batch}"
 
 
-def kfac_methods(model, x0) -> dict:
-    """The methods the kfac case times, from the public factories."""
-    return {"adam": optax.adam(1e-3),
-            "muon": optax.contrib.muon(0.02, adam_learning_rate=2e-3),
-            "admm_preconditioned": admm_jax.admm_preconditioned(model, x0),
-            "admm_kfac": admm_jax.admm_kfac(model, x0, refresh_every=KFAC_REFRESH),
-            "admm_kfac_sampled": admm_jax.admm_kfac(model, x0, refresh_every=KFAC_REFRESH,
-                                                    fisher="sampled")}
+def kfac_methods(model, x0, stats_every: tuple[int, ...] = ()) -> dict:
+    """The methods the kfac case times, from the public factories (``stats_every``: more
+    admm_kfac rows, with the statistics every that many steps)."""
+    out = {"adam": optax.adam(1e-3),
+           "muon": optax.contrib.muon(0.02, adam_learning_rate=2e-3),
+           "admm_preconditioned": admm_jax.admm_preconditioned(model, x0),
+           "admm_kfac": admm_jax.admm_kfac(model, x0, refresh_every=KFAC_REFRESH),
+           "admm_kfac_sampled": admm_jax.admm_kfac(model, x0, refresh_every=KFAC_REFRESH,
+                                                   fisher="sampled")}
+    for k in stats_every:
+        out[f"admm_kfac_stats_every_{k}"] = admm_jax.admm_kfac(
+            model, x0, refresh_every=KFAC_REFRESH, stats_every=k)
+    return out
 
 
 def elman_flops(n, t, d, h, c):
@@ -398,7 +404,7 @@ def kfac(args, s) -> tuple[dict, str, object]:
     model, batches, label = kfac_workload(args.model, hidden, batch, args.smoke)
     steps = max(KFAC_REFRESH, args.steps // KFAC_REFRESH * KFAC_REFRESH)
     runs, flops = {}, {}
-    for name, tx in kfac_methods(model, batches[0][0]).items():
+    for name, tx in kfac_methods(model, batches[0][0], args.stats_every).items():
         fn, a, step = compiled_train_step(tx, model, *batches[0], use_gradients=None)
         flops[name] = (xla_flops(fn), count_flops(jax.make_jaxpr(step)(*a)))
         runs[name] = _stepper(fn, list(a), batches, steps)
@@ -567,6 +573,9 @@ def main(argv=None) -> int:
                    help="comma-separated k of the admmirnn_cg<k> variants ('' for none)")
     g = ap.add_argument_group("kfac")
     g.add_argument("--model", choices=tuple(KFAC_MODELS), default="elman")
+    g.add_argument("--stats-every", type=lambda v: tuple(int(k) for k in v.split(",") if k),
+                   default=(), metavar="K,K,...",
+                   help="also admm_kfac with stats_every=K (the statistics every K steps)")
     g = ap.add_argument_group("runs")
     g.add_argument("--runs", default="1,3,6,12", help="numbers of runs S")
     g.add_argument("--workloads", default="copying,row-mnist", help=str(list(RUNS_WORKLOADS)))

@@ -23,8 +23,9 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
-from admm_jax.kfac.taps import Tap
+from admm_jax.kfac.taps import Tap, input_statistic, output_statistic
 from admm_jax.kfac.walk import Origin, Site, Walk, leaf_origin
 from admm_jax.kfac.walk import UnsupportedModelError as UnsupportedModelError  # re-export
 
@@ -84,7 +85,7 @@ def make_plan(closed, num_leaves: int, names: tuple[str, ...], gates: bool = Tru
     walk.leaf_names = names
     n_in = len(closed.jaxpr.invars)
     origins = [leaf_origin(i) if i < num_leaves else None for i in range(n_in)]
-    walk.run(closed.jaxpr, closed.consts, [None] * n_in, origins, (), 1)
+    walk.run(closed.jaxpr, closed.consts, [None] * n_in, origins, (), ())
 
     # group the sites by their kernel: one block per kernel, all its uses summed
     by_kernel: dict[str, list[Site]] = {}
@@ -128,9 +129,12 @@ def make_plan(closed, num_leaves: int, names: tuple[str, ...], gates: bool = Tru
             m = first.d_out // k
             s_shapes.append((m, m) if k == 1 else (k, m, m))
         a_slot, s_slot = a_keys[a_key], s_keys[(s_key, first.d_out, k)]
-        for s in sites:
-            taps[s.path] = Tap(s.kind, has_bias, a_slot if own_a else None,
-                               s_slot if own_s else None, k)
+        for j, s in enumerate(sites):  # the first site of a slot's owner collects its rows
+            lead = len(s.loops)
+            taps[s.path] = Tap(s.kind, has_bias, a_slot if own_a and j == 0 else None,
+                               s_slot if own_s and j == 0 else None, k,
+                               (*s.loops, *s.x_shape), lead + s.x_axis % len(s.x_shape),
+                               (*s.loops, *s.y_shape), lead + s.y_axis % len(s.y_shape))
         kernel = first.kernel
         covered.update(leaves)
         if bias is not None:
@@ -143,16 +147,40 @@ def make_plan(closed, num_leaves: int, names: tuple[str, ...], gates: bool = Tru
     return Plan(tuple(blocks), tuple(a_shapes), tuple(s_shapes), taps, fallback, names)
 
 
-def tapped_apply(closed, plan: Plan, args: list, dummies) -> list:
+def tapped_apply(closed, plan: Plan, args: list, dummies: dict) -> list:
     """Evaluate ``closed`` on ``args`` with every planned linear map replaced by its tap;
-    ``dummies = (a_dummies, s_dummies)``, zeros of the factor shapes, whose cotangents are
-    the statistics."""
-    walk = Walk(len(plan.names), plan.taps, dummies)
+    ``dummies`` ([zero_dummies][admm_jax.kfac.trace.zero_dummies]) are zeros whose
+    cotangents are the taps' stacked inputs and output adjoints."""
+    walk = Walk(len(plan.names), plan.taps, dict(dummies))
     walk.leaf_names = plan.names
     n_in = len(closed.jaxpr.invars)
     origins = [leaf_origin(i) if i < len(plan.names) else None for i in range(n_in)]
-    outs, _ = walk.run(closed.jaxpr, closed.consts, args, origins, (), 1)
+    outs, _ = walk.run(closed.jaxpr, closed.consts, args, origins, (), ())
     return outs
+
+
+def zero_dummies(plan: Plan, dtype, one_sided: bool = False) -> dict:
+    """``{site path: (a, s)}``: zeros of each collecting site's stacked input and output
+    shapes (``None`` where the site collects nothing; no ``s`` when ``one_sided``)."""
+    out = {}
+    for path, t in plan.taps.items():
+        a = None if t.a_slot is None else jnp.zeros(t.x_shape, dtype)
+        s = None if t.s_slot is None or one_sided else jnp.zeros(t.y_shape, dtype)
+        out[path] = (a, s)
+    return out
+
+
+def statistics(plan: Plan, stacked: dict, one_sided: bool = False) -> tuple[tuple, tuple]:
+    """``(A sums, S sums)`` per factor slot from the dummies' cotangents ``stacked``."""
+    a = [None] * len(plan.a_shapes)
+    s = [None] * len(plan.s_shapes)
+    for path, t in plan.taps.items():
+        xs, gs = stacked[path]
+        if t.a_slot is not None:
+            a[t.a_slot] = input_statistic(t, xs, plan.a_shapes[t.a_slot])
+        if t.s_slot is not None and not one_sided:
+            s[t.s_slot] = output_statistic(t, gs)
+    return tuple(a), (() if one_sided else tuple(s))
 
 
 def leaf_names(params: Any) -> tuple[str, ...]:

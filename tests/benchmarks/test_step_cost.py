@@ -73,10 +73,11 @@ def test_iteration_times_every_variant_against_adam(bench, tmp_path, data_dir):
 
 
 def test_kfac_times_every_method_and_counts_the_step(bench, tmp_path):
-    assert bench.main(["kfac", "--smoke", "--out", str(tmp_path)]) == 0
+    assert bench.main(["kfac", "--smoke", "--stats-every", "2", "--out", str(tmp_path)]) == 0
     res = json.loads((tmp_path / "kfac_step_cost_elman_smoke.json").read_text())
     assert [r["method"] for r in res["rows"]] == ["adam", "muon", "admm_preconditioned",
-                                                  "admm_kfac", "admm_kfac_sampled"]
+                                                  "admm_kfac", "admm_kfac_sampled",
+                                                  "admm_kfac_stats_every_2"]
     assert res["steps_per_round"] % res["refresh_every"] == 0
     for r in res["rows"]:
         assert r["ms_per_step"] > 0 and len(r["ratio_per_round"]) == 2

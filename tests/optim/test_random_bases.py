@@ -335,7 +335,7 @@ def test_update_compiles_once():
     for dist in ("rademacher", "hadamard"):
         tx = random_bases(0.1, 5, seed=0, distribution=dist)
         traces = []  # one trace per compilation (jit's own cache size can read 0 under xdist)
-        update = jax.jit(lambda g, s: (traces.append(1), tx.update(g, s))[1])
+        update = jax.jit(lambda g, s, traces=traces, tx=tx: (traces.append(1), tx.update(g, s))[1])
         state = tx.init(params)
         for _ in range(4):
             _, state = update(grad_fn(params), state)
