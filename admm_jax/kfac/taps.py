@@ -35,7 +35,7 @@ class Tap(NamedTuple):
     slots whose statistics this site writes (``None``: another site writes them), the gates
     its output factor is split into, and the shapes of its stacked rows: ``x_shape`` /
     ``y_shape`` (the enclosing scans' lengths, then the input's / output's shape per use) with
-    the feature axes ``x_axis`` / ``y_axis``."""
+    the feature axes ``x_axis`` / ``y_axis``; ``block``: the index of its kernel's block."""
 
     kind: str
     bias: bool
@@ -46,19 +46,19 @@ class Tap(NamedTuple):
     x_axis: int = -1
     y_shape: tuple = ()
     y_axis: int = -1
+    block: int = -1
 
 
-def _rows(a, axis: int):
-    a = jnp.moveaxis(a, axis, -1)
-    return a.reshape(-1, a.shape[-1]).astype(jnp.promote_types(a.dtype, jnp.float32))
+def _features_last(a, axis: int):
+    """``a`` with its feature ``axis`` last, in at least float32."""
+    return jnp.moveaxis(a, axis, -1).astype(jnp.promote_types(a.dtype, jnp.float32))
 
 
-def _gram(rows, gates: int):
-    """``rows^T rows``, or its ``gates`` diagonal blocks ``[gates, m, m]``."""
-    if gates == 1:
-        return rows.T @ rows
-    r = rows.reshape(rows.shape[0], gates, -1)
-    return jnp.einsum("rkm,rkn->kmn", r, r)
+def _contract(u, v):
+    """``sum_rows u v^T`` over every axis but the last: one ``dot_general`` (no reshape, so a
+    batch axis sharded over devices stays sharded and the sum is all-reduced)."""
+    lead = tuple(range(u.ndim - 1))
+    return jax.lax.dot_general(u, v, ((lead, lead), ((), ())))
 
 
 def input_statistic(tap: Tap, stacked, shape: tuple):
@@ -68,21 +68,34 @@ def input_statistic(tap: Tap, stacked, shape: tuple):
         ids = stacked.reshape(-1).astype(jnp.int32)
         ids = jnp.where(ids < 0, shape[0], ids)  # out of range: dropped
         return jnp.zeros(shape, stacked.dtype).at[ids].add(1.0, mode="drop")
-    xr = _rows(stacked, tap.x_axis)
+    x = _features_last(stacked, tap.x_axis)
     if tap.bias:
-        xr = jnp.concatenate([xr, jnp.ones_like(xr[:, :1])], 1)
-    return xr.T @ xr
+        x = jnp.concatenate([x, jnp.ones_like(x[..., :1])], -1)
+    return _contract(x, x)
 
 
 def output_statistic(tap: Tap, stacked):
     """``S`` of a site from its stacked output adjoints (per gate: ``[k, m, m]``)."""
-    return _gram(_rows(stacked, tap.y_axis), tap.gates)
+    g = _features_last(stacked, tap.y_axis)
+    if tap.gates == 1:
+        return _contract(g, g)
+    g = g.reshape(*g.shape[:-1], tap.gates, -1)
+    lead = tuple(range(g.ndim - 2))
+    return jax.lax.dot_general(g, g, ((lead, lead), ((g.ndim - 2,), (g.ndim - 2,))))
+
+
+def kernel_gradient(tap: Tap, inputs, adjoints):
+    """A dense site's share of its kernel's gradient, ``X^T G`` (``[d_in, d_out]``), from
+    its stacked inputs and output adjoints."""
+    return _contract(_features_last(inputs, tap.x_axis), _features_last(adjoints, tap.y_axis))
 
 
 def dense_tap(eqn, k, tap: Tap, vals, dummies):
     """The ``dot_general`` ``eqn`` (kernel operand ``k``) on ``vals``, returning its input and
-    output adjoint as the cotangents of ``dummies = (a, s)`` (either ``None``: not
-    collected here)."""
+    output adjoint as the cotangents of ``dummies = (a, s)``. The kernel's cotangent is left
+    zero: its gradient is formed from the same rows after the pass
+    ([kernel_gradient][admm_jax.kfac.taps.kernel_gradient]), one product instead of one per
+    step."""
     a_dummy, s_dummy = dummies
     bind = eqn.primitive.get_bind_params(eqn.params)
 
@@ -101,10 +114,8 @@ def dense_tap(eqn, k, tap: Tap, vals, dummies):
 
     def bwd(res, g):
         x, kernel = res
-        gx, gk = jax.vjp(dot, x, kernel)[1](g)
-        ga = None if a_dummy is None else x.astype(a_dummy.dtype)
-        gs = None if s_dummy is None else g.astype(s_dummy.dtype)
-        return gx, gk, ga, gs
+        gx = jax.vjp(lambda v: dot(v, kernel), x)[1](g)[0]
+        return gx, None, x.astype(a_dummy.dtype), g.astype(s_dummy.dtype)
 
     tapped.defvjp(fwd, bwd)
     x, kernel = vals[1 - k], vals[k]

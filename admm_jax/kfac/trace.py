@@ -25,7 +25,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from admm_jax.kfac.taps import Tap, input_statistic, output_statistic
+from admm_jax.kfac.taps import Tap, input_statistic, kernel_gradient, output_statistic
 from admm_jax.kfac.walk import Origin, Site, Walk, leaf_origin
 from admm_jax.kfac.walk import UnsupportedModelError as UnsupportedModelError  # re-export
 
@@ -134,7 +134,8 @@ def make_plan(closed, num_leaves: int, names: tuple[str, ...], gates: bool = Tru
             taps[s.path] = Tap(s.kind, has_bias, a_slot if own_a and j == 0 else None,
                                s_slot if own_s and j == 0 else None, k,
                                (*s.loops, *s.x_shape), lead + s.x_axis % len(s.x_shape),
-                               (*s.loops, *s.y_shape), lead + s.y_axis % len(s.y_shape))
+                               (*s.loops, *s.y_shape), lead + s.y_axis % len(s.y_shape),
+                               len(blocks))
         kernel = first.kernel
         covered.update(leaves)
         if bias is not None:
@@ -160,13 +161,34 @@ def tapped_apply(closed, plan: Plan, args: list, dummies: dict) -> list:
 
 
 def zero_dummies(plan: Plan, dtype, one_sided: bool = False) -> dict:
-    """``{site path: (a, s)}``: zeros of each collecting site's stacked input and output
-    shapes (``None`` where the site collects nothing; no ``s`` when ``one_sided``)."""
+    """``{site path: (a, s)}``: zeros of each site's stacked input and output shapes (every
+    dense site: its kernel's gradient needs both; an embedding: only the statistics it
+    collects, ``None`` otherwise)."""
     out = {}
     for path, t in plan.taps.items():
-        a = None if t.a_slot is None else jnp.zeros(t.x_shape, dtype)
-        s = None if t.s_slot is None or one_sided else jnp.zeros(t.y_shape, dtype)
+        dense = t.kind == "dense"
+        a = jnp.zeros(t.x_shape, dtype) if dense or t.a_slot is not None else None
+        s = (jnp.zeros(t.y_shape, dtype) if dense or (t.s_slot is not None and not one_sided)
+             else None)
         out[path] = (a, s)
+    return out
+
+
+def kernel_gradients(plan: Plan, stacked: dict, leaves: list) -> dict[int, jax.Array]:
+    """The gradient of every dense block's kernel leaves, by leaf index, from the taps' rows
+    (their kernels get no cotangent inside the pass)."""
+    sums: dict[int, jax.Array] = {}
+    for path, t in plan.taps.items():
+        if t.kind == "dense":
+            g = kernel_gradient(t, *stacked[path])
+            sums[t.block] = g if t.block not in sums else sums[t.block] + g
+    out = {}
+    for j, g in sums.items():
+        b = plan.blocks[j]
+        idx = b.kernel.leaves
+        primal, pull = jax.vjp(b.kernel.fn, *[leaves[i] for i in idx])
+        out.update(zip(idx, pull((g.T if b.transposed else g).astype(primal.dtype)),
+                       strict=True))
     return out
 
 

@@ -400,15 +400,21 @@ def scale_by_kfac(
         if fisher == "sampled":
             key = jax.random.fold_in(jax.random.key(seed), state.count)
             g_s = _sampled_adjoint(loss, out, key, terms).astype(g_out.dtype)
-            g_leaves, cot = jax.vmap(pull)(jnp.stack([g_out, g_s]))
+            g_leaves, both = jax.vmap(pull)(jnp.stack([g_out, g_s]))
             mine = [g[0] for g in g_leaves]
-            # the inputs of the true pass, the adjoints of the sampled one
-            cot = {p: (None if a is None else a[0], None if g is None else g[1])
-                   for p, (a, g) in cot.items()}
+            cot = jax.tree.map(lambda v: v[0], both)
+            # the statistics: the inputs of the true pass, the adjoints of the sampled one
+            stat = {p: (a, None if g is None else both[p][1][1]) for p, (a, g) in cot.items()}
         else:
             mine, cot = pull(g_out)
-        a_st, s_st = trace.statistics(plan, cot, one_sided)
-        return value, (list(mine) if own else []), (a_st, s_st)
+            stat = cot
+        a_st, s_st = trace.statistics(plan, stat, one_sided)
+        if not own:
+            return value, [], (a_st, s_st)
+        mine = list(mine)
+        for i, g in trace.kernel_gradients(plan, cot, leaves).items():
+            mine[i] = mine[i] + g
+        return value, mine, (a_st, s_st)
 
     def update_fn(updates, state, params=None, *, inputs=None, targets=None,
                   **extra_args: Any):
