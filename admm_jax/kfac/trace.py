@@ -10,7 +10,10 @@ The pipeline reads a model in three steps, each in its own module:
    factor slots are shared: maps whose outputs are added before anything else (the input and
    recurrent maps of one gate) share `S`; maps of the same input share `A`;
 3. [taps][admm_jax.kfac.taps]: [tapped_apply][admm_jax.kfac.trace.tapped_apply] runs the
-   model with each planned map replaced by a tap whose backward pass returns its statistics.
+   model with each planned map replaced by a tap whose backward pass returns its input and
+   output adjoint, stacked over loop steps; [statistics][admm_jax.kfac.trace.statistics] and
+   [kernel_gradients][admm_jax.kfac.trace.kernel_gradients] turn those rows into the factors
+   and the kernels' gradients, one product each.
 
 A parameter no block can own (a LayerNorm scale, a bias that is not added to a map's output,
 a kernel also used elsewhere, a parameter sliced by a `scan` over layers) is a *fallback*

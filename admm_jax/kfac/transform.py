@@ -4,8 +4,9 @@ as an optax transformation.
 The pipeline, kfac-jax's stages kept apart:
 
 1. **statistics**: one forward pass of the user's own model and one backward pass, with every
-   linear map tapped ([trace][admm_jax.kfac.trace]): the gradient, and each map's input and
-   output-adjoint second moments summed over samples and time steps;
+   linear map tapped ([trace][admm_jax.kfac.trace]): the gradient (each kernel's as one
+   product of the rows the taps collect), and each map's input and output-adjoint second
+   moments summed over samples and time steps;
 2. **factors**: running averages of the Kronecker factors ([factors][admm_jax.kfac.factors]);
 3. **inverses**: damped inverses, cached in the state and refreshed inside `jit` under
    `lax.cond` every `refresh_every` steps (or when the damping moves);

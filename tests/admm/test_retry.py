@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from compiles import counted_jit
 from flax import nnx
 
 from admm_jax import (
@@ -77,7 +78,7 @@ def test_penalties_grow_by_factor_per_retry_and_stay():
                                     max_increases=5)
     state = tx.init(params)
     assert isinstance(state, IncreaseRhoState)
-    step = jax.jit(lambda s: tx.update(None, s, params, inputs=x, targets=y))
+    step = counted_jit(lambda s: tx.update(None, s, params, inputs=x, targets=y))
     u, state = step(state)
     # 10 -> 100 -> 1e3 -> 1e4: accepted on the third retry, and the larger penalties stay
     assert int(state.diagnostics.rho_increases) == 3
@@ -85,7 +86,7 @@ def test_penalties_grow_by_factor_per_retry_and_stay():
     assert any(np.any(np.asarray(v) != 0) for v in jax.tree_util.tree_leaves(u))
     u, state = step(state)
     assert int(state.diagnostics.rho_increases) == 0
-    assert step._cache_size() == 1  # one compilation for retries and first tries alike
+    assert step.traces == 1  # one compilation for retries and first tries alike
 
 
 def test_exhausted_retries_return_the_rejected_iteration():

@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from compiles import counted_jit
 from flax import nnx
 from kfac_reference import FlaxRNN
 
@@ -52,14 +53,14 @@ def test_one_compilation_across_steps_and_inverse_refreshes():
     params = nnx.state(model, nnx.Param)
     state = tx.init(params)
 
-    @jax.jit
+    @counted_jit
     def step(params, state, x, y):
         u, state = tx.update(None, state, params, inputs=x, targets=y)
         return optax.apply_updates(params, u), state
 
     for xb, yb in batches(5):
         params, state = step(params, state, xb, yb)
-    assert step._cache_size() == 1
+    assert step.traces == 1
     assert int(state[0].count) == 5
 
 
@@ -125,7 +126,7 @@ def test_inject_hyperparams_learning_rate_and_damping_without_recompiling():
     tx = optax.inject_hyperparams(admm_jax.admm_kfac, static_args="model")(
         model, jax.ShapeDtypeStruct(x.shape, x.dtype), learning_rate=0.1, damping=0.2)
     state = tx.init(params)
-    step = jax.jit(lambda s, p: tx.update(None, s, p, inputs=x, targets=y))
+    step = counted_jit(lambda s, p: tx.update(None, s, p, inputs=x, targets=y))
     u1, _ = step(state, params)
     plain = admm_jax.admm_kfac(model, x, 0.1, damping=0.2)
     want, _ = plain.update(None, plain.init(params), params, inputs=x, targets=y)
@@ -137,7 +138,7 @@ def test_inject_hyperparams_learning_rate_and_damping_without_recompiling():
     state.hyperparams["damping"] = jnp.asarray(1.0, jnp.float32)
     u3, _ = step(state, params)
     assert optax.tree.norm(u3) < optax.tree.norm(u2)  # more damping, shorter step
-    assert step._cache_size() == 1
+    assert step.traces == 1
 
 
 def test_apply_if_finite_skips_a_nan_gradient():
