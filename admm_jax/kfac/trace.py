@@ -10,10 +10,7 @@ The pipeline reads a model in three steps, each in its own module:
    factor slots are shared: maps whose outputs are added before anything else (the input and
    recurrent maps of one gate) share `S`; maps of the same input share `A`;
 3. [taps][admm_jax.kfac.taps]: [tapped_apply][admm_jax.kfac.trace.tapped_apply] runs the
-   model with each planned map replaced by a tap whose backward pass returns its input and
-   output adjoint, stacked over loop steps; [statistics][admm_jax.kfac.trace.statistics] and
-   [kernel_gradients][admm_jax.kfac.trace.kernel_gradients] turn those rows into the factors
-   and the kernels' gradients, one product each.
+   model with each planned map replaced by a tap whose backward pass returns its statistics.
 
 A parameter no block can own (a LayerNorm scale, a bias that is not added to a map's output,
 a kernel also used elsewhere, a parameter sliced by a `scan` over layers) is a *fallback*
@@ -26,9 +23,8 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
-from admm_jax.kfac.taps import Tap, input_statistic, kernel_gradient, output_statistic
+from admm_jax.kfac.taps import Tap
 from admm_jax.kfac.walk import Origin, Site, Walk, leaf_origin
 from admm_jax.kfac.walk import UnsupportedModelError as UnsupportedModelError  # re-export
 
@@ -88,7 +84,7 @@ def make_plan(closed, num_leaves: int, names: tuple[str, ...], gates: bool = Tru
     walk.leaf_names = names
     n_in = len(closed.jaxpr.invars)
     origins = [leaf_origin(i) if i < num_leaves else None for i in range(n_in)]
-    walk.run(closed.jaxpr, closed.consts, [None] * n_in, origins, (), ())
+    walk.run(closed.jaxpr, closed.consts, [None] * n_in, origins, (), 1)
 
     # group the sites by their kernel: one block per kernel, all its uses summed
     by_kernel: dict[str, list[Site]] = {}
@@ -132,13 +128,9 @@ def make_plan(closed, num_leaves: int, names: tuple[str, ...], gates: bool = Tru
             m = first.d_out // k
             s_shapes.append((m, m) if k == 1 else (k, m, m))
         a_slot, s_slot = a_keys[a_key], s_keys[(s_key, first.d_out, k)]
-        for j, s in enumerate(sites):  # the first site of a slot's owner collects its rows
-            lead = len(s.loops)
-            taps[s.path] = Tap(s.kind, has_bias, a_slot if own_a and j == 0 else None,
-                               s_slot if own_s and j == 0 else None, k,
-                               (*s.loops, *s.x_shape), lead + s.x_axis % len(s.x_shape),
-                               (*s.loops, *s.y_shape), lead + s.y_axis % len(s.y_shape),
-                               len(blocks))
+        for s in sites:
+            taps[s.path] = Tap(s.kind, has_bias, a_slot if own_a else None,
+                               s_slot if own_s else None, k)
         kernel = first.kernel
         covered.update(leaves)
         if bias is not None:
@@ -151,61 +143,16 @@ def make_plan(closed, num_leaves: int, names: tuple[str, ...], gates: bool = Tru
     return Plan(tuple(blocks), tuple(a_shapes), tuple(s_shapes), taps, fallback, names)
 
 
-def tapped_apply(closed, plan: Plan, args: list, dummies: dict) -> list:
+def tapped_apply(closed, plan: Plan, args: list, dummies) -> list:
     """Evaluate ``closed`` on ``args`` with every planned linear map replaced by its tap;
-    ``dummies`` ([zero_dummies][admm_jax.kfac.trace.zero_dummies]) are zeros whose
-    cotangents are the taps' stacked inputs and output adjoints."""
-    walk = Walk(len(plan.names), plan.taps, dict(dummies))
+    ``dummies = (a_dummies, s_dummies)``, zeros of the factor shapes, whose cotangents are
+    the statistics."""
+    walk = Walk(len(plan.names), plan.taps, dummies)
     walk.leaf_names = plan.names
     n_in = len(closed.jaxpr.invars)
     origins = [leaf_origin(i) if i < len(plan.names) else None for i in range(n_in)]
-    outs, _ = walk.run(closed.jaxpr, closed.consts, args, origins, (), ())
+    outs, _ = walk.run(closed.jaxpr, closed.consts, args, origins, (), 1)
     return outs
-
-
-def zero_dummies(plan: Plan, dtype, one_sided: bool = False) -> dict:
-    """``{site path: (a, s)}``: zeros of each site's stacked input and output shapes (every
-    dense site: its kernel's gradient needs both; an embedding: only the statistics it
-    collects, ``None`` otherwise)."""
-    out = {}
-    for path, t in plan.taps.items():
-        dense = t.kind == "dense"
-        a = jnp.zeros(t.x_shape, dtype) if dense or t.a_slot is not None else None
-        s = (jnp.zeros(t.y_shape, dtype) if dense or (t.s_slot is not None and not one_sided)
-             else None)
-        out[path] = (a, s)
-    return out
-
-
-def kernel_gradients(plan: Plan, stacked: dict, leaves: list) -> dict[int, jax.Array]:
-    """The gradient of every dense block's kernel leaves, by leaf index, from the taps' rows
-    (their kernels get no cotangent inside the pass)."""
-    sums: dict[int, jax.Array] = {}
-    for path, t in plan.taps.items():
-        if t.kind == "dense":
-            g = kernel_gradient(t, *stacked[path])
-            sums[t.block] = g if t.block not in sums else sums[t.block] + g
-    out = {}
-    for j, g in sums.items():
-        b = plan.blocks[j]
-        idx = b.kernel.leaves
-        primal, pull = jax.vjp(b.kernel.fn, *[leaves[i] for i in idx])
-        out.update(zip(idx, pull((g.T if b.transposed else g).astype(primal.dtype)),
-                       strict=True))
-    return out
-
-
-def statistics(plan: Plan, stacked: dict, one_sided: bool = False) -> tuple[tuple, tuple]:
-    """``(A sums, S sums)`` per factor slot from the dummies' cotangents ``stacked``."""
-    a = [None] * len(plan.a_shapes)
-    s = [None] * len(plan.s_shapes)
-    for path, t in plan.taps.items():
-        xs, gs = stacked[path]
-        if t.a_slot is not None:
-            a[t.a_slot] = input_statistic(t, xs, plan.a_shapes[t.a_slot])
-        if t.s_slot is not None and not one_sided:
-            s[t.s_slot] = output_statistic(t, gs)
-    return tuple(a), (() if one_sided else tuple(s))
 
 
 def leaf_names(params: Any) -> tuple[str, ...]:

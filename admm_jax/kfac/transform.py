@@ -4,9 +4,8 @@ as an optax transformation.
 The pipeline, kfac-jax's stages kept apart:
 
 1. **statistics**: one forward pass of the user's own model and one backward pass, with every
-   linear map tapped ([trace][admm_jax.kfac.trace]): the gradient (each kernel's as one
-   product of the rows the taps collect), and each map's input and output-adjoint second
-   moments summed over samples and time steps;
+   linear map tapped ([trace][admm_jax.kfac.trace]): the gradient, and each map's input and
+   output-adjoint second moments summed over samples and time steps;
 2. **factors**: running averages of the Kronecker factors ([factors][admm_jax.kfac.factors]);
 3. **inverses**: damped inverses, cached in the state and refreshed inside `jit` under
    `lax.cond` every `refresh_every` steps (or when the damping moves);
@@ -381,41 +380,34 @@ def scale_by_kfac(
         pass; ``taps=False``: the plain model (zero statistics); ``own=False``: no gradient
         of the parameters (and without taps no backward pass at all)."""
         dtype = state.loss.dtype
-        zeros = (tuple(jnp.zeros(sh, dtype) for sh in plan.a_shapes),
-                 () if one_sided else tuple(jnp.zeros(sh, dtype) for sh in plan.s_shapes))
+        a0 = tuple(jnp.zeros(sh, dtype) for sh in plan.a_shapes)
+        s0 = (tuple(None for _ in plan.s_shapes) if one_sided
+              else tuple(jnp.zeros(sh, dtype) for sh in plan.s_shapes))
         plain = jcore.jaxpr_as_fun(closed)
-        mean_loss = lambda o: loss_fn(o, targets).mean()  # noqa: E731
-        if not taps:
-            if not own:
-                return mean_loss(plain(*leaves, *other)[0]), [], zeros
-            value, mine = jax.value_and_grad(
-                lambda lv: mean_loss(plain(*lv, *other)[0]))(leaves)
-            return value, list(mine), zeros
 
         def forward(lv, dummies):
-            return trace.tapped_apply(closed, plan, [*lv, *other], dummies)[0]
+            if taps:
+                return trace.tapped_apply(closed, plan, [*lv, *other], dummies)[0]
+            return plain(*lv, *other)[0]
 
-        out, pull = jax.vjp(forward, leaves, trace.zero_dummies(plan, dtype, one_sided))
+        zeros = (a0, () if one_sided else s0)
+        mean_loss = lambda o: loss_fn(o, targets).mean()  # noqa: E731
+        if not (taps or own):
+            return mean_loss(forward(leaves, None)), [], zeros
+        out, pull = jax.vjp(forward, leaves, (a0, s0))
         value, g_out = jax.value_and_grad(mean_loss)(out)
         terms = _loss_terms(loss, out, targets)
-        if fisher == "sampled":
+        if fisher == "sampled" and taps:
             key = jax.random.fold_in(jax.random.key(seed), state.count)
             g_s = _sampled_adjoint(loss, out, key, terms).astype(g_out.dtype)
-            g_leaves, both = jax.vmap(pull)(jnp.stack([g_out, g_s]))
+            g_leaves, (a_st, s_st) = jax.vmap(pull)(jnp.stack([g_out, g_s]))
             mine = [g[0] for g in g_leaves]
-            cot = jax.tree.map(lambda v: v[0], both)
-            # the statistics: the inputs of the true pass, the adjoints of the sampled one
-            stat = {p: (a, None if g is None else both[p][1][1]) for p, (a, g) in cot.items()}
+            a_st = tuple(v[0] for v in a_st)
+            s_st = tuple(v[1] for v in s_st) if not one_sided else ()
         else:
-            mine, cot = pull(g_out)
-            stat = cot
-        a_st, s_st = trace.statistics(plan, stat, one_sided)
-        if not own:
-            return value, [], (a_st, s_st)
-        mine = list(mine)
-        for i, g in trace.kernel_gradients(plan, cot, leaves).items():
-            mine[i] = mine[i] + g
-        return value, mine, (a_st, s_st)
+            mine, (a_st, s_st) = pull(g_out)
+            s_st = () if one_sided else tuple(s_st)
+        return value, (list(mine) if own else []), (tuple(a_st), s_st)
 
     def update_fn(updates, state, params=None, *, inputs=None, targets=None,
                   **extra_args: Any):
