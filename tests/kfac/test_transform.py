@@ -68,8 +68,8 @@ def test_one_compilation_across_steps_and_inverse_refreshes():
                                 dict(kind="simple", vocab=11, many_to_many=True)],
                          ids=["lstm", "gru-2-layers", "embed-many-to-many"])
 def test_no_gradients_means_its_own_gradient(kw, x64):
-    """Its own gradient (the kernels' from the taps' rows after the pass, the rest by
-    autodiff) is jax.grad's, to float64 rounding."""
+    """Its own gradient (from the backward pass of its tapped model) is jax.grad's, to
+    float64 rounding, for LSTM, stacked GRU and embedded many-to-many models."""
     model = FlaxRNN(d_in=D, hidden=H, out=C, rngs=nnx.Rngs(0), dtype=jnp.float64, **kw)
     key = jax.random.key(1)
     if "vocab" in kw:
