@@ -180,9 +180,22 @@ class Shapes(Recorder):
         return y
 
 
-def reference_factors(forward, model, x, y):
+# the maps whose outputs are added, by cell: one block, its input the maps' inputs side by side
+CELL_SUMS = {"simple": [("dense_i", "dense_h")], "olstm": [("dense_i", "dense_h")], "gru": [],
+             "lstm": [("ii", "hi"), ("if_", "hf"), ("ig", "hg"), ("io", "ho")]}
+
+
+def flax_sums(model: FlaxRNN):
+    """The joint blocks of a ``FlaxRNN``: its cell's summed maps in every layer."""
+    return [tuple(f"layers/{i}/cell/{m}/kernel" for m in pair)
+            for i in range(len(model.layers)) for pair in CELL_SUMS[model.kind]]
+
+
+def reference_factors(forward, model, x, y, sums=()):
     """``{name: (A, S)}`` of every linear map of ``forward``, by the definition (cross
-    entropy summed over samples and steps: each sample's own adjoint)."""
+    entropy summed over samples and steps: each sample's own adjoint). ``sums``: groups of
+    maps whose outputs are added, each one block named ``a+b`` whose input at every use is
+    the members' inputs side by side, then a ones column per member with a bias."""
     params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
     shapes = Shapes()
     forward(model, params, x, shapes)
@@ -214,16 +227,26 @@ def reference_factors(forward, model, x, y):
             xcat = jnp.concatenate(xs, 0)
             a = xcat.T @ xcat / n
         result[name] = (np.asarray(a), np.asarray(s))
+    for group in sums:
+        rows = []
+        for use in zip(*[shapes.inputs[m] for m in group], strict=True):
+            xs = [xi.reshape(-1, xi.shape[-1]) for xi, _ in use]
+            xs += [jnp.ones_like(xs[0][:, :1]) for _, has_bias in use if has_bias]
+            rows.append(jnp.concatenate(xs, 1))
+        xcat = jnp.concatenate(rows, 0)
+        result["+".join(group)] = (np.asarray(xcat.T @ xcat / n), result[group[0]][1])
+        for m in group:
+            del result[m]
     return result
 
 
 def package_models(dtype):
-    """The package's own models, with their reference loops."""
+    """The package's own models, with their reference loops, input kind and summed maps."""
     return {
         "elman": (admm_jax.ElmanRNN(3, 6, 2, rngs=nnx.Rngs(0), dtype=dtype), elman_reference,
-                  "float"),
+                  "float", [("U", "W")]),
         "elman-tokens": (admm_jax.ElmanRNN(7, 6, 2, rngs=nnx.Rngs(0), dtype=dtype),
-                         elman_reference, "ids"),
+                         elman_reference, "ids", []),
         "lstm": (admm_jax.LSTM(3, 5, 2, rngs=nnx.Rngs(0), param_dtype=dtype), lstm_reference,
-                 "float"),
+                 "float", [("cell/ii/kernel", "cell/hi/kernel")]),
     }

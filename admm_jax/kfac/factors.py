@@ -1,7 +1,8 @@
 r"""Kronecker factors: a batch's statistics, their running averages, the damped inverses and
 the preconditioned direction of every block of a [Plan][admm_jax.kfac.trace.Plan].
 
-For a block with kernel \(K\) (\(d_{in} \times d_{out}\), bias folded in as a last row), the
+For a block with kernel \(K\) (\(d_{in} \times d_{out}\); a joint block's kernels stacked,
+\(K = [U; W]\) for \(x U + h W\), and its bias folded in as a last row), the
 Fisher of the mean loss over \(N\) samples is approximated, independently across time steps
 (Martens, Ba & Johnson 2018), by
 
@@ -90,13 +91,15 @@ def inverses(a, s, damping, normalize_output):
 
 
 def kernel_gradient(block, leaves):
-    """A block's gradient as one ``[d_in (+1), d_out]`` matrix (the bias as a last row)."""
-    g = block.kernel.fn(*[leaves[i] for i in block.kernel.leaves])
-    g = g.T if block.transposed else g
-    if block.bias is not None:
-        b = block.bias.fn(*[leaves[i] for i in block.bias.leaves])
-        g = jnp.concatenate([g, b[None].astype(g.dtype)], 0)
-    return g
+    """A block's gradient as one ``[d_in (+ biases), d_out]`` matrix: its kernels' rows in
+    order, then a row per bias."""
+    parts = []
+    for kernel, transposed in zip(block.kernels, block.transposed, strict=True):
+        g = kernel.fn(*[leaves[i] for i in kernel.leaves])
+        parts.append(g.T if transposed else g)
+    parts += [b.fn(*[leaves[i] for i in b.leaves])[None].astype(parts[0].dtype)
+              for b in block.biases]
+    return parts[0] if len(parts) == 1 else jnp.concatenate(parts, 0)
 
 
 def kernel_step(block, a_inv, s_inv, grad):
@@ -113,18 +116,19 @@ def kernel_step(block, a_inv, s_inv, grad):
 
 
 def to_leaves(block, step, leaves):
-    """The block's step ``[d_in (+1), d_out]`` as steps of its parameter leaves (the kernel's
-    rearrangement undone: it is a permutation, so its transpose is its inverse)."""
+    """The block's step ``[d_in (+ biases), d_out]`` as steps of its parameter leaves (each
+    kernel's rearrangement undone: it is a permutation, so its transpose is its inverse)."""
     out = {}
-    k = step[:block.d_in] if block.bias is not None else step
-    k = k.T if block.transposed else k
-    idx = block.kernel.leaves
-    primal, pull = jax.vjp(block.kernel.fn, *[leaves[i] for i in idx])
-    out.update(zip(idx, pull(k.astype(primal.dtype)), strict=True))
-    if block.bias is not None:
-        bidx = block.bias.leaves
-        primal, pull = jax.vjp(block.bias.fn, *[leaves[i] for i in bidx])
-        out.update(zip(bidx, pull(step[-1].astype(primal.dtype)), strict=True))
+    start = 0
+    pieces = [(k, t, d) for k, t, d in zip(block.kernels, block.transposed, block.d_ins,
+                                            strict=True)]
+    pieces += [(b, False, None) for b in block.biases]
+    for origin, transposed, d in pieces:
+        part = step[start] if d is None else step[start:start + d]
+        start += 1 if d is None else d
+        part = part.T if transposed else part
+        primal, pull = jax.vjp(origin.fn, *[leaves[i] for i in origin.leaves])
+        out.update(zip(origin.leaves, pull(part.astype(primal.dtype)), strict=True))
     return out
 
 

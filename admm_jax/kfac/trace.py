@@ -6,11 +6,17 @@ The pipeline reads a model in three steps, each in its own module:
    dense `dot_general` of a parameter-derived kernel, an embedding `gather`), with its bias,
    its input and the sum its output reaches;
 2. here, [make_plan][admm_jax.kfac.trace.make_plan]: the maps are grouped into
-   [Block][admm_jax.kfac.trace.Block]s, one per kernel (all its uses summed), and their
-   factor slots are shared: maps whose outputs are added before anything else (the input and
-   recurrent maps of one gate) share `S`; maps of the same input share `A`;
+   [Block][admm_jax.kfac.trace.Block]s. Kernels used once whose outputs are added and
+   nothing else (a gate's input and recurrent maps, \(x_t U + h_{t-1} W + b\)) form one
+   block with one input factor over \([x, h, 1]\): its cross-covariance between input and
+   state is part of the curvature (without it, training is less stable). Any other kernel is
+   a block of its own, all its uses summed. Blocks with the same inputs share `A` (an LSTM's
+   four gates), blocks whose outputs reach the same sum share `S`;
 3. [taps][admm_jax.kfac.taps]: [tapped_apply][admm_jax.kfac.trace.tapped_apply] runs the
-   model with each planned map replaced by a tap whose backward pass returns its statistics.
+   model with each planned map replaced by a tap whose backward pass returns its rows, and
+   [statistics][admm_jax.kfac.trace.statistics] and
+   [kernel_gradients][admm_jax.kfac.trace.kernel_gradients] form the factors and the
+   kernels' gradients from them.
 
 A parameter no block can own (a LayerNorm scale, a bias that is not added to a map's output,
 a kernel also used elsewhere, a parameter sliced by a `scan` over layers) is a *fallback*
@@ -23,33 +29,53 @@ from __future__ import annotations
 from typing import Any, NamedTuple
 
 import jax
+import jax.numpy as jnp
 
-from admm_jax.kfac.taps import Tap
+from admm_jax.kfac.taps import (Stack, Tap, input_statistic, kernel_gradient,
+                                output_statistic)
 from admm_jax.kfac.walk import Origin, Site, Walk, leaf_origin
 from admm_jax.kfac.walk import UnsupportedModelError as UnsupportedModelError  # re-export
 
 
-class Block(NamedTuple):
-    """One preconditioned weight: a kernel (and its bias), all the sites that use it.
+class Use(NamedTuple):
+    """One application of a block: the input stack of each of its kernels (in order) and the
+    output-adjoint stack they share (indices into the plan's ``x_stacks``, ``g_stacks``)."""
 
-    name: the kernel leaf's path; kind: ``"dense"`` or ``"embed"``; kernel: its origin
-    (canonical ``[d_in, d_out]``, see ``transposed``); bias: the bias origin (``[d_out]``)
-    or ``None``; a_slot, s_slot: its factors' indices in [Plan][admm_jax.kfac.trace.Plan];
-    rows: rows over all its sites and uses (``S``'s sample count); gates: ``S`` is
-    block-diagonal with this many equal blocks (1: full).
+    xs: tuple[int, ...]
+    g: int
+
+
+class Block(NamedTuple):
+    """One preconditioned weight: one kernel (all its uses summed), or the kernels of maps
+    whose outputs are added (a gate's input and recurrent maps: one joint input factor over
+    ``[x, h, 1]``), with their biases.
+
+    name: the kernels' leaf paths joined by ``+``; kind: ``"dense"`` or ``"embed"``;
+    kernels: their origins (canonical ``[d_in, d_out]``, see ``transposed``); d_ins: each
+    kernel's rows in the block's matrix, then one row per bias; biases: the bias origins
+    (``[d_out]`` each); a_slot, s_slot: its factors' indices in
+    [Plan][admm_jax.kfac.trace.Plan]; rows: rows over all its uses (``S``'s sample count);
+    gates: ``S`` is block-diagonal with this many equal blocks (1: full); uses: where its
+    rows are.
     """
 
     name: str
     kind: str
-    kernel: Origin
-    transposed: bool
-    bias: Origin | None
-    d_in: int
+    kernels: tuple[Origin, ...]
+    transposed: tuple[bool, ...]
+    d_ins: tuple[int, ...]
+    biases: tuple[Origin, ...]
     d_out: int
     a_slot: int
     s_slot: int
     rows: int
-    gates: int = 1
+    gates: int
+    uses: tuple[Use, ...]
+
+    @property
+    def d_in(self) -> int:
+        """Rows of the kernels (an embedding: its vocabulary), biases not counted."""
+        return sum(self.d_ins)
 
 
 class Plan(NamedTuple):
@@ -57,102 +83,210 @@ class Plan(NamedTuple):
 
     blocks: the preconditioned weights; a_shapes, s_shapes: each factor slot's shape
     (``(P, P)`` dense input factors, ``(V,)`` embedding counts, ``(Z, Z)`` output factors,
-    ``(k, Z/k, Z/k)`` per gate);
-    taps: the instruction for each site path; fallback: the leaves no block covers;
-    names: every parameter leaf's path.
+    ``(k, Z/k, Z/k)`` per gate); taps: the instruction for each site path; x_stacks,
+    g_stacks: where the rows of each distinct input and each distinct output sum are
+    collected; fallback: the leaves no block covers; names: every parameter leaf's path.
     """
 
     blocks: tuple[Block, ...]
     a_shapes: tuple[tuple[int, ...], ...]
     s_shapes: tuple[tuple[int, ...], ...]
     taps: dict
+    x_stacks: tuple[Stack, ...]
+    g_stacks: tuple[Stack, ...]
     fallback: tuple[int, ...]
     names: tuple[str, ...]
 
     def signature(self) -> tuple:
         """What the optimizer state depends on (not the sequence length or batch size)."""
-        return (tuple((b.name, b.kind, b.d_in, b.d_out, b.bias is not None, b.a_slot,
-                       b.s_slot, b.gates) for b in self.blocks), self.a_shapes,
-                self.s_shapes, self.fallback)
+        return (tuple((b.name, b.kind, b.d_ins, b.d_out, len(b.biases), b.a_slot, b.s_slot,
+                       b.gates) for b in self.blocks), self.a_shapes, self.s_shapes,
+                self.fallback)
+
+
+def _stack(site: Site, x: bool) -> Stack:
+    shape, axis = (site.x_shape, site.x_axis) if x else (site.y_shape, site.y_axis)
+    return Stack(site.path, (*site.loops, *shape), len(site.loops) + axis % len(shape),
+                 len(site.loops))
+
+
+def _joint_groups(walk: Walk, kernels: dict) -> dict:
+    """``{kernel group key: output sum}`` for the dense kernels used once whose outputs are
+    added (two or more, and nothing else reaching that sum): they form one block."""
+    by_sum: dict = {}
+    for key, sites in kernels.items():
+        by_sum.setdefault(sites[0].s_key, []).append((key, sites))
+    joint = {}
+    for s_key, members in by_sum.items():
+        ok = len(members) > 1 and all(
+            len(sites) == 1 and key[0] == "dense" for key, sites in members) and len(
+            {(m[1][0].y_shape, m[1][0].y_axis, m[1][0].gates) for m in members}) == 1
+        if ok:
+            joint.update({key: s_key for key, _ in members})
+    return joint
+
+
+def _bias(walk: Walk, sites, blocked: set) -> Origin | None:
+    """The bias the sites' outputs share (one origin, followed cleanly), else ``None``."""
+    biases = {walk.bias.get(s.path, walk.group_bias.get(s.s_key)) for s in sites}
+    bias = biases.pop() if len(biases) == 1 and not (walk.bad_bias & {s.path for s in sites}) \
+        else None
+    if bias is None or any(i in blocked for i in bias.leaves):
+        return None
+    return bias
 
 
 def make_plan(closed, num_leaves: int, names: tuple[str, ...], gates: bool = True) -> Plan:
     """Walk ``closed`` (the forward jaxpr; its first ``num_leaves`` inputs are the parameter
-    leaves) and decide which leaves each block preconditions and which factors it shares;
-    ``gates``: an output split into gates gets one output factor per gate."""
+    leaves) and decide the blocks, which factors they share and where their rows are
+    collected; ``gates``: an output split into gates gets one output factor per gate."""
     walk = Walk(num_leaves)
     walk.leaf_names = names
     n_in = len(closed.jaxpr.invars)
     origins = [leaf_origin(i) if i < num_leaves else None for i in range(n_in)]
-    walk.run(closed.jaxpr, closed.consts, [None] * n_in, origins, (), 1)
+    walk.run(closed.jaxpr, closed.consts, [None] * n_in, origins, (), ())
 
-    # group the sites by their kernel: one block per kernel, all its uses summed
-    by_kernel: dict[str, list[Site]] = {}
+    # group the sites by their kernel: all the uses of one kernel go to one block
+    kernels: dict = {}
     for s in walk.sites:
-        by_kernel.setdefault((s.kind, s.kernel.key, s.canonical), []).append(s)
+        kernels.setdefault((s.kind, s.kernel.key, s.canonical), []).append(s)
     claimed: dict[int, int] = {}
-    for sites in by_kernel.values():
+    for sites in kernels.values():
         for i in sites[0].kernel.leaves:
             claimed[i] = claimed.get(i, 0) + 1
-    blocks, taps = [], {}
-    a_keys: dict = {}
-    s_keys: dict = {}
-    a_shapes: list = []
-    s_shapes: list = []
-    covered: set[int] = set()
-    for sites in by_kernel.values():
-        first = sites[0]
-        leaves = first.kernel.leaves
+    for key, sites in list(kernels.items()):
+        leaves = sites[0].kernel.leaves
         if any(claimed[i] > 1 or i in walk.opaque for i in leaves) or \
                 len({(s.d_in, s.d_out) for s in sites}) != 1:
             walk.opaque.update(leaves)
+            del kernels[key]
+    kernel_leaves = {i for sites in kernels.values() for i in sites[0].kernel.leaves}
+    joint = _joint_groups(walk, kernels)
+
+    # one block per kernel, or per joint group (made at its first member)
+    groups, done = [], set()
+    for key, sites in kernels.items():
+        if key in done:
             continue
-        biases = {walk.bias.get(s.path, walk.group_bias.get(s.s_key)) for s in sites}
-        bias = biases.pop() if len(biases) == 1 and not (walk.bad_bias & {s.path for s in sites}) \
-            else None
-        if bias is not None and (any(i in walk.opaque or i in covered or i in leaves
-                                     for i in bias.leaves) or first.kind == "embed"):
-            bias = None
-        has_bias = bias is not None
-        a_key = (first.kind, has_bias, tuple(sorted((s.x_key for s in sites), key=repr)))
-        s_key = tuple(sorted((s.s_key for s in sites), key=repr))
-        k = first.gates if gates and len({s.gates for s in sites}) == 1 else 1
-        own_a = a_key not in a_keys
-        if own_a:
-            a_keys[a_key] = len(a_shapes)
-            p = first.d_in + has_bias
-            a_shapes.append((p,) if first.kind == "embed" else (p, p))
-        own_s = (s_key, first.d_out, k) not in s_keys
-        if own_s:
-            s_keys[(s_key, first.d_out, k)] = len(s_shapes)
-            m = first.d_out // k
-            s_shapes.append((m, m) if k == 1 else (k, m, m))
-        a_slot, s_slot = a_keys[a_key], s_keys[(s_key, first.d_out, k)]
+        members = [k for k in kernels if joint.get(k, None) == joint[key]] if key in joint \
+            else [key]
+        done.update(members)
+        groups.append([(k, kernels[k]) for k in members])
+
+    x_stacks: dict = {}
+    g_stacks: dict = {}
+    taps: dict = {}
+    a_slots: dict = {}
+    s_slots: dict = {}
+    blocks: list = []
+    covered: set[int] = set()
+    for members in groups:
+        first = members[0][1][0]
+        if len(members) > 1:
+            sites = [m[1][0] for m in members]
+            found = [_bias(walk, [s], walk.opaque | kernel_leaves | covered) for s in sites]
+            biases = tuple(dict.fromkeys(b for b in found if b is not None))
+            site_uses = [sites]
+        else:
+            sites = members[0][1]
+            bias = _bias(walk, sites, walk.opaque | kernel_leaves | covered)
+            biases = () if bias is None or first.kind == "embed" else (bias,)
+            site_uses = [[s] for s in sites]
+        uses = []
+        for use in site_uses:
+            xs = tuple(x_stacks.setdefault(s.x_key, (len(x_stacks), s))[0] for s in use)
+            g = g_stacks.setdefault(use[0].s_key, (len(g_stacks), use[0]))[0]
+            uses.append(Use(xs, g))
         for s in sites:
-            taps[s.path] = Tap(s.kind, has_bias, a_slot if own_a else None,
-                               s_slot if own_s else None, k)
-        kernel = first.kernel
-        covered.update(leaves)
-        if bias is not None:
-            covered.update(bias.leaves)
-        blocks.append(Block(names[leaves[0]], first.kind, kernel, first.canonical == "T",
-                            bias, first.d_in, first.d_out, a_slot, s_slot,
-                            sum(s.rows * s.uses for s in sites), k))
+            taps[s.path] = s.kind
+        a_key = (first.kind, len(biases), len(members) > 1,
+                 tuple(u.xs for u in uses) if len(members) > 1
+                 else tuple(sorted(u.xs[0] for u in uses)))
+        d_ins = tuple(m[1][0].d_in for m in members)
+        if a_key not in a_slots:
+            p = sum(d_ins) + len(biases)
+            a_slots[a_key] = (len(a_slots), (p,) if first.kind == "embed" else (p, p))
+        k = first.gates if gates and len({s.gates for s in sites}) == 1 else 1
+        s_key = (tuple(sorted(u.g for u in uses)), first.d_out, k)
+        if s_key not in s_slots:
+            m = first.d_out // k
+            s_slots[s_key] = (len(s_slots), (m, m) if k == 1 else (k, m, m))
+        for _, ss in members:
+            covered.update(ss[0].kernel.leaves)
+        for b in biases:
+            covered.update(b.leaves)
+        rows = sum(u[0].rows * u[0].uses for u in site_uses)
+        blocks.append(Block(
+            "+".join(names[m[1][0].kernel.leaves[0]] for m in members), first.kind,
+            tuple(m[1][0].kernel for m in members),
+            tuple(m[1][0].canonical == "T" for m in members), d_ins, biases, first.d_out,
+            a_slots[a_key][0], s_slots[s_key][0], rows, k, tuple(uses)))
+    # each distinct input and output sum is collected by the first site that has it
+    x_owner = {s.path: s for _, s in x_stacks.values()}
+    g_owner = {s.path: s for _, s in g_stacks.values()}
+    taps = {p: Tap(kind, p in x_owner, p in g_owner) for p, kind in taps.items()}
     # a bias whose kernel block was dropped, or any leaf the walk could not follow
     fallback = tuple(i for i in range(num_leaves) if i not in covered)
-    return Plan(tuple(blocks), tuple(a_shapes), tuple(s_shapes), taps, fallback, names)
+    return Plan(tuple(blocks), tuple(v[1] for v in a_slots.values()),
+                tuple(v[1] for v in s_slots.values()), taps,
+                tuple(_stack(s, True) for _, s in x_stacks.values()),
+                tuple(_stack(s, False) for _, s in g_stacks.values()), fallback, names)
 
 
-def tapped_apply(closed, plan: Plan, args: list, dummies) -> list:
+def tapped_apply(closed, plan: Plan, args: list, dummies: dict) -> tuple[list, dict]:
     """Evaluate ``closed`` on ``args`` with every planned linear map replaced by its tap;
-    ``dummies = (a_dummies, s_dummies)``, zeros of the factor shapes, whose cotangents are
-    the statistics."""
-    walk = Walk(len(plan.names), plan.taps, dummies)
+    ``dummies`` ([zero_dummies][admm_jax.kfac.trace.zero_dummies]) are zeros whose
+    cotangents are the taps' stacked output adjoints. Returns ``(outputs, {site path: its
+    stacked inputs})``."""
+    walk = Walk(len(plan.names), plan.taps, dict(dummies))
     walk.leaf_names = plan.names
     n_in = len(closed.jaxpr.invars)
     origins = [leaf_origin(i) if i < len(plan.names) else None for i in range(n_in)]
-    outs, _ = walk.run(closed.jaxpr, closed.consts, args, origins, (), 1)
-    return outs
+    outs, _ = walk.run(closed.jaxpr, closed.consts, args, origins, (), ())
+    return outs, walk.rows
+
+
+def zero_dummies(plan: Plan, dtype) -> dict:
+    """``{site path: zeros}`` shaped like the output adjoints each collecting tap returns."""
+    return {st.path: jnp.zeros(st.shape, dtype) for st in plan.g_stacks}
+
+
+def stacks(plan: Plan, rows: dict, cotangents: dict) -> tuple[list, list]:
+    """The collected rows, ``(inputs per x stack, adjoints per g stack)``, from the inputs
+    the taps kept and the dummies' cotangents."""
+    return ([rows[st.path] for st in plan.x_stacks],
+            [cotangents[st.path] for st in plan.g_stacks])
+
+
+def statistics(plan: Plan, xs: list, gs: list, dtype, one_sided: bool = False):
+    """``(A sums, S sums)`` per factor slot in ``dtype`` (each computed by the first block
+    that has it)."""
+    a = [None] * len(plan.a_shapes)
+    s = [None] * len(plan.s_shapes)
+    for b in plan.blocks:
+        if a[b.a_slot] is None:
+            a[b.a_slot] = input_statistic(plan, b, xs, dtype).astype(dtype)
+        if not one_sided and s[b.s_slot] is None:
+            s[b.s_slot] = output_statistic(plan, b, gs).astype(dtype)
+    return tuple(a), (() if one_sided else tuple(s))
+
+
+def kernel_gradients(plan: Plan, xs: list, gs: list, leaves: list) -> dict[int, jax.Array]:
+    """The gradient of every dense block's kernel leaves, by leaf index, from the collected
+    rows (the taps leave them no cotangent inside the pass)."""
+    out = {}
+    for b in plan.blocks:
+        if b.kind != "dense":
+            continue
+        g = kernel_gradient(plan, b, xs, gs)
+        start = 0
+        for kernel, transposed, d in zip(b.kernels, b.transposed, b.d_ins, strict=False):
+            part = g[start:start + d]
+            start += d
+            primal, pull = jax.vjp(kernel.fn, *[leaves[i] for i in kernel.leaves])
+            out.update(zip(kernel.leaves, pull((part.T if transposed else part).astype(
+                primal.dtype)), strict=True))
+    return out
 
 
 def leaf_names(params: Any) -> tuple[str, ...]:

@@ -380,34 +380,42 @@ def scale_by_kfac(
         pass; ``taps=False``: the plain model (zero statistics); ``own=False``: no gradient
         of the parameters (and without taps no backward pass at all)."""
         dtype = state.loss.dtype
-        a0 = tuple(jnp.zeros(sh, dtype) for sh in plan.a_shapes)
-        s0 = (tuple(None for _ in plan.s_shapes) if one_sided
-              else tuple(jnp.zeros(sh, dtype) for sh in plan.s_shapes))
+        zeros = (tuple(jnp.zeros(sh, dtype) for sh in plan.a_shapes),
+                 () if one_sided else tuple(jnp.zeros(sh, dtype) for sh in plan.s_shapes))
         plain = jcore.jaxpr_as_fun(closed)
+        mean_loss = lambda o: loss_fn(o, targets).mean()  # noqa: E731
+        if not taps:
+            if not own:
+                return mean_loss(plain(*leaves, *other)[0]), [], zeros
+            value, mine = jax.value_and_grad(
+                lambda lv: mean_loss(plain(*lv, *other)[0]))(leaves)
+            return value, list(mine), zeros
 
         def forward(lv, dummies):
-            if taps:
-                return trace.tapped_apply(closed, plan, [*lv, *other], dummies)[0]
-            return plain(*lv, *other)[0]
+            return trace.tapped_apply(closed, plan, [*lv, *other], dummies)
 
-        zeros = (a0, () if one_sided else s0)
-        mean_loss = lambda o: loss_fn(o, targets).mean()  # noqa: E731
-        if not (taps or own):
-            return mean_loss(forward(leaves, None)), [], zeros
-        out, pull = jax.vjp(forward, leaves, (a0, s0))
+        out, pull, rows = jax.vjp(forward, leaves, trace.zero_dummies(plan, dtype),
+                                  has_aux=True)
+        out = out[0]
         value, g_out = jax.value_and_grad(mean_loss)(out)
-        terms = _loss_terms(loss, out, targets)
-        if fisher == "sampled" and taps:
+        if fisher == "sampled":  # the adjoints of labels sampled from the model
             key = jax.random.fold_in(jax.random.key(seed), state.count)
-            g_s = _sampled_adjoint(loss, out, key, terms).astype(g_out.dtype)
-            g_leaves, (a_st, s_st) = jax.vmap(pull)(jnp.stack([g_out, g_s]))
-            mine = [g[0] for g in g_leaves]
-            a_st = tuple(v[0] for v in a_st)
-            s_st = tuple(v[1] for v in s_st) if not one_sided else ()
+            g_s = _sampled_adjoint(loss, out, key, _loss_terms(loss, out, targets))
+            both = jax.vmap(pull)([jnp.stack([g_out, g_s.astype(g_out.dtype)])])
+            mine, cot = jax.tree.map(lambda v: v[0], both)
+            xs, gs = trace.stacks(plan, rows, cot)
+            sampled = trace.stacks(plan, rows, both[1])[1]
+            stats = trace.statistics(plan, xs, [v[1] for v in sampled], dtype, one_sided)
         else:
-            mine, (a_st, s_st) = pull(g_out)
-            s_st = () if one_sided else tuple(s_st)
-        return value, (list(mine) if own else []), (tuple(a_st), s_st)
+            mine, cot = pull([g_out])
+            xs, gs = trace.stacks(plan, rows, cot)
+            stats = trace.statistics(plan, xs, gs, dtype, one_sided)
+        if not own:
+            return value, [], stats
+        mine = list(mine)
+        for i, g in trace.kernel_gradients(plan, xs, gs, leaves).items():
+            mine[i] = mine[i] + g  # zero inside the pass: the taps leave kernels no cotangent
+        return value, mine, stats
 
     def update_fn(updates, state, params=None, *, inputs=None, targets=None,
                   **extra_args: Any):

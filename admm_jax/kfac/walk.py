@@ -98,7 +98,9 @@ class Site(NamedTuple):
     per forward pass (the product of the enclosing scans' lengths); rows: rows of ``x`` per
     use; x_key, s_key: identity of its input and of its output's cotangent (sharing); gates:
     the equal parts its output (with whatever is added to it) is split into (an LSTM's or
-    GRU's fused gates), else 1.
+    GRU's fused gates), else 1; loops: the enclosing scans' lengths, outermost first; x_shape,
+    x_axis, y_shape, y_axis: its input's and output's shapes per use and their feature axes
+    (an embedding's input: its ids, axis -1).
     """
 
     path: tuple
@@ -112,6 +114,11 @@ class Site(NamedTuple):
     x_key: tuple
     s_key: tuple
     gates: int = 1
+    loops: tuple = ()
+    x_shape: tuple = ()
+    x_axis: int = -1
+    y_shape: tuple = ()
+    y_axis: int = -1
 
 
 # ------------------------------------------------------------------------------ the walk
@@ -176,7 +183,7 @@ class _Scope(NamedTuple):
     chain: dict  # site output var (through transposes/casts) -> (site path, out axis)
     consumers: dict  # var -> how many equations read it
     first: dict  # var -> the first equation that reads it
-    uses: int  # how many times the jaxpr runs per call (scan lengths multiplied)
+    loops: tuple  # the lengths of the scans it runs in, outermost first
 
 
 class Walk:
@@ -186,7 +193,8 @@ class Walk:
     def __init__(self, num_leaves: int, taps: dict | None = None, dummies=None):
         self.num_leaves = num_leaves
         self.taps = taps
-        self.dummies = dummies  # (a_dummies, s_dummies) when running
+        self.dummies = dummies  # {site path: zeros of its output adjoints} when running
+        self.rows: dict = {}  # {site path: its input, stacked over the enclosing scans}
         self.sites: list[Site] = []
         self.opaque: set[int] = set()
         self.bias: dict[tuple, Origin] = {}
@@ -198,7 +206,7 @@ class Walk:
         if origin is not None:
             self.opaque.update(origin.leaves)
 
-    def run(self, jaxpr, consts, args, origins, path: tuple, uses: int):
+    def run(self, jaxpr, consts, args, origins, path: tuple, loops: tuple):
         """Walk ``jaxpr``; with values (``args``) when running, else with ``None`` s."""
         env: dict = {}
         orig: dict = {}
@@ -213,7 +221,7 @@ class Walk:
         def origin(v):
             return None if isinstance(v, jcore.Literal) else orig.get(v)
 
-        scope = _Scope(origin, orig, {}, _consumers(jaxpr), _first_consumer(jaxpr), uses)
+        scope = _Scope(origin, orig, {}, _consumers(jaxpr), _first_consumer(jaxpr), loops)
         for i, eqn in enumerate(jaxpr.eqns):
             here = (*path, i)
             outs = self._eqn(eqn, here, [read(v) for v in eqn.invars], scope)
@@ -264,12 +272,13 @@ class Walk:
             inner = eqn.params["jaxpr"]
             closed = inner if isinstance(inner, jcore.ClosedJaxpr) else jcore.ClosedJaxpr(
                 inner, ())
-            outs, out_orig = self.run(closed.jaxpr, closed.consts, vals, ins, here, scope.uses)
+            outs, out_orig = self.run(closed.jaxpr, closed.consts, vals, ins, here,
+                                     scope.loops)
             for v, o in zip(eqn.outvars, out_orig, strict=True):
                 orig[v] = o
             return outs if running else None
         if name == "scan":
-            return self._scan(eqn, here, vals, ins, scope.uses)
+            return self._scan(eqn, here, vals, ins, scope.loops)
         if name == "while":
             leaves = sorted({i for o in ins if o is not None for i in o.leaves})
             raise UnsupportedModelError(
@@ -292,15 +301,16 @@ class Walk:
     # -- linear maps
     def _dense(self, eqn, here, vals, ins, found, scope: _Scope):
         k, kc, xc, out_axis = found
-        chain, consumers, first, uses = scope.chain, scope.consumers, scope.first, scope.uses
+        chain, consumers, first, loops = scope.chain, scope.consumers, scope.first, scope.loops
         x = eqn.invars[1 - k]
         d_in = eqn.invars[k].aval.shape[kc]
         d_out = eqn.invars[k].aval.shape[1 - kc]
         rows = math.prod(x.aval.shape) // d_in
         root = _sum_root(eqn.outvars[0], consumers, first)
         self.sites.append(Site(here, "dense", ins[k], "T" if kc == 1 else "", d_in, d_out,
-                               uses, rows, (here[:-1], x, xc), (here[:-1], root),
-                               _gates(root, out_axis, consumers, first)))
+                               math.prod(loops), rows, (here[:-1], x, xc), (here[:-1], root),
+                               _gates(root, out_axis, consumers, first), loops,
+                               x.aval.shape, xc, eqn.outvars[0].aval.shape, out_axis))
         if consumers.get(eqn.outvars[0]) == 1:
             chain[eqn.outvars[0]] = (here, out_axis)
         if self.taps is None:
@@ -308,16 +318,20 @@ class Walk:
         tap = self.taps.get(here)
         if tap is None:
             return self._bind(eqn, vals)
-        return [dense_tap(eqn, k, xc, out_axis, tap, vals, self.dummies)]
+        if tap.x:
+            self.rows[here] = vals[1 - k]
+        return [dense_tap(eqn, k, vals, self.dummies.get(here))]
 
     def _embed(self, eqn, here, vals, ins, scope: _Scope):
-        chain, consumers, first, uses = scope.chain, scope.consumers, scope.first, scope.uses
+        chain, consumers, first, loops = scope.chain, scope.consumers, scope.first, scope.loops
         table, idx = eqn.invars
         v, d = table.aval.shape
         rows = math.prod(idx.aval.shape[:-1])
-        self.sites.append(Site(here, "embed", ins[0], "", v, d, uses, rows,
+        y = eqn.outvars[0].aval
+        self.sites.append(Site(here, "embed", ins[0], "", v, d, math.prod(loops), rows,
                                (here[:-1], idx, -1),
-                               (here[:-1], _sum_root(eqn.outvars[0], consumers, first))))
+                               (here[:-1], _sum_root(eqn.outvars[0], consumers, first)), 1,
+                               loops, idx.aval.shape, -1, y.shape, y.ndim - 1))
         if consumers.get(eqn.outvars[0]) == 1:
             chain[eqn.outvars[0]] = (here, eqn.outvars[0].aval.ndim - 1)
         if self.taps is None:
@@ -325,7 +339,9 @@ class Walk:
         tap = self.taps.get(here)
         if tap is None:
             return self._bind(eqn, vals)
-        return [embed_tap(eqn, tap, vals, self.dummies)]
+        if tap.x:
+            self.rows[here] = vals[1]
+        return [embed_tap(eqn, vals, self.dummies.get(here))]
 
     def _maybe_bias(self, eqn, vals, ins, chain, consumers, running):
         """``y + b``: ``b`` is the bias of the site ``y`` comes from when ``y`` reaches this
@@ -357,19 +373,37 @@ class Walk:
                 self._mark_opaque(o)
         return self._bind(eqn, vals) if running else None
 
-    def _scan(self, eqn, here, vals, ins, uses):
+    def _scan(self, eqn, here, vals, ins, loops):
         p = eqn.params
         nc = p["num_consts"]
         for o in ins[nc:]:  # a parameter in the carry or sliced per step: not followed
             self._mark_opaque(o)
         body = p["jaxpr"]
         inner_orig = list(ins[:nc]) + [None] * (len(ins) - nc)
-        inner_uses = uses * p["length"]
+        inner_loops = (*loops, p["length"])
         if self.taps is None:
-            self.run(body.jaxpr, body.consts, [None] * len(ins), inner_orig, here, inner_uses)
+            self.run(body.jaxpr, body.consts, [None] * len(ins), inner_orig, here, inner_loops)
             return None
-        return _rescan(eqn, vals, lambda jaxpr, consts, args: self.run(
-            jaxpr, consts, args, inner_orig, here, inner_uses)[0])
+        # the dummies of the taps inside go in as per-step inputs: their cotangents (the taps'
+        # output adjoints) come out stacked over the steps; the inputs the taps keep go out as
+        # per-step outputs
+        inside = lambda q: q[:len(here)] == here and len(q) > len(here)  # noqa: E731
+        inner = [q for q in self.dummies if inside(q)]
+        kept = [q for q, t in self.taps.items() if t.x and inside(q)]
+
+        def body_fn(jaxpr, consts, args, extra):
+            outer, rows = self.dummies, self.rows
+            self.dummies = {**outer, **dict(zip(inner, extra, strict=True))}
+            self.rows = {}
+            try:
+                outs = self.run(jaxpr, consts, args, inner_orig, here, inner_loops)[0]
+                return outs, [self.rows[q] for q in kept]
+            finally:
+                self.dummies, self.rows = outer, rows
+
+        outs, stacked = _rescan(eqn, vals, body_fn, [self.dummies[q] for q in inner])
+        self.rows.update(zip(kept, stacked, strict=True))
+        return outs
 
 
 def _gates(root, axis: int, consumers, first) -> int:
@@ -384,9 +418,9 @@ def _gates(root, axis: int, consumers, first) -> int:
 
 def _sum_root(v, consumers, first):
     """Follow ``v`` through adds while it is their only use: the maps whose outputs reach the
-    same root have the same output cotangent."""
+    same root have the same output cotangent (not through a ``sub``: its sign would differ)."""
     while consumers.get(v) == 1 and first.get(v) is not None and \
-            first[v].primitive.name in ("add", "sub"):
+            first[v].primitive.name == "add":
         v = first[v].outvars[0]
     return v
 
@@ -415,7 +449,7 @@ def inline_calls(closed):
                     inner, ())
                 outs = interpret(inner.jaxpr, inner.consts, vals)
             elif name == "scan":
-                outs = _rescan(eqn, vals, interpret)
+                outs = _rescan(eqn, vals, lambda j, c, a, _: (interpret(j, c, a), []))[0]
             else:
                 outs = Walk._bind(eqn, vals)
             env.update(zip(eqn.outvars, outs, strict=True))
@@ -425,18 +459,21 @@ def inline_calls(closed):
     return jax.make_jaxpr(lambda *a: interpret(closed.jaxpr, closed.consts, a))(*avals)
 
 
-def _rescan(eqn, vals, body_fn):
+def _rescan(eqn, vals, body_fn, extra=()):
     """A ``scan`` equation emitted again with its body run by ``body_fn(jaxpr, consts,
-    args)``."""
+    args, extra_step) -> (outs, more)``: ``extra``, more per-step inputs (a list of pytrees,
+    sliced along their first axis like the scan's own), and ``more``, more per-step outputs.
+    Returns ``(the equation's outputs, more stacked over the steps)``."""
     p = eqn.params
     nc, ncar = p["num_consts"], p["num_carry"]
     body = p["jaxpr"]
     consts, init, xs = vals[:nc], vals[nc:nc + ncar], vals[nc + ncar:]
 
     def step(carry, x):
-        outs = body_fn(body.jaxpr, body.consts, [*consts, *carry, *x])
-        return outs[:ncar], outs[ncar:]
+        x, extra_step = x
+        outs, more = body_fn(body.jaxpr, body.consts, [*consts, *carry, *x], extra_step)
+        return outs[:ncar], (outs[ncar:], more)
 
-    carry, ys = jax.lax.scan(step, init, xs, length=p["length"], reverse=p["reverse"],
-                             unroll=p["unroll"])
-    return [*carry, *ys]
+    carry, (ys, more) = jax.lax.scan(step, init, (xs, list(extra)), length=p["length"],
+                                     reverse=p["reverse"], unroll=p["unroll"])
+    return [*carry, *ys], more

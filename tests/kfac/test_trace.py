@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from kfac_reference import FlaxRNN, flax_reference, package_models, reference_factors
+from kfac_reference import (FlaxRNN, flax_reference, flax_sums, package_models,
+                            reference_factors)
 
 import admm_jax
 from admm_jax.kfac import trace
@@ -61,7 +62,7 @@ def test_flax_models_factors_equal_the_python_loop_definition(case, x64):
     model = FlaxRNN(d_in=D, hidden=H, out=C, rngs=nnx.Rngs(0), dtype=jnp.float64, **kw)
     x, y = batch("ids" if kw.get("vocab") else "float", many_to_many=kw.get("many_to_many",
                                                                               False))
-    want = reference_factors(flax_reference, model, x, y)
+    want = reference_factors(flax_reference, model, x, y, flax_sums(model))
     for output_factor in ("full", "gates"):
         ours, plan = our_factors(model, x, y, output_factor)
         assert sorted(ours) == sorted(want)
@@ -80,10 +81,10 @@ def test_flax_models_factors_equal_the_python_loop_definition(case, x64):
 
 @pytest.mark.parametrize("case", ["elman", "elman-tokens", "lstm"])
 def test_package_models_factors_equal_the_python_loop_definition(case, x64):
-    model, forward, kind = package_models(jnp.float64)[case]
+    model, forward, kind, sums = package_models(jnp.float64)[case]
     d = model.U[...].shape[1] if case.startswith("elman") else 3
     x, y = batch(kind, vocab=d, d=d)
-    want = reference_factors(forward, model, x, y)
+    want = reference_factors(forward, model, x, y, sums)
     ours, plan = our_factors(model, x, y, "gates")
     assert sorted(ours) == sorted(want)
     for b in plan.blocks:
@@ -95,18 +96,21 @@ def test_package_models_factors_equal_the_python_loop_definition(case, x64):
     assert plan.fallback == ()  # the token model's b, added to a gather: W's map takes it
 
 
-def test_shared_factors_are_computed_once(x64):
-    # nnx.LSTMCell: the four input maps share x (one A), the four recurrent maps share h
-    # (one A), and each gate's input and recurrent maps share their output adjoint (one S)
+def test_summed_maps_are_one_block_and_shared_rows_are_collected_once(x64):
+    # nnx.LSTMCell: each gate's input and recurrent maps are added, so they form one block
+    # over [x, h, 1]; the four gates read the same x and h (one A), each gate's sum has its own
+    # S; the rows of x, h and the head's input are collected once each, one adjoint per sum
     model = FlaxRNN("lstm", D, H, C, rngs=nnx.Rngs(0), dtype=jnp.float64)
     x, _ = batch("float")
     bound = bind_model(model, x)
     plan = model_plan(bound, nnx.state(model, nnx.Param), x)[0]
-    assert len(plan.blocks) == 9
-    assert plan.a_shapes == ((D, D), (H + 1, H + 1), (H + 1, H + 1))
+    assert len(plan.blocks) == 5
+    assert plan.blocks[0].name == "layers/0/cell/ii/kernel+layers/0/cell/hi/kernel"
+    assert plan.a_shapes == ((D + H + 1, D + H + 1), (H + 1, H + 1))
     assert plan.s_shapes == ((H, H),) * 4 + ((C, C),)
-    owners = [t for t in plan.taps.values() if t.a_slot is not None]
-    assert len(owners) == 3
+    assert (len(plan.x_stacks), len(plan.g_stacks)) == (3, 5)
+    assert sum(t.x for t in plan.taps.values()) == 3
+    assert sum(t.g for t in plan.taps.values()) == 5
 
 
 class LayerNormRNN(nnx.Module):

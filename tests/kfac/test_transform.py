@@ -86,6 +86,37 @@ def test_no_gradients_means_its_own_gradient(kw, x64):
     close(own, given, rtol=1e-9, atol=1e-13)
 
 
+class DifferenceRNN(nnx.Module):
+    """A recurrence whose two maps are subtracted, ``h = tanh(x U - h W)``, and a head used
+    at two sites (the last two steps): a sum's adjoint with a sign, and one kernel's uses
+    summed."""
+
+    def __init__(self, rngs):
+        self.u = nnx.Linear(D, H, rngs=rngs, param_dtype=jnp.float64)
+        self.w = nnx.Linear(H, H, use_bias=False, rngs=rngs, param_dtype=jnp.float64)
+        self.head = nnx.Linear(H, C, rngs=rngs, param_dtype=jnp.float64)
+
+    def __call__(self, x):
+        def step(h, x_t):
+            h = jnp.tanh(self.u(x_t) - self.w(h))
+            return h, h
+
+        _, hs = jax.lax.scan(step, jnp.zeros((x.shape[0], H), x.dtype), x.swapaxes(0, 1))
+        return self.head(hs[-1]) + 0.5 * self.head(hs[-2])
+
+
+def test_own_gradient_through_a_difference_and_a_kernel_used_twice(x64):
+    model = DifferenceRNN(nnx.Rngs(0))
+    x = jax.random.normal(jax.random.key(1), (N, T, D), jnp.float64)
+    y = (x[:, :, 0].sum(1) > 0).astype(jnp.int32)
+    tx = admm_jax.admm_kfac(model, x, 0.1)
+    params = nnx.state(model, nnx.Param)
+    state = tx.init(params)
+    own, _ = tx.update(None, state, params, inputs=x, targets=y)
+    given, _ = tx.update(grads_of(model, x, y), state, params, inputs=x, targets=y)
+    close(own, given, rtol=1e-9, atol=1e-13)
+
+
 def test_a_clip_before_it_in_a_chain_is_honoured():
     model, x, y = problem()
     params = nnx.state(model, nnx.Param)
