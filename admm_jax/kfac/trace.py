@@ -31,8 +31,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from admm_jax.kfac.taps import (Stack, Tap, input_statistic, kernel_gradient,
-                                output_statistic)
+from admm_jax.kfac.taps import Stack, Tap, input_statistic, kernel_gradient, output_statistic
 from admm_jax.kfac.walk import Origin, Site, Walk, leaf_origin
 from admm_jax.kfac.walk import UnsupportedModelError as UnsupportedModelError  # re-export
 
@@ -165,11 +164,10 @@ def make_plan(closed, num_leaves: int, names: tuple[str, ...], gates: bool = Tru
 
     # one block per kernel, or per joint group (made at its first member)
     groups, done = [], set()
-    for key, sites in kernels.items():
+    for key in kernels:
         if key in done:
             continue
-        members = [k for k in kernels if joint.get(k, None) == joint[key]] if key in joint \
-            else [key]
+        members = [k for k in kernels if joint.get(k) == joint[key]] if key in joint else [key]
         done.update(members)
         groups.append([(k, kernels[k]) for k in members])
 

@@ -8,8 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from kfac_reference import (FlaxRNN, flax_reference, flax_sums, package_models,
-                            reference_factors)
+from kfac_reference import FlaxRNN, flax_reference, flax_sums, package_models, reference_factors
 
 import admm_jax
 from admm_jax.kfac import trace
