@@ -13,10 +13,9 @@ The pipeline reads a model in three steps, each in its own module:
    a block of its own, all its uses summed. Blocks with the same inputs share `A` (an LSTM's
    four gates), blocks whose outputs reach the same sum share `S`;
 3. [taps][admm_jax.kfac.taps]: [tapped_apply][admm_jax.kfac.trace.tapped_apply] runs the
-   model with each planned map replaced by a tap whose backward pass returns its rows, and
-   [statistics][admm_jax.kfac.trace.statistics] and
-   [kernel_gradients][admm_jax.kfac.trace.kernel_gradients] form the factors and the
-   kernels' gradients from them.
+   model with each planned map replaced by a tap (its inputs kept, its output adjoints'
+   Gram returned by its backward pass), and [statistics][admm_jax.kfac.trace.statistics]
+   forms the factors from them.
 
 A parameter no block can own (a LayerNorm scale, a bias that is not added to a map's output,
 a kernel also used elsewhere, a parameter sliced by a `scan` over layers) is a *fallback*
@@ -31,14 +30,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from admm_jax.kfac.taps import Stack, Tap, input_statistic, kernel_gradient, output_statistic
+from admm_jax.kfac.taps import Stack, Tap, input_statistic, output_statistic
 from admm_jax.kfac.walk import Origin, Site, Walk, leaf_origin
 from admm_jax.kfac.walk import UnsupportedModelError as UnsupportedModelError  # re-export
 
 
 class Use(NamedTuple):
     """One application of a block: the input stack of each of its kernels (in order) and the
-    output-adjoint stack they share (indices into the plan's ``x_stacks``, ``g_stacks``)."""
+    output sum they reach (indices into the plan's ``x_stacks`` and ``sums``)."""
 
     xs: tuple[int, ...]
     g: int
@@ -82,9 +81,10 @@ class Plan(NamedTuple):
 
     blocks: the preconditioned weights; a_shapes, s_shapes: each factor slot's shape
     (``(P, P)`` dense input factors, ``(V,)`` embedding counts, ``(Z, Z)`` output factors,
-    ``(k, Z/k, Z/k)`` per gate); taps: the instruction for each site path; x_stacks,
-    g_stacks: where the rows of each distinct input and each distinct output sum are
-    collected; fallback: the leaves no block covers; names: every parameter leaf's path.
+    ``(k, Z/k, Z/k)`` per gate); taps: the instruction for each site path; x_stacks: where
+    the rows of each distinct input are kept; sums: for each distinct output sum, the site
+    whose tap returns its Gram and the Gram's shape; fallback: the leaves no block covers;
+    names: every parameter leaf's path.
     """
 
     blocks: tuple[Block, ...]
@@ -92,7 +92,7 @@ class Plan(NamedTuple):
     s_shapes: tuple[tuple[int, ...], ...]
     taps: dict
     x_stacks: tuple[Stack, ...]
-    g_stacks: tuple[Stack, ...]
+    sums: tuple[tuple[tuple, tuple], ...]
     fallback: tuple[int, ...]
     names: tuple[str, ...]
 
@@ -103,9 +103,9 @@ class Plan(NamedTuple):
                 self.fallback)
 
 
-def _stack(site: Site, x: bool) -> Stack:
-    shape, axis = (site.x_shape, site.x_axis) if x else (site.y_shape, site.y_axis)
-    return Stack(site.path, (*site.loops, *shape), len(site.loops) + axis % len(shape),
+def _stack(site: Site) -> Stack:
+    shape = site.x_shape
+    return Stack(site.path, (*site.loops, *shape), len(site.loops) + site.x_axis % len(shape),
                  len(site.loops))
 
 
@@ -220,21 +220,27 @@ def make_plan(closed, num_leaves: int, names: tuple[str, ...], gates: bool = Tru
             tuple(m[1][0].canonical == "T" for m in members), d_ins, biases, first.d_out,
             a_slots[a_key][0], s_slots[s_key][0], rows, k, tuple(uses)))
     # each distinct input and output sum is collected by the first site that has it
-    x_owner = {s.path: s for _, s in x_stacks.values()}
-    g_owner = {s.path: s for _, s in g_stacks.values()}
-    taps = {p: Tap(kind, p in x_owner, p in g_owner) for p, kind in taps.items()}
+    x_owner = {s.path for _, s in x_stacks.values()}
+    gates_of = {u.g: b.gates for b in blocks for u in b.uses}
+    d_out = {u.g: b.d_out for b in blocks for u in b.uses}
+    sums = []
+    for j, (_, s) in enumerate(g_stacks.values()):
+        k, m = gates_of[j], d_out[j] // gates_of[j]
+        sums.append((s.path, (m, m) if k == 1 else (k, m, m)))
+    g_owner = {p: gates_of[j] for j, (p, _) in enumerate(sums)}
+    taps = {p: Tap(kind, p in x_owner, p in g_owner, g_owner.get(p, 1))
+            for p, kind in taps.items()}
     # a bias whose kernel block was dropped, or any leaf the walk could not follow
     fallback = tuple(i for i in range(num_leaves) if i not in covered)
     return Plan(tuple(blocks), tuple(v[1] for v in a_slots.values()),
                 tuple(v[1] for v in s_slots.values()), taps,
-                tuple(_stack(s, True) for _, s in x_stacks.values()),
-                tuple(_stack(s, False) for _, s in g_stacks.values()), fallback, names)
+                tuple(_stack(s) for _, s in x_stacks.values()), tuple(sums), fallback, names)
 
 
 def tapped_apply(closed, plan: Plan, args: list, dummies: dict) -> tuple[list, dict]:
     """Evaluate ``closed`` on ``args`` with every planned linear map replaced by its tap;
     ``dummies`` ([zero_dummies][admm_jax.kfac.trace.zero_dummies]) are zeros whose
-    cotangents are the taps' stacked output adjoints. Returns ``(outputs, {site path: its
+    cotangents are the Grams of the output adjoints. Returns ``(outputs, {site path: its
     stacked inputs})``."""
     walk = Walk(len(plan.names), plan.taps, dict(dummies))
     walk.leaf_names = plan.names
@@ -244,47 +250,25 @@ def tapped_apply(closed, plan: Plan, args: list, dummies: dict) -> tuple[list, d
     return outs, walk.rows
 
 
-def zero_dummies(plan: Plan, dtype) -> dict:
-    """``{site path: zeros}`` shaped like the output adjoints each collecting tap returns."""
-    return {st.path: jnp.zeros(st.shape, dtype) for st in plan.g_stacks}
+def zero_dummies(plan: Plan, dtype, one_sided: bool = False) -> dict:
+    """``{site path: zeros}`` shaped like the Gram each collecting tap returns (none when
+    ``one_sided``: no output factor)."""
+    return {} if one_sided else {path: jnp.zeros(shape, dtype) for path, shape in plan.sums}
 
 
-def stacks(plan: Plan, rows: dict, cotangents: dict) -> tuple[list, list]:
-    """The collected rows, ``(inputs per x stack, adjoints per g stack)``, from the inputs
-    the taps kept and the dummies' cotangents."""
-    return ([rows[st.path] for st in plan.x_stacks],
-            [cotangents[st.path] for st in plan.g_stacks])
-
-
-def statistics(plan: Plan, xs: list, gs: list, dtype, one_sided: bool = False):
-    """``(A sums, S sums)`` per factor slot in ``dtype`` (each computed by the first block
-    that has it)."""
+def statistics(plan: Plan, rows: dict, grams: dict, dtype, one_sided: bool = False):
+    """``(A sums, S sums)`` per factor slot in ``dtype``, from the inputs the taps kept and
+    the dummies' cotangents (each slot computed by the first block that has it)."""
+    xs = [rows[st.path] for st in plan.x_stacks]
+    gs = [grams.get(path) for path, _ in plan.sums]
     a = [None] * len(plan.a_shapes)
     s = [None] * len(plan.s_shapes)
     for b in plan.blocks:
         if a[b.a_slot] is None:
             a[b.a_slot] = input_statistic(plan, b, xs, dtype).astype(dtype)
         if not one_sided and s[b.s_slot] is None:
-            s[b.s_slot] = output_statistic(plan, b, gs).astype(dtype)
+            s[b.s_slot] = output_statistic(b, gs).astype(dtype)
     return tuple(a), (() if one_sided else tuple(s))
-
-
-def kernel_gradients(plan: Plan, xs: list, gs: list, leaves: list) -> dict[int, jax.Array]:
-    """The gradient of every dense block's kernel leaves, by leaf index, from the collected
-    rows (the taps leave them no cotangent inside the pass)."""
-    out = {}
-    for b in plan.blocks:
-        if b.kind != "dense":
-            continue
-        g = kernel_gradient(plan, b, xs, gs)
-        start = 0
-        for kernel, transposed, d in zip(b.kernels, b.transposed, b.d_ins, strict=False):
-            part = g[start:start + d]
-            start += d
-            primal, pull = jax.vjp(kernel.fn, *[leaves[i] for i in kernel.leaves])
-            out.update(zip(kernel.leaves, pull((part.T if transposed else part).astype(
-                primal.dtype)), strict=True))
-    return out
 
 
 def leaf_names(params: Any) -> tuple[str, ...]:

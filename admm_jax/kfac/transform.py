@@ -394,28 +394,20 @@ def scale_by_kfac(
         def forward(lv, dummies):
             return trace.tapped_apply(closed, plan, [*lv, *other], dummies)
 
-        out, pull, rows = jax.vjp(forward, leaves, trace.zero_dummies(plan, dtype),
+        out, pull, rows = jax.vjp(forward, leaves, trace.zero_dummies(plan, dtype, one_sided),
                                   has_aux=True)
         out = out[0]
         value, g_out = jax.value_and_grad(mean_loss)(out)
         if fisher == "sampled":  # the adjoints of labels sampled from the model
             key = jax.random.fold_in(jax.random.key(seed), state.count)
             g_s = _sampled_adjoint(loss, out, key, _loss_terms(loss, out, targets))
-            both = jax.vmap(pull)([jnp.stack([g_out, g_s.astype(g_out.dtype)])])
-            mine, cot = jax.tree.map(lambda v: v[0], both)
-            xs, gs = trace.stacks(plan, rows, cot)
-            sampled = trace.stacks(plan, rows, both[1])[1]
-            stats = trace.statistics(plan, xs, [v[1] for v in sampled], dtype, one_sided)
+            mine, grams = jax.vmap(pull)([jnp.stack([g_out, g_s.astype(g_out.dtype)])])
+            mine = [g[0] for g in mine]
+            grams = {p: g[1] for p, g in grams.items()}
         else:
-            mine, cot = pull([g_out])
-            xs, gs = trace.stacks(plan, rows, cot)
-            stats = trace.statistics(plan, xs, gs, dtype, one_sided)
-        if not own:
-            return value, [], stats
-        mine = list(mine)
-        for i, g in trace.kernel_gradients(plan, xs, gs, leaves).items():
-            mine[i] = mine[i] + g  # zero inside the pass: the taps leave kernels no cotangent
-        return value, mine, stats
+            mine, grams = pull([g_out])
+        stats = trace.statistics(plan, rows, grams, dtype, one_sided)
+        return value, (list(mine) if own else []), stats
 
     def update_fn(updates, state, params=None, *, inputs=None, targets=None,
                   **extra_args: Any):

@@ -193,7 +193,7 @@ class Walk:
     def __init__(self, num_leaves: int, taps: dict | None = None, dummies=None):
         self.num_leaves = num_leaves
         self.taps = taps
-        self.dummies = dummies  # {site path: zeros of its output adjoints} when running
+        self.dummies = dummies  # {site path: zeros shaped like its output Gram} when running
         self.rows: dict = {}  # {site path: its input, stacked over the enclosing scans}
         self.sites: list[Site] = []
         self.opaque: set[int] = set()
@@ -320,7 +320,7 @@ class Walk:
             return self._bind(eqn, vals)
         if tap.x:
             self.rows[here] = vals[1 - k]
-        return [dense_tap(eqn, k, vals, self.dummies.get(here))]
+        return [dense_tap(eqn, k, out_axis, vals, self.dummies.get(here), tap.gates)]
 
     def _embed(self, eqn, here, vals, ins, scope: _Scope):
         chain, consumers, first, loops = scope.chain, scope.consumers, scope.first, scope.loops
@@ -341,7 +341,7 @@ class Walk:
             return self._bind(eqn, vals)
         if tap.x:
             self.rows[here] = vals[1]
-        return [embed_tap(eqn, vals, self.dummies.get(here))]
+        return [embed_tap(eqn, vals, self.dummies.get(here), tap.gates)]
 
     def _maybe_bias(self, eqn, vals, ins, chain, consumers, running):
         """``y + b``: ``b`` is the bias of the site ``y`` comes from when ``y`` reaches this
@@ -384,24 +384,21 @@ class Walk:
         if self.taps is None:
             self.run(body.jaxpr, body.consts, [None] * len(ins), inner_orig, here, inner_loops)
             return None
-        # the dummies of the taps inside go in as per-step inputs: their cotangents (the taps'
-        # output adjoints) come out stacked over the steps; the inputs the taps keep go out as
-        # per-step outputs
+        # the taps' dummies are loop constants (their cotangents, the Grams, are summed over
+        # the steps); the inputs the taps keep go out as per-step outputs
         inside = lambda q: q[:len(here)] == here and len(q) > len(here)  # noqa: E731
-        inner = [q for q in self.dummies if inside(q)]
         kept = [q for q, t in self.taps.items() if t.x and inside(q)]
 
-        def body_fn(jaxpr, consts, args, extra):
-            outer, rows = self.dummies, self.rows
-            self.dummies = {**outer, **dict(zip(inner, extra, strict=True))}
+        def body_fn(jaxpr, consts, args):
+            rows = self.rows
             self.rows = {}
             try:
                 outs = self.run(jaxpr, consts, args, inner_orig, here, inner_loops)[0]
                 return outs, [self.rows[q] for q in kept]
             finally:
-                self.dummies, self.rows = outer, rows
+                self.rows = rows
 
-        outs, stacked = _rescan(eqn, vals, body_fn, [self.dummies[q] for q in inner])
+        outs, stacked = _rescan(eqn, vals, body_fn)
         self.rows.update(zip(kept, stacked, strict=True))
         return outs
 
@@ -449,7 +446,7 @@ def inline_calls(closed):
                     inner, ())
                 outs = interpret(inner.jaxpr, inner.consts, vals)
             elif name == "scan":
-                outs = _rescan(eqn, vals, lambda j, c, a, _: (interpret(j, c, a), []))[0]
+                outs = _rescan(eqn, vals, lambda j, c, a: (interpret(j, c, a), []))[0]
             else:
                 outs = Walk._bind(eqn, vals)
             env.update(zip(eqn.outvars, outs, strict=True))
@@ -459,21 +456,19 @@ def inline_calls(closed):
     return jax.make_jaxpr(lambda *a: interpret(closed.jaxpr, closed.consts, a))(*avals)
 
 
-def _rescan(eqn, vals, body_fn, extra=()):
+def _rescan(eqn, vals, body_fn):
     """A ``scan`` equation emitted again with its body run by ``body_fn(jaxpr, consts,
-    args, extra_step) -> (outs, more)``: ``extra``, more per-step inputs (a list of pytrees,
-    sliced along their first axis like the scan's own), and ``more``, more per-step outputs.
-    Returns ``(the equation's outputs, more stacked over the steps)``."""
+    args) -> (outs, more)``, ``more`` more per-step outputs. Returns ``(the equation's
+    outputs, more stacked over the steps)``."""
     p = eqn.params
     nc, ncar = p["num_consts"], p["num_carry"]
     body = p["jaxpr"]
     consts, init, xs = vals[:nc], vals[nc:nc + ncar], vals[nc + ncar:]
 
     def step(carry, x):
-        x, extra_step = x
-        outs, more = body_fn(body.jaxpr, body.consts, [*consts, *carry, *x], extra_step)
+        outs, more = body_fn(body.jaxpr, body.consts, [*consts, *carry, *x])
         return outs[:ncar], (outs[ncar:], more)
 
-    carry, (ys, more) = jax.lax.scan(step, init, (xs, list(extra)), length=p["length"],
+    carry, (ys, more) = jax.lax.scan(step, init, xs, length=p["length"],
                                      reverse=p["reverse"], unroll=p["unroll"])
     return [*carry, *ys], more

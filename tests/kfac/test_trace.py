@@ -98,7 +98,7 @@ def test_package_models_factors_equal_the_python_loop_definition(case, x64):
 def test_summed_maps_are_one_block_and_shared_rows_are_collected_once(x64):
     # nnx.LSTMCell: each gate's input and recurrent maps are added, so they form one block
     # over [x, h, 1]; the four gates read the same x and h (one A), each gate's sum has its own
-    # S; the rows of x, h and the head's input are collected once each, one adjoint per sum
+    # S; the rows of x, h and the head's input are kept once each, one Gram per sum
     model = FlaxRNN("lstm", D, H, C, rngs=nnx.Rngs(0), dtype=jnp.float64)
     x, _ = batch("float")
     bound = bind_model(model, x)
@@ -107,7 +107,7 @@ def test_summed_maps_are_one_block_and_shared_rows_are_collected_once(x64):
     assert plan.blocks[0].name == "layers/0/cell/ii/kernel+layers/0/cell/hi/kernel"
     assert plan.a_shapes == ((D + H + 1, D + H + 1), (H + 1, H + 1))
     assert plan.s_shapes == ((H, H),) * 4 + ((C, C),)
-    assert (len(plan.x_stacks), len(plan.g_stacks)) == (3, 5)
+    assert (len(plan.x_stacks), len(plan.sums)) == (3, 5)
     assert sum(t.x for t in plan.taps.values()) == 3
     assert sum(t.g for t in plan.taps.values()) == 5
 
