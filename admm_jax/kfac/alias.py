@@ -3,6 +3,7 @@ optax's own weight decay and learning rate."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -24,23 +25,26 @@ def _matrices(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def _with_options(method: Callable, drop: tuple[str, ...] = ()) -> Callable:
+    """``method(model, inputs, learning_rate, *, weight_decay, **options)`` with a signature
+    that lists ``options`` as [scale_by_kfac][admm_jax.scale_by_kfac]'s keywords (less
+    ``drop``), each with its default: ``optax.inject_hyperparams`` binds them by name, and the
+    options have one home."""
+    own = inspect.signature(method)
+    keywords = [p for name, p in inspect.signature(scale_by_kfac).parameters.items()
+                if p.kind is p.KEYWORD_ONLY and name not in drop]
+    params = [p for p in own.parameters.values() if p.kind is not p.VAR_KEYWORD]
+    method.__signature__ = own.replace(parameters=[*params, *keywords])
+    return method
+
+
 def admm_kfac(
     model: Any,
     inputs: Any,
     learning_rate: ScalarOrSchedule = KFAC_RATE,
     *,
     weight_decay: float = 0.0,
-    loss: str | Callable = "cross_entropy",
-    damping: float = 0.1,
-    ema: float = 0.95,
-    refresh_every: int = 10,
-    stats_every: int = 1,
-    fisher: str = "empirical",
-    output_factor: str = "gates",
-    normalize_output: bool = True,
-    adaptive_damping: bool = True,
-    fallback_scale: float = 0.003,
-    seed: int = 0,
+    **options: Any,
 ) -> optax.GradientTransformationExtraArgs:
     r"""Time-shared, two-sided K-FAC for recurrent networks: ADMMiRNN's weight blocks with a
     matrix penalty on their constraints.
@@ -69,22 +73,12 @@ def admm_kfac(
         running averages are young in the first steps, and a constant rate from the first step
         can overshoot. For a run of known length, ``optax.warmup_cosine_decay_schedule``.
       weight_decay: \(\beta \ge 0\), decoupled, on parameters with two or more axes.
-      loss: ``"cross_entropy"``, ``"mse"`` or a per-sample loss.
-      damping: \(\mu\), relative to each factor's mean eigenvalue.
-      ema: weight of the old factors in their running averages.
-      refresh_every: steps between refreshes of the damped inverses.
-      stats_every: steps between updates of the factors.
-      fisher: ``"empirical"`` or ``"sampled"``.
-      output_factor: ``"gates"`` (two-sided, one output factor per gate), ``"full"`` or
-        ``"identity"`` (one-sided).
-      normalize_output: use \(S / m_S\).
-      adaptive_damping: raise the damping while the loss rises.
-      fallback_scale: the step of parameters no linear map owns, relative to the others.
-      seed: of the sampled labels.
-
-    All as in [scale_by_kfac][admm_jax.scale_by_kfac]. With ``optax.inject_hyperparams`` any
-    numeric one may be injected; list ``model`` in its ``static_args`` (a module is callable,
-    and optax would take it for a schedule).
+      **options: [scale_by_kfac][admm_jax.scale_by_kfac]'s keywords, with its defaults
+        (``loss``, ``damping``, ``ema``, ``refresh_every``, ``stats_every``, ``fisher``,
+        ``output_factor``, ``normalize_output``, ``adaptive_damping``, ``fallback_scale``,
+        ``seed``); the function's signature lists them. With ``optax.inject_hyperparams``
+        any numeric one may be injected; list ``model`` in its ``static_args`` (a module is
+        callable, and optax would take it for a schedule).
 
     Returns:
       An ``optax.GradientTransformationExtraArgs``: ``optax.chain`` of ``scale_by_kfac``,
@@ -108,12 +102,7 @@ def admm_kfac(
     """
     checks.learning_rate("learning_rate", learning_rate)
     checks.nonnegative_number("weight_decay", weight_decay)
-    direction = scale_by_kfac(model, inputs, loss=loss, damping=damping, ema=ema,
-                              refresh_every=refresh_every, stats_every=stats_every,
-                              fisher=fisher, output_factor=output_factor,
-                              normalize_output=normalize_output,
-                              adaptive_damping=adaptive_damping,
-                              fallback_scale=fallback_scale, seed=seed)
+    direction = scale_by_kfac(model, inputs, **options)
     tx = reject_nonfinite(optax.chain(
         direction, optax.add_decayed_weights(weight_decay, mask=_matrices),
         optax.scale_by_learning_rate(learning_rate)))
@@ -128,15 +117,7 @@ def admm_preconditioned(
     learning_rate: ScalarOrSchedule = ONE_SIDED_RATE,
     *,
     weight_decay: float = 0.0,
-    loss: str | Callable = "cross_entropy",
-    damping: float = 0.1,
-    ema: float = 0.95,
-    refresh_every: int = 10,
-    stats_every: int = 1,
-    fisher: str = "empirical",
-    adaptive_damping: bool = True,
-    fallback_scale: float = 0.003,
-    seed: int = 0,
+    **options: Any,
 ) -> optax.GradientTransformationExtraArgs:
     r"""The one-sided time-shared preconditioner: [admm_kfac][admm_jax.admm_kfac] with
     ``output_factor="identity"``.
@@ -166,7 +147,13 @@ def admm_preconditioned(
       "Optimizing Neural Networks with Kronecker-factored Approximate Curvature", ICML 2015
       (the input factor).
     """
-    return admm_kfac(model, inputs, learning_rate, weight_decay=weight_decay, loss=loss,
-                     damping=damping, ema=ema, refresh_every=refresh_every,
-                     stats_every=stats_every, fisher=fisher, output_factor="identity",
-                     adaptive_damping=adaptive_damping, fallback_scale=fallback_scale, seed=seed)
+    for name in ("output_factor", "normalize_output"):
+        if name in options:
+            raise TypeError(f"{name}: admm_preconditioned has no output factor (it is "
+                            "admm_kfac with output_factor='identity')")
+    return admm_kfac(model, inputs, learning_rate, weight_decay=weight_decay,
+                     output_factor="identity", **options)
+
+
+admm_kfac = _with_options(admm_kfac)
+admm_preconditioned = _with_options(admm_preconditioned, ("output_factor", "normalize_output"))

@@ -335,7 +335,7 @@ def scale_by_kfac(
       >>> state = tx.init(params)
       >>> direction, state = tx.update(None, state, params, inputs=x, targets=y)
       >>> len(state.a), len(state.s), int(state.count)
-      (3, 5, 1)
+      (2, 5, 1)
 
     References:
       Martens, Ba & Johnson, "Kronecker-factored Curvature Approximations for Recurrent

@@ -324,3 +324,21 @@ def test_bad_model_and_inputs_name_themselves():
 
 def test_its_state_says_what_it_takes():
     assert KFACState.takes_batch and KFACState.computes_gradients
+
+
+def test_named_methods_take_scale_by_kfacs_keywords_with_its_defaults():
+    import inspect
+
+    own = inspect.signature(admm_jax.scale_by_kfac).parameters
+    for method, drop in ((admm_jax.admm_kfac, ()),
+                         (admm_jax.admm_preconditioned, ("output_factor", "normalize_output"))):
+        params = inspect.signature(method).parameters
+        for name, p in own.items():
+            if p.kind is p.KEYWORD_ONLY and name not in drop:
+                assert params[name].default == p.default, (method.__name__, name)
+        assert not set(drop) & set(params)
+    model, x, _ = problem()
+    with pytest.raises(TypeError, match="output_factor: admm_preconditioned has no output"):
+        admm_jax.admm_preconditioned(model, x, output_factor="full")
+    with pytest.raises(TypeError, match="dampening"):
+        admm_jax.admm_kfac(model, x, dampening=0.1)
