@@ -31,44 +31,41 @@ import numpy as np
 
 
 class Tap(NamedTuple):
-    """What the tagged forward pass does at one site: its ``kind``, whether it keeps its
-    input rows (``x``) and returns the Gram of its output adjoints (``g``, split into
-    ``gates`` diagonal blocks); another site with the same input, or reaching the same sum,
-    does otherwise."""
+    """What the tagged forward pass does at one site: whether it keeps its input rows
+    (``x``; another site with the same input does otherwise), and the ``gates`` diagonal
+    blocks of the Gram its backward pass returns when the plan gives it a dummy (one site
+    per output sum)."""
 
-    kind: str
     x: bool
-    g: bool
     gates: int = 1
 
 
 class Stack(NamedTuple):
-    """Input rows kept by one tap: the ``path`` of its site, their stacked ``shape`` (the
-    enclosing scans' ``loops`` lengths, then the input's shape per use) and feature
-    ``axis``."""
+    """Input rows kept by one tap: the ``path`` of its site, the feature ``axis`` of the
+    stacked value and the number of enclosing ``loops`` (its leading axes)."""
 
     path: tuple
-    shape: tuple
     axis: int
     loops: int
 
 
-def _rows(a, stack: Stack):
-    """The stacked rows ``a`` as a ``[rows, features]`` matrix in at least float32, the loop
-    axes moved after the value's own: the model's batch axis (the first of a value, in every
-    Flax model) stays the major one, so a batch sharded over devices stays sharded through the
-    reshape, and each factor is one plain matrix product (all-reduced over the devices)."""
-    a = jnp.moveaxis(a, stack.axis, -1)
+def _matrix(a, axis: int, loops: int = 0):
+    """``a`` as a ``[rows, features]`` matrix in at least float32, its feature ``axis`` last
+    and its leading ``loops`` axes moved after the value's own: the model's batch axis (the
+    first of a value, in every Flax model) stays the major one, so a batch sharded over
+    devices stays sharded through the reshape, and each factor is one plain matrix product
+    (all-reduced over the devices)."""
+    a = jnp.moveaxis(a, axis, -1)
     lead = a.ndim - 1
-    order = (*range(stack.loops, lead), *range(stack.loops), lead)
-    a = jnp.transpose(a, order) if stack.loops and stack.loops < lead else a
+    if 0 < loops < lead:
+        a = jnp.transpose(a, (*range(loops, lead), *range(loops), lead))
     return a.reshape(-1, a.shape[-1]).astype(jnp.promote_types(a.dtype, jnp.float32))
 
 
-def use_inputs(plan, block, use, xs):
+def use_inputs(plan, use, xs):
     """The rows of one use of a dense block, ``[rows, sum d_in]``: its kernels' inputs side
     by side (no ones column)."""
-    parts = [_rows(xs[j], plan.x_stacks[j]) for j in use.xs]
+    parts = [_matrix(xs[j], plan.x_stacks[j].axis, plan.x_stacks[j].loops) for j in use.xs]
     return parts[0] if len(parts) == 1 else jnp.concatenate(parts, -1)
 
 
@@ -82,7 +79,7 @@ def input_statistic(plan, block, xs, dtype):
             ids = jnp.where(ids < 0, block.d_in, ids)  # out of range: dropped
             a = jnp.zeros((block.d_in,), dtype).at[ids].add(1.0, mode="drop")
         else:
-            x = use_inputs(plan, block, u, xs)
+            x = use_inputs(plan, u, xs)
             if block.biases:
                 ones = jnp.ones_like(x[:, :1])
                 x = jnp.concatenate([x, *[ones] * len(block.biases)], -1)
@@ -101,8 +98,7 @@ def output_statistic(block, grams):
 
 def gram(g, axis: int, gates: int):
     """``sum_rows g g^T`` over every axis of ``g`` but ``axis`` (per gate: ``[k, m, m]``)."""
-    g = jnp.moveaxis(g, axis, -1)
-    g = g.reshape(-1, g.shape[-1]).astype(jnp.promote_types(g.dtype, jnp.float32))
+    g = _matrix(g, axis)
     if gates == 1:
         return g.T @ g
     g = g.reshape(g.shape[0], gates, -1)

@@ -104,9 +104,8 @@ class Plan(NamedTuple):
 
 
 def _stack(site: Site) -> Stack:
-    shape = site.x_shape
-    return Stack(site.path, (*site.loops, *shape), len(site.loops) + site.x_axis % len(shape),
-                 len(site.loops))
+    loops = len(site.loops)
+    return Stack(site.path, loops + site.x_axis % len(site.x_shape), loops)
 
 
 def _joint_groups(walk: Walk, kernels: dict) -> dict:
@@ -195,8 +194,7 @@ def make_plan(closed, num_leaves: int, names: tuple[str, ...], gates: bool = Tru
             xs = tuple(x_stacks.setdefault(s.x_key, (len(x_stacks), s))[0] for s in use)
             g = g_stacks.setdefault(use[0].s_key, (len(g_stacks), use[0]))[0]
             uses.append(Use(xs, g))
-        for s in sites:
-            taps[s.path] = s.kind
+        taps.update(dict.fromkeys(s.path for s in sites))
         a_key = (first.kind, len(biases), len(members) > 1,
                  tuple(u.xs for u in uses) if len(members) > 1
                  else tuple(sorted(u.xs[0] for u in uses)))
@@ -228,8 +226,7 @@ def make_plan(closed, num_leaves: int, names: tuple[str, ...], gates: bool = Tru
         k, m = gates_of[j], d_out[j] // gates_of[j]
         sums.append((s.path, (m, m) if k == 1 else (k, m, m)))
     g_owner = {p: gates_of[j] for j, (p, _) in enumerate(sums)}
-    taps = {p: Tap(kind, p in x_owner, p in g_owner, g_owner.get(p, 1))
-            for p, kind in taps.items()}
+    taps = {p: Tap(p in x_owner, g_owner.get(p, 1)) for p in taps}
     # a bias whose kernel block was dropped, or any leaf the walk could not follow
     fallback = tuple(i for i in range(num_leaves) if i not in covered)
     return Plan(tuple(blocks), tuple(v[1] for v in a_slots.values()),
